@@ -1,0 +1,150 @@
+//! The one public error type of Girofle.
+//!
+//! Every fallible function of the library returns [`Result`]. Variants are semantic, so a
+//! caller (the CLI, the Python module, an Ansible module) can act on the kind of failure;
+//! the message always says what happened, to what, and what to do next. Backend adapters
+//! (Docker, SQLite, object stores) keep their precise errors private and lift them into
+//! these variants.
+
+use std::path::PathBuf;
+
+/// `Result` with Girofle's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Girofle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The thing asked for does not exist (an instance, a backup, a store...).
+    #[error("{what} not found: {hint}")]
+    NotFound { what: String, hint: String },
+
+    /// The thing to create exists already.
+    #[error("{what} already exists: {hint}")]
+    AlreadyExists { what: String, hint: String },
+
+    /// The operation conflicts with the current state (an address in use, a lock held).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// An argument or a configuration value is wrong. `field` names it.
+    #[error("invalid {field}: {message}")]
+    InvalidInput { field: String, message: String },
+
+    /// A container did not become healthy in time, or reported unhealthy.
+    #[error("{message}\n--- last health probe output ---\n{health_log}\n--- last container log lines ---\n{logs}")]
+    Unhealthy {
+        message: String,
+        health_log: String,
+        logs: String,
+    },
+
+    /// Data is damaged: a hash, a size or a checksum does not match.
+    #[error("corrupt {what}: {message}")]
+    Corrupt { what: String, message: String },
+
+    /// A version does not match (GitLab version of a backup, archive format...).
+    #[error("version mismatch: {0}")]
+    VersionMismatch(String),
+
+    /// A command run inside a container failed.
+    #[error("`{command}` in container `{container}` exited with {exit_code}: {output}")]
+    Command {
+        container: String,
+        command: String,
+        exit_code: i64,
+        output: String,
+    },
+
+    /// A file system operation on the host failed.
+    #[error("{action} `{}`: {source}", path.display())]
+    Io {
+        action: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A backend (Docker engine, inventory database, object store) failed.
+    #[error("{backend}: {message}")]
+    Backend { backend: String, message: String },
+}
+
+impl Error {
+    /// `NotFound` with a hint on what to do.
+    pub fn not_found(what: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::NotFound {
+            what: what.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// `AlreadyExists` with a hint on what to do.
+    pub fn already_exists(what: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::AlreadyExists {
+            what: what.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// `InvalidInput` naming the field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `Corrupt` naming what is damaged.
+    pub fn corrupt(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Corrupt {
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `Backend` naming the backend.
+    pub fn backend(backend: impl Into<String>, message: impl ToString) -> Self {
+        Error::Backend {
+            backend: backend.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// `Io` saying what was being done to which path.
+    pub fn io(action: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action: action.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A short stable name for the kind of error (used by the CLI's exit codes,
+    /// the journal and the Python exception classes).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::Conflict(_) => "conflict",
+            Error::InvalidInput { .. } => "invalid_input",
+            Error::Unhealthy { .. } => "unhealthy",
+            Error::Corrupt { .. } => "corrupt",
+            Error::VersionMismatch(_) => "version_mismatch",
+            Error::Command { .. } => "command",
+            Error::Io { .. } => "io",
+            Error::Backend { .. } => "backend",
+        }
+    }
+}
+
+/// Attach a path and an action to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, action: &str, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, action: &str, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| Error::io(action, path, e))
+    }
+}

@@ -1,0 +1,732 @@
+//! The fleet operations: commission, list, show, start, stop, restart, reconfigure and
+//! decommission instances, each recorded in the journal.
+//!
+//! [`Girofle`] is the entry point of the library: opened on a root, it holds the
+//! configuration, the container runtime and the inventory. Backups and restores add their
+//! operations to it in `backup` and `restore`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::address::{allocate, AddressRequest};
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::instance::{
+    self, container_spec, render_gitlab_rb, HealthSettings, InstanceDirs, InstanceRecord, Stage,
+    LABEL_MANAGED, LABEL_ROOT,
+};
+use crate::inventory::{unknown_instance, Fleet, Inventory, InventoryExt, SqliteInventory};
+use crate::journal::{self, Journal, Record};
+use crate::lock::InstanceLock;
+use crate::runtime::{ContainerRuntime, ContainerRuntimeExt, DockerRuntime, ExecSpec, Health};
+
+/// How to open a root.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Docker engine address; overrides `[docker] host` and `$DOCKER_HOST`.
+    pub docker_host: Option<String>,
+}
+
+/// Girofle opened on a root directory.
+#[derive(Debug, Clone)]
+pub struct Girofle {
+    pub(crate) root: PathBuf,
+    pub(crate) config: Config,
+    pub(crate) runtime: Arc<dyn ContainerRuntime>,
+    pub(crate) inventory: Arc<dyn Inventory>,
+    pub(crate) journal: Journal,
+}
+
+/// What to commission.
+#[derive(Clone, Debug, Default)]
+pub struct CommissionRequest {
+    pub name: String,
+    /// Image reference; default `[instances] image` of girofle.toml.
+    pub image: Option<String>,
+    pub addresses: AddressRequest,
+    pub hostname: Option<String>,
+    /// `KEY=VALUE` settings for the managed block of `gitlab.rb`.
+    pub settings: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// How long to wait for health; default `[instances] health_timeout_secs`.
+    pub timeout: Option<Duration>,
+}
+
+/// What an instance is doing, reconciled between the inventory and the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Running and healthy.
+    Running,
+    /// Running, health not known yet (booting).
+    Starting,
+    /// Running but failing its health check.
+    Unhealthy,
+    /// The container exists but is not running.
+    Stopped,
+    /// In the inventory, but its container is gone.
+    Missing,
+    /// A container with Girofle's labels for this root that the inventory does not know.
+    Unknown,
+    /// Being commissioned right now.
+    Commissioning,
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        write!(f, "{}", s.as_ref().and_then(Value::as_str).unwrap_or("?"))
+    }
+}
+
+/// One line of `instance list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub state: InstanceState,
+    pub container: String,
+    pub image: String,
+    pub url: Option<String>,
+    /// The inventory record (absent for `unknown` containers).
+    pub record: Option<InstanceRecord>,
+}
+
+/// Options of a decommission.
+#[derive(Clone, Debug, Default)]
+pub struct DecommissionOptions {
+    /// Delete the data instead of archiving it under `decommissioned/`.
+    pub purge: bool,
+    /// Skip the final backup.
+    pub no_backup: bool,
+}
+
+/// What a decommission did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Decommissioned {
+    pub name: String,
+    /// Where the data was moved (absent when purged).
+    pub archived_to: Option<PathBuf>,
+    /// The id of the final backup, when one was taken.
+    pub final_backup: Option<String>,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+impl Girofle {
+    /// Prepares a root: directories, default `girofle.toml` (unless present) and the
+    /// inventory. Idempotent. Returns whether a configuration was written.
+    ///
+    /// # Errors
+    /// `Io` when the root cannot be written, `InvalidInput` when an existing
+    /// configuration is malformed.
+    pub fn init(root: &Path) -> Result<bool> {
+        for d in ["instances", "backups", "decommissioned", "locks", "staging"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).ctx("create directory", &p)?;
+        }
+        let wrote = Config::write_default(root)?;
+        Config::load(root)?;
+        SqliteInventory::open(&root.join("inventory.db"))?;
+        Ok(wrote)
+    }
+
+    /// Opens an initialised root, connecting to the Docker engine.
+    ///
+    /// # Errors
+    /// `NotFound` when the root is not initialised, `InvalidInput` for a bad configuration,
+    /// `Backend` when the engine cannot be reached.
+    pub async fn open(root: &Path, options: OpenOptions) -> Result<Self> {
+        let config = Config::load(root)?;
+        let host = options.docker_host.or_else(|| config.docker.host.clone());
+        let runtime = Arc::new(DockerRuntime::connect(host.as_deref()).await?);
+        Self::with_parts(root, config, runtime)
+    }
+
+    /// Opens a root with a given runtime (another engine, or a test double).
+    ///
+    /// # Errors
+    /// `Backend` when the inventory cannot be opened.
+    pub fn with_parts(
+        root: &Path,
+        config: Config,
+        runtime: Arc<dyn ContainerRuntime>,
+    ) -> Result<Self> {
+        let root = std::path::absolute(root).ctx("resolve", root)?;
+        let inventory = Arc::new(SqliteInventory::open(&root.join("inventory.db"))?);
+        Ok(Girofle {
+            journal: Journal::new(&root),
+            root,
+            config,
+            runtime,
+            inventory,
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The container runtime.
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
+    /// The inventory.
+    pub fn inventory(&self) -> &Arc<dyn Inventory> {
+        &self.inventory
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub(crate) fn health(&self, timeout: Option<Duration>) -> HealthSettings {
+        HealthSettings {
+            interval: Duration::from_secs(self.config.instances.health_interval_secs),
+            boot_timeout: timeout.unwrap_or(self.boot_timeout()),
+        }
+    }
+
+    pub(crate) fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.instances.health_timeout_secs)
+    }
+
+    pub(crate) fn stop_grace(&self) -> Duration {
+        Duration::from_secs(self.config.instances.stop_grace_secs)
+    }
+
+    /// Values that must never be written anywhere (store credentials).
+    pub(crate) fn known_secrets(&self) -> Vec<String> {
+        self.config
+            .stores
+            .values()
+            .filter_map(|s| s.secret_access_key.clone())
+            .collect()
+    }
+
+    /// Runs `op` and appends its journal record, whatever the outcome.
+    pub(crate) async fn journaled<T, F>(
+        &self,
+        operation: &str,
+        arguments: Value,
+        versions: Value,
+        op: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let started_at = now();
+        let result = op.await;
+        let (outcome, error_kind, error) = match &result {
+            Ok(_) => ("ok", None, None),
+            Err(e) => ("error", Some(e.kind().to_string()), Some(e.to_string())),
+        };
+        let record = Record {
+            operation: operation.to_string(),
+            arguments,
+            user: journal::current_user(),
+            host: journal::host_name(),
+            pid: std::process::id(),
+            girofle_version: crate::VERSION.to_string(),
+            versions,
+            started_at,
+            ended_at: now(),
+            outcome: outcome.to_string(),
+            error_kind,
+            error,
+        };
+        // A journal that cannot be written must not hide the operation's own result.
+        if let Err(e) = self.journal.append(&record, &self.known_secrets()) {
+            if result.is_ok() {
+                return Err(e);
+            }
+        }
+        result
+    }
+
+    fn versions_of(image: &str) -> Value {
+        let (gitlab, edition) = instance::image_version(image).unzip();
+        json!({ "image": image, "gitlab": gitlab, "edition": edition })
+    }
+
+    /// Commissions a new instance and waits until it is healthy; returns its record (the
+    /// URL is `external_url`). On any failure nothing is left behind: no container, no
+    /// directories, no inventory record, no address held.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad name/setting/address, `AlreadyExists` for a taken name,
+    /// `Conflict` for a taken address, `NotFound` for a missing image, `Unhealthy` when it
+    /// does not turn healthy in time.
+    pub async fn commission(&self, request: CommissionRequest) -> Result<InstanceRecord> {
+        let image = request
+            .image
+            .clone()
+            .unwrap_or_else(|| self.config.instances.image.clone());
+        let arguments = json!({
+            "name": request.name,
+            "image": image,
+            "ip": request.addresses.ip,
+            "http_port": request.addresses.http_port,
+            "https_port": request.addresses.https_port,
+            "ssh_port": request.addresses.ssh_port,
+            "hostname": request.hostname,
+            "set": request.settings,
+            "labels": request.labels,
+            "timeout_secs": request.timeout.map(|t| t.as_secs()),
+        });
+        self.journaled(
+            "commission",
+            arguments,
+            Self::versions_of(&image),
+            self.commission_inner(request, image),
+        )
+        .await
+    }
+
+    async fn commission_inner(
+        &self,
+        request: CommissionRequest,
+        image: String,
+    ) -> Result<InstanceRecord> {
+        instance::validate_name(&request.name)?;
+        if let Some(h) = &request.hostname {
+            instance::validate_hostname(h)?;
+        }
+        let mut settings = BTreeMap::new();
+        for s in &request.settings {
+            let (k, v) = instance::parse_setting(s)?;
+            settings.insert(k, v);
+        }
+        if instance::image_version(&image).is_none() {
+            return Err(Error::invalid(
+                "--image",
+                format!("`{image}` has no version tag; use e.g. gitlab/gitlab-ce:17.5.1-ce.0"),
+            ));
+        }
+        self.ensure_image(&image).await?;
+        let name = request.name.clone();
+        let container = instance::container_name(&name);
+        if self.runtime.inspect(&container).await?.is_some() {
+            return Err(Error::already_exists(
+                format!("container `{container}`"),
+                "another instance (maybe of another Girofle root) uses this name; choose another name",
+            ));
+        }
+        let dirs = InstanceDirs::new(&self.root, &name);
+        let engine_ports = self.runtime.published_ports().await?;
+        let mut record: Option<InstanceRecord> = None;
+        let lock = InstanceLock::acquire(&self.root, &name, "commission")?;
+        self.inventory
+            .transact(&mut |fleet: &mut Fleet| {
+                if fleet.instances.contains_key(&name) {
+                    return Err(Error::already_exists(
+                        format!("instance `{name}`"),
+                        "choose another name, or decommission it first",
+                    ));
+                }
+                if dirs.base.exists() {
+                    return Err(Error::already_exists(
+                        format!("directory `{}`", dirs.base.display()),
+                        "it holds data of an earlier instance: move it away, or restore that instance",
+                    ));
+                }
+                let bindings = allocate(
+                    &self.config.network,
+                    fleet,
+                    &engine_ports,
+                    &request.addresses,
+                    None,
+                    None,
+                )?;
+                let r = InstanceRecord {
+                    name: name.clone(),
+                    image: image.clone(),
+                    external_url: instance::external_url(request.hostname.as_deref(), &bindings),
+                    bindings,
+                    hostname: request.hostname.clone(),
+                    settings: settings.clone(),
+                    labels: request.labels.clone(),
+                    created_at: now(),
+                    stage: Stage::Commissioning,
+                };
+                fleet.instances.insert(name.clone(), r.clone());
+                record = Some(r);
+                Ok(())
+            })
+            .await?;
+        let record = record.expect("set by the transaction");
+        match self.bring_up(&record, &dirs, request.timeout).await {
+            Ok(()) => {
+                let mut active = record.clone();
+                active.stage = Stage::Active;
+                let done = active.clone();
+                self.inventory
+                    .transact(&mut |fleet: &mut Fleet| {
+                        fleet.instances.insert(done.name.clone(), done.clone());
+                        Ok(())
+                    })
+                    .await?;
+                drop(lock);
+                Ok(active)
+            }
+            Err(e) => {
+                // Leave nothing half-done: container, directories (all created by us just
+                // now) and the reservation go.
+                let _ = self.runtime.remove(&container, true).await;
+                let _ = std::fs::remove_dir_all(&dirs.base);
+                let _ = self
+                    .inventory
+                    .transact(&mut |fleet: &mut Fleet| {
+                        fleet.instances.remove(&name);
+                        Ok(())
+                    })
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.runtime.image_present(image).await? {
+            return Ok(());
+        }
+        self.runtime.pull(image).await
+    }
+
+    /// Creates the directories and the container of a record, starts it, waits healthy.
+    pub(crate) async fn bring_up(
+        &self,
+        record: &InstanceRecord,
+        dirs: &InstanceDirs,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        for (_, dir, _) in dirs.volumes() {
+            std::fs::create_dir_all(dir).ctx("create directory", dir)?;
+        }
+        let health = self.health(timeout);
+        let spec = container_spec(&self.root, record, dirs, health);
+        self.runtime.create(&spec).await?;
+        self.runtime.start(&spec.name).await?;
+        self.runtime
+            .wait_healthy(&spec.name, health.boot_timeout)
+            .await
+    }
+
+    /// The instances of this root, reconciled with what the engine really has.
+    ///
+    /// # Errors
+    /// `Backend` when the inventory or the engine cannot be read.
+    pub async fn list(&self) -> Result<Vec<InstanceStatus>> {
+        let fleet = self.inventory.load().await?;
+        let containers = self
+            .runtime
+            .list(&[
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_ROOT.to_string(), self.root.display().to_string()),
+            ])
+            .await?;
+        let mut out = Vec::new();
+        for record in fleet.instances.values() {
+            let container = record.container_name();
+            let info = containers.iter().find(|c| c.name == container);
+            let state = match (record.stage, info) {
+                (Stage::Commissioning, _) => InstanceState::Commissioning,
+                (_, None) => InstanceState::Missing,
+                (_, Some(c)) if !c.running => InstanceState::Stopped,
+                (_, Some(c)) => match c.health {
+                    Health::Healthy | Health::None => InstanceState::Running,
+                    Health::Starting => InstanceState::Starting,
+                    Health::Unhealthy => InstanceState::Unhealthy,
+                },
+            };
+            out.push(InstanceStatus {
+                name: record.name.clone(),
+                state,
+                container,
+                image: record.image.clone(),
+                url: Some(record.external_url.clone()),
+                record: Some(record.clone()),
+            });
+        }
+        for c in &containers {
+            let name = c
+                .labels
+                .get(instance::LABEL_INSTANCE)
+                .cloned()
+                .unwrap_or_else(|| c.name.clone());
+            if !fleet.instances.contains_key(&name) {
+                out.push(InstanceStatus {
+                    name,
+                    state: InstanceState::Unknown,
+                    container: c.name.clone(),
+                    image: c.image.clone(),
+                    url: None,
+                    record: None,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// One instance, reconciled with the engine.
+    ///
+    /// # Errors
+    /// `NotFound` when the inventory has no such instance.
+    pub async fn show(&self, name: &str) -> Result<InstanceStatus> {
+        instance::validate_name(name)?;
+        self.list()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name && s.record.is_some())
+            .ok_or_else(|| unknown_instance(name))
+    }
+
+    /// Starts an instance and waits healthy. A container removed behind Girofle's back is
+    /// created again from the inventory (the data directories are untouched).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown instance, `Unhealthy` when it does not turn healthy.
+    pub async fn start(&self, name: &str) -> Result<InstanceRecord> {
+        let record = self.inventory.get(name).await?;
+        self.journaled(
+            "start",
+            json!({ "name": name }),
+            Self::versions_of(&record.image),
+            async {
+                let container = record.container_name();
+                if self.runtime.inspect(&container).await?.is_none() {
+                    let dirs = InstanceDirs::new(&self.root, name);
+                    if !dirs.data.exists() {
+                        return Err(Error::not_found(
+                            format!("data directory `{}`", dirs.data.display()),
+                            "the instance's data is gone; restore it from a backup (`girofle restore`)",
+                        ));
+                    }
+                    return self.bring_up(&record, &dirs, None).await.map(|_| record.clone());
+                }
+                self.runtime.start(&container).await?;
+                self.runtime
+                    .wait_healthy(&container, self.boot_timeout())
+                    .await?;
+                Ok(record.clone())
+            },
+        )
+        .await
+    }
+
+    /// Stops an instance (GitLab gets the configured grace period to shut down).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown instance or a missing container.
+    pub async fn stop(&self, name: &str) -> Result<InstanceRecord> {
+        let record = self.inventory.get(name).await?;
+        self.journaled(
+            "stop",
+            json!({ "name": name }),
+            Self::versions_of(&record.image),
+            async {
+                self.runtime
+                    .stop(&record.container_name(), self.stop_grace())
+                    .await?;
+                Ok(record.clone())
+            },
+        )
+        .await
+    }
+
+    /// Stops then starts an instance and waits healthy.
+    ///
+    /// # Errors
+    /// As `stop` and `start`.
+    pub async fn restart(&self, name: &str) -> Result<InstanceRecord> {
+        self.stop(name).await?;
+        self.start(name).await
+    }
+
+    /// Sets (and unsets) managed `gitlab.rb` settings, runs `gitlab-ctl reconfigure`, waits
+    /// healthy. When GitLab refuses the new file, the previous one is put back and
+    /// reconfigured, and the error says why.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a malformed setting, `Conflict` when the instance is busy or has
+    /// not booted yet, `Command` when GitLab refuses the settings.
+    pub async fn reconfigure(
+        &self,
+        name: &str,
+        set: &[String],
+        unset: &[String],
+    ) -> Result<InstanceRecord> {
+        let record = self.inventory.get(name).await?;
+        self.journaled(
+            "reconfigure",
+            json!({ "name": name, "set": set, "unset": unset }),
+            Self::versions_of(&record.image),
+            self.reconfigure_inner(record.clone(), set, unset),
+        )
+        .await
+    }
+
+    async fn reconfigure_inner(
+        &self,
+        record: InstanceRecord,
+        set: &[String],
+        unset: &[String],
+    ) -> Result<InstanceRecord> {
+        let mut settings = record.settings.clone();
+        if set.is_empty() && unset.is_empty() {
+            return Err(Error::invalid("--set", "give at least one --set KEY=VALUE (or --unset KEY)"));
+        }
+        for s in set {
+            let (k, v) = instance::parse_setting(s)?;
+            settings.insert(k, v);
+        }
+        for k in unset {
+            if settings.remove(k.trim()).is_none() {
+                return Err(Error::invalid(
+                    "--unset",
+                    format!("`{k}` is not a Girofle-managed setting of `{}`", record.name),
+                ));
+            }
+        }
+        let _lock = InstanceLock::acquire(&self.root, &record.name, "reconfigure")?;
+        let container = record.container_name();
+        // GitLab writes gitlab.rb only once it has booted: wait for that first.
+        self.runtime
+            .wait_healthy(&container, self.boot_timeout())
+            .await?;
+        let dirs = InstanceDirs::new(&self.root, &record.name);
+        let rb = dirs.config.join("gitlab.rb");
+        let previous = std::fs::read_to_string(&rb).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Conflict(format!(
+                    "`{}` does not exist yet: GitLab writes it at its first boot; wait until `girofle instance show {}` says running",
+                    rb.display(),
+                    record.name
+                ))
+            } else {
+                Error::io("read", &rb, e)
+            }
+        })?;
+        let next = render_gitlab_rb(&previous, &settings);
+        crate::fsutil::write_atomic(&rb, next.as_bytes(), 0o600)?;
+        let reconfigure = ExecSpec {
+            cmd: vec!["gitlab-ctl".into(), "reconfigure".into()],
+            ..Default::default()
+        };
+        if let Err(e) = self.runtime.exec_ok(&container, &reconfigure).await {
+            crate::fsutil::write_atomic(&rb, previous.as_bytes(), 0o600)?;
+            let _ = self.runtime.exec_ok(&container, &reconfigure).await;
+            return Err(match e {
+                Error::Command { output, exit_code, .. } => Error::invalid(
+                    "--set",
+                    format!(
+                        "GitLab refused the new settings (gitlab-ctl reconfigure exited {exit_code}); the previous gitlab.rb is back in place. GitLab said:\n{output}"
+                    ),
+                ),
+                other => other,
+            });
+        }
+        self.runtime
+            .wait_healthy(&container, self.boot_timeout())
+            .await?;
+        let mut updated = record.clone();
+        updated.settings = settings;
+        let written = updated.clone();
+        self.inventory
+            .transact(&mut |fleet: &mut Fleet| {
+                fleet.instances.insert(written.name.clone(), written.clone());
+                Ok(())
+            })
+            .await?;
+        Ok(updated)
+    }
+
+    /// Decommissions an instance: a final backup (unless asked not to), stop and remove the
+    /// container, move the data to `<root>/decommissioned/<name>-<timestamp>/` (or delete
+    /// it with `purge`), free its addresses.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown instance, `Conflict` when busy; a failed final backup
+    /// aborts the decommission with nothing changed.
+    pub async fn decommission(
+        &self,
+        name: &str,
+        options: DecommissionOptions,
+    ) -> Result<Decommissioned> {
+        let record = self.inventory.get(name).await?;
+        self.journaled(
+            "decommission",
+            json!({ "name": name, "purge": options.purge, "no_backup": options.no_backup }),
+            Self::versions_of(&record.image),
+            self.decommission_inner(record.clone(), options),
+        )
+        .await
+    }
+
+    async fn decommission_inner(
+        &self,
+        record: InstanceRecord,
+        options: DecommissionOptions,
+    ) -> Result<Decommissioned> {
+        let name = record.name.clone();
+        let final_backup = if options.no_backup {
+            None
+        } else {
+            Some(self.final_backup(&record).await?)
+        };
+        let _lock = InstanceLock::acquire(&self.root, &name, "decommission")?;
+        let container = record.container_name();
+        self.runtime.stop(&container, self.stop_grace()).await.or_else(|e| match e {
+            Error::NotFound { .. } => Ok(()),
+            e => Err(e),
+        })?;
+        let dirs = InstanceDirs::new(&self.root, &name);
+        let archived_to = if options.purge {
+            None
+        } else {
+            let dest = self.root.join("decommissioned").join(format!(
+                "{name}-{}",
+                now().format("%Y%m%dT%H%M%SZ")
+            ));
+            if dirs.base.exists() {
+                std::fs::create_dir_all(self.root.join("decommissioned"))
+                    .ctx("create directory", &self.root.join("decommissioned"))?;
+                // A rename keeps every numeric owner and mode as GitLab left them.
+                std::fs::rename(&dirs.base, &dest).ctx("move instance data to", &dest)?;
+            }
+            Some(dest)
+        };
+        self.runtime.remove(&container, true).await?;
+        if options.purge && dirs.base.exists() {
+            std::fs::remove_dir_all(&dirs.base).ctx("delete", &dirs.base)?;
+        }
+        self.inventory
+            .transact(&mut |fleet: &mut Fleet| {
+                fleet.instances.remove(&name);
+                Ok(())
+            })
+            .await?;
+        Ok(Decommissioned {
+            name,
+            archived_to,
+            final_backup,
+        })
+    }
+}

@@ -1,0 +1,451 @@
+//! The instance model: what Girofle records about one GitLab instance, how its names,
+//! settings and directories look, and how its container is described to the engine.
+//!
+//! The operations that change instances (commission, start, reconfigure, ...) are in
+//! `fleet`; this module is pure data and validation, with no I/O but path arithmetic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::runtime::{Bind, ContainerSpec, HealthCheck, PublishedPort};
+
+/// Label on every container Girofle creates.
+pub const LABEL_MANAGED: &str = "io.girofle.managed";
+/// Label carrying the instance name.
+pub const LABEL_INSTANCE: &str = "io.girofle.instance";
+/// Label carrying the Girofle root the container belongs to (two roots on one engine
+/// never see each other's containers).
+pub const LABEL_ROOT: &str = "io.girofle.root";
+
+/// Where an instance listens on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bindings {
+    pub ip: IpAddr,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub ssh_port: u16,
+}
+
+impl Bindings {
+    /// The (ip, port) pairs this instance holds.
+    pub fn addresses(&self) -> [(IpAddr, u16); 3] {
+        [
+            (self.ip, self.http_port),
+            (self.ip, self.https_port),
+            (self.ip, self.ssh_port),
+        ]
+    }
+}
+
+/// The life stage of an inventory record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Addresses reserved, container being created or booting for the first time.
+    Commissioning,
+    /// In service.
+    Active,
+}
+
+/// What the inventory records about an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub name: String,
+    pub image: String,
+    pub bindings: Bindings,
+    pub hostname: Option<String>,
+    pub external_url: String,
+    /// Settings Girofle manages in `gitlab.rb`, key (`gitlab_rails['time_zone']`) to Ruby
+    /// literal (`'UTC'`).
+    pub settings: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub stage: Stage,
+}
+
+impl InstanceRecord {
+    /// The container name of the instance.
+    pub fn container_name(&self) -> String {
+        container_name(&self.name)
+    }
+
+    /// The GitLab version from the image tag (`gitlab/gitlab-ce:17.5.1-ce.0` -> `17.5.1`).
+    pub fn gitlab_version(&self) -> Option<String> {
+        image_version(&self.image).map(|(v, _)| v)
+    }
+}
+
+/// The container name of instance `name`.
+pub fn container_name(name: &str) -> String {
+    format!("girofle-{name}")
+}
+
+/// Version and edition from an image reference's tag: `...:17.5.1-ce.0` -> (`17.5.1`, `ce`).
+pub fn image_version(image: &str) -> Option<(String, String)> {
+    let tag = image.rsplit_once(':')?.1;
+    if tag.contains('/') {
+        return None;
+    }
+    let (version, rest) = tag.split_once('-')?;
+    let edition = rest.split('.').next()?.to_string();
+    Some((version.to_string(), edition))
+}
+
+/// Checks a DNS-label-like name: 1-40 chars, lowercase letters, digits and `-`, starting
+/// with a letter and not ending with `-`.
+///
+/// # Errors
+/// `InvalidInput` naming `field` and saying what is expected.
+pub fn validate_label(field: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!(
+                "`{name}` is not valid: use 1-40 lowercase letters, digits and '-', starting with a letter and not ending with '-' (e.g. `ci-2`)"
+            ),
+        ))
+    }
+}
+
+/// Checks an instance name.
+///
+/// # Errors
+/// `InvalidInput` saying what a name looks like.
+pub fn validate_name(name: &str) -> Result<()> {
+    validate_label("instance name", name)
+}
+
+/// Checks a host name for the external URL.
+///
+/// # Errors
+/// `InvalidInput` naming the field.
+pub fn validate_hostname(host: &str) -> Result<()> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "hostname",
+            format!("`{host}` is not a DNS host name (e.g. gitlab.example.com)"),
+        ))
+    }
+}
+
+/// Parses `KEY=VALUE` into a managed `gitlab.rb` setting. The key is a Ruby setting path
+/// (`external_url`, `gitlab_rails['time_zone']`, `nginx['ssl']['x']`); the value is a Ruby
+/// literal, or a bare word that is then quoted as a string.
+///
+/// # Errors
+/// `InvalidInput` saying what a setting looks like.
+pub fn parse_setting(text: &str) -> Result<(String, String)> {
+    let bad = |why: &str| {
+        Error::invalid(
+            "--set",
+            format!("`{text}`: {why}; write KEY=VALUE, e.g. --set \"gitlab_rails['time_zone']=UTC\""),
+        )
+    };
+    // The key may itself hold `=` only inside brackets, which a setting key never does.
+    let (key, value) = text.split_once('=').ok_or_else(|| bad("no `=`"))?;
+    let key = key.trim();
+    let value = value.trim();
+    if !valid_key(key) {
+        return Err(bad("the key is not a gitlab.rb setting name"));
+    }
+    if value.is_empty() || value.contains('\n') {
+        return Err(bad("the value is empty or has a line break"));
+    }
+    Ok((key.to_string(), ruby_literal(value)))
+}
+
+fn valid_key(key: &str) -> bool {
+    let (head, mut rest) = match key.find('[') {
+        Some(i) => (&key[..i], &key[i..]),
+        None => (key, ""),
+    };
+    let head_ok = !head.is_empty()
+        && head.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && head
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !head_ok {
+        return false;
+    }
+    while !rest.is_empty() {
+        let Some(inner) = rest.strip_prefix("['") else {
+            return false;
+        };
+        let Some(end) = inner.find("']") else {
+            return false;
+        };
+        let word = &inner[..end];
+        if word.is_empty()
+            || !word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return false;
+        }
+        rest = &inner[end + 2..];
+    }
+    true
+}
+
+fn ruby_literal(value: &str) -> String {
+    let is_number = value.parse::<f64>().is_ok();
+    let is_word = matches!(value, "true" | "false" | "nil");
+    let quoted = (value.starts_with('\'') && value.ends_with('\'') && value.len() >= 2)
+        || (value.starts_with('"') && value.ends_with('"') && value.len() >= 2);
+    let composite = (value.starts_with('[') && value.ends_with(']'))
+        || (value.starts_with('{') && value.ends_with('}'));
+    if is_number || is_word || quoted || composite {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// The host directories of one instance under a Girofle root.
+#[derive(Clone, Debug)]
+pub struct InstanceDirs {
+    pub base: PathBuf,
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub logs: PathBuf,
+}
+
+impl InstanceDirs {
+    /// The directories of instance `name` under `root`.
+    pub fn new(root: &Path, name: &str) -> Self {
+        Self::at(root.join("instances").join(name))
+    }
+
+    /// The directories under a given base (used for staging and decommissioned copies).
+    pub fn at(base: PathBuf) -> Self {
+        InstanceDirs {
+            config: base.join("config"),
+            data: base.join("data"),
+            logs: base.join("logs"),
+            base,
+        }
+    }
+
+    /// (archive prefix, host dir, container path) for the three volumes.
+    pub fn volumes(&self) -> [(&'static str, &Path, &'static str); 3] {
+        [
+            ("config", self.config.as_path(), "/etc/gitlab"),
+            ("data", self.data.as_path(), "/var/opt/gitlab"),
+            ("logs", self.logs.as_path(), "/var/log/gitlab"),
+        ]
+    }
+}
+
+/// Health-check and timing knobs for containers.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthSettings {
+    pub interval: Duration,
+    pub boot_timeout: Duration,
+}
+
+/// `GITLAB_OMNIBUS_CONFIG` for an instance: applied by GitLab at every boot.
+pub fn omnibus_config(record: &InstanceRecord) -> String {
+    format!(
+        "external_url '{}'; gitlab_rails['gitlab_shell_ssh_port'] = {}",
+        record.external_url, record.bindings.ssh_port
+    )
+}
+
+/// The external URL of an instance.
+pub fn external_url(hostname: Option<&str>, bindings: &Bindings) -> String {
+    let host = match (hostname, bindings.ip) {
+        (Some(h), _) => h.to_string(),
+        (None, IpAddr::V6(ip)) => format!("[{ip}]"),
+        (None, ip) => ip.to_string(),
+    };
+    format!("http://{host}:{}", bindings.http_port)
+}
+
+/// The container description of an instance.
+pub fn container_spec(
+    root: &Path,
+    record: &InstanceRecord,
+    dirs: &InstanceDirs,
+    health: HealthSettings,
+) -> ContainerSpec {
+    let mut labels: HashMap<String, String> = record
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(LABEL_MANAGED.into(), "true".into());
+    labels.insert(LABEL_INSTANCE.into(), record.name.clone());
+    labels.insert(LABEL_ROOT.into(), root.display().to_string());
+    let ip = record.bindings.ip.to_string();
+    ContainerSpec {
+        name: record.container_name(),
+        image: record.image.clone(),
+        hostname: Some(
+            record
+                .hostname
+                .clone()
+                .unwrap_or_else(|| format!("gitlab-{}", record.name)),
+        ),
+        env: vec![format!("GITLAB_OMNIBUS_CONFIG={}", omnibus_config(record))],
+        labels,
+        binds: dirs
+            .volumes()
+            .iter()
+            .map(|(_, host, container)| Bind {
+                host: host.display().to_string(),
+                container: container.to_string(),
+            })
+            .collect(),
+        ports: vec![
+            PublishedPort {
+                host_ip: ip.clone(),
+                host_port: record.bindings.http_port,
+                container_port: 80,
+            },
+            PublishedPort {
+                host_ip: ip.clone(),
+                host_port: record.bindings.https_port,
+                container_port: 443,
+            },
+            PublishedPort {
+                host_ip: ip,
+                host_port: record.bindings.ssh_port,
+                container_port: 22,
+            },
+        ],
+        restart_unless_stopped: true,
+        health_check: Some(HealthCheck {
+            // The official image's own probe, run far more often than its 60 s default.
+            test: vec![
+                "/opt/gitlab/bin/gitlab-healthcheck".into(),
+                "--fail".into(),
+                "--max-time".into(),
+                "10".into(),
+            ],
+            interval: health.interval,
+            timeout: Duration::from_secs(30),
+            retries: 5,
+            // GitLab's first boot takes minutes: failures during it must not mark the
+            // container unhealthy (a success still marks it healthy at once).
+            start_period: health.boot_timeout,
+        }),
+    }
+}
+
+/// Markers of the block of `gitlab.rb` that Girofle owns.
+pub const MANAGED_BEGIN: &str = "# BEGIN girofle managed settings (edit with `girofle instance reconfigure`)";
+/// End marker.
+pub const MANAGED_END: &str = "# END girofle managed settings";
+
+/// Replaces (or appends) the managed block of a `gitlab.rb` text; the rest is untouched.
+pub fn render_gitlab_rb(current: &str, settings: &BTreeMap<String, String>) -> String {
+    let mut block = String::new();
+    block.push_str(MANAGED_BEGIN);
+    block.push('\n');
+    for (k, v) in settings {
+        block.push_str(&format!("{k} = {v}\n"));
+    }
+    block.push_str(MANAGED_END);
+    block.push('\n');
+    match (current.find(MANAGED_BEGIN), current.find(MANAGED_END)) {
+        (Some(b), Some(e)) if e > b => {
+            let after = &current[e + MANAGED_END.len()..];
+            let after = after.strip_prefix('\n').unwrap_or(after);
+            format!("{}{}{}", &current[..b], block, after)
+        }
+        _ => {
+            let mut out = current.to_string();
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&block);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "ci-2", "web", &"a".repeat(40)] {
+            validate_name(good).unwrap();
+        }
+        for bad in ["", "A", "-a", "a-", "a_b", "1a", "a.b", &"a".repeat(41), "a b"] {
+            let e = validate_name(bad).unwrap_err();
+            assert!(e.to_string().contains("lowercase"), "{e}");
+        }
+    }
+
+    #[test]
+    fn settings_parse_and_quote() {
+        assert_eq!(
+            parse_setting("gitlab_rails['time_zone']=UTC").unwrap(),
+            ("gitlab_rails['time_zone']".into(), "'UTC'".into())
+        );
+        assert_eq!(
+            parse_setting("nginx['listen_port'] = 8080").unwrap().1,
+            "8080"
+        );
+        assert_eq!(
+            parse_setting("x['y']=it's").unwrap().1,
+            "'it\\'s'"
+        );
+        for bad in ["novalue", "Bad['k']=1", "a['b'=1", "a['b']=", "a b=1", "a['b']x=1"] {
+            assert!(parse_setting(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn managed_block_replaced_rest_untouched() {
+        let mut s = BTreeMap::new();
+        s.insert("a['b']".to_string(), "1".to_string());
+        let first = render_gitlab_rb("# top\nfoo 'bar'\n", &s);
+        assert!(first.starts_with("# top\nfoo 'bar'\n# BEGIN"));
+        s.insert("a['c']".to_string(), "2".to_string());
+        let second = render_gitlab_rb(&format!("{first}# tail\n"), &s);
+        assert_eq!(second.matches(MANAGED_BEGIN).count(), 1);
+        assert!(second.contains("a['c'] = 2\n") && second.ends_with("# tail\n"));
+    }
+
+    #[test]
+    fn image_versions() {
+        assert_eq!(
+            image_version("gitlab/gitlab-ce:17.5.1-ce.0"),
+            Some(("17.5.1".into(), "ce".into()))
+        );
+        assert_eq!(
+            image_version("localhost:5000/gitlab-ee:17.6.0-ee.0"),
+            Some(("17.6.0".into(), "ee".into()))
+        );
+        assert_eq!(image_version("gitlab/gitlab-ce"), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! The inventory: Girofle's book of the fleet (which instances exist, their image, their
+//! addresses, their managed settings).
+//!
+//! Responsible for storing that book and changing it atomically, so two `girofle`
+//! processes (an operator and cron) never lose each other's updates or hand out one address
+//! twice. The embedded default is one SQLite file under the root. It does not talk to
+//! Docker: reconciling the book with the engine is `fleet`'s job.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Error, Result};
+use crate::instance::InstanceRecord;
+
+/// The whole fleet as the inventory knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fleet {
+    pub instances: BTreeMap<String, InstanceRecord>,
+}
+
+/// A change to apply to the fleet inside one transaction. It may be called more than once
+/// (a backend that retries on a conflict), so it must not have side effects outside the
+/// fleet it is given; returning an error aborts the transaction with nothing written.
+pub type Change<'a> = dyn FnMut(&mut Fleet) -> Result<()> + Send + 'a;
+
+/// A store for the fleet's book, safe under concurrent use.
+#[async_trait]
+pub trait Inventory: Debug + Send + Sync + 'static {
+    /// The fleet as it is now.
+    ///
+    /// # Errors
+    /// `Backend` when the store cannot be read, `Corrupt` when a record does not parse.
+    async fn load(&self) -> Result<Fleet>;
+
+    /// Applies `change` atomically (read, change, write, with no other writer in between)
+    /// and returns the fleet as written.
+    ///
+    /// # Errors
+    /// Whatever `change` returns (nothing is written then), `Backend` when the store fails.
+    async fn transact(&self, change: &mut Change<'_>) -> Result<Fleet>;
+}
+
+/// Conveniences on top of [`Inventory`].
+#[async_trait]
+pub trait InventoryExt: Inventory {
+    /// One record, or `NotFound` with a hint.
+    ///
+    /// # Errors
+    /// `NotFound` when no instance has that name.
+    async fn get(&self, name: &str) -> Result<InstanceRecord> {
+        self.load()
+            .await?
+            .instances
+            .remove(name)
+            .ok_or_else(|| unknown_instance(name))
+    }
+}
+
+impl<T: Inventory + ?Sized> InventoryExt for T {}
+
+/// The `NotFound` error for an instance name.
+pub fn unknown_instance(name: &str) -> Error {
+    Error::not_found(
+        format!("instance `{name}`"),
+        "`girofle instance list` shows the instances of this root",
+    )
+}
+
+/// The embedded inventory: one SQLite database (`<root>/inventory.db`).
+#[derive(Debug, Clone)]
+pub struct SqliteInventory {
+    path: PathBuf,
+}
+
+const SQLITE: &str = "inventory database";
+
+fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    Error::backend(
+        SQLITE,
+        format!(
+            "{}: {e}; check the file is readable and not on a network file system",
+            path.display()
+        ),
+    )
+}
+
+impl SqliteInventory {
+    /// Opens (creating if needed) the database at `path`, mode 0600.
+    ///
+    /// # Errors
+    /// `Backend` when the file cannot be opened or migrated.
+    pub fn open(path: &Path) -> Result<Self> {
+        let inv = SqliteInventory {
+            path: path.to_path_buf(),
+        };
+        let conn = inv.connect()?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        )
+        .map_err(|e| db_err(path, e))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        Ok(inv)
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let conn = Connection::open(&self.path).map_err(|e| db_err(&self.path, e))?;
+        // Two girofle processes serialise on the database lock instead of failing.
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(|e| db_err(&self.path, e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| db_err(&self.path, e))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| db_err(&self.path, e))?;
+        Ok(conn)
+    }
+
+    fn read(&self, conn: &Connection) -> Result<Fleet> {
+        let mut stmt = conn
+            .prepare("SELECT name, record FROM instances ORDER BY name")
+            .map_err(|e| db_err(&self.path, e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| db_err(&self.path, e))?;
+        let mut fleet = Fleet::default();
+        for row in rows {
+            let (name, text) = row.map_err(|e| db_err(&self.path, e))?;
+            let record: InstanceRecord = serde_json::from_str(&text).map_err(|e| {
+                Error::corrupt(
+                    format!("inventory record `{name}` in {}", self.path.display()),
+                    format!("{e}; restore the inventory from a state export or fix the row"),
+                )
+            })?;
+            fleet.instances.insert(name, record);
+        }
+        Ok(fleet)
+    }
+
+    /// A free-form value kept beside the fleet (for other modules' book-keeping).
+    ///
+    /// # Errors
+    /// `Backend` when the database fails.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        let conn = self.connect()?;
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_err(&self.path, e))
+    }
+}
+
+#[async_trait]
+impl Inventory for SqliteInventory {
+    async fn load(&self) -> Result<Fleet> {
+        let conn = self.connect()?;
+        self.read(&conn)
+    }
+
+    async fn transact(&self, change: &mut Change<'_>) -> Result<Fleet> {
+        // The transaction is short (milliseconds): it runs on the calling task rather than
+        // the blocking pool, so `change` need not be 'static.
+        let mut conn = self.connect()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_err(&self.path, e))?;
+        let before = self.read(&tx)?;
+        let mut after = before.clone();
+        change(&mut after)?;
+        for name in before.instances.keys() {
+            if !after.instances.contains_key(name) {
+                tx.execute("DELETE FROM instances WHERE name = ?1", [name])
+                    .map_err(|e| db_err(&self.path, e))?;
+            }
+        }
+        for (name, record) in &after.instances {
+            if before.instances.get(name) != Some(record) {
+                let text = serde_json::to_string(record)
+                    .map_err(|e| Error::backend(SQLITE, e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO instances (name, record) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET record = excluded.record",
+                    [name, &text],
+                )
+                .map_err(|e| db_err(&self.path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| db_err(&self.path, e))?;
+        Ok(after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{Bindings, Stage};
+    use std::sync::Arc;
+
+    fn record(name: &str, port: u16) -> InstanceRecord {
+        InstanceRecord {
+            name: name.into(),
+            image: "img:1-ce.0".into(),
+            bindings: Bindings {
+                ip: "127.0.0.1".parse().unwrap(),
+                http_port: port,
+                https_port: port + 1,
+                ssh_port: port + 2,
+            },
+            hostname: None,
+            external_url: format!("http://127.0.0.1:{port}"),
+            settings: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            created_at: chrono::Utc::now(),
+            stage: Stage::Active,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_transactions_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.db");
+        SqliteInventory::open(&path).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..16u16 {
+            let path = path.clone();
+            tasks.push(tokio::spawn(async move {
+                // A separate handle per task, as separate processes would have.
+                let inv = Arc::new(SqliteInventory::open(&path).unwrap());
+                inv.transact(&mut |fleet: &mut Fleet| {
+                    // Take the next free port: races would hand one out twice.
+                    let next = fleet
+                        .instances
+                        .values()
+                        .map(|r| r.bindings.ssh_port + 1)
+                        .max()
+                        .unwrap_or(20000);
+                    fleet.instances.insert(format!("i{i}"), record(&format!("i{i}"), next));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let fleet = SqliteInventory::open(&path).unwrap().load().await.unwrap();
+        assert_eq!(fleet.instances.len(), 16);
+        let mut ports: Vec<u16> = fleet.instances.values().map(|r| r.bindings.http_port).collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 16, "a port was handed out twice");
+    }
+
+    #[tokio::test]
+    async fn failed_change_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = SqliteInventory::open(&dir.path().join("i.db")).unwrap();
+        let r = inv
+            .transact(&mut |f: &mut Fleet| {
+                f.instances.insert("a".into(), record("a", 1000));
+                Err(Error::Conflict("no".into()))
+            })
+            .await;
+        assert!(r.is_err());
+        assert!(inv.load().await.unwrap().instances.is_empty());
+    }
+}

@@ -1,0 +1,260 @@
+//! The operations journal (R-OPS-1): one JSON line per operation in
+//! `<root>/journal.jsonl` with its arguments, who ran it where, the versions involved and
+//! its outcome.
+//!
+//! Responsible for writing records that never hold a secret: values under secret-looking
+//! keys, credentials in URLs and known secret values are redacted before anything is
+//! written. It does not decide what an operation is; callers record them.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use fs2::FileExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, IoContext, Result};
+
+/// What replaces a secret.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// One journal record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub operation: String,
+    pub arguments: Value,
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    pub girofle_version: String,
+    /// Image and GitLab version the operation worked with, when there is one.
+    #[serde(default)]
+    pub versions: Value,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    /// `ok` or `error`.
+    pub outcome: String,
+    #[serde(default)]
+    pub error_kind: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The journal file of a root.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    path: PathBuf,
+}
+
+/// Whether a key names a secret (`initial_root_password`, `secret_access_key`,
+/// `gitlab_rails['smtp_password']`, `token`...).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "private_key", "api_key", "credential", "passphrase"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// Removes the password of URLs (`https://user:pw@host` -> `https://user:[REDACTED]@host`)
+/// and values after `password=`/`token=`-like words in free text.
+pub fn scrub_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '/' || c == '\'' || c == '"')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                out.push_str(&format!("{user}:{REDACTED}{}", &authority[at..]));
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Redacts secrets in a JSON value: values under secret-looking keys, `KEY=VALUE` strings
+/// whose key looks secret, and URL credentials.
+pub fn redact(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    if is_secret_key(k) && !v.is_null() {
+                        (k.clone(), Value::String(REDACTED.into()))
+                    } else {
+                        (k.clone(), redact(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        Value::String(s) => {
+            if let Some((k, _)) = s.split_once('=') {
+                if is_secret_key(k) {
+                    return Value::String(format!("{k}={REDACTED}"));
+                }
+            }
+            Value::String(scrub_text(s))
+        }
+        other => other.clone(),
+    }
+}
+
+/// Removes every known secret value from a text (used for error messages).
+pub fn scrub_known(text: &str, secrets: &[String]) -> String {
+    let mut out = scrub_text(text);
+    for s in secrets {
+        if s.len() >= 4 {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+    }
+    out
+}
+
+/// The user running Girofle.
+pub fn current_user() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", fs_uid()))
+}
+
+fn fs_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Journal {
+    /// The journal of `root`.
+    pub fn new(root: &Path) -> Self {
+        Journal {
+            path: root.join("journal.jsonl"),
+        }
+    }
+
+    /// Its file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record, redacted, as one line (mode 0600; a lock keeps concurrent
+    /// writers' lines whole).
+    ///
+    /// # Errors
+    /// `Io` when the file cannot be written.
+    pub fn append(&self, record: &Record, secrets: &[String]) -> Result<()> {
+        let mut record = record.clone();
+        record.arguments = redact(&record.arguments);
+        record.error = record.error.map(|e| scrub_known(&e, secrets));
+        let mut line = serde_json::to_string(&record)
+            .map_err(|e| Error::backend("journal", e.to_string()))?;
+        for s in secrets {
+            if s.len() >= 4 {
+                line = line.replace(s.as_str(), REDACTED);
+            }
+        }
+        line.push('\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .ctx("open journal", &self.path)?;
+        f.lock_exclusive().ctx("lock journal", &self.path)?;
+        let r = f.write_all(line.as_bytes()).and_then(|_| f.sync_data());
+        let _ = FileExt::unlock(&f);
+        r.ctx("append to journal", &self.path)
+    }
+
+    /// Every record, oldest first.
+    ///
+    /// # Errors
+    /// `Io` when the file cannot be read, `Corrupt` naming a bad line.
+    pub fn read_all(&self) -> Result<Vec<Record>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read journal", &self.path, e)),
+        };
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| {
+                    Error::corrupt(
+                        format!("journal {} line {}", self.path.display(), i + 1),
+                        e.to_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_never_reach_the_record() {
+        let args = json!({
+            "name": "web",
+            "set": ["gitlab_rails['initial_root_password']='hunter2secret'", "gitlab_rails['time_zone']='UTC'"],
+            "secret_access_key": "AKIAxyz",
+            "store": "s3://key:pass1234@bucket/x",
+        });
+        let r = redact(&args);
+        let text = r.to_string();
+        assert!(!text.contains("hunter2secret") && !text.contains("AKIAxyz") && !text.contains("pass1234"), "{text}");
+        assert!(text.contains("time_zone") && text.contains("UTC") && text.contains("web"));
+    }
+
+    #[test]
+    fn append_and_read_back_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        let now = Utc::now();
+        let rec = Record {
+            operation: "commission".into(),
+            arguments: json!({"name": "a"}),
+            user: current_user(),
+            host: host_name(),
+            pid: std::process::id(),
+            girofle_version: crate::VERSION.into(),
+            versions: json!({}),
+            started_at: now,
+            ended_at: now,
+            outcome: "error".into(),
+            error_kind: Some("conflict".into()),
+            error: Some("bad token tok-123456".into()),
+        };
+        j.append(&rec, &["tok-123456".to_string()]).unwrap();
+        j.append(&rec, &[]).unwrap();
+        let all = j.read_all().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].error.as_deref(), Some("bad token [REDACTED]"));
+        let mode = std::fs::metadata(j.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

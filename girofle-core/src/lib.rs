@@ -1,0 +1,23 @@
+//! Girofle core: all the behaviour of Girofle lives here; the CLI and the Python module
+//! only parse, call this library and print.
+//!
+//! Start with [`Girofle::open`] on a root initialised by [`Girofle::init`].
+
+pub mod address;
+pub mod backup;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod fsutil;
+pub mod instance;
+pub mod inventory;
+pub mod journal;
+pub mod lock;
+pub mod runtime;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use fleet::{CommissionRequest, DecommissionOptions, Girofle, InstanceState, InstanceStatus, OpenOptions};
+
+/// The version of Girofle recorded in journals and backup manifests.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,83 @@
+//! Per-instance operation locks: only one backup, restore, reconfigure or decommission
+//! of an instance runs at a time, across processes.
+//!
+//! An exclusive `flock` on `<root>/locks/<name>.lock`, released by the kernel if Girofle
+//! dies, so a crash never leaves an instance locked for good. The file holds who took it,
+//! so a refused operation can name the holder.
+
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use fs2::FileExt;
+
+use crate::error::{Error, IoContext, Result};
+
+/// A held instance lock; released when dropped.
+#[derive(Debug)]
+pub struct InstanceLock {
+    file: std::fs::File,
+}
+
+impl InstanceLock {
+    /// Takes the lock of instance `name` for `operation`, or fails at once naming the
+    /// holder.
+    ///
+    /// # Errors
+    /// `Conflict` naming the holder when another operation holds it, `Io` otherwise.
+    pub fn acquire(root: &Path, name: &str, operation: &str) -> Result<Self> {
+        let dir = root.join("locks");
+        std::fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        let path = dir.join(format!("{name}.lock"));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ctx("open lock", &path)?;
+        if file.try_lock_exclusive().is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(Error::Conflict(format!(
+                "instance `{name}` is busy: {} holds its lock; wait for it to finish and try again",
+                if holder.is_empty() { "another operation" } else { holder }
+            )));
+        }
+        let text = format!(
+            "`{operation}` by {} on {} (pid {}, since {})",
+            crate::journal::current_user(),
+            crate::journal::host_name(),
+            std::process::id(),
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        file.set_len(0).ctx("write lock", &path)?;
+        file.rewind().ctx("write lock", &path)?;
+        file.write_all(text.as_bytes()).ctx("write lock", &path)?;
+        Ok(InstanceLock { file })
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = FileExt::unlock(&self.file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_taker_is_refused_with_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = InstanceLock::acquire(dir.path(), "web", "backup").unwrap();
+        let e = InstanceLock::acquire(dir.path(), "web", "restore").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("`backup`") && text.contains(&std::process::id().to_string()), "{text}");
+        InstanceLock::acquire(dir.path(), "other", "backup").unwrap();
+        drop(first);
+        InstanceLock::acquire(dir.path(), "web", "restore").unwrap();
+    }
+}

@@ -1,0 +1,672 @@
+//! The container runtime: what Girofle needs from a container engine, and the Docker
+//! implementation of it on `bollard`.
+//!
+//! This module knows about containers, images, health states and exec; it knows nothing
+//! about GitLab, instances or the inventory. Operations on instances live in `instance`.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerCreateBody, ExecConfig, HealthConfig, HealthStatusEnum, HostConfig,
+    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// A host directory bind-mounted into a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Bind {
+    pub host: String,
+    pub container: String,
+}
+
+/// A container port published on a host address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PublishedPort {
+    pub host_ip: String,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+/// How the engine probes the container's health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub test: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+/// Everything needed to create a container.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub hostname: Option<String>,
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub binds: Vec<Bind>,
+    pub ports: Vec<PublishedPort>,
+    /// Restart unless stopped by hand (the engine's `unless-stopped`).
+    pub restart_unless_stopped: bool,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// The engine's view of a container's health.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No health check configured.
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// One health probe result, as the engine recorded it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthProbe {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// What Girofle needs to know about an existing container.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// The engine's status word: created, running, exited, restarting, ...
+    pub status: String,
+    pub running: bool,
+    pub health: Health,
+    /// The last probes, oldest first.
+    pub health_log: Vec<HealthProbe>,
+    pub ports: Vec<PublishedPort>,
+    pub env: Vec<String>,
+}
+
+/// A command to run inside a running container.
+#[derive(Clone, Debug, Default)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub user: Option<String>,
+}
+
+/// The result of an exec: exit code and stdout+stderr interleaved.
+#[derive(Clone, Debug)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// A container engine. Implemented for Docker by [`DockerRuntime`].
+#[async_trait]
+pub trait ContainerRuntime: Debug + Send + Sync + 'static {
+    /// Creates (does not start) a container; returns its id.
+    ///
+    /// # Errors
+    /// `AlreadyExists` when the name is taken, `NotFound` when the image is absent,
+    /// `Conflict` when a published port is taken, `Backend` otherwise.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String>;
+
+    /// Starts a created or stopped container.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such container, `Conflict` when a port is taken.
+    async fn start(&self, name: &str) -> Result<()>;
+
+    /// Stops a container, killing it after `grace`. Stopping a stopped container is Ok.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such container.
+    async fn stop(&self, name: &str, grace: Duration) -> Result<()>;
+
+    /// Removes a container (forcefully when `force`). Removing a missing one is Ok.
+    ///
+    /// # Errors
+    /// `Backend` when the engine refuses.
+    async fn remove(&self, name: &str, force: bool) -> Result<()>;
+
+    /// Inspects a container; `None` when it does not exist.
+    ///
+    /// # Errors
+    /// `Backend` when the engine cannot be reached.
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>>;
+
+    /// All containers (running or not) carrying every one of `labels`.
+    ///
+    /// # Errors
+    /// `Backend` when the engine cannot be reached.
+    async fn list(&self, labels: &[(String, String)]) -> Result<Vec<ContainerInfo>>;
+
+    /// Every published port of every container on the engine, with the container name.
+    ///
+    /// # Errors
+    /// `Backend` when the engine cannot be reached.
+    async fn published_ports(&self) -> Result<Vec<(String, PublishedPort)>>;
+
+    /// Runs a command inside a running container and waits for it.
+    ///
+    /// # Errors
+    /// `NotFound` when the container does not exist, `Backend` when the exec fails to run.
+    /// A non-zero exit code is not an error here: see [`ContainerRuntimeExt::exec_ok`].
+    async fn exec(&self, name: &str, spec: &ExecSpec) -> Result<ExecOutput>;
+
+    /// The last `lines` lines of the container's output.
+    ///
+    /// # Errors
+    /// `NotFound` when the container does not exist.
+    async fn logs_tail(&self, name: &str, lines: usize) -> Result<String>;
+
+    /// Whether the image is present locally.
+    ///
+    /// # Errors
+    /// `Backend` when the engine cannot be reached.
+    async fn image_present(&self, image: &str) -> Result<bool>;
+
+    /// Pulls an image from its registry.
+    ///
+    /// # Errors
+    /// `NotFound` when the registry cannot give it.
+    async fn pull(&self, image: &str) -> Result<()>;
+}
+
+/// Conveniences on top of [`ContainerRuntime`].
+#[async_trait]
+pub trait ContainerRuntimeExt: ContainerRuntime {
+    /// Runs a command and fails with `Error::Command` on a non-zero exit code.
+    ///
+    /// # Errors
+    /// `Command` on a non-zero exit, and whatever [`ContainerRuntime::exec`] returns.
+    async fn exec_ok(&self, name: &str, spec: &ExecSpec) -> Result<String> {
+        let out = self.exec(name, spec).await?;
+        if out.exit_code != 0 {
+            return Err(Error::Command {
+                container: name.to_string(),
+                command: spec.cmd.join(" "),
+                exit_code: out.exit_code,
+                output: last_lines(&out.output, 30),
+            });
+        }
+        Ok(out.output)
+    }
+
+    /// Waits until the engine reports the container healthy.
+    ///
+    /// # Errors
+    /// `Unhealthy` (with the last probes and log lines) when the container turns
+    /// unhealthy, stops, or is not healthy within `timeout`; `NotFound` when it vanishes.
+    async fn wait_healthy(&self, name: &str, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let info = self.inspect(name).await?.ok_or_else(|| {
+                Error::not_found(
+                    format!("container `{name}`"),
+                    "it disappeared while Girofle waited for it to become healthy",
+                )
+            })?;
+            let problem = match (&info.health, info.running) {
+                (Health::Healthy, true) | (Health::None, true) => return Ok(()),
+                (Health::Unhealthy, _) => Some(format!("container `{name}` is unhealthy")),
+                (_, false) if info.status != "created" && info.status != "restarting" => Some(
+                    format!("container `{name}` stopped (status {})", info.status),
+                ),
+                _ if tokio::time::Instant::now() >= deadline => Some(format!(
+                    "container `{name}` not healthy after {} s (health: {:?}); raise --timeout if GitLab needs longer to boot on this machine",
+                    timeout.as_secs(),
+                    info.health
+                )),
+                _ => None,
+            };
+            if let Some(message) = problem {
+                let health_log = info
+                    .health_log
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .rev()
+                    .map(|p| format!("[exit {}] {}", p.exit_code, p.output.trim()))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let logs = self.logs_tail(name, 30).await.unwrap_or_default();
+                return Err(Error::Unhealthy {
+                    message,
+                    health_log,
+                    logs,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl<T: ContainerRuntime + ?Sized> ContainerRuntimeExt for T {}
+
+/// The last `n` lines of a text.
+pub(crate) fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// [`ContainerRuntime`] on the Docker engine.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    host: String,
+}
+
+const DOCKER: &str = "Docker engine";
+
+impl DockerRuntime {
+    /// Connects to the engine at `host` (`unix:///path`, `tcp://host:port`), else
+    /// `$DOCKER_HOST`, else the local socket, and negotiates the API version (Debian's
+    /// engine speaks an older API than bollard's default).
+    ///
+    /// # Errors
+    /// `Backend` saying how to start the engine when it cannot be reached.
+    pub async fn connect(host: Option<&str>) -> Result<Self> {
+        let host = host
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Error::backend(
+                DOCKER,
+                format!(
+                    "cannot reach the Docker engine at {host}: {e}; start it (`systemctl start docker` or `dockerd &`) or point DOCKER_HOST / [docker] host in girofle.toml at a running one"
+                ),
+            )
+        };
+        let docker = Docker::connect_with_host(&host).map_err(|e| unreachable(&e))?;
+        let docker = tokio::time::timeout(Duration::from_secs(15), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable(&"no answer within 15 s"))?
+            .map_err(|e| unreachable(&e))?;
+        Ok(DockerRuntime { docker, host })
+    }
+
+    /// The engine address this runtime talks to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+fn status_code(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => {
+            Some(*status_code)
+        }
+        _ => None,
+    }
+}
+
+fn docker_message(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn lift(e: bollard::errors::Error, what: &str) -> Error {
+    let message = docker_message(&e);
+    match status_code(&e) {
+        Some(404) => Error::not_found(what.to_string(), message),
+        Some(409) => Error::Conflict(format!("{what}: {message}")),
+        _ if message.contains("port is already allocated") || message.contains("address already in use") => {
+            Error::Conflict(format!(
+                "{what}: {message}; free the port or choose another one"
+            ))
+        }
+        _ => Error::backend(DOCKER, format!("{what}: {message}")),
+    }
+}
+
+fn secs_ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn to_info(r: bollard::models::ContainerInspectResponse) -> ContainerInfo {
+    let state = r.state.unwrap_or_default();
+    let (health, health_log) = match state.health {
+        Some(h) => {
+            let status = match h.status {
+                Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
+                Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
+                Some(HealthStatusEnum::STARTING) => Health::Starting,
+                _ => Health::None,
+            };
+            let log = h
+                .log
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| HealthProbe {
+                    exit_code: p.exit_code.unwrap_or(-1),
+                    output: p.output.unwrap_or_default(),
+                })
+                .collect();
+            (status, log)
+        }
+        None => (Health::None, Vec::new()),
+    };
+    let mut ports = Vec::new();
+    if let Some(bindings) = r.host_config.as_ref().and_then(|h| h.port_bindings.as_ref()) {
+        for (key, list) in bindings {
+            let container_port = key
+                .split('/')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            for b in list.iter().flatten() {
+                if let Some(host_port) = b.host_port.as_deref().and_then(|p| p.parse().ok()) {
+                    ports.push(PublishedPort {
+                        host_ip: b.host_ip.clone().unwrap_or_default(),
+                        host_port,
+                        container_port,
+                    });
+                }
+            }
+        }
+    }
+    ports.sort_by_key(|p| p.container_port);
+    let config = r.config.unwrap_or_default();
+    ContainerInfo {
+        id: r.id.unwrap_or_default(),
+        name: r
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        image: config.image.unwrap_or_default(),
+        labels: config.labels.unwrap_or_default(),
+        status: state
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        running: state.running.unwrap_or(false),
+        health,
+        health_log,
+        ports,
+        env: config.env.unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        let mut port_bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
+        let mut exposed: Vec<String> = Vec::new();
+        for p in &spec.ports {
+            let key = format!("{}/tcp", p.container_port);
+            exposed.push(key.clone());
+            port_bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(DockerPortBinding {
+                    host_ip: Some(p.host_ip.clone()),
+                    host_port: Some(p.host_port.to_string()),
+                });
+        }
+        let healthcheck = spec.health_check.as_ref().map(|h| HealthConfig {
+            test: Some(
+                std::iter::once("CMD".to_string())
+                    .chain(h.test.iter().cloned())
+                    .collect(),
+            ),
+            interval: Some(secs_ns(h.interval)),
+            timeout: Some(secs_ns(h.timeout)),
+            retries: Some(i64::from(h.retries)),
+            start_period: Some(secs_ns(h.start_period)),
+            start_interval: None,
+        });
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            hostname: spec.hostname.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            exposed_ports: Some(exposed),
+            healthcheck,
+            host_config: Some(HostConfig {
+                binds: Some(
+                    spec.binds
+                        .iter()
+                        .map(|b| format!("{}:{}", b.host, b.container))
+                        .collect(),
+                ),
+                port_bindings: Some(port_bindings),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(if spec.restart_unless_stopped {
+                        RestartPolicyNameEnum::UNLESS_STOPPED
+                    } else {
+                        RestartPolicyNameEnum::NO
+                    }),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(r) => Ok(r.id),
+            Err(e) => {
+                let message = docker_message(&e);
+                match status_code(&e) {
+                    Some(404) => Err(Error::not_found(
+                        format!("image `{}`", spec.image),
+                        format!(
+                            "pull it first (`docker pull {}`), or pass another --image",
+                            spec.image
+                        ),
+                    )),
+                    Some(409) => Err(Error::already_exists(
+                        format!("container `{}`", spec.name),
+                        format!(
+                            "{message}; remove it (`docker rm -f {}`) or choose another name",
+                            spec.name
+                        ),
+                    )),
+                    _ => Err(lift(e, &format!("create container `{}`", spec.name))),
+                }
+            }
+        }
+    }
+
+    async fn start(&self, name: &str) -> Result<()> {
+        self.docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+            .or_else(|e| match status_code(&e) {
+                Some(304) => Ok(()),
+                _ => Err(lift(e, &format!("container `{name}`"))),
+            })
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<()> {
+        let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(t).build();
+        self.docker
+            .stop_container(name, Some(options))
+            .await
+            .or_else(|e| match status_code(&e) {
+                Some(304) => Ok(()),
+                _ => Err(lift(e, &format!("container `{name}`"))),
+            })
+    }
+
+    async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::default().force(force).build();
+        self.docker
+            .remove_container(name, Some(options))
+            .await
+            .or_else(|e| match status_code(&e) {
+                Some(404) => Ok(()),
+                _ => Err(lift(e, &format!("remove container `{name}`"))),
+            })
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        match self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(r) => Ok(Some(to_info(r))),
+            Err(e) if status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(lift(e, &format!("inspect container `{name}`"))),
+        }
+    }
+
+    async fn list(&self, labels: &[(String, String)]) -> Result<Vec<ContainerInfo>> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        );
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| lift(e, "list containers"))?;
+        let mut out = Vec::new();
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            // A container can vanish between the listing and the inspection.
+            if let Some(info) = self.inspect(&id).await? {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn published_ports(&self) -> Result<Vec<(String, PublishedPort)>> {
+        let options = ListContainersOptionsBuilder::default().all(true).build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| lift(e, "list containers"))?;
+        let mut out = Vec::new();
+        for s in summaries {
+            let name = s
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            // Stopped containers do not show their ports in the summary: inspect them.
+            if let Some(id) = &s.id {
+                if let Some(info) = self.inspect(id).await? {
+                    for p in info.ports {
+                        out.push((name.clone(), p));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn exec(&self, name: &str, spec: &ExecSpec) -> Result<ExecOutput> {
+        let exec = self
+            .docker
+            .create_exec(
+                name,
+                ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(spec.cmd.clone()),
+                    env: Some(spec.env.clone()),
+                    user: spec.user.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| lift(e, &format!("exec in container `{name}`")))?;
+        let mut output = String::new();
+        match self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| lift(e, &format!("exec in container `{name}`")))?
+        {
+            bollard::exec::StartExecResults::Attached { output: mut stream, .. } => {
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| lift(e, &format!("exec in `{name}`")))?;
+                    output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                }
+            }
+            bollard::exec::StartExecResults::Detached => {}
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| lift(e, &format!("exec in container `{name}`")))?;
+        Ok(ExecOutput {
+            exit_code: inspected.exit_code.unwrap_or(-1),
+            output,
+        })
+    }
+
+    async fn logs_tail(&self, name: &str, lines: usize) -> Result<String> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(name, Some(options));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| lift(e, &format!("logs of container `{name}`")))?;
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Ok(out)
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(lift(e, &format!("inspect image `{image}`"))),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        let options = CreateImageOptionsBuilder::default().from_image(image).build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = stream.next().await {
+            step.map_err(|e| {
+                Error::not_found(
+                    format!("image `{image}`"),
+                    format!(
+                        "the engine could not pull it ({}); load it by hand (`docker load`) or pass another --image",
+                        docker_message(&e)
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1755 @@
+#!/usr/bin/python3
+"""GitLab TEST STAND-IN (Girofle test infrastructure). NOT GitLab.
+
+Keeps the container contract of gitlab/gitlab-ce:<version>-ce.0 closely enough for
+Girofle's tests: volumes, users/ids, first-boot files, health endpoints, git smart HTTP,
+gitlab-ctl / gitlab-backup / gitlab-rake commands. Python 3 stdlib + git only.
+
+Entry points (see /opt/gitlab/bin/*):
+    standin.py wrapper          PID 1 (/assets/wrapper)
+    standin.py service NAME     one supervised "service" (nginx, puma, gitaly, ...)
+    standin.py ctl ARGS         gitlab-ctl
+    standin.py backup ARGS      gitlab-backup
+    standin.py rake ARGS        gitlab-rake
+    standin.py healthcheck ARGS gitlab-healthcheck
+"""
+import datetime
+import fcntl
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+ETC = "/etc/gitlab"
+DATA = "/var/opt/gitlab"
+LOGS = "/var/log/gitlab"
+RUN = "/run/gitlab-standin"
+GITLAB_RB = ETC + "/gitlab.rb"
+SECRETS = ETC + "/gitlab-secrets.json"
+REPOS = DATA + "/git-data/repositories"
+PGDATA = DATA + "/postgresql/data"
+DB = PGDATA + "/db.json"
+SETTINGS = DATA + "/etc/effective-settings.json"
+BACKUPS = DATA + "/backups"
+UPLOADS = DATA + "/gitlab-rails/uploads"
+SHARED = DATA + "/gitlab-rails/shared"
+VERSION_FILE = "/opt/gitlab/embedded/service/gitlab-rails/VERSION"
+BACKUP_PID = "/opt/gitlab/embedded/service/gitlab-rails/tmp/backup_restore.pid"
+
+GIT_UID = GIT_GID = 998
+REDIS_UID = REDIS_GID = 997
+PSQL_UID = PSQL_GID = 996
+
+SOCKETS = {
+    "gitaly": (DATA + "/gitaly/gitaly.socket", GIT_UID, GIT_GID),
+    "postgresql": (DATA + "/postgresql/.s.PGSQL.5432", PSQL_UID, PSQL_GID),
+    "redis": (DATA + "/redis/redis.socket", REDIS_UID, REDIS_GID),
+    "puma": (DATA + "/gitlab-rails/sockets/gitlab.socket", GIT_UID, GIT_GID),
+}
+SERVICE_USERS = {
+    "gitaly": (GIT_UID, GIT_GID), "puma": (GIT_UID, GIT_GID), "sidekiq": (GIT_UID, GIT_GID),
+    "postgresql": (PSQL_UID, PSQL_GID), "redis": (REDIS_UID, REDIS_GID), "nginx": (0, 0),
+}
+SERVICES = sorted(SERVICE_USERS)  # gitlab-ctl status lists services alphabetically
+
+# (dir, uid, gid, mode): created / fixed (top level only, like Chef) at every boot.
+DATA_DIRS = [
+    (DATA, 0, 0, 0o755),
+    (DATA + "/etc", 0, 0, 0o755),
+    (DATA + "/git-data", GIT_UID, 0, 0o700),
+    (REPOS, GIT_UID, GIT_GID, 0o2770),
+    (DATA + "/gitaly", GIT_UID, 0, 0o700),
+    (DATA + "/postgresql", PSQL_UID, PSQL_GID, 0o755),
+    (PGDATA, PSQL_UID, PSQL_GID, 0o700),
+    (DATA + "/redis", REDIS_UID, GIT_GID, 0o750),
+    (DATA + "/gitlab-rails", GIT_UID, GIT_GID, 0o755),
+    (DATA + "/gitlab-rails/sockets", GIT_UID, GIT_GID, 0o750),
+    (UPLOADS, GIT_UID, GIT_GID, 0o700),
+    (SHARED, GIT_UID, GIT_GID, 0o751),
+    (SHARED + "/artifacts", GIT_UID, GIT_GID, 0o700),
+    (SHARED + "/lfs-objects", GIT_UID, GIT_GID, 0o700),
+    (SHARED + "/packages", GIT_UID, GIT_GID, 0o700),
+    (SHARED + "/pages", GIT_UID, GIT_GID, 0o750),
+    (SHARED + "/terraform_state", GIT_UID, GIT_GID, 0o700),
+    (SHARED + "/ci_secure_files", GIT_UID, GIT_GID, 0o700),
+    (DATA + "/gitlab-ci", GIT_UID, GIT_GID, 0o755),
+    (DATA + "/gitlab-ci/builds", GIT_UID, GIT_GID, 0o700),
+    (BACKUPS, GIT_UID, 0, 0o700),
+]
+LOG_SERVICES = SERVICES + ["reconfigure", "gitlab-rails"]
+
+# Backup tasks besides db and repositories: name -> directory (tarred as <name>.tar.gz).
+BACKUP_DIR_TASKS = [
+    ("uploads", UPLOADS),
+    ("builds", DATA + "/gitlab-ci/builds"),
+    ("artifacts", SHARED + "/artifacts"),
+    ("pages", SHARED + "/pages"),
+    ("lfs", SHARED + "/lfs-objects"),
+    ("terraform_state", SHARED + "/terraform_state"),
+    ("packages", SHARED + "/packages"),
+    ("ci_secure_files", SHARED + "/ci_secure_files"),
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def version():
+    with open(VERSION_FILE) as f:
+        return f.read().strip()
+
+
+def now_utc():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def log(service, msg, stdout=True):
+    line = "%s %s" % (now_utc().strftime("%Y-%m-%d_%H:%M:%S.%f"), msg)
+    if stdout:
+        try:
+            print(msg if service is None else "[%s] %s" % (service, msg), flush=True)
+        except (BrokenPipeError, OSError):
+            pass
+    if service:
+        try:
+            os.makedirs(os.path.join(LOGS, service), exist_ok=True)
+            with open(os.path.join(LOGS, service, "current"), "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+
+def write_atomic(path, data, uid=0, gid=0, mode=0o644):
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
+            f.write(data)
+        os.chown(tmp, uid, gid)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def ensure_dir(path, uid=0, gid=0, mode=0o755):
+    os.makedirs(path, exist_ok=True)
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def demote(uid, gid):
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def run_as_git(args, **kw):
+    env = dict(os.environ, HOME=DATA)
+    env.update(kw.pop("env", {}))
+    return subprocess.run(args, user=GIT_UID, group=GIT_GID, extra_groups=[], env=env, **kw)
+
+
+class FileLock:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.f = open(self.path, "a")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *a):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+# --------------------------------------------------------------------------- secrets / db
+
+def new_secrets():
+    h = lambda n=64: secrets.token_hex(n)
+    return {
+        "gitlab_workhorse": {"secret_token": secrets.token_urlsafe(32)},
+        "gitlab_shell": {"secret_token": h()},
+        "gitlab_rails": {
+            "secret_key_base": h(), "db_key_base": h(), "otp_key_base": h(),
+            "encrypted_settings_key_base": h(),
+        },
+        "gitlab_pages": {},
+        "gitlab_kas": {"api_secret_key": secrets.token_urlsafe(32)},
+    }
+
+
+def db_key_base():
+    with open(SECRETS) as f:
+        return json.load(f)["gitlab_rails"]["db_key_base"]
+
+
+def seal(record, key):
+    body = {k: v for k, v in record.items() if k != "sealed"}
+    msg = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def db_lock():
+    return FileLock(RUN + "/db.lock")
+
+
+def db_load():
+    with open(DB) as f:
+        return json.load(f)
+
+
+def db_save(db):
+    write_atomic(DB, json.dumps(db, indent=2, sort_keys=True) + "\n", PSQL_UID, PSQL_GID, 0o600)
+
+
+def db_add(db, record):
+    record["id"] = db["next_id"]
+    db["next_id"] += 1
+    record["created_at"] = now_utc().isoformat()
+    record["sealed"] = seal(record, db_key_base())
+    db["records"].append(record)
+    return record
+
+
+def db_init():
+    with db_lock():
+        if os.path.exists(DB):
+            return False
+        db = {"database": "gitlabhq_production", "schema_version": "20241010000000",
+              "next_id": 1, "records": []}
+        db_add(db, {"type": "ci_variable", "key": "DEPLOY_PASSWORD",
+                    "encrypted_value": secrets.token_hex(24)})
+        db_add(db, {"type": "application_setting", "key": "runners_registration_token",
+                    "encrypted_value": secrets.token_hex(16)})
+        db_save(db)
+        return True
+
+
+def db_add_repo(relpath):
+    rel = relpath[:-4] if relpath.endswith(".git") else relpath
+    kind = "project_wiki" if rel.endswith(".wiki") else "project"
+    with db_lock():
+        db = db_load()
+        db_add(db, {"type": kind, "path": rel[:-5] if kind == "project_wiki" else rel,
+                    "repository": rel + ".git",
+                    "runners_token_encrypted": secrets.token_hex(16)})
+        db_save(db)
+
+
+# --------------------------------------------------------------------------- gitlab.rb
+
+class ConfigError(Exception):
+    pass
+
+
+def split_statements(text):
+    """Yield (lineno, statement) of a Ruby-ish config: ';' / newline separated, '#' comments,
+    brackets continue over lines."""
+    stmt, depth, quote, esc, line, start = [], 0, None, False, 1, None
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            stmt.append(c)
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == quote:
+                quote = None
+            if c == "\n":
+                line += 1
+        elif c == "#":
+            while i < len(text) and text[i] != "\n":
+                i += 1
+            continue
+        elif c in "'\"":
+            quote = c
+            stmt.append(c)
+            start = start or line
+        elif c in "[{(":
+            depth += 1
+            stmt.append(c)
+            start = start or line
+        elif c in "]})":
+            depth -= 1
+            stmt.append(c)
+        elif c == ";" or (c == "\n" and depth <= 0):
+            s = "".join(stmt).strip()
+            if s:
+                yield start or line, s
+            stmt, start, depth = [], None, 0
+            if c == "\n":
+                line += 1
+        else:
+            if c == "\n":
+                line += 1
+            elif not c.isspace():
+                start = start or line
+            stmt.append(c)
+        i += 1
+    if quote:
+        raise ConfigError((start or line, "unterminated string meets end of file"))
+    s = "".join(stmt).strip()
+    if s:
+        yield start or line, s
+
+
+class LiteralParser:
+    def __init__(self, s):
+        self.s, self.i = s, 0
+
+    def ws(self):
+        while self.i < len(self.s) and self.s[self.i].isspace():
+            self.i += 1
+
+    def fail(self, what="unexpected input"):
+        raise ValueError("%s at %r" % (what, self.s[self.i:self.i + 20]))
+
+    def parse_all(self):
+        v = self.value()
+        self.ws()
+        if self.i != len(self.s):
+            self.fail("unexpected tIDENTIFIER, expecting end-of-input")
+        return v
+
+    def string(self):
+        q = self.s[self.i]
+        self.i += 1
+        out = []
+        while self.i < len(self.s):
+            c = self.s[self.i]
+            if c == "\\" and self.i + 1 < len(self.s):
+                n = self.s[self.i + 1]
+                if q == '"':
+                    out.append({"n": "\n", "t": "\t", "r": "\r", "0": "\0"}.get(n, n))
+                else:
+                    out.append(n if n in "\\'" else "\\" + n)
+                self.i += 2
+                continue
+            if c == q:
+                self.i += 1
+                return "".join(out)
+            out.append(c)
+            self.i += 1
+        self.fail("unterminated string")
+
+    def value(self):
+        self.ws()
+        if self.i >= len(self.s):
+            self.fail("unexpected end-of-input")
+        c = self.s[self.i]
+        if c in "'\"":
+            return self.string()
+        if c == "[":
+            self.i += 1
+            out = []
+            while True:
+                self.ws()
+                if self.s[self.i:self.i + 1] == "]":
+                    self.i += 1
+                    return out
+                out.append(self.value())
+                self.ws()
+                if self.s[self.i:self.i + 1] == ",":
+                    self.i += 1
+                elif self.s[self.i:self.i + 1] != "]":
+                    self.fail("expected ',' or ']'")
+        if c == "{":
+            self.i += 1
+            out = {}
+            while True:
+                self.ws()
+                if self.s[self.i:self.i + 1] == "}":
+                    self.i += 1
+                    return out
+                m = re.match(r"([A-Za-z_]\w*):(?!:)", self.s[self.i:])
+                if m:
+                    k = m.group(1)
+                    self.i += m.end()
+                else:
+                    k = self.value()
+                    self.ws()
+                    if self.s[self.i:self.i + 2] != "=>":
+                        self.fail("expected '=>'")
+                    self.i += 2
+                out[str(k)] = self.value()
+                self.ws()
+                if self.s[self.i:self.i + 1] == ",":
+                    self.i += 1
+                elif self.s[self.i:self.i + 1] != "}":
+                    self.fail("expected ',' or '}'")
+        m = re.match(r"-?\d[\d_]*(\.\d+)?", self.s[self.i:])
+        if m:
+            self.i += m.end()
+            t = m.group(0).replace("_", "")
+            return float(t) if m.group(1) else int(t)
+        m = re.match(r"(true|false|nil)\b", self.s[self.i:])
+        if m:
+            self.i += m.end()
+            return {"true": True, "false": False, "nil": None}[m.group(1)]
+        m = re.match(r":([A-Za-z_]\w*[?!]?)", self.s[self.i:])
+        if m:
+            self.i += m.end()
+            return m.group(1)
+        self.fail("syntax error, unexpected tIDENTIFIER")
+
+
+TOP_RE = re.compile(r"^([a-z_][a-z0-9_]*)\s*\(?\s*(['\"].*?)\s*\)?$", re.S)
+KEY_RE = re.compile(r"^([a-z_][a-z0-9_]*)((?:\[\s*(?:'[^']*'|\"[^\"]*\"|:[A-Za-z_]\w*)\s*\]){1,2})\s*=(?!=)\s*(.+)$", re.S)
+
+
+def parse_config(text, source, settings):
+    for lineno, stmt in split_statements(text):
+        m = KEY_RE.match(stmt)
+        try:
+            if m:
+                keys = [k.strip(" '\":") for k in re.findall(r"\[([^\]]*)\]", m.group(2))]
+                value = LiteralParser(m.group(3)).parse_all()
+                node = settings.setdefault(m.group(1), {})
+                if not isinstance(node, dict):
+                    raise ValueError("undefined method `[]=' for %r" % node)
+                for k in keys[:-1]:
+                    node = node.setdefault(k, {})
+                    if not isinstance(node, dict):
+                        raise ValueError("undefined method `[]=' for %r" % node)
+                node[keys[-1]] = value
+                continue
+            m = TOP_RE.match(stmt)
+            if m:
+                value = LiteralParser(m.group(2)).parse_all()
+                if not isinstance(value, str):
+                    raise ValueError("expected a string")
+                settings[m.group(1)] = value
+                continue
+            raise ValueError("syntax error, unexpected tIDENTIFIER, expecting end-of-input")
+        except ValueError as e:
+            raise ConfigError((source, lineno, stmt, str(e)))
+    return settings
+
+
+def compute_settings():
+    settings, sources = {}, []
+    if os.path.exists(GITLAB_RB):
+        with open(GITLAB_RB) as f:
+            parse_config(f.read(), GITLAB_RB, settings)
+        sources.append(GITLAB_RB)
+    env = os.environ.get("GITLAB_OMNIBUS_CONFIG", "")
+    if env.strip():
+        parse_config(env, "GITLAB_OMNIBUS_CONFIG", settings)
+        sources.append("GITLAB_OMNIBUS_CONFIG")
+    return settings, sources
+
+
+def listen_ports(settings):
+    ports = {80}
+    nginx = settings.get("nginx", {})
+    if isinstance(nginx, dict) and isinstance(nginx.get("listen_port"), int):
+        ports = {80, nginx["listen_port"]}
+    else:
+        u = settings.get("external_url")
+        if u:
+            try:
+                p = urllib.parse.urlsplit(u)
+                ports.add(p.port or (443 if p.scheme == "https" else 80))
+            except ValueError:
+                pass
+    ports.discard(443)  # no TLS in the stand-in
+    return sorted(ports)
+
+
+def reconfigure(quiet=False):
+    """Apply gitlab.rb + GITLAB_OMNIBUS_CONFIG. Raises ConfigError."""
+    out = (lambda m: None) if quiet else (lambda m: log("reconfigure", m))
+    out("[%s] INFO: Started Cinc Zero at chefzero://localhost:1 with repository at /opt/gitlab/embedded (One version per cookbook)" % now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+    out("Cinc Client, version 18.3.0")
+    out("resolving cookbooks for run list: [\"gitlab\"]")
+    settings, sources = compute_settings()
+    ensure_dir(DATA + "/etc", 0, 0, 0o755)
+    eff = {"gitlab_version": version(), "applied_at": now_utc().isoformat(),
+           "sources": sources, "listen_ports": listen_ports(settings), "settings": settings}
+    write_atomic(SETTINGS, json.dumps(eff, indent=2, sort_keys=True) + "\n", 0, 0, 0o644)
+    out("Recipe: gitlab::default")
+    out("Running handlers:")
+    out("Running handlers complete")
+    out("Infra Phase complete, 0/%d resources updated in 01 seconds" % (len(DATA_DIRS) + 6))
+    return eff
+
+
+def chef_failure(err):
+    source, lineno, stmt, msg = err.args[0] if len(err.args[0]) == 4 else ("gitlab.rb", err.args[0][0], "", err.args[0][1])
+    print("[%s] FATAL: Stacktrace dumped to /opt/gitlab/embedded/cookbooks/cache/cinc-stacktrace.out" % now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), file=sys.stderr)
+    print("[%s] FATAL: Please provide the contents of the stacktrace.out file if you file a bug report" % now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), file=sys.stderr)
+    print("[%s] FATAL: SyntaxError: %s:%s: %s" % (now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), source, lineno, msg), file=sys.stderr)
+    print("", file=sys.stderr)
+    print("There was an error running gitlab-ctl reconfigure:", file=sys.stderr)
+    print("", file=sys.stderr)
+    print("%s:%s: %s" % (source, lineno, msg), file=sys.stderr)
+    print("  %s" % stmt.splitlines()[0] if stmt else "", file=sys.stderr)
+    print("", file=sys.stderr)
+
+
+GITLAB_RB_TEMPLATE = """\
+## GitLab configuration settings
+##! This file is generated during initial installation and **is not** modified
+##! during upgrades.
+##! Check out the latest version of this file to know about the different
+##! settings that can be configured by this file, which may be found at:
+##! https://gitlab.com/gitlab-org/omnibus-gitlab/raw/master/files/gitlab-config-template/gitlab.rb.template
+
+## GitLab TEST STAND-IN (Girofle): this file mimics the real template; it is all comments.
+
+## GitLab URL
+##! URL on which GitLab will be reachable.
+##! For more details on configuring external_url see:
+##! https://docs.gitlab.com/omnibus/settings/configuration.html#configuring-the-external-url-for-gitlab
+##!
+##! Note: During installation/upgrades, the value of the environment variable
+##! EXTERNAL_URL will be used to populate/replace this value.
+##! On AWS EC2 instances, we also attempt to fetch the public hostname/IP
+##! address from AWS. For more details, see:
+##! https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html
+# external_url 'GENERATED_EXTERNAL_URL'
+
+## Roles for multi instance GitLab
+# roles ['redis_sentinel_role', 'redis_master_role']
+
+## Legend
+##! The following notations at the beginning of each line may be used to
+##! differentiate between components of this file and to easily select them using
+##! a regex.
+##! ## Titles, subtitles etc
+##! ##! More information - Description, Docs, Links, Issues etc.
+##! Configuration settings have a single # followed by a single space at the
+##! beginning; Remove them to enable the setting.
+
+################################################################################
+################################################################################
+##                Configuration Settings for GitLab CE and EE                 ##
+################################################################################
+################################################################################
+
+################################################################################
+## gitlab.yml configuration
+##! Docs: https://gitlab.com/gitlab-org/omnibus-gitlab/blob/master/doc/settings/gitlab.yml.md
+################################################################################
+# gitlab_rails['gitlab_ssh_host'] = 'ssh.host_example.com'
+# gitlab_rails['gitlab_ssh_user'] = ''
+# gitlab_rails['time_zone'] = 'UTC'
+# gitlab_rails['gitlab_shell_ssh_port'] = 22
+
+### Monitoring settings
+###! IP whitelist controlling access to monitoring endpoints
+# gitlab_rails['monitoring_whitelist'] = ['127.0.0.0/8', '::1/128']
+
+### Backup Settings
+###! Docs: https://docs.gitlab.com/omnibus/settings/backups.html
+# gitlab_rails['manage_backup_path'] = true
+# gitlab_rails['backup_path'] = "/var/opt/gitlab/backups"
+# gitlab_rails['backup_gitaly_backup_path'] = "/opt/gitlab/embedded/bin/gitaly-backup"
+###! Docs: https://docs.gitlab.com/ee/raketasks/backup_restore.html#backup-archive-permissions
+# gitlab_rails['backup_archive_permissions'] = 0644
+# gitlab_rails['backup_pg_schema'] = 'public'
+###! The duration in seconds to keep backups before they are allowed to be deleted
+# gitlab_rails['backup_keep_time'] = 604800
+# gitlab_rails['backup_upload_connection'] = {
+#   'provider' => 'AWS',
+#   'region' => 'eu-west-1',
+#   'aws_access_key_id' => 'AKIAKIAKI',
+#   'aws_secret_access_key' => 'secret123',
+# }
+# gitlab_rails['backup_upload_remote_directory'] = 'my.s3.bucket'
+
+### Git data
+# git_data_dirs({
+#   "default" => {
+#     "path" => "/mnt/nfs-01/git-data"
+#    }
+# })
+
+################################################################################
+## GitLab NGINX
+##! Docs: https://docs.gitlab.com/omnibus/settings/nginx.html
+################################################################################
+# nginx['enable'] = true
+# nginx['listen_port'] = nil
+# nginx['listen_https'] = nil
+
+################################################################################
+## GitLab Puma
+##! Tweak puma settings.
+################################################################################
+# puma['enable'] = true
+# puma['worker_processes'] = 2
+
+################################################################################
+## GitLab Sidekiq
+################################################################################
+# sidekiq['enable'] = true
+# sidekiq['max_concurrency'] = 20
+
+################################################################################
+## gitlab-shell
+################################################################################
+# gitlab_shell['log_level'] = 'INFO'
+
+################################################################################
+## GitLab PostgreSQL
+################################################################################
+# postgresql['enable'] = true
+# postgresql['shared_buffers'] = "256MB"
+
+################################################################################
+## GitLab Redis
+################################################################################
+# redis['enable'] = true
+
+################################################################################
+## Prometheus
+################################################################################
+# prometheus_monitoring['enable'] = true
+
+################################################################################
+## Let's Encrypt integration
+################################################################################
+# letsencrypt['enable'] = nil
+
+# End of stand-in template.
+"""
+
+
+# --------------------------------------------------------------------------- first boot
+
+def fake_ssh_key(kind):
+    body = secrets.token_bytes(300 if kind != "rsa" else 1600)
+    import base64
+    b = base64.b64encode(body).decode()
+    priv = "-----BEGIN OPENSSH PRIVATE KEY-----\n%s\n-----END OPENSSH PRIVATE KEY-----\n" % "\n".join(
+        b[i:i + 70] for i in range(0, len(b), 70))
+    algo = {"ed25519": "ssh-ed25519", "rsa": "ssh-rsa", "ecdsa": "ecdsa-sha2-nistp256"}[kind]
+    pub = "%s %s root@gitlab\n" % (algo, base64.b64encode(secrets.token_bytes(51)).decode())
+    return priv, pub
+
+
+def first_boot_files():
+    if not os.path.exists(GITLAB_RB):
+        write_atomic(GITLAB_RB, GITLAB_RB_TEMPLATE, 0, 0, 0o600)
+        log("reconfigure", "Wrote template %s" % GITLAB_RB)
+    if not os.path.exists(SECRETS):
+        write_atomic(SECRETS, json.dumps(new_secrets(), indent=2) + "\n", 0, 0, 0o600)
+        log("reconfigure", "Wrote %s" % SECRETS)
+    for kind in ("rsa", "ecdsa", "ed25519"):
+        key = "%s/ssh_host_%s_key" % (ETC, kind)
+        if not os.path.exists(key):
+            priv, pub = fake_ssh_key(kind)
+            write_atomic(key, priv, 0, 0, 0o600)
+            write_atomic(key + ".pub", pub, 0, 0, 0o644)
+    for d in ("trusted-certs", "ssl"):
+        os.makedirs(os.path.join(ETC, d), exist_ok=True)
+
+
+def setup_data_dirs():
+    for path, uid, gid, mode in DATA_DIRS:
+        ensure_dir(path, uid, gid, mode)
+
+
+# --------------------------------------------------------------------------- supervisor
+
+STATUS_FILE = RUN + "/status.json"
+DESIRED_FILE = RUN + "/desired.json"
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def set_desired(services, state):
+    with FileLock(RUN + "/desired.lock"):
+        desired = read_json(DESIRED_FILE, {})
+        for s in services:
+            desired[s] = state
+        desired["_serial"] = desired.get("_serial", 0) + 1
+        write_atomic(DESIRED_FILE, json.dumps(desired))
+
+
+def wrapper():
+    stop = {"flag": False}
+
+    def on_term(signum, frame):
+        stop["flag"] = True
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    boot_time = time.time()
+    log(None, "Thank you for using GitLab Docker Image!")
+    log(None, "Current version: gitlab-ce=%s-ce.0 (GitLab TEST STAND-IN, not GitLab)" % version())
+    log(None, "")
+    log(None, "Configure GitLab for your system by editing /etc/gitlab/gitlab.rb file")
+    log(None, "And restart this container to reload settings.")
+    log(None, "To do it use docker exec:")
+    log(None, "")
+    log(None, "  docker exec -it gitlab editor /etc/gitlab/gitlab.rb")
+    log(None, "  docker restart gitlab")
+    log(None, "")
+    os.makedirs(RUN, exist_ok=True)
+    for p in (STATUS_FILE, DESIRED_FILE):
+        if os.path.exists(p):
+            os.unlink(p)
+    os.makedirs(ETC, exist_ok=True)
+    os.makedirs(DATA, exist_ok=True)
+    for s in LOG_SERVICES:
+        os.makedirs(os.path.join(LOGS, s), exist_ok=True)
+    os.makedirs(os.path.dirname(BACKUP_PID), exist_ok=True)
+    if os.path.exists(BACKUP_PID):
+        os.unlink(BACKUP_PID)
+
+    # Simulated (short) boot; the real image needs minutes.
+    delay = float(os.environ.get("STANDIN_BOOT_SECS", "2.5"))
+    log(None, "Preparing services...")
+    end = time.time() + delay
+    while time.time() < end:
+        if stop["flag"]:
+            return 0
+        time.sleep(0.05)
+
+    log(None, "Configuring GitLab...")
+    first_boot_files()
+    try:
+        reconfigure()
+    except ConfigError as e:
+        chef_failure(e)
+        return 1
+    setup_data_dirs()
+    if db_init():
+        log("postgresql", "Database gitlabhq_production created and seeded")
+    log(None, "gitlab Reconfigured!")
+
+    procs = {}     # service -> (Popen, started_at)
+    down_since = {s: time.time() for s in SERVICES}
+    restart_at = {}
+    set_desired(SERVICES, "up")
+    last_written = None
+
+    def spawn(svc):
+        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "service", svc],
+                             stdin=subprocess.DEVNULL)
+        procs[svc] = (p, time.time())
+
+    def reap():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for svc, (p, _) in list(procs.items()):
+                if p.pid == pid:
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    del procs[svc]
+                    down_since[svc] = time.time()
+                    log(svc, "%s exited (status %s)" % (svc, p.returncode), stdout=False)
+
+    def kill_all(timeout=1.0):
+        for svc, (p, _) in procs.items():
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        end = time.time() + timeout
+        while procs and time.time() < end:
+            reap()
+            time.sleep(0.02)
+        for svc, (p, _) in list(procs.items()):
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+        reap()
+
+    while not stop["flag"]:
+        reap()
+        desired = read_json(DESIRED_FILE, {})
+        for svc in SERVICES:
+            want = desired.get(svc, "up")
+            if want == "up" and svc not in procs:
+                if svc in restart_at and time.time() < restart_at[svc]:
+                    continue
+                restart_at[svc] = time.time() + 1.0
+                spawn(svc)
+            elif want == "down" and svc in procs:
+                p, _ = procs[svc]
+                try:
+                    p.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                end = time.time() + 5
+                while svc in procs and time.time() < end:
+                    reap()
+                    time.sleep(0.02)
+                if svc in procs:
+                    p.kill()
+                    time.sleep(0.05)
+                    reap()
+        status = {"wrapper_pid": os.getpid(), "boot_time": boot_time, "serial": desired.get("_serial"),
+                  "services": {s: {"want": desired.get(s, "up"),
+                                   "pid": procs[s][0].pid if s in procs else None,
+                                   "since": procs[s][1] if s in procs else down_since[s]}
+                               for s in SERVICES}}
+        key = json.dumps(status, sort_keys=True)
+        if key != last_written:
+            write_atomic(STATUS_FILE, key)
+            last_written = key
+        time.sleep(0.1)
+
+    log(None, "Received SIGTERM, stopping services...")
+    kill_all()
+    return 0
+
+
+# --------------------------------------------------------------------------- services
+
+def socket_alive(path, timeout=0.5):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def serve_unix_socket(svc):
+    path, uid, gid = SOCKETS[svc]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path) or os.path.islink(path):
+        os.unlink(path)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o770 if svc != "postgresql" else 0o777)
+    srv.listen(16)
+
+    # Like a killed daemon, leave the socket file behind: volumes copied from a stopped
+    # container still contain socket files that backup tools must skip.
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    log(svc, "%s listening on %s" % (svc, path))
+    demote(uid, gid)
+    while True:
+        conn, _ = srv.accept()
+        conn.close()
+
+
+def service_main(svc):
+    if svc in SOCKETS:
+        return serve_unix_socket(svc)
+    if svc == "nginx":
+        return nginx_main()
+    # sidekiq: an idle worker
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    uid, gid = SERVICE_USERS[svc]
+    log(svc, "%s started" % svc)
+    demote(uid, gid)
+    while True:
+        time.sleep(3600)
+
+
+def puma_up():
+    return socket_alive(SOCKETS["puma"][0])
+
+
+REPO_RE = re.compile(r"^/((?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)+[A-Za-z0-9_][A-Za-z0-9_.-]*?\.git)(/.*)?$")
+repo_create_lock = threading.Lock()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "nginx"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        try:
+            with open(LOGS + "/nginx/gitlab_access.log", "a") as f:
+                f.write("%s - - [%s] %s\n" % (self.client_address[0] if isinstance(self.client_address, tuple) else "-",
+                                             self.log_date_time_string(), fmt % args))
+        except OSError:
+            pass
+
+    def send_simple(self, code, body, ctype="text/plain; charset=utf-8", extra=None):
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self.close_connection = True
+
+    def do_GET(self):
+        self.route()
+
+    def do_POST(self):
+        self.route()
+
+    def do_HEAD(self):
+        self.route()
+
+    def read_body(self):
+        """Request body into a temp file (handles Content-Length and chunked)."""
+        f = tempfile.TemporaryFile(dir="/tmp")
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            while True:
+                line = self.rfile.readline(65537)
+                if not line:
+                    raise ValueError("truncated chunked body")
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while True:  # trailers
+                        t = self.rfile.readline(65537)
+                        if t in (b"\r\n", b"\n", b""):
+                            break
+                    break
+                remaining = size
+                while remaining:
+                    chunk = self.rfile.read(min(remaining, 1 << 16))
+                    if not chunk:
+                        raise ValueError("truncated chunk")
+                    f.write(chunk)
+                    remaining -= len(chunk)
+                self.rfile.readline(3)
+        else:
+            remaining = int(self.headers.get("Content-Length") or 0)
+            while remaining:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                if not chunk:
+                    raise ValueError("truncated body")
+                f.write(chunk)
+                remaining -= len(chunk)
+        length = f.tell()
+        f.seek(0)
+        return f, length
+
+    def route(self):
+        u = urllib.parse.urlsplit(self.path)
+        path, qs = urllib.parse.unquote(u.path), u.query
+        if not puma_up():
+            return self.send_simple(502, "<html><body><h1>502</h1><p>Whoops, GitLab is taking too much time to respond.</p></body></html>\n", "text/html")
+        if path == "/-/health":
+            return self.send_simple(200, "GitLab OK")
+        if path == "/-/liveness":
+            return self.send_simple(200, json.dumps({"status": "ok"}), "application/json")
+        if path == "/-/readiness":
+            return self.readiness("all=1" in qs or "all=true" in qs)
+        m = REPO_RE.match(path)
+        if m and ".." not in path:
+            return self.git(m.group(1), m.group(2) or "", qs)
+        if path == "/":
+            return self.send_simple(302, "", extra={"Location": "/users/sign_in"})
+        if path == "/users/sign_in":
+            return self.send_simple(200, "<html><head><title>Sign in · GitLab</title></head><body>GitLab TEST STAND-IN</body></html>\n", "text/html")
+        return self.send_simple(404, "<html><body><h1>404</h1><p>Page Not Found</p></body></html>\n", "text/html")
+
+    def readiness(self, all_checks):
+        result = {"status": "ok", "master_check": [{"status": "ok"}]}
+        if all_checks:
+            checks = {"db_check": "postgresql", "redis_check": "redis", "cache_check": "redis",
+                      "queues_check": "redis", "rate_limiting_check": "redis",
+                      "sessions_check": "redis", "gitaly_check": "gitaly"}
+            for name, svc in checks.items():
+                if socket_alive(SOCKETS[svc][0]):
+                    entry = {"status": "ok"}
+                else:
+                    entry = {"status": "failed", "message": "%s unavailable" % svc}
+                    result["status"] = "failed"
+                if svc == "gitaly":
+                    entry["labels"] = {"shard": "default"}
+                result[name] = [entry]
+        self.send_simple(200 if result["status"] == "ok" else 503, json.dumps(result), "application/json")
+
+    def git(self, repo, rest, qs):
+        repo_dir = os.path.join(REPOS, repo)
+        params = urllib.parse.parse_qs(qs)
+        if not os.path.isdir(repo_dir):
+            if rest == "/info/refs" and params.get("service") == ["git-receive-pack"]:
+                with repo_create_lock:
+                    if not os.path.isdir(repo_dir):
+                        r = run_as_git(["git", "init", "--bare", "--quiet", repo_dir],
+                                       capture_output=True, text=True)
+                        if r.returncode != 0:
+                            log("puma", "git init %s failed: %s" % (repo, r.stderr.strip()))
+                            return self.send_simple(500, "could not create repository\n")
+                        # Make the namespace dirs group-accessible like the repositories root.
+                        run_as_git(["git", "-C", repo_dir, "config", "http.receivepack", "true"])
+                        db_add_repo(repo)
+                        log("puma", "Created project repository %s" % repo)
+            else:
+                return self.send_simple(404, "The project you were looking for could not be found or you don't have permission to view it.\n")
+        if rest not in ("/info/refs", "/git-upload-pack", "/git-receive-pack", "/HEAD") \
+                and not rest.startswith("/objects/"):
+            return self.send_simple(404, "Not Found\n")
+        try:
+            body, length = self.read_body() if self.command == "POST" else (None, 0)
+        except ValueError as e:
+            return self.send_simple(400, "bad request body: %s\n" % e)
+        env = {
+            "PATH": "/usr/bin:/bin", "HOME": DATA, "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_SOFTWARE": "gitlab-standin",
+            "REQUEST_METHOD": self.command, "PATH_INFO": "/" + repo + rest, "QUERY_STRING": qs,
+            "GIT_PROJECT_ROOT": REPOS, "GIT_HTTP_EXPORT_ALL": "1", "REMOTE_USER": "root",
+            "REMOTE_ADDR": self.client_address[0] if isinstance(self.client_address, tuple) else "127.0.0.1",
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(length) if body is not None else "",
+        }
+        for h, e in (("Content-Encoding", "HTTP_CONTENT_ENCODING"), ("Git-Protocol", "HTTP_GIT_PROTOCOL")):
+            if self.headers.get(h):
+                env[e] = self.headers[h]
+        errlog = open(LOGS + "/gitaly/http-backend.log", "ab")
+        try:
+            p = subprocess.Popen(["git", "http-backend"], env=env, cwd=REPOS,
+                                 stdin=body if body is not None else subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=errlog,
+                                 user=GIT_UID, group=GIT_GID, extra_groups=[])
+            code, headers = 200, []
+            while True:
+                line = p.stdout.readline()
+                if not line or line in (b"\r\n", b"\n"):
+                    break
+                k, _, v = line.decode("latin-1").partition(":")
+                k, v = k.strip(), v.strip()
+                if k.lower() == "status":
+                    code = int(v.split()[0])
+                else:
+                    headers.append((k, v))
+            self.send_response(code)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            while True:
+                chunk = p.stdout.read1(1 << 16) if hasattr(p.stdout, "read1") else p.stdout.read(1 << 16)
+                if not chunk:
+                    break
+                if self.command != "HEAD":
+                    self.wfile.write(chunk)
+            p.wait()
+        finally:
+            errlog.close()
+            if body is not None:
+                body.close()
+        if rest == "/git-receive-pack":
+            fix_head(repo_dir)
+
+
+def fix_head(repo_dir):
+    """Like GitLab: the first pushed branch becomes the default branch."""
+    r = run_as_git(["git", "-C", repo_dir, "symbolic-ref", "HEAD"], capture_output=True, text=True)
+    head = r.stdout.strip()
+    refs = run_as_git(["git", "-C", repo_dir, "for-each-ref", "--format=%(refname)", "refs/heads/"],
+                      capture_output=True, text=True).stdout.split()
+    if refs and head not in refs:
+        pick = next((b for b in ("refs/heads/main", "refs/heads/master") if b in refs), refs[0])
+        run_as_git(["git", "-C", repo_dir, "symbolic-ref", "HEAD", pick])
+
+
+class DualStackServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def nginx_main():
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    eff = read_json(SETTINGS, {}) or {}
+    ports = eff.get("listen_ports") or [80]
+    servers = []
+    for port in ports:
+        srv = DualStackServer(("0.0.0.0", port), Handler)
+        servers.append(srv)
+        log("nginx", "nginx listening on 0.0.0.0:%d" % port)
+    for srv in servers[1:]:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    servers[0].serve_forever()
+
+
+# --------------------------------------------------------------------------- gitlab-ctl
+
+def fmt_age(ts):
+    return "%ds" % max(0, int(time.time() - ts))
+
+
+def ctl_status(services=None):
+    st = read_json(STATUS_FILE)
+    if not st:
+        print("fail: runsv not running (the container's /assets/wrapper is not up yet)")
+        return 1
+    rc = 0
+    for svc in services or SERVICES:
+        s = st["services"].get(svc)
+        if s is None:
+            print("fail: %s: unable to find service" % svc)
+            rc = 1
+            continue
+        logpart = "run: log: (pid %d) %s" % (st["wrapper_pid"], fmt_age(st["boot_time"]))
+        if s["pid"]:
+            print("run: %s: (pid %d) %s; %s" % (svc, s["pid"], fmt_age(s["since"]), logpart))
+        else:
+            rc = 3
+            print("down: %s: %s, normally up; %s" % (svc, fmt_age(s["since"]), logpart))
+    return rc
+
+
+def ctl_change(action, services):
+    st = read_json(STATUS_FILE)
+    if not st:
+        print("fail: runsv not running (the container's /assets/wrapper is not up yet)")
+        return 1
+    services = services or SERVICES
+    for svc in services:
+        if svc not in SERVICES:
+            print("fail: %s: unable to find service" % svc)
+            return 1
+    if action in ("stop", "restart"):
+        set_desired(services, "down")
+        wait_state(services, False)
+        if action == "stop":
+            st = read_json(STATUS_FILE)
+            for svc in services:
+                print("ok: down: %s: %s, normally up" % (svc, fmt_age(st["services"][svc]["since"])))
+    if action in ("start", "restart"):
+        set_desired(services, "up")
+        wait_state(services, True)
+        st = read_json(STATUS_FILE)
+        for svc in services:
+            s = st["services"][svc]
+            if s["pid"]:
+                print("ok: run: %s: (pid %d) %s" % (svc, s["pid"], fmt_age(s["since"])))
+            else:
+                print("fail: %s: not running" % svc)
+    return 0
+
+
+def wait_state(services, running, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        st = read_json(STATUS_FILE) or {"services": {}}
+        ok = all(bool(st["services"].get(s, {}).get("pid")) == running for s in services)
+        if ok and running:
+            # service processes are up; wait until their sockets answer
+            ok = all(socket_alive(SOCKETS[s][0]) for s in services if s in SOCKETS)
+            if ok and "nginx" in services:
+                ok = port_open(80)
+        if ok:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def ctl_backup_etc(args):
+    dest = ETC + "/config_backup"
+    i = 0
+    while i < len(args):
+        if args[i] in ("-p", "--backup-path") and i + 1 < len(args):
+            dest = args[i + 1]
+            i += 2
+        elif args[i].startswith("--backup-path="):
+            dest = args[i].split("=", 1)[1]
+            i += 1
+        else:
+            i += 1
+    print("Running configuration backup")
+    os.makedirs(dest, exist_ok=True)
+    os.chmod(dest, 0o700)
+    ts = int(time.time())
+    name = "gitlab_config_%d_%s.tar" % (ts, time.strftime("%Y_%m_%d", time.gmtime(ts)))
+    out = os.path.join(dest, name)
+    print("Creating configuration backup archive: %s" % name)
+    r = subprocess.run(["tar", "--absolute-names", "--exclude", ETC + "/config_backup",
+                        "--verbose", "--create", "--file", out, ETC], capture_output=True, text=True)
+    sys.stdout.write(r.stdout)
+    if r.returncode not in (0,):
+        sys.stderr.write(r.stderr)
+        print("Failed to create configuration backup archive")
+        return 1
+    os.chmod(out, 0o600)
+    print("Configuration backup archive complete: %s" % out)
+    print("Keeping all older configuration backups")
+    return 0
+
+
+def ctl_main(args):
+    if not args:
+        print("Usage: gitlab-ctl COMMAND [SERVICE]\n  reconfigure status start stop restart backup-etc")
+        return 1
+    cmd, rest = args[0], args[1:]
+    os.makedirs(RUN, exist_ok=True)
+    if cmd == "reconfigure":
+        try:
+            reconfigure()
+        except ConfigError as e:
+            chef_failure(e)
+            return 1
+        print("gitlab Reconfigured!")
+        return 0
+    if cmd == "status":
+        return ctl_status(rest)
+    if cmd in ("start", "stop", "restart"):
+        return ctl_change(cmd, rest)
+    if cmd == "backup-etc":
+        return ctl_backup_etc(rest)
+    if cmd in ("service-list",):
+        for s in SERVICES:
+            print(s + "*")
+        return 0
+    print("I don't know that command: %s (GitLab TEST STAND-IN supports reconfigure, status, "
+          "start, stop, restart, backup-etc, service-list)" % cmd, file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------- gitlab-backup
+
+def bk_out(msg, cron=False):
+    if not cron:
+        print("%s -- %s" % (now_utc().strftime("%Y-%m-%d %H:%M:%S UTC"), msg), flush=True)
+
+
+def list_repos():
+    out = []
+    for root, dirs, files in os.walk(REPOS):
+        for d in list(dirs):
+            if d.endswith(".git"):
+                out.append(os.path.relpath(os.path.join(root, d), REPOS))
+                dirs.remove(d)
+    return sorted(out)
+
+
+class BackupLock:
+    def __enter__(self):
+        os.makedirs(os.path.dirname(BACKUP_PID), exist_ok=True)
+        try:
+            with open(BACKUP_PID) as f:
+                pid = int(f.read().strip() or 0)
+            if pid and pid != os.getpid() and os.path.exists("/proc/%d" % pid):
+                print("Backup and restore in progress:\n  There is a backup and restore task in "
+                      "progress (PID %d). Try to run the current task once the previous one ends." % pid,
+                      file=sys.stderr)
+                sys.exit(1)
+        except (OSError, ValueError):
+            pass
+        with open(BACKUP_PID, "w") as f:
+            f.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *a):
+        try:
+            os.unlink(BACKUP_PID)
+        except OSError:
+            pass
+
+
+def parse_env_args(args):
+    """gitlab-backup accepts VAR=value arguments like rake."""
+    for a in args:
+        if "=" in a and re.match(r"^[A-Z_]+=", a):
+            k, v = a.split("=", 1)
+            os.environ[k] = v
+
+
+def backup_create():
+    cron = os.environ.get("CRON") == "1"
+    skip = {s.strip() for s in os.environ.get("SKIP", "").split(",") if s.strip()}
+    strategy = os.environ.get("STRATEGY", "")
+    ts = int(time.time())
+    ver = version()
+    bid = os.environ.get("BACKUP") or "%d_%s_%s" % (ts, time.strftime("%Y_%m_%d", time.gmtime(ts)), ver)
+    name = "%s_gitlab_backup.tar" % bid
+    final = os.path.join(BACKUPS, name)
+    ensure_dir(BACKUPS, GIT_UID, 0, 0o700)
+    work = tempfile.mkdtemp(prefix="tmp_backup_", dir=BACKUPS)
+    try:
+        if "db" in skip:
+            bk_out("Dumping database ... [SKIPPED]", cron)
+        else:
+            bk_out("Dumping database ... ", cron)
+            bk_out("Dumping PostgreSQL database gitlabhq_production ... ", cron)
+            os.makedirs(work + "/db")
+            with db_lock():
+                shutil.copyfile(DB, work + "/db/database.json")
+            bk_out("Dumping PostgreSQL database gitlabhq_production ... [DONE]", cron)
+            bk_out("Dumping database ... done", cron)
+        if "repositories" in skip:
+            bk_out("Dumping repositories ... [SKIPPED]", cron)
+        else:
+            bk_out("Dumping repositories ... ", cron)
+            os.makedirs(work + "/repositories")
+            for rel in list_repos():
+                src = os.path.join(REPOS, rel)
+                base = os.path.join(work, "repositories", rel[:-4])
+                os.makedirs(os.path.dirname(base), exist_ok=True)
+                refs = subprocess.run(["git", "-C", src, "for-each-ref", "--count=1"],
+                                      capture_output=True, text=True)
+                if refs.returncode != 0:
+                    print("Error: repository %s: %s" % (rel, refs.stderr.strip()), file=sys.stderr)
+                    return 1
+                if not refs.stdout.strip():
+                    with open(base + ".empty", "w") as f:
+                        f.write("empty repository %s\n" % rel)
+                    bk_out("Dumping repository %s ... [EMPTY] [SKIPPED]" % rel[:-4], cron)
+                    continue
+                r = subprocess.run(["git", "-C", src, "bundle", "create", "--quiet", base + ".bundle", "--all"],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    print("Error: failed to bundle %s: %s" % (rel, r.stderr.strip()), file=sys.stderr)
+                    return 1
+                bk_out("Dumping repository %s ... [DONE]" % rel[:-4], cron)
+            bk_out("Dumping repositories ... done", cron)
+        for task, src in BACKUP_DIR_TASKS:
+            label = {"builds": "builds", "lfs": "lfs objects", "terraform_state": "terraform states",
+                     "ci_secure_files": "ci secure files"}.get(task, task)
+            if task in skip:
+                bk_out("Dumping %s ... [SKIPPED]" % label, cron)
+                continue
+            bk_out("Dumping %s ... " % label, cron)
+            os.makedirs(src, exist_ok=True)
+            tar_src = src
+            if strategy == "copy":
+                tar_src = os.path.join(work, "tmp_copy_" + task)
+                shutil.copytree(src, tar_src, symlinks=True)
+            r = subprocess.run(["tar", "-C", tar_src, "-czf", os.path.join(work, task + ".tar.gz"), "."],
+                               capture_output=True, text=True)
+            if tar_src != src:
+                shutil.rmtree(tar_src)
+            if r.returncode not in (0, 1):
+                print("Error: tar of %s failed: %s" % (task, r.stderr.strip()), file=sys.stderr)
+                return 1
+            bk_out("Dumping %s ... done" % label, cron)
+        info = ("---\n:db_version: 20241010000000\n:backup_created_at: %s\n:gitlab_version: %s\n"
+                ":tar_version: tar (GNU tar) 1.34\n:installation_type: gitlab-omnibus-docker (GitLab TEST STAND-IN)\n"
+                ":skipped: %s\n:repositories_storages: ''\n:repositories_server_side: false\n"
+                % (now_utc().strftime("%Y-%m-%d %H:%M:%S.%f +0000"), ver, ",".join(sorted(skip))))
+        with open(work + "/backup_information.yml", "w") as f:
+            f.write(info)
+        bk_out("Creating backup archive: %s ... " % name, cron)
+        subprocess.run(["chown", "-R", "%d:%d" % (GIT_UID, GIT_GID), work], check=True)
+        members = sorted(os.listdir(work))
+        tmp_tar = final + ".tmp"
+        r = subprocess.run(["tar", "-C", work, "-cf", tmp_tar] + members, capture_output=True, text=True)
+        if r.returncode != 0:
+            print("Error: creating backup archive failed: %s" % r.stderr.strip(), file=sys.stderr)
+            if os.path.exists(tmp_tar):
+                os.unlink(tmp_tar)
+            return 1
+        os.chown(tmp_tar, GIT_UID, GIT_GID)
+        os.chmod(tmp_tar, 0o600)
+        os.rename(tmp_tar, final)
+        bk_out("Creating backup archive: %s ... done" % name, cron)
+        bk_out("Uploading backup archive to remote storage  ... [SKIPPED]", cron)
+        bk_out("Deleting backups/tmp ... ", cron)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    bk_out("Deleting backups/tmp ... done", cron)
+    bk_out("Deleting old backups ... [SKIPPED]", cron)
+    bk_out("Warning: Your gitlab.rb and gitlab-secrets.json files contain sensitive data \n"
+           "and are not included in this backup. You will need these files to restore a backup.\n"
+           "Please back them up manually.", cron)
+    bk_out("Backup %s is done." % bid, cron)
+    return 0
+
+
+def ask_yes_no(question):
+    if os.environ.get("GITLAB_ASSUME_YES") == "1":
+        return True
+    sys.stdout.write(question + " (yes/no)? ")
+    sys.stdout.flush()
+    ans = sys.stdin.readline()
+    if ans.strip().lower() in ("yes", "y"):
+        return True
+    print("\nQuitting...")
+    return False
+
+
+def backup_restore():
+    ensure_dir(BACKUPS, GIT_UID, 0, 0o700)
+    bid = os.environ.get("BACKUP")
+    if not bid:
+        found = sorted(f[:-len("_gitlab_backup.tar")] for f in os.listdir(BACKUPS)
+                       if f.endswith("_gitlab_backup.tar"))
+        if not found:
+            print("No backups found in %s" % BACKUPS, file=sys.stderr)
+            print("Please make sure that file name ends with _gitlab_backup.tar", file=sys.stderr)
+            return 1
+        if len(found) > 1:
+            print("Found more than one backup:", file=sys.stderr)
+            for b in found:
+                print("  " + b, file=sys.stderr)
+            print("Specify the backup with BACKUP=<timestamp>", file=sys.stderr)
+            return 1
+        bid = found[0]
+    tar_path = os.path.join(BACKUPS, "%s_gitlab_backup.tar" % bid)
+    if not os.path.exists(tar_path):
+        print("The backup file %s does not exist!" % os.path.basename(tar_path), file=sys.stderr)
+        return 1
+    skip = {s.strip() for s in os.environ.get("SKIP", "").split(",") if s.strip()}
+    work = tempfile.mkdtemp(prefix="tmp_restore_", dir=BACKUPS)
+    try:
+        bk_out("Unpacking backup ... ")
+        r = subprocess.run(["tar", "-C", work, "-xf", tar_path], capture_output=True, text=True)
+        if r.returncode != 0:
+            print("Unpacking backup failed: %s" % r.stderr.strip(), file=sys.stderr)
+            return 1
+        subprocess.run(["chown", "-R", "%d:%d" % (GIT_UID, GIT_GID), work], check=True)
+        bk_out("Unpacking backup ... done")
+        info_text = open(os.path.join(work, "backup_information.yml")).read() \
+            if os.path.exists(os.path.join(work, "backup_information.yml")) else ""
+        m = re.search(r"^:gitlab_version:\s*(\S+)", info_text, re.M)
+        backup_ver = m.group(1).strip("'\"") if m else "unknown"
+        ver = version()
+        if backup_ver != ver:
+            print("GitLab version mismatch: your current GitLab version (%s) differs from the "
+                  "GitLab version in the backup (%s)" % (ver, backup_ver), file=sys.stderr)
+            print("  Please switch to the following version and try again:", file=sys.stderr)
+            print("  version: %s" % backup_ver, file=sys.stderr)
+            print("", file=sys.stderr)
+            print("  Hint: git checkout v%s" % backup_ver, file=sys.stderr)
+            return 1
+        m = re.search(r"^:skipped:\s*(.*)$", info_text, re.M)
+        skipped_in_backup = {s.strip() for s in (m.group(1) if m else "").strip("'\"").split(",") if s.strip()}
+        skip |= skipped_in_backup
+        if not ask_yes_no("Be sure to stop Puma, Sidekiq, and any other process that\n"
+                          "connects to the database before proceeding. For Omnibus\n"
+                          "installs, see the following link for more information:\n"
+                          "https://docs.gitlab.com/ee/raketasks/backup_restore.html#restore-for-omnibus-gitlab-installations\n\n"
+                          "Before restoring the database, we will remove all existing\n"
+                          "tables to avoid future upgrade problems. Be aware that if you have\n"
+                          "custom tables in the GitLab database these tables and all data will be\n"
+                          "removed.\n\nDo you want to continue"):
+            return 1
+        if "db" not in skip and os.path.exists(work + "/db/database.json"):
+            bk_out("Restoring database ... ")
+            bk_out("Restoring PostgreSQL database gitlabhq_production ... ")
+            with open(work + "/db/database.json") as f:
+                db = json.load(f)
+            ensure_dir(PGDATA, PSQL_UID, PSQL_GID, 0o700)
+            with db_lock():
+                db_save(db)
+            bk_out("Restoring PostgreSQL database gitlabhq_production ... [DONE]")
+            bk_out("Restoring database ... done")
+        else:
+            bk_out("Restoring database ... [SKIPPED]")
+        if "repositories" not in skip and os.path.isdir(work + "/repositories"):
+            bk_out("Restoring repositories ... ")
+            ensure_dir(REPOS, GIT_UID, GIT_GID, 0o2770)
+            for entry in os.listdir(REPOS):
+                p = os.path.join(REPOS, entry)
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+            items = []
+            for root, _, files in os.walk(work + "/repositories"):
+                for fn in files:
+                    if fn.endswith(".bundle") or fn.endswith(".empty"):
+                        items.append(os.path.join(root, fn))
+            for item in sorted(items):
+                rel = os.path.relpath(item, work + "/repositories").rsplit(".", 1)[0] + ".git"
+                dest = os.path.join(REPOS, rel)
+                r = run_as_git(["git", "init", "--bare", "--quiet", dest], capture_output=True, text=True)
+                if r.returncode == 0:
+                    run_as_git(["git", "-C", dest, "config", "http.receivepack", "true"])
+                if r.returncode == 0 and item.endswith(".bundle"):
+                    r = run_as_git(["git", "-C", dest, "fetch", "--quiet", "--update-head-ok", item,
+                                    "+refs/*:refs/*"], capture_output=True, text=True)
+                    if r.returncode == 0:
+                        heads = run_as_git(["git", "bundle", "list-heads", item], capture_output=True,
+                                           text=True, cwd=dest).stdout.split("\n")
+                        refs = dict(reversed(l.split(" ", 1)) for l in heads if " " in l)
+                        head_oid = refs.get("HEAD")
+                        target = next((ref for ref, oid in refs.items()
+                                       if ref.startswith("refs/heads/") and oid == head_oid), None)
+                        if target:
+                            run_as_git(["git", "-C", dest, "symbolic-ref", "HEAD", target])
+                        else:
+                            fix_head(dest)
+                if r.returncode != 0:
+                    print("Error: restoring repository %s failed: %s" % (rel, r.stderr.strip()), file=sys.stderr)
+                    return 1
+                bk_out("Restoring repository %s ... [DONE]" % rel[:-4])
+            bk_out("Restoring repositories ... done")
+        else:
+            bk_out("Restoring repositories ... [SKIPPED]")
+        for task, dest in BACKUP_DIR_TASKS:
+            src = os.path.join(work, task + ".tar.gz")
+            if task in skip or not os.path.exists(src):
+                continue
+            bk_out("Restoring %s ... " % task)
+            os.makedirs(dest, exist_ok=True)
+            for entry in os.listdir(dest):
+                p = os.path.join(dest, entry)
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+            r = subprocess.run(["tar", "-C", dest, "--same-owner", "-xzf", src], capture_output=True, text=True)
+            if r.returncode != 0:
+                print("Error: restoring %s failed: %s" % (task, r.stderr.strip()), file=sys.stderr)
+                return 1
+            bk_out("Restoring %s ... done" % task)
+        setup_data_dirs()
+        bk_out("Deleting backups/tmp ... ")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    bk_out("Deleting backups/tmp ... done")
+    bk_out("Warning: Your gitlab.rb and gitlab-secrets.json files contain sensitive data \n"
+           "and are not included in this backup. You will need to restore these files manually.")
+    bk_out("Restore task is done.")
+    return 0
+
+
+def backup_main(args):
+    if not args or args[0] not in ("create", "restore"):
+        print("Usage: gitlab-backup create|restore [BACKUP=<id>] [SKIP=a,b] [STRATEGY=copy] [CRON=1]",
+              file=sys.stderr)
+        return 1
+    parse_env_args(args[1:])
+    os.makedirs(RUN, exist_ok=True)
+    with BackupLock():
+        return backup_create() if args[0] == "create" else backup_restore()
+
+
+# --------------------------------------------------------------------------- gitlab-rake
+
+def rake_check(sanitize):
+    failures = []
+
+    def check(label, ok, hint=None):
+        print("%s ... %s" % (label, "yes" if ok else "no"))
+        if not ok:
+            failures.append(label)
+            if hint:
+                print("  Try fixing it:\n  %s" % hint)
+        return ok
+
+    print("Checking GitLab subtasks ...\n")
+    print("Checking GitLab Shell ...\n")
+    print("GitLab Shell: ... GitLab Shell version >= 14.39.0 ? ... OK (14.39.0)")
+    print("Running /opt/gitlab/embedded/service/gitlab-shell/bin/check")
+    check("Internal API available", puma_up(), "sudo gitlab-ctl start puma")
+    print("\nChecking GitLab Shell ... Finished\n")
+    print("Checking Gitaly ...\n")
+    check("Gitaly: ... default", socket_alive(SOCKETS["gitaly"][0]), "sudo gitlab-ctl start gitaly")
+    print("\nChecking Gitaly ... Finished\n")
+    print("Checking Sidekiq ...\n")
+    st = read_json(STATUS_FILE) or {"services": {}}
+    check("Sidekiq: ... Running?", bool(st["services"].get("sidekiq", {}).get("pid")), "sudo gitlab-ctl start sidekiq")
+    print("\nChecking Sidekiq ... Finished\n")
+    print("Checking GitLab App ...\n")
+    secrets_ok = False
+    try:
+        with open(SECRETS) as f:
+            secrets_ok = bool(json.load(f)["gitlab_rails"]["db_key_base"])
+    except (OSError, ValueError, KeyError):
+        pass
+    check("gitlab-secrets.json present and valid?", secrets_ok, "restore %s from your configuration backup" % SECRETS)
+    db_ok = False
+    try:
+        st_pg = os.stat(PGDATA)
+        db_ok = st_pg.st_uid == PSQL_UID and (st_pg.st_mode & 0o777) == 0o700
+        if db_ok:
+            with open(DB) as f:
+                json.load(f)
+            st_db = os.stat(DB)
+            db_ok = st_db.st_uid == PSQL_UID
+    except (OSError, ValueError):
+        db_ok = False
+    check("Database config exists? ... yes\nDatabase readable (owned by gitlab-psql, data dir 0700)?", db_ok,
+          "chown -R gitlab-psql:gitlab-psql %s && chmod 0700 %s" % (PGDATA, PGDATA))
+    check("Postgres service running?", socket_alive(SOCKETS["postgresql"][0]), "sudo gitlab-ctl start postgresql")
+    repo_ok = False
+    try:
+        s = os.stat(REPOS)
+        repo_ok = s.st_uid == GIT_UID and s.st_gid == GIT_GID
+    except OSError:
+        pass
+    check("Repo base directory exists and is owned by git:git?", repo_ok,
+          "sudo chown -R git:git %s" % REPOS)
+    bad = []
+    if repo_ok:
+        for root, dirs, files in os.walk(REPOS):
+            for n in dirs + files:
+                p = os.path.join(root, n)
+                try:
+                    if os.lstat(p).st_uid != GIT_UID:
+                        bad.append(os.path.relpath(p, REPOS))
+                except OSError:
+                    pass
+    check("All repository files owned by git?", not bad,
+          "sudo chown -R git:git %s%s" % (REPOS, "" if sanitize or not bad else "  (first bad: %s)" % bad[0]))
+    up_ok = False
+    try:
+        s = os.stat(UPLOADS)
+        up_ok = s.st_uid == GIT_UID and (s.st_mode & 0o777) == 0o700
+    except OSError:
+        pass
+    check("Uploads directory exists and has correct permissions?", up_ok,
+          "sudo chown -R git %s && sudo chmod 700 %s" % (UPLOADS, UPLOADS))
+    projects = 0
+    try:
+        projects = sum(1 for r in db_load()["records"] if r.get("type") == "project")
+    except (OSError, ValueError, KeyError):
+        pass
+    missing = []
+    try:
+        for r in db_load()["records"]:
+            if r.get("type") in ("project", "project_wiki") and not os.path.isdir(os.path.join(REPOS, r["repository"])):
+                missing.append(r["repository"])
+    except (OSError, ValueError, KeyError):
+        pass
+    print("Projects have repositories? ... %s" % ("yes (%d projects)" % projects if not missing else "no"))
+    if missing:
+        failures.append("Projects have repositories?")
+        if not sanitize:
+            for m in missing:
+                print("  missing: %s" % m)
+    print("\nChecking GitLab App ... Finished\n")
+    print("Checking GitLab subtasks ... Finished")
+    print("")
+    if failures:
+        print("Checking GitLab ... Finished with %d failed check(s): %s" % (len(failures), "; ".join(failures)))
+        return 1
+    print("Checking GitLab ... Finished")
+    return 0
+
+
+def rake_doctor_secrets():
+    def info(msg):
+        print("I, [%s #%d]  INFO -- : %s" % (now_utc().strftime("%Y-%m-%dT%H:%M:%S.%f"), os.getpid(), msg))
+    info("Checking encrypted values in the database")
+    try:
+        key = db_key_base()
+    except (OSError, ValueError, KeyError) as e:
+        print("E, [%s]  ERROR -- : cannot read %s: %s" % (now_utc().isoformat(), SECRETS, e))
+        return 1
+    try:
+        db = db_load()
+    except (OSError, ValueError) as e:
+        print("E, [%s]  ERROR -- : cannot read database: %s" % (now_utc().isoformat(), e))
+        return 1
+    by_type, bad = {}, []
+    for r in db["records"]:
+        t = r.get("type", "unknown")
+        by_type.setdefault(t, 0)
+        if not hmac.compare_digest(r.get("sealed", ""), seal(r, key)):
+            by_type[t] += 1
+            bad.append(r)
+    names = {"ci_variable": "Ci::Variable", "application_setting": "ApplicationSetting",
+             "project": "Project", "project_wiki": "ProjectWiki"}
+    for t in sorted(by_type):
+        info("- %s failures: %d" % (names.get(t, t), by_type[t]))
+    for r in bad:
+        print("E, [%s #%d] ERROR -- : > %s[%s] failed: ActiveSupport::MessageEncryptor::InvalidMessage"
+              % (now_utc().strftime("%Y-%m-%dT%H:%M:%S.%f"), os.getpid(), names.get(r.get("type"), r.get("type")), r.get("id")))
+    info("Total: %d row(s) affected" % len(bad))
+    info("Done!")
+    return 1 if bad else 0
+
+
+def rake_main(args):
+    parse_env_args(args)
+    tasks = [a for a in args if not re.match(r"^[A-Z_]+=", a)]
+    if not tasks:
+        print("Usage: gitlab-rake gitlab:check [SANITIZE=true] | gitlab:doctor:secrets", file=sys.stderr)
+        return 1
+    rc = 0
+    for t in tasks:
+        if t == "gitlab:check":
+            rc |= rake_check(os.environ.get("SANITIZE") == "true")
+        elif t == "gitlab:doctor:secrets":
+            rc |= rake_doctor_secrets()
+        elif t in ("gitlab:backup:create", "gitlab:backup:restore"):
+            rc |= backup_main([t.rsplit(":", 1)[1]] + args)
+        elif t == "gitlab:env:info":
+            print("System information\nGitLab information\nVersion:\t%s\nGitLab TEST STAND-IN" % version())
+        else:
+            print("rake aborted!\nDon't know how to build task '%s' (GitLab TEST STAND-IN)" % t, file=sys.stderr)
+            return 1
+    return rc
+
+
+# --------------------------------------------------------------------------- healthcheck
+
+def healthcheck_main(args):
+    max_time = 10.0
+    i = 0
+    while i < len(args):
+        if args[i] in ("--max-time", "-m") and i + 1 < len(args):
+            max_time = float(args[i + 1])
+            i += 2
+        else:
+            i += 1  # --fail, -s, ... are accepted and ignored
+    try:
+        with urllib.request.urlopen("http://localhost/-/health", timeout=max_time) as r:
+            body = r.read().decode(errors="replace")
+            print(body)
+            return 0 if r.status == 200 else 22
+    except urllib.error.HTTPError as e:
+        print("curl: (22) The requested URL returned error: %d" % e.code, file=sys.stderr)
+        return 22
+    except Exception as e:  # connection refused, timeout
+        print("curl: (7) Failed to connect to localhost port 80: %s" % e, file=sys.stderr)
+        return 7
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__)
+        return 1
+    cmd, args = argv[1], argv[2:]
+    if cmd == "wrapper":
+        return wrapper()
+    if cmd == "service":
+        return service_main(args[0])
+    if cmd == "ctl":
+        return ctl_main(args)
+    if cmd == "backup":
+        return backup_main(args)
+    if cmd == "rake":
+        return rake_main(args)
+    if cmd == "healthcheck":
+        return healthcheck_main(args)
+    print("unknown command %s" % cmd, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv) or 0)
