@@ -1,0 +1,193 @@
+//! `girofle instance ...`
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Subcommand;
+use girofle_core::address::AddressRequest;
+use girofle_core::{CommissionRequest, DecommissionOptions, Result};
+
+use crate::output::{print, with_spinner};
+use crate::Ctx;
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Commission a new instance; prints its URL once it is healthy.
+    Create {
+        /// Instance name: 1-40 lowercase letters, digits, '-' (the container is girofle-NAME).
+        name: String,
+        /// Image (default: [instances] image in girofle.toml).
+        #[arg(long)]
+        image: Option<String>,
+        /// Address from the pool (default: the first one).
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        #[arg(long)]
+        http_port: Option<u16>,
+        #[arg(long)]
+        https_port: Option<u16>,
+        #[arg(long)]
+        ssh_port: Option<u16>,
+        /// Host name used in the external URL.
+        #[arg(long)]
+        hostname: Option<String>,
+        /// gitlab.rb setting KEY=VALUE (repeatable), e.g. "gitlab_rails['time_zone']=UTC".
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Container label KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Seconds to wait for health (default: [instances] health_timeout_secs).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// List instances with their state (running, starting, unhealthy, stopped, missing, unknown).
+    List,
+    /// Show one instance.
+    Show { name: String },
+    /// Start an instance (re-creating its container if it was removed) and wait healthy.
+    Start { name: String },
+    /// Stop an instance.
+    Stop { name: String },
+    /// Restart an instance and wait healthy.
+    Restart { name: String },
+    /// Change managed gitlab.rb settings, run gitlab-ctl reconfigure, wait healthy.
+    Reconfigure {
+        name: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
+    },
+    /// Decommission: final backup, stop and remove the container, archive the data.
+    Rm {
+        name: String,
+        /// Delete the data instead of moving it to <root>/decommissioned/.
+        #[arg(long)]
+        purge: bool,
+        /// Skip the final backup.
+        #[arg(long)]
+        no_backup: bool,
+    },
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| girofle_core::Error::invalid("--label", format!("`{l}` is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
+    let g = ctx.open().await?;
+    match command {
+        InstanceCommand::Create {
+            name,
+            image,
+            ip,
+            http_port,
+            https_port,
+            ssh_port,
+            hostname,
+            set,
+            labels,
+            timeout,
+        } => {
+            let request = CommissionRequest {
+                name: name.clone(),
+                image,
+                addresses: AddressRequest {
+                    ip,
+                    http_port,
+                    https_port,
+                    ssh_port,
+                },
+                hostname,
+                settings: set,
+                labels: parse_labels(&labels)?,
+                timeout: timeout.map(Duration::from_secs),
+            };
+            let record = with_spinner(&format!("commissioning {name}, waiting until healthy"), g.commission(request)).await?;
+            print(ctx, &record, || record.external_url.clone());
+        }
+        InstanceCommand::List => {
+            let list = g.list().await?;
+            print(ctx, &list, || {
+                let mut out = format!("{:<24} {:<13} {:<36} URL", "NAME", "STATE", "IMAGE");
+                for s in &list {
+                    out.push_str(&format!(
+                        "\n{:<24} {:<13} {:<36} {}",
+                        s.name,
+                        s.state.to_string(),
+                        s.image,
+                        s.url.as_deref().unwrap_or("-")
+                    ));
+                }
+                out
+            });
+        }
+        InstanceCommand::Show { name } => {
+            let s = g.show(&name).await?;
+            print(ctx, &s, || {
+                let mut out = format!("name:      {}\nstate:     {}\ncontainer: {}\nimage:     {}", s.name, s.state, s.container, s.image);
+                if let Some(r) = &s.record {
+                    out.push_str(&format!(
+                        "\nurl:       {}\nhttp:      {}:{}\nhttps:     {}:{}\nssh:       {}:{}\ncreated:   {}",
+                        r.external_url,
+                        r.bindings.ip,
+                        r.bindings.http_port,
+                        r.bindings.ip,
+                        r.bindings.https_port,
+                        r.bindings.ip,
+                        r.bindings.ssh_port,
+                        r.created_at.to_rfc3339()
+                    ));
+                    for (k, v) in &r.settings {
+                        out.push_str(&format!("\nsetting:   {k} = {v}"));
+                    }
+                }
+                out
+            });
+        }
+        InstanceCommand::Start { name } => {
+            let r = with_spinner(&format!("starting {name}"), g.start(&name)).await?;
+            print(ctx, &r, || format!("{name} is running at {}", r.external_url));
+        }
+        InstanceCommand::Stop { name } => {
+            let r = g.stop(&name).await?;
+            print(ctx, &r, || format!("{name} stopped"));
+        }
+        InstanceCommand::Restart { name } => {
+            let r = with_spinner(&format!("restarting {name}"), g.restart(&name)).await?;
+            print(ctx, &r, || format!("{name} is running at {}", r.external_url));
+        }
+        InstanceCommand::Reconfigure { name, set, unset } => {
+            let r = with_spinner(&format!("reconfiguring {name}"), g.reconfigure(&name, &set, &unset)).await?;
+            print(ctx, &r, || format!("{name} reconfigured and healthy"));
+        }
+        InstanceCommand::Rm { name, purge, no_backup } => {
+            let d = with_spinner(
+                &format!("decommissioning {name}"),
+                g.decommission(&name, DecommissionOptions { purge, no_backup }),
+            )
+            .await?;
+            print(ctx, &d, || {
+                let mut out = format!("{name} decommissioned");
+                if let Some(b) = &d.final_backup {
+                    out.push_str(&format!("; final backup {b}"));
+                }
+                match &d.archived_to {
+                    Some(p) => out.push_str(&format!("; data kept in {}", p.display())),
+                    None => out.push_str("; data deleted (--purge)"),
+                }
+                out
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `girofle`: the command line of Girofle. It parses, calls `girofle-core`, prints.
+
+mod backup;
+mod instance;
+mod output;
+mod restore;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use girofle_core::{Girofle, OpenOptions};
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  failure of the engine, a store or the file system (the message says which)
+  2  invalid arguments or configuration (the usage or the field is named)
+  3  not found (instance, backup, image, store)
+  4  conflict: already exists, address in use, instance busy
+  5  damaged backup or version mismatch
+  6  instance unhealthy or not healthy in time";
+
+/// Run a fleet of GitLab instances in Docker and keep their data safe.
+#[derive(Debug, Parser)]
+#[command(name = "girofle", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Girofle's root directory (configuration, inventory, instances, backups).
+    #[arg(long, global = true, env = "GIROFLE_ROOT", default_value = "/var/lib/girofle")]
+    root: PathBuf,
+    /// Docker engine address (default: [docker] host in girofle.toml, then DOCKER_HOST).
+    #[arg(long, global = true)]
+    docker_host: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prepare a root: directories, default girofle.toml, inventory.
+    Init,
+    /// Commission, list, change and decommission instances.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Instance(instance::InstanceCommand),
+    /// Back up instances, list, verify, copy and prune backups.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Backup(backup::BackupCommand),
+    /// Restore an instance from a backup.
+    #[command(after_help = EXIT_CODES)]
+    Restore(restore::RestoreArgs),
+}
+
+/// What every subcommand gets.
+#[derive(Debug)]
+pub struct Ctx {
+    pub root: PathBuf,
+    pub docker_host: Option<String>,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub async fn open(&self) -> girofle_core::Result<Girofle> {
+        Girofle::open(
+            &self.root,
+            OpenOptions {
+                docker_host: self.docker_host.clone(),
+            },
+        )
+        .await
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("girofle: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let ctx = Ctx {
+        root: cli.root,
+        docker_host: cli.docker_host,
+        json: cli.json,
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Init => {
+                let wrote = Girofle::init(&ctx.root)?;
+                output::print(
+                    &ctx,
+                    &serde_json::json!({ "root": ctx.root, "config_written": wrote }),
+                    || {
+                        if wrote {
+                            format!("initialised {} (edit girofle.toml to change the address pool)", ctx.root.display())
+                        } else {
+                            format!("{} was already initialised; girofle.toml kept", ctx.root.display())
+                        }
+                    },
+                );
+                Ok(())
+            }
+            Command::Instance(c) => instance::run(&ctx, c).await,
+            Command::Backup(c) => backup::run(&ctx, c).await,
+            Command::Restore(a) => restore::run(&ctx, a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => output::fail(&ctx, &e),
+    }
+}

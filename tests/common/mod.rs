@@ -1,0 +1,186 @@
+//! Shared helpers of Girofle's integration tests: a throw-away Girofle root with its own
+//! port range whose containers are removed even when a test fails, the stand-in GitLab
+//! image, the `girofle` binary, and git helpers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use girofle_core::config::Config;
+use girofle_core::{Girofle, OpenOptions};
+
+/// The stand-in image of a GitLab version, or a failure saying how to build it.
+pub fn stand_in(version: &str) -> String {
+    let image = format!("girofle-test/gitlab-ce:{version}-ce.0");
+    let ok = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "the stand-in image {image} is missing (or `docker` is not running): build it with `tests/gitlab-stand-in/build` (scripts/test does)"
+    );
+    image
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name for an instance of this test run.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{tag}-{:x}{n}", (nanos ^ std::process::id()) % 0xfffff)
+}
+
+/// A Girofle root in a temporary directory, with a port range of its own; its containers
+/// are removed when it is dropped, even after a failed assertion.
+#[derive(Debug)]
+pub struct TestRoot {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub ports: (u16, u16),
+}
+
+impl TestRoot {
+    /// A fresh initialised root using `image` as the default image.
+    pub fn new(image: &str) -> TestRoot {
+        let dir = tempfile::Builder::new().prefix("girofle-test-").tempdir().unwrap();
+        let root = dir.path().join("root");
+        Girofle::init(&root).unwrap();
+        // Test binaries run one after the other, tests of one binary in parallel: a range
+        // per root from an in-process counter keeps parallel tests off each other's ports.
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = 30000 + ((std::process::id() * 7 + n * 13) % 900) as u16 * 32;
+        let ports = (base, base + 31);
+        let mut config = Config::load(&root).unwrap();
+        config.network.ports = vec![format!("{}-{}", ports.0, ports.1)];
+        config.instances.image = image.to_string();
+        config.instances.health_timeout_secs = 120;
+        config.instances.stop_grace_secs = 10;
+        config.save(&root).unwrap();
+        TestRoot { dir, root, ports }
+    }
+
+    /// Girofle opened on this root.
+    pub async fn open(&self) -> Girofle {
+        Girofle::open(&self.root, OpenOptions::default()).await.unwrap()
+    }
+
+    /// Runs the `girofle` binary on this root.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(girofle_bin())
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Edits girofle.toml.
+    pub fn edit_config(&self, f: impl FnOnce(&mut Config)) {
+        let mut c = Config::load(&self.root).unwrap();
+        f(&mut c);
+        c.save(&self.root).unwrap();
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        remove_containers_of(&self.root);
+    }
+}
+
+/// Removes every container Girofle created for `root`.
+pub fn remove_containers_of(root: &Path) {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=io.girofle.root={}", root.display()))
+        .output();
+    if let Ok(out) = out {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        }
+    }
+}
+
+/// The `girofle` binary built by `cargo build` (scripts/test builds it first).
+pub fn girofle_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GIROFLE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("girofle");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p girofle-cli` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs a command, failing the test with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A git command in `dir` with a fixed identity.
+pub fn git(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Girofle Test")
+        .env("GIT_AUTHOR_EMAIL", "test@girofle.invalid")
+        .env("GIT_COMMITTER_NAME", "Girofle Test")
+        .env("GIT_COMMITTER_EMAIL", "test@girofle.invalid")
+        .env("GIT_TERMINAL_PROMPT", "0");
+    c
+}
+
+/// Creates a repository with `commits` commits, a branch and a tag, and pushes everything
+/// to `url`. Returns `git ls-remote` of the result.
+pub fn push_project(work: &Path, url: &str, commits: usize) -> String {
+    std::fs::create_dir_all(work).unwrap();
+    run(git(work).args(["init", "-q", "-b", "main"]));
+    for i in 0..commits {
+        std::fs::write(work.join(format!("file{i}.txt")), format!("content {i}\n").repeat(100)).unwrap();
+        run(git(work).args(["add", "."]));
+        run(git(work).args(["commit", "-q", "-m", &format!("commit {i}")]));
+    }
+    run(git(work).args(["branch", "feature"]));
+    run(git(work).args(["tag", "v1.0"]));
+    run(git(work).args(["push", "-q", url, "--all"]));
+    run(git(work).args(["push", "-q", url, "--tags"]));
+    ls_remote(url)
+}
+
+/// `git ls-remote URL`, sorted.
+pub fn ls_remote(url: &str) -> String {
+    let mut c = Command::new("git");
+    c.args(["ls-remote", url]).env("GIT_TERMINAL_PROMPT", "0");
+    let mut lines: Vec<String> = run(&mut c).lines().map(str::to_string).collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// Clones `url` into `dest` and runs `git fsck --full --strict`; returns the fsck output.
+pub fn clone_and_fsck(url: &str, dest: &Path) -> String {
+    let mut c = Command::new("git");
+    c.args(["clone", "-q", "--mirror", url]).arg(dest).env("GIT_TERMINAL_PROMPT", "0");
+    run(&mut c);
+    run(git(dest).args(["fsck", "--full", "--strict"]))
+}
