@@ -383,7 +383,7 @@ impl Girofle {
                     })
                     .await?;
                 drop(lock);
-                Ok(active)
+                Ok(active.redacted())
             }
             Err(e) => {
                 // Leave nothing half-done: container, directories (all created by us just
@@ -461,7 +461,7 @@ impl Girofle {
                 container,
                 image: record.image.clone(),
                 url: Some(record.external_url.clone()),
-                record: Some(record.clone()),
+                record: Some(record.redacted()),
             });
         }
         for c in &containers {
@@ -519,13 +519,16 @@ impl Girofle {
                             "the instance's data is gone; restore it from a backup (`girofle restore`)",
                         ));
                     }
-                    return self.bring_up(&record, &dirs, None).await.map(|_| record.clone());
+                    return self
+                    .bring_up(&record, &dirs, None)
+                    .await
+                    .map(|_| record.redacted());
                 }
                 self.runtime.start(&container).await?;
                 self.runtime
                     .wait_healthy(&container, self.boot_timeout())
                     .await?;
-                Ok(record.clone())
+                Ok(record.redacted())
             },
         )
         .await
@@ -545,7 +548,7 @@ impl Girofle {
                 self.runtime
                     .stop(&record.container_name(), self.stop_grace())
                     .await?;
-                Ok(record.clone())
+                Ok(record.redacted())
             },
         )
         .await
@@ -655,7 +658,7 @@ impl Girofle {
                 Ok(())
             })
             .await?;
-        Ok(updated)
+        Ok(updated.redacted())
     }
 
     /// Decommissions an instance: a final backup (unless asked not to), stop and remove the

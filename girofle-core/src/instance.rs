@@ -75,6 +75,18 @@ impl InstanceRecord {
         container_name(&self.name)
     }
 
+    /// A copy safe to print or to store in plain metadata: values of secret-looking
+    /// settings (passwords, tokens...) are replaced.
+    pub fn redacted(&self) -> InstanceRecord {
+        let mut r = self.clone();
+        for (k, v) in r.settings.iter_mut() {
+            if crate::journal::is_secret_key(k) {
+                *v = crate::journal::REDACTED.to_string();
+            }
+        }
+        r
+    }
+
     /// The GitLab version from the image tag (`gitlab/gitlab-ce:17.5.1-ce.0` -> `17.5.1`).
     pub fn gitlab_version(&self) -> Option<String> {
         image_version(&self.image).map(|(v, _)| v)
@@ -390,6 +402,22 @@ pub fn render_gitlab_rb(current: &str, settings: &BTreeMap<String, String>) -> S
     }
 }
 
+/// The settings in the managed block of a `gitlab.rb` text (used after a restore, where
+/// the backup's metadata holds the settings redacted but `gitlab.rb` holds them whole).
+pub fn managed_settings(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let (Some(b), Some(e)) = (text.find(MANAGED_BEGIN), text.find(MANAGED_END)) {
+        if e > b {
+            for line in text[b + MANAGED_BEGIN.len()..e].lines() {
+                if let Some((k, v)) = line.split_once(" = ") {
+                    out.insert(k.trim().to_string(), v.trim().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +462,7 @@ mod tests {
         let second = render_gitlab_rb(&format!("{first}# tail\n"), &s);
         assert_eq!(second.matches(MANAGED_BEGIN).count(), 1);
         assert!(second.contains("a['c'] = 2\n") && second.ends_with("# tail\n"));
+        assert_eq!(managed_settings(&second), s);
     }
 
     #[test]

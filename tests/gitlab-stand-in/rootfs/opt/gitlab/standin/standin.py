@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import hmac
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -964,6 +965,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path, qs = urllib.parse.unquote(u.path), u.query
         if not puma_up():
             return self.send_simple(502, "<html><body><h1>502</h1><p>Whoops, GitLab is taking too much time to respond.</p></body></html>\n", "text/html")
+        if path in ("/-/health", "/-/liveness", "/-/readiness", "/-/metrics") and not self.monitoring_allowed():
+            return self.send_simple(404, "The page could not be found or you don't have permission to view it.\n")
         if path == "/-/health":
             return self.send_simple(200, "GitLab OK")
         if path == "/-/liveness":
@@ -978,6 +981,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/users/sign_in":
             return self.send_simple(200, "<html><head><title>Sign in · GitLab</title></head><body>GitLab TEST STAND-IN</body></html>\n", "text/html")
         return self.send_simple(404, "<html><body><h1>404</h1><p>Page Not Found</p></body></html>\n", "text/html")
+
+    def monitoring_allowed(self):
+        """gitlab_rails['monitoring_whitelist'] (default: localhost only), like GitLab."""
+        allow = ["127.0.0.0/8", "::1/128"]
+        rails = ((read_json(SETTINGS, {}) or {}).get("settings") or {}).get("gitlab_rails") or {}
+        if isinstance(rails.get("monitoring_whitelist"), list):
+            allow = rails["monitoring_whitelist"]
+        try:
+            ip = ipaddress.ip_address(self.client_address[0])
+            if ip.version == 6 and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+        except (ValueError, TypeError, IndexError):
+            return False
+        for net in allow:
+            try:
+                if ip in ipaddress.ip_network(str(net), strict=False):
+                    return True
+            except ValueError:
+                pass
+        return False
 
     def readiness(self, all_checks):
         result = {"status": "ok", "master_check": [{"status": "ok"}]}
