@@ -72,3 +72,21 @@ pub async fn with_spinner<T>(message: &str, work: impl Future<Output = T>) -> T 
         }
     }
 }
+
+/// A progress callback printing files, MB and MB/s on a terminal (none otherwise).
+pub fn progress_printer(verb: &'static str) -> Option<girofle_core::backup::ProgressFn> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let start = Instant::now();
+    Some(std::sync::Arc::new(move |p: girofle_core::archive::Progress| {
+        let secs = start.elapsed().as_secs_f64().max(0.001);
+        eprint!(
+            "\r\x1b[2K{verb}: {} files, {:.1} MB, {:.1} MB/s",
+            p.files,
+            p.bytes as f64 / 1e6,
+            p.bytes as f64 / 1e6 / secs
+        );
+        let _ = std::io::stderr().flush();
+    }))
+}

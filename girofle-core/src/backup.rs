@@ -1,9 +1,912 @@
-//! TEMPORARY: replaced by the backup module under construction.
-use crate::error::{Error, Result};
+//! Backups of instances (R-BAK-1,2,6): take one (cold or online), list, verify, copy to
+//! another store, prune by a retention policy.
+//!
+//! A backup is two objects in a store: `<instance>/<ts>.tar.zst` (the archive, see
+//! `archive`) and `<instance>/<ts>.manifest` (what it holds, written last, so a listing
+//! never shows a backup whose archive is incomplete). This module orchestrates the
+//! instance, the archive and the store; restoring is `restore`'s job.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Datelike, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::archive::{
+    self, ArchiveIndex, ChannelReader, ChannelWriter, CompressionOptions, Progress, Source,
+};
+use crate::error::{Error, IoContext, Result};
 use crate::fleet::Girofle;
-use crate::instance::InstanceRecord;
+use crate::instance::{self, InstanceDirs, InstanceRecord};
+use crate::inventory::InventoryExt;
+use crate::lock::InstanceLock;
+use crate::runtime::{ContainerRuntimeExt, ExecSpec, Health};
+use crate::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
+
+/// The archive format this Girofle writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 1;
+
+const ARCHIVE_SUFFIX: &str = ".tar.zst";
+const MANIFEST_SUFFIX: &str = ".manifest";
+const CHECKSUM_TRAILER: &str = "\nblake3:";
+
+/// How a backup is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// `gitlab-backup create` inside the running container, plus `/etc/gitlab`: no
+    /// downtime.
+    #[default]
+    Online,
+    /// Stop the container, archive the three directories, start it again: consistent by
+    /// construction, with downtime.
+    Cold,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "online" => Ok(Strategy::Online),
+            "cold" => Ok(Strategy::Cold),
+            other => Err(Error::invalid(
+                "--strategy",
+                format!("`{other}`: use `online` or `cold`"),
+            )),
+        }
+    }
+}
+
+/// The first entry of every archive, and the head of its manifest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackupHeader {
+    pub format_version: u32,
+    /// `<instance>/<UTC timestamp>`.
+    pub id: String,
+    /// The instance as the inventory had it (secret settings redacted; `gitlab.rb` in the
+    /// archive holds them).
+    pub instance: InstanceRecord,
+    pub image: String,
+    /// GitLab version read from the container (`/opt/gitlab/version-manifest.txt`).
+    pub gitlab_version: String,
+    /// `ce` or `ee`.
+    pub edition: String,
+    pub strategy: Strategy,
+    pub created_at: DateTime<Utc>,
+    pub host: String,
+    pub girofle_version: String,
+    pub include_logs: bool,
+    /// The id `gitlab-backup create` was given (online backups).
+    pub gitlab_backup_id: Option<String>,
+}
+
+/// Where the archive is and what it must hash to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArchiveRef {
+    pub key: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// Everything known about a backup; kept beside the archive.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    #[serde(flatten)]
+    pub header: BackupHeader,
+    pub archive: ArchiveRef,
+    pub index: ArchiveIndex,
+    pub duration_ms: u64,
+    /// How long GitLab was down (cold backups).
+    pub downtime_ms: Option<u64>,
+}
+
+impl Manifest {
+    /// The bytes stored: the JSON, then a trailer line with the BLAKE3 of those bytes, so
+    /// any flipped byte is detected.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut body = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::backend("manifest", e.to_string()))?;
+        let hash = blake3::hash(&body).to_hex().to_string();
+        body.extend_from_slice(format!("{CHECKSUM_TRAILER}{hash}\n").as_bytes());
+        Ok(body)
+    }
+
+    /// Parses and checks stored manifest bytes.
+    ///
+    /// # Errors
+    /// `Corrupt` when the checksum does not match or the JSON is malformed,
+    /// `VersionMismatch` when a newer Girofle wrote it.
+    pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Manifest> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| Error::corrupt(what, "the manifest is not UTF-8"))?;
+        let (body, trailer) = text
+            .rsplit_once(CHECKSUM_TRAILER)
+            .ok_or_else(|| Error::corrupt(what, "the manifest has no checksum line"))?;
+        let expected = trailer.trim();
+        let actual = blake3::hash(body.as_bytes()).to_hex().to_string();
+        if expected != actual {
+            return Err(Error::corrupt(
+                what,
+                "the manifest's checksum does not match its content: it was damaged; use another backup",
+            ));
+        }
+        let probe: serde_json::Value = serde_json::from_str(body)
+            .map_err(|e| Error::corrupt(what, format!("manifest JSON: {e}")))?;
+        let version = probe["format_version"].as_u64().unwrap_or(0);
+        if version > u64::from(FORMAT_VERSION) {
+            return Err(Error::VersionMismatch(format!(
+                "{what} has format {version}, this Girofle reads up to {FORMAT_VERSION}: upgrade Girofle"
+            )));
+        }
+        serde_json::from_str(body).map_err(|e| Error::corrupt(what, format!("manifest: {e}")))
+    }
+}
+
+/// A progress callback (files and bytes so far).
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Options of a backup.
+#[derive(Clone, Default)]
+pub struct BackupOptions {
+    pub strategy: Strategy,
+    /// Store name (default `local`).
+    pub store: Option<String>,
+    /// Leave `/var/log/gitlab` out.
+    pub no_logs: bool,
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for BackupOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupOptions")
+            .field("strategy", &self.strategy)
+            .field("store", &self.store)
+            .field("no_logs", &self.no_logs)
+            .finish()
+    }
+}
+
+/// What a backup produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupReport {
+    pub id: String,
+    pub store: String,
+    pub strategy: Strategy,
+    pub gitlab_version: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub archive_size: u64,
+    pub duration_ms: u64,
+    pub downtime_ms: Option<u64>,
+}
+
+/// One line of a backup listing.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupEntry {
+    pub id: String,
+    pub store: String,
+    pub instance: String,
+    pub created_at: DateTime<Utc>,
+    pub strategy: Strategy,
+    pub gitlab_version: String,
+    pub image: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub archive_size: u64,
+}
+
+/// A retention policy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Retention {
+    pub keep_last: usize,
+    pub keep_daily: usize,
+    pub keep_weekly: usize,
+}
+
+/// Splits an id `<instance>/<ts>` and checks its shape.
+///
+/// # Errors
+/// `InvalidInput` saying what an id looks like.
+pub fn parse_id(id: &str) -> Result<(String, String)> {
+    let bad = || {
+        Error::invalid(
+            "backup id",
+            format!("`{id}` is not a backup id like `web/20261125T220000Z` (`girofle backup list` shows them)"),
+        )
+    };
+    let (name, ts) = id.split_once('/').ok_or_else(bad)?;
+    instance::validate_name(name).map_err(|_| bad())?;
+    if chrono::NaiveDateTime::parse_from_str(ts, "%Y%m%dT%H%M%SZ").is_err() {
+        return Err(bad());
+    }
+    Ok((name.to_string(), ts.to_string()))
+}
+
+pub(crate) fn archive_key(id: &str) -> String {
+    format!("{id}{ARCHIVE_SUFFIX}")
+}
+
+pub(crate) fn manifest_key(id: &str) -> String {
+    format!("{id}{MANIFEST_SUFFIX}")
+}
+
+/// Streams an archive out of a store into a blocking reader on the blocking pool.
+pub(crate) async fn read_archive_with<T, F>(
+    store: &Arc<dyn BackupStore>,
+    key: &str,
+    f: F,
+) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(ChannelReader) -> Result<T> + Send + 'static,
+{
+    let mut stream = store.get_stream(key).await?;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let consumer = tokio::task::spawn_blocking(move || f(ChannelReader::new(rx)));
+    let producer = async move {
+        while let Some(chunk) = stream.next().await {
+            let item = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    let (_, result) = tokio::join!(producer, consumer);
+    result.map_err(|e| Error::backend("archive reader", e.to_string()))?
+}
+
 impl Girofle {
+    /// Opens a store by name: `local` (built in, `<root>/backups`) or one of `[stores]`.
+    ///
+    /// # Errors
+    /// `NotFound` naming the configured stores.
+    pub fn store(&self, name: Option<&str>) -> Result<Arc<dyn BackupStore>> {
+        match name.unwrap_or(LOCAL_STORE_NAME) {
+            LOCAL_STORE_NAME => local_store(&self.root.join("backups")),
+            other => match self.config.stores.get(other) {
+                Some(config) => open_store(other, config),
+                None => Err(Error::not_found(
+                    format!("store `{other}`"),
+                    format!(
+                        "the stores are: local{}; add [stores.{other}] to girofle.toml",
+                        self.config
+                            .stores
+                            .keys()
+                            .map(|k| format!(", {k}"))
+                            .collect::<String>()
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn compression(&self) -> CompressionOptions {
+        let mut c = CompressionOptions::default();
+        c.level = self.config.backup.level;
+        if self.config.backup.threads > 0 {
+            c.threads = self.config.backup.threads;
+        }
+        c
+    }
+
+    /// Takes a backup of an instance into a store.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown instance or store, `Conflict` when another operation
+    /// holds the instance or an online backup finds it unhealthy, `Command` when
+    /// `gitlab-backup` fails, `Io`/`Backend` when writing fails (nothing is listed then).
+    pub async fn backup(&self, name: &str, options: BackupOptions) -> Result<BackupReport> {
+        let record = self.inventory.get(name).await?;
+        self.journaled(
+            "backup",
+            json!({ "name": name, "strategy": options.strategy, "store": options.store, "no_logs": options.no_logs }),
+            json!({ "image": record.image }),
+            self.backup_inner(record.clone(), options),
+        )
+        .await
+    }
+
+    /// The final backup of a decommission: online when the instance is healthy, cold
+    /// otherwise, into the local store.
     pub(crate) async fn final_backup(&self, record: &InstanceRecord) -> Result<String> {
-        Err(Error::Conflict(format!("backups of `{}` are not built yet", record.name)))
+        let info = self.runtime.inspect(&record.container_name()).await?;
+        let healthy = info
+            .map(|i| i.running && i.health == Health::Healthy)
+            .unwrap_or(false);
+        let dirs = InstanceDirs::new(&self.root, &record.name);
+        if !dirs.data.exists() {
+            return Err(Error::not_found(
+                format!("data of `{}`", record.name),
+                "nothing to back up; pass --no-backup to decommission anyway",
+            ));
+        }
+        let strategy = if healthy {
+            Strategy::Online
+        } else {
+            Strategy::Cold
+        };
+        let report = self
+            .backup(
+                &record.name,
+                BackupOptions {
+                    strategy,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(report.id)
+    }
+
+    async fn gitlab_version(&self, record: &InstanceRecord, running: bool) -> (String, String) {
+        let from_tag = instance::image_version(&record.image).unwrap_or_default();
+        if !running {
+            return from_tag;
+        }
+        let read = ExecSpec {
+            cmd: vec!["head".into(), "-n1".into(), "/opt/gitlab/version-manifest.txt".into()],
+            ..Default::default()
+        };
+        match self.runtime.exec_ok(&record.container_name(), &read).await {
+            Ok(line) => {
+                // `gitlab-ce 17.5.1`
+                let mut parts = line.split_whitespace();
+                let edition = parts
+                    .next()
+                    .and_then(|p| p.strip_prefix("gitlab-"))
+                    .map(str::to_string);
+                let version = parts.next().map(str::to_string);
+                match (version, edition) {
+                    (Some(v), Some(e)) => (v, e),
+                    _ => from_tag,
+                }
+            }
+            Err(_) => from_tag,
+        }
+    }
+
+    async fn new_backup_id(&self, name: &str, store: &Arc<dyn BackupStore>) -> Result<String> {
+        loop {
+            let id = format!("{name}/{}", Utc::now().format("%Y%m%dT%H%M%SZ"));
+            if store.head(&manifest_key(&id)).await.is_err() {
+                return Ok(id);
+            }
+            // Two backups within one second: the id is the timestamp, so wait for the next.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn backup_inner(
+        &self,
+        record: InstanceRecord,
+        options: BackupOptions,
+    ) -> Result<BackupReport> {
+        let store = self.store(options.store.as_deref())?;
+        let _lock = InstanceLock::acquire(&self.root, &record.name, "backup")?;
+        let container = record.container_name();
+        let info = self.runtime.inspect(&container).await?;
+        let running = info.as_ref().map(|i| i.running).unwrap_or(false);
+        if options.strategy == Strategy::Online {
+            let healthy = info
+                .as_ref()
+                .map(|i| i.running && i.health == Health::Healthy)
+                .unwrap_or(false);
+            if !healthy {
+                return Err(Error::Conflict(format!(
+                    "instance `{}` is not running and healthy, so GitLab cannot back itself up online; start it, or use --strategy cold",
+                    record.name
+                )));
+            }
+        }
+        let (gitlab_version, edition) = self.gitlab_version(&record, running).await;
+        let id = self.new_backup_id(&record.name, &store).await?;
+        let started = Instant::now();
+        let dirs = InstanceDirs::new(&self.root, &record.name);
+        let mut header = BackupHeader {
+            format_version: FORMAT_VERSION,
+            id: id.clone(),
+            instance: record.redacted(),
+            image: record.image.clone(),
+            gitlab_version: gitlab_version.clone(),
+            edition,
+            strategy: options.strategy,
+            created_at: Utc::now(),
+            host: crate::journal::host_name(),
+            girofle_version: crate::VERSION.to_string(),
+            include_logs: !options.no_logs,
+            gitlab_backup_id: None,
+        };
+        let mut sources = vec![Source {
+            prefix: "config".into(),
+            dir: dirs.config.clone(),
+        }];
+        let (manifest, downtime) = match options.strategy {
+            Strategy::Cold => {
+                if !options.no_logs {
+                    sources.push(Source {
+                        prefix: "logs".into(),
+                        dir: dirs.logs.clone(),
+                    });
+                }
+                sources.insert(
+                    1,
+                    Source {
+                        prefix: "data".into(),
+                        dir: dirs.data.clone(),
+                    },
+                );
+                let down = Instant::now();
+                if running {
+                    self.runtime.stop(&container, self.stop_grace()).await?;
+                }
+                let result = self
+                    .archive_to_store(&header, &sources, &store, &id, options.progress.clone())
+                    .await;
+                // GitLab comes back whatever happened to the archive.
+                let restarted = if running {
+                    match self.runtime.start(&container).await {
+                        Ok(()) => {
+                            self.runtime
+                                .wait_healthy(&container, self.boot_timeout())
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    Ok(())
+                };
+                let downtime = down.elapsed();
+                let manifest = result?;
+                restarted?;
+                (manifest, Some(downtime))
+            }
+            Strategy::Online => {
+                let gid = format!(
+                    "{}_{}_{}",
+                    header.created_at.timestamp(),
+                    header.created_at.format("%Y_%m_%d"),
+                    gitlab_version
+                );
+                header.gitlab_backup_id = Some(gid.clone());
+                let create = ExecSpec {
+                    cmd: vec!["gitlab-backup".into(), "create".into()],
+                    env: vec![
+                        format!("BACKUP={gid}"),
+                        // Copy first, so busy repositories do not fail with "file changed
+                        // as we read it".
+                        "STRATEGY=copy".into(),
+                        "CRON=1".into(),
+                    ],
+                    user: None,
+                };
+                self.runtime.exec_ok(&container, &create).await?;
+                let tar_name = format!("{gid}_gitlab_backup.tar");
+                let produced = dirs.data.join("backups").join(&tar_name);
+                // Move GitLab's tar out of the data volume into a directory of its own
+                // (same file system: a rename), so it can be archived alone and never
+                // lingers on the instance's disk.
+                let holder = self
+                    .root
+                    .join("staging")
+                    .join(format!("backup-{}-{}", record.name, header.created_at.timestamp()));
+                std::fs::create_dir_all(&holder).ctx("create directory", &holder)?;
+                let moved = holder.join(&tar_name);
+                let result = match std::fs::rename(&produced, &moved) {
+                    Ok(()) => {
+                        sources.push(Source {
+                            prefix: "gitlab-backup".into(),
+                            dir: holder.clone(),
+                        });
+                        if !options.no_logs {
+                            sources.push(Source {
+                                prefix: "logs".into(),
+                                dir: dirs.logs.clone(),
+                            });
+                        }
+                        self.archive_to_store(&header, &sources, &store, &id, options.progress.clone())
+                            .await
+                    }
+                    Err(e) => Err(Error::io("take GitLab's backup file", &produced, e)),
+                };
+                let _ = std::fs::remove_dir_all(&holder);
+                (result?, None)
+            }
+        };
+        let mut manifest = manifest;
+        manifest.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        manifest.downtime_ms = downtime.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // The manifest goes last: only now does the backup list.
+        store
+            .put_bytes(&manifest_key(&id), Bytes::from(manifest.to_bytes()?))
+            .await?;
+        Ok(BackupReport {
+            id,
+            store: store.name().to_string(),
+            strategy: options.strategy,
+            gitlab_version,
+            files: manifest.index.files,
+            bytes: manifest.index.bytes,
+            archive_size: manifest.archive.size,
+            duration_ms: manifest.duration_ms,
+            downtime_ms: manifest.downtime_ms,
+        })
+    }
+
+    /// Writes the archive of `sources` into `store` (streamed: flat memory) and returns
+    /// the manifest to write once the caller is done.
+    async fn archive_to_store(
+        &self,
+        header: &BackupHeader,
+        sources: &[Source],
+        store: &Arc<dyn BackupStore>,
+        id: &str,
+        progress: Option<ProgressFn>,
+    ) -> Result<Manifest> {
+        let header_json =
+            serde_json::to_value(header).map_err(|e| Error::backend("manifest", e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+        let sources_owned = sources.to_vec();
+        let compression = self.compression();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut writer = ChannelWriter::new(tx);
+            let mut report = |p: Progress| {
+                if let Some(f) = &progress {
+                    f(p);
+                }
+            };
+            match archive::write_archive(&header_json, &sources_owned, compression, &mut writer, &mut report) {
+                Ok(summary) => match writer.finish() {
+                    Ok(()) => Ok(summary),
+                    Err(e) => Err(Error::io("stream the archive", PathBuf::from("(store)"), e)),
+                },
+                Err(e) => {
+                    writer.abort(std::io::Error::other(e.to_string()));
+                    Err(e)
+                }
+            }
+        });
+        let key = archive_key(id);
+        let (uploaded, produced) = tokio::join!(store.put_stream(&key, rx), producer);
+        let produced = produced.map_err(|e| Error::backend("archive writer", e.to_string()))?;
+        // The archive writer's error says what really went wrong (a source unreadable,
+        // the disk full); the upload error only that the stream stopped.
+        let summary = match (produced, uploaded) {
+            (Err(e), _) => {
+                let _ = store.delete(&key).await;
+                return Err(e);
+            }
+            (Ok(_), Err(e)) => return Err(e),
+            (Ok(s), Ok(_)) => s,
+        };
+        Ok(Manifest {
+            header: header.clone(),
+            archive: ArchiveRef {
+                key,
+                size: summary.archive_size,
+                blake3: summary.archive_hash,
+            },
+            index: summary.index,
+            duration_ms: 0,
+            downtime_ms: None,
+        })
+    }
+
+    /// Reads and checks a backup's manifest.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such backup, `Corrupt` when the manifest is damaged.
+    pub async fn manifest(&self, id: &str, store: Option<&str>) -> Result<Manifest> {
+        parse_id(id)?;
+        let store = self.store(store)?;
+        read_manifest(&store, id).await
+    }
+
+    /// The backups in a store (of one instance, or all), oldest first. A backup whose
+    /// manifest is damaged, or whose archive is missing or of the wrong size, is not
+    /// listed.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown store, `Backend` when it cannot be listed.
+    pub async fn list_backups(
+        &self,
+        name: Option<&str>,
+        store: Option<&str>,
+    ) -> Result<Vec<BackupEntry>> {
+        if let Some(n) = name {
+            instance::validate_name(n)?;
+        }
+        let store = self.store(store)?;
+        Ok(list_manifests(&store, name)
+            .await?
+            .into_iter()
+            .map(|m| BackupEntry {
+                id: m.header.id.clone(),
+                store: store.name().to_string(),
+                instance: m.header.instance.name.clone(),
+                created_at: m.header.created_at,
+                strategy: m.header.strategy,
+                gitlab_version: m.header.gitlab_version.clone(),
+                image: m.header.image.clone(),
+                files: m.index.files,
+                bytes: m.index.bytes,
+                archive_size: m.archive.size,
+            })
+            .collect())
+    }
+
+    /// Checks a backup end to end without restoring it: manifest checksum, archive size
+    /// and hash, zstd checksum, every file's hash. Returns the manifest.
+    ///
+    /// # Errors
+    /// `Corrupt` naming what is damaged, `NotFound` when absent.
+    pub async fn verify(&self, id: &str, store: Option<&str>) -> Result<Manifest> {
+        let store_name = store.map(str::to_string);
+        self.journaled(
+            "verify",
+            json!({ "id": id, "store": store_name }),
+            json!({}),
+            async {
+                parse_id(id)?;
+                let store = self.store(store)?;
+                let manifest = read_manifest(&store, id).await?;
+                let expected = manifest.index.clone();
+                let archive_ref = manifest.archive.clone();
+                read_archive_with(&store, &archive_ref.key.clone(), move |reader| {
+                    archive::verify_archive(
+                        reader,
+                        Some(&expected),
+                        Some((archive_ref.size, &archive_ref.blake3)),
+                    )
+                })
+                .await?;
+                Ok(manifest)
+            },
+        )
+        .await
+    }
+
+    /// Copies a backup to another store, archive first (its hash checked on the way),
+    /// manifest last.
+    ///
+    /// # Errors
+    /// `Corrupt` when the source archive does not match its manifest (nothing is left at
+    /// the destination), `NotFound` for an unknown backup or store.
+    pub async fn copy_backup(&self, id: &str, from: Option<&str>, to: &str) -> Result<Manifest> {
+        let from_name = from.map(str::to_string);
+        self.journaled(
+            "backup-copy",
+            json!({ "id": id, "from": from_name, "to": to }),
+            json!({}),
+            async {
+                parse_id(id)?;
+                let source = self.store(from)?;
+                let dest = self.store(Some(to))?;
+                if source.name() == dest.name() {
+                    return Err(Error::invalid("--to", "the destination is the source store"));
+                }
+                let manifest = read_manifest(&source, id).await?;
+                let key = manifest.archive.key.clone();
+                let mut stream = source.get_stream(&key).await?;
+                let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+                let expected = manifest.archive.clone();
+                let forward = async move {
+                    let mut hasher = blake3::Hasher::new();
+                    let mut size = 0u64;
+                    while let Some(chunk) = stream.next().await {
+                        match chunk {
+                            Ok(bytes) => {
+                                hasher.update(&bytes);
+                                size += bytes.len() as u64;
+                                if tx.send(Ok(bytes)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                                return;
+                            }
+                        }
+                    }
+                    let hash = hasher.finalize().to_hex().to_string();
+                    if size != expected.size || hash != expected.blake3 {
+                        // Abort the upload: a damaged copy must never land.
+                        let _ = tx
+                            .send(Err(std::io::Error::other(
+                                "the source archive does not match its manifest",
+                            )))
+                            .await;
+                    }
+                };
+                let (uploaded, ()) = tokio::join!(dest.put_stream(&key, rx), forward);
+                uploaded.map_err(|e| match e {
+                    Error::Io { source, .. } if source.to_string().contains("does not match") => {
+                        Error::corrupt(
+                            format!("backup `{id}` in store `{}`", self.store(from).map(|s| s.name().to_string()).unwrap_or_default()),
+                            "its archive does not match its manifest; nothing was copied",
+                        )
+                    }
+                    other => other,
+                })?;
+                dest.put_bytes(&manifest_key(id), Bytes::from(manifest.to_bytes()?))
+                    .await?;
+                Ok(manifest)
+            },
+        )
+        .await
+    }
+
+    /// Deletes the backups a retention policy does not keep, per instance, in one store.
+    /// The newest backup of an instance is always kept. Returns the deleted ids.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the policy keeps nothing, `NotFound` for an unknown store.
+    pub async fn prune(
+        &self,
+        name: Option<&str>,
+        store: Option<&str>,
+        policy: Retention,
+    ) -> Result<Vec<String>> {
+        let store_name = store.map(str::to_string);
+        self.journaled(
+            "backup-prune",
+            json!({ "name": name, "store": store_name, "keep_last": policy.keep_last, "keep_daily": policy.keep_daily, "keep_weekly": policy.keep_weekly }),
+            json!({}),
+            async {
+                if policy.keep_last + policy.keep_daily + policy.keep_weekly == 0 {
+                    return Err(Error::invalid(
+                        "--keep-last",
+                        "the policy would keep nothing; give --keep-last N (N >= 1) or --keep-daily/--keep-weekly",
+                    ));
+                }
+                if let Some(n) = name {
+                    instance::validate_name(n)?;
+                }
+                let store = self.store(store)?;
+                let manifests = list_manifests(&store, name).await?;
+                let mut instances: BTreeSet<String> = BTreeSet::new();
+                for m in &manifests {
+                    instances.insert(m.header.instance.name.clone());
+                }
+                let mut deleted = Vec::new();
+                for inst in instances {
+                    let mut of: Vec<&Manifest> = manifests
+                        .iter()
+                        .filter(|m| m.header.instance.name == inst)
+                        .collect();
+                    of.sort_by(|a, b| b.header.created_at.cmp(&a.header.created_at));
+                    let times: Vec<DateTime<Utc>> = of.iter().map(|m| m.header.created_at).collect();
+                    let keep = retained(&times, policy);
+                    for (i, m) in of.iter().enumerate() {
+                        if keep.contains(&i) {
+                            continue;
+                        }
+                        // Manifest first: the backup stops listing before its data goes.
+                        store.delete(&manifest_key(&m.header.id)).await?;
+                        store.delete(&m.archive.key).await?;
+                        deleted.push(m.header.id.clone());
+                    }
+                }
+                Ok(deleted)
+            },
+        )
+        .await
+    }
+}
+
+/// Which of `times` (newest first) a policy keeps, as indexes. Index 0 (the newest) is
+/// always kept.
+pub fn retained(times: &[DateTime<Utc>], policy: Retention) -> BTreeSet<usize> {
+    let mut keep = BTreeSet::new();
+    if times.is_empty() {
+        return keep;
+    }
+    keep.insert(0);
+    for i in 0..policy.keep_last.min(times.len()) {
+        keep.insert(i);
+    }
+    let mut days = BTreeSet::new();
+    for (i, t) in times.iter().enumerate() {
+        if days.len() >= policy.keep_daily {
+            break;
+        }
+        if days.insert(t.date_naive()) {
+            keep.insert(i);
+        }
+    }
+    let mut weeks = BTreeSet::new();
+    for (i, t) in times.iter().enumerate() {
+        if weeks.len() >= policy.keep_weekly {
+            break;
+        }
+        let w = t.iso_week();
+        if weeks.insert((w.year(), w.week())) {
+            keep.insert(i);
+        }
+    }
+    keep
+}
+
+pub(crate) async fn read_manifest(store: &Arc<dyn BackupStore>, id: &str) -> Result<Manifest> {
+    let what = format!("backup `{id}` in store `{}`", store.name());
+    let bytes = match store.get_bytes(&manifest_key(id)).await {
+        Ok(b) => b,
+        Err(Error::NotFound { .. }) => {
+            return Err(Error::not_found(
+                what,
+                format!(
+                    "`girofle backup list --store {}` shows the backups there",
+                    store.name()
+                ),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    let manifest = Manifest::from_bytes(&what, &bytes)?;
+    if manifest.header.id != id {
+        return Err(Error::corrupt(what, "the manifest names another backup"));
+    }
+    Ok(manifest)
+}
+
+async fn list_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Result<Vec<Manifest>> {
+    let objects = store.list(name.unwrap_or("")).await?;
+    let sizes: std::collections::HashMap<&str, u64> =
+        objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    let mut out = Vec::new();
+    for o in &objects {
+        let Some(id) = o.key.strip_suffix(MANIFEST_SUFFIX) else {
+            continue;
+        };
+        if parse_id(id).is_err() {
+            continue;
+        }
+        let Ok(m) = read_manifest(store, id).await else {
+            continue;
+        };
+        if sizes.get(m.archive.key.as_str()) != Some(&m.archive.size) {
+            continue;
+        }
+        out.push(m);
+    }
+    out.sort_by(|a, b| a.header.created_at.cmp(&b.header.created_at));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn retention_keeps_what_the_policy_says() {
+        // Newest first: two a day for five days.
+        let times: Vec<DateTime<Utc>> = (0..10)
+            .map(|i| Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap() - chrono::Duration::hours(12 * i))
+            .collect();
+        let keep = |p| retained(&times, p).into_iter().collect::<Vec<_>>();
+        assert_eq!(keep(Retention { keep_last: 2, ..Default::default() }), vec![0, 1]);
+        assert_eq!(keep(Retention { keep_last: 0, ..Default::default() }), vec![0]);
+        assert_eq!(
+            keep(Retention { keep_daily: 3, ..Default::default() }),
+            vec![0, 2, 4]
+        );
+        assert_eq!(
+            keep(Retention { keep_last: 1, keep_daily: 2, ..Default::default() }),
+            vec![0, 2]
+        );
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(parse_id("web/20261125T220000Z").is_ok());
+        for bad in ["web", "web/x", "Web/20261125T220000Z", "/20261125T220000Z", "a/b/c"] {
+            assert!(parse_id(bad).is_err(), "{bad}");
+        }
     }
 }

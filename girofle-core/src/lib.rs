@@ -4,6 +4,7 @@
 //! Start with [`Girofle::open`] on a root initialised by [`Girofle::init`].
 
 pub mod address;
+pub mod archive;
 pub mod backup;
 pub mod config;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod instance;
 pub mod inventory;
 pub mod journal;
 pub mod lock;
+pub mod restore;
 pub mod runtime;
 pub mod store;
 
