@@ -792,6 +792,8 @@ impl Girofle {
                         deleted.push(m.header.id.clone());
                     }
                 }
+                // Ids are timestamps: sorted, oldest first.
+                deleted.sort();
                 Ok(deleted)
             },
         )

@@ -184,3 +184,49 @@ pub fn clone_and_fsck(url: &str, dest: &Path) -> String {
     run(&mut c);
     run(git(dest).args(["fsck", "--full", "--strict"]))
 }
+
+/// A store configuration for the local S3-compatible test server, under a prefix of its
+/// own; fails with how to start the server when its variables are missing.
+pub fn s3_store(prefix: &str) -> girofle_core::store::StoreConfig {
+    let var = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!(
+                "{k} is not set: this test needs the local S3 server. Run `scripts/s3-server start` and `eval \"$(scripts/s3-server env)\"` (scripts/test does)"
+            )
+        })
+    };
+    girofle_core::store::StoreConfig {
+        url: format!("s3://{}/{prefix}", var("GIROFLE_TEST_S3_BUCKET")),
+        endpoint: Some(var("GIROFLE_TEST_S3_ENDPOINT")),
+        region: Some("us-east-1".into()),
+        access_key_id: Some(var("GIROFLE_TEST_S3_ACCESS_KEY")),
+        secret_access_key: Some(var("GIROFLE_TEST_S3_SECRET_KEY")),
+        allow_http: Some(true),
+    }
+}
+
+/// (path, uid, gid, mode) of everything under `dir`, sorted: what a restore must keep.
+pub fn ownership_snapshot(dir: &Path) -> Vec<(String, u32, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_socket() {
+                continue;
+            }
+            let rel = path.strip_prefix(dir).unwrap().display().to_string();
+            out.push((rel, meta.uid(), meta.gid(), meta.mode()));
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+use std::os::unix::fs::FileTypeExt;

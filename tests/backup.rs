@@ -1,0 +1,236 @@
+//! Backups you can trust, on the real Docker engine, the stand-in GitLab image and a real
+//! S3-compatible server on loopback: round trips that keep every commit, secret, owner and
+//! mode; damage detected and refused; retention; one backup at a time.
+
+use std::process::Command;
+
+use girofle_core::backup::{BackupOptions, Retention, Strategy};
+use girofle_core::instance::InstanceDirs;
+use girofle_core::restore::RestoreRequest;
+use girofle_core::{CommissionRequest, DecommissionOptions, Error, InstanceState};
+use girofle_tests::*;
+
+fn online(store: Option<&str>) -> BackupOptions {
+    BackupOptions {
+        strategy: Strategy::Online,
+        store: store.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+fn cold(store: Option<&str>) -> BackupOptions {
+    BackupOptions {
+        strategy: Strategy::Cold,
+        store: store.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trips_keep_commits_secrets_owners_and_modes() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let prefix = unique("rt");
+    t.edit_config(|c| {
+        c.stores.insert("offsite".into(), s3_store(&prefix));
+    });
+    let g = t.open().await;
+    let name = unique("web");
+    let r = g
+        .commission(CommissionRequest { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    let url = format!("{}/team/app.git", r.external_url);
+    let refs = push_project(&t.dir.path().join("w1"), &url, 4);
+    let wiki = format!("{}/team/app.wiki.git", r.external_url);
+    let wiki_refs = push_project(&t.dir.path().join("w2"), &wiki, 1);
+    let dirs = InstanceDirs::new(&t.root, &name);
+    let secrets = std::fs::read(dirs.config.join("gitlab-secrets.json")).unwrap();
+    let config_owners = ownership_snapshot(&dirs.config);
+
+    // Online to S3 (no downtime), cold to the local store (downtime reported).
+    let on = g.backup(&name, online(Some("offsite"))).await.unwrap();
+    assert!(on.downtime_ms.is_none());
+    let data_owners = ownership_snapshot(&dirs.data.join("git-data"));
+    let co = g.backup(&name, cold(None)).await.unwrap();
+    assert!(co.downtime_ms.is_some());
+    assert_eq!(g.show(&name).await.unwrap().state, InstanceState::Running, "cold backup left GitLab down");
+    g.verify(&on.id, Some("offsite")).await.unwrap();
+    g.verify(&co.id, None).await.unwrap();
+    let listed = g.list_backups(Some(&name), Some("offsite")).await.unwrap();
+    assert_eq!(listed.iter().map(|b| b.id.clone()).collect::<Vec<_>>(), vec![on.id.clone()]);
+
+    // The instance is destroyed entirely; restore from S3 as the same name.
+    g.decommission(&name, DecommissionOptions { purge: true, no_backup: true }).await.unwrap();
+    assert!(!dirs.base.exists());
+    let restored = g
+        .restore(RestoreRequest { id: on.id.clone(), store: Some("offsite".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(restored.url, r.external_url, "same name, same address, same URL");
+    assert_eq!(ls_remote(&url), refs, "a branch or tag moved");
+    assert_eq!(ls_remote(&wiki), wiki_refs, "the wiki changed");
+    clone_and_fsck(&url, &t.dir.path().join("c1"));
+    assert_eq!(std::fs::read(dirs.config.join("gitlab-secrets.json")).unwrap(), secrets);
+    assert_eq!(ownership_snapshot(&dirs.config), config_owners, "config owners or modes changed");
+    // GitLab's own checks, once more by hand.
+    let out = Command::new("docker")
+        .args(["exec", &format!("girofle-{name}"), "gitlab-rake", "gitlab:doctor:secrets"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The cold backup, restored in place over the running instance: owners and modes of
+    // the repositories exactly as they were, nothing left in staging.
+    push_project(&t.dir.path().join("w3"), &format!("{}/team/later.git", r.external_url), 1);
+    let in_place = g
+        .restore(RestoreRequest { id: co.id.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(in_place.in_place);
+    assert_eq!(ls_remote(&url), refs);
+    assert_eq!(ownership_snapshot(&dirs.data.join("git-data")), data_owners);
+    assert!(
+        !dirs.data.join("git-data/repositories/team/later.git").exists(),
+        "the restore kept a repository the backup did not have"
+    );
+    assert_eq!(std::fs::read_dir(t.root.join("staging")).unwrap().count(), 0, "staging not cleaned");
+
+    // As a new name, through the CLI.
+    let new_name = unique("copy");
+    let out = t.cli(&["--json", "restore", &co.id, "--as", &new_name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_url = report["url"].as_str().unwrap().to_string();
+    assert_ne!(new_url, r.external_url);
+    assert_eq!(ls_remote(&format!("{new_url}/team/app.git")), refs);
+
+    // The drill proves the backup valid for its version and leaves nothing behind.
+    let drill = g.drill(&co.id, None).await.unwrap();
+    assert_eq!(drill.valid_for_version.as_deref(), Some("17.5.1"));
+    assert!(drill.repositories >= 2 && drill.fsck_clean, "{drill:?}");
+    assert_eq!(g.list().await.unwrap().len(), 2, "the drill instance was left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damage_and_mismatch_are_refused_and_nothing_is_touched() {
+    let image = stand_in("17.5.1");
+    let other = stand_in("17.6.0");
+    let t = TestRoot::new(&image);
+    let g = t.open().await;
+    let name = unique("dmg");
+    let r = g
+        .commission(CommissionRequest { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    let url = format!("{}/team/app.git", r.external_url);
+    let refs = push_project(&t.dir.path().join("w"), &url, 2);
+    let b = g.backup(&name, cold(None)).await.unwrap();
+    let archive = t.root.join("backups").join(format!("{}.tar.zst", b.id));
+    let manifest = t.root.join("backups").join(format!("{}.manifest", b.id));
+    let pristine = std::fs::read(&archive).unwrap();
+
+    // One flipped byte at three places: verify says corrupt, restore refuses (exit 5)
+    // and the running instance is untouched.
+    for frac in [0.1, 0.5, 0.95] {
+        let mut bytes = pristine.clone();
+        let at = (bytes.len() as f64 * frac) as usize;
+        bytes[at] ^= 0x01;
+        std::fs::write(&archive, &bytes).unwrap();
+        match g.verify(&b.id, None).await {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("flip at {at} not detected by verify: {other:?}"),
+        }
+        let out = t.cli(&["restore", &b.id]);
+        assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(ls_remote(&url), refs);
+        assert_eq!(g.show(&name).await.unwrap().state, InstanceState::Running);
+    }
+    // Truncated: it does not list, and restore refuses it.
+    std::fs::write(&archive, &pristine[..pristine.len() / 2]).unwrap();
+    assert!(g.list_backups(Some(&name), None).await.unwrap().is_empty());
+    let out = t.cli(&["restore", &b.id]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&archive, &pristine).unwrap();
+    // An edited manifest: detected.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replacen("\"files\"", "\"filez\"", 1)).unwrap();
+    assert!(g.list_backups(Some(&name), None).await.unwrap().is_empty());
+    let out = t.cli(&["backup", "verify", &b.id]);
+    assert_eq!(out.status.code(), Some(5));
+    std::fs::write(&manifest, &text).unwrap();
+    g.verify(&b.id, None).await.unwrap();
+
+    // Another GitLab version: refused before anything, naming the image to use.
+    let out = t.cli(&["restore", &b.id, "--as", &unique("v"), "--image", &other]);
+    assert_eq!(out.status.code(), Some(5));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("17.5.1-ce.0") && e.contains("--image"), "{e}");
+
+    // Wrong arguments: the usage, or the id shape.
+    let out = t.cli(&["restore"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+    let out = t.cli(&["restore", "not-an-id"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = t.cli(&["restore", &b.id, "--store", "nowhere"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(g.list().await.unwrap().len(), 1, "a refused restore created an instance");
+    assert_eq!(ls_remote(&url), refs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_and_one_backup_at_a_time() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let prefix = unique("ret");
+    t.edit_config(|c| {
+        c.stores.insert("offsite".into(), s3_store(&prefix));
+    });
+    let g = t.open().await;
+    let name = unique("ret");
+    g.commission(CommissionRequest { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap();
+
+    // Two backups at once: one runs, the other is refused naming the holder.
+    let (a, b) = tokio::join!(g.backup(&name, online(None)), g.backup(&name, online(None)));
+    let refused = match (&a, &b) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e.to_string(),
+        other => panic!("expected exactly one refusal: {other:?}"),
+    };
+    assert!(refused.contains("busy") && refused.contains("`backup`") && refused.contains("pid"), "{refused}");
+
+    let mut ids = vec![a.or(b).unwrap().id];
+    for _ in 0..3 {
+        ids.push(g.backup(&name, online(None)).await.unwrap().id);
+    }
+    for id in &ids {
+        g.copy_backup(id, None, "offsite").await.unwrap();
+    }
+    for store in [None, Some("offsite")] {
+        assert_eq!(g.list_backups(Some(&name), store).await.unwrap().len(), 4);
+        let deleted = g
+            .prune(Some(&name), store, Retention { keep_last: 2, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(deleted, ids[..2].to_vec(), "pruned the wrong backups on {store:?}");
+        let left: Vec<String> = g.list_backups(Some(&name), store).await.unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(left, ids[2..].to_vec());
+        // keep-last 0 still keeps the newest: never the only valid backup.
+        let e = g.prune(Some(&name), store, Retention::default()).await;
+        assert!(e.is_err(), "a policy keeping nothing was accepted");
+        g.prune(Some(&name), store, Retention { keep_daily: 1, ..Default::default() }).await.unwrap();
+        let left: Vec<String> = g.list_backups(Some(&name), store).await.unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(left, vec![ids[3].clone()]);
+    }
+    // Only the newest backup's two objects are left on S3.
+    let s3 = g.store(Some("offsite")).unwrap();
+    let objects = s3.list(&name).await.unwrap();
+    assert_eq!(objects.len(), 2, "{objects:?}");
+
+    // Decommission takes a final backup first.
+    let d = g.decommission(&name, DecommissionOptions::default()).await.unwrap();
+    let final_id = d.final_backup.expect("a final backup");
+    g.verify(&final_id, None).await.unwrap();
+}
