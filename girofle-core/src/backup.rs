@@ -288,12 +288,14 @@ impl Girofle {
     }
 
     fn compression(&self) -> CompressionOptions {
-        let mut c = CompressionOptions::default();
-        c.level = self.config.backup.level;
-        if self.config.backup.threads > 0 {
-            c.threads = self.config.backup.threads;
+        let default = CompressionOptions::default();
+        CompressionOptions {
+            level: self.config.backup.level,
+            threads: match self.config.backup.threads {
+                0 => default.threads,
+                n => n,
+            },
         }
-        c
     }
 
     /// Takes a backup of an instance into a store.
@@ -779,7 +781,7 @@ impl Girofle {
                         .iter()
                         .filter(|m| m.header.instance.name == inst)
                         .collect();
-                    of.sort_by(|a, b| b.header.created_at.cmp(&a.header.created_at));
+                    of.sort_by_key(|m| std::cmp::Reverse(m.header.created_at));
                     let times: Vec<DateTime<Utc>> = of.iter().map(|m| m.header.created_at).collect();
                     let keep = retained(&times, policy);
                     for (i, m) in of.iter().enumerate() {
@@ -876,7 +878,7 @@ async fn list_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Res
         }
         out.push(m);
     }
-    out.sort_by(|a, b| a.header.created_at.cmp(&b.header.created_at));
+    out.sort_by_key(|m| m.header.created_at);
     Ok(out)
 }
 
