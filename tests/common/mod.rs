@@ -43,11 +43,18 @@ pub struct TestRoot {
     pub dir: tempfile::TempDir,
     pub root: PathBuf,
     pub ports: (u16, u16),
+    /// The engine this root uses (`None`: the default one).
+    pub docker_host: Option<String>,
 }
 
 impl TestRoot {
     /// A fresh initialised root using `image` as the default image.
     pub fn new(image: &str) -> TestRoot {
+        Self::on_engine(image, None)
+    }
+
+    /// A fresh root whose instances run on the engine at `docker_host`.
+    pub fn on_engine(image: &str, docker_host: Option<String>) -> TestRoot {
         let dir = tempfile::Builder::new().prefix("girofle-test-").tempdir().unwrap();
         let root = dir.path().join("root");
         Girofle::init(&root).unwrap();
@@ -61,8 +68,14 @@ impl TestRoot {
         config.instances.image = image.to_string();
         config.instances.health_timeout_secs = 120;
         config.instances.stop_grace_secs = 10;
+        config.docker.host = docker_host.clone();
         config.save(&root).unwrap();
-        TestRoot { dir, root, ports }
+        TestRoot {
+            dir,
+            root,
+            ports,
+            docker_host,
+        }
     }
 
     /// Girofle opened on this root.
@@ -90,13 +103,22 @@ impl TestRoot {
 
 impl Drop for TestRoot {
     fn drop(&mut self) {
-        remove_containers_of(&self.root);
+        remove_containers_of(&self.root, self.docker_host.as_deref());
     }
 }
 
-/// Removes every container Girofle created for `root`.
-pub fn remove_containers_of(root: &Path) {
-    let out = Command::new("docker")
+/// `docker` talking to `host` (default engine when `None`).
+pub fn docker(host: Option<&str>) -> Command {
+    let mut c = Command::new("docker");
+    if let Some(h) = host {
+        c.args(["-H", h]);
+    }
+    c
+}
+
+/// Removes every container Girofle created for `root` on the engine at `host`.
+pub fn remove_containers_of(root: &Path, host: Option<&str>) {
+    let out = docker(host)
         .args(["ps", "-aq", "--filter"])
         .arg(format!("label=io.girofle.root={}", root.display()))
         .output();
@@ -106,7 +128,7 @@ pub fn remove_containers_of(root: &Path) {
             .map(str::to_string)
             .collect();
         if !ids.is_empty() {
-            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            let _ = docker(host).args(["rm", "-f"]).args(&ids).output();
         }
     }
 }

@@ -1,0 +1,66 @@
+//! Restore on "another host": a second, independent Docker engine (its own socket, data
+//! root and bridge, started by `scripts/second-docker`) and a second Girofle root, fed
+//! only by the backup in the shared S3 store.
+
+use girofle_core::backup::{BackupOptions, Strategy};
+use girofle_core::restore::RestoreRequest;
+use girofle_core::CommissionRequest;
+use girofle_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_on_another_engine_from_s3() {
+    let second = std::env::var("GIROFLE_TEST_DOCKER2_HOST").unwrap_or_else(|_| {
+        panic!(
+            "GIROFLE_TEST_DOCKER2_HOST is not set: this test needs a second Docker engine. Run `scripts/second-docker start` and `eval \"$(scripts/second-docker env)\"` (scripts/test does)"
+        )
+    });
+    let image = stand_in("17.5.1");
+    let prefix = unique("xhost");
+
+    // Host A: an instance with history, backed up online to S3.
+    let a = TestRoot::new(&image);
+    a.edit_config(|c| {
+        c.stores.insert("offsite".into(), s3_store(&prefix));
+    });
+    let ga = a.open().await;
+    let name = unique("prod");
+    let r = ga
+        .commission(CommissionRequest { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    let url = format!("{}/team/app.git", r.external_url);
+    let refs = push_project(&a.dir.path().join("w"), &url, 3);
+    let b = ga
+        .backup(
+            &name,
+            BackupOptions { strategy: Strategy::Online, store: Some("offsite".into()), ..Default::default() },
+        )
+        .await
+        .unwrap();
+
+    // Host B: a fresh root on the second engine, knowing only the store.
+    let bt = TestRoot::on_engine(&image, Some(second.clone()));
+    bt.edit_config(|c| {
+        c.stores.insert("offsite".into(), s3_store(&prefix));
+    });
+    let gb = bt.open().await;
+    assert!(gb.list_backups(None, Some("offsite")).await.unwrap().iter().any(|e| e.id == b.id));
+    let new_name = unique("standby");
+    let restored = gb
+        .restore(RestoreRequest {
+            id: b.id.clone(),
+            store: Some("offsite".into()),
+            as_name: Some(new_name.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let new_url = format!("{}/team/app.git", restored.url);
+    assert_eq!(ls_remote(&new_url), refs, "refs differ on the other host");
+    clone_and_fsck(&new_url, &bt.dir.path().join("clone"));
+
+    // The container lives on the second engine only.
+    let container = format!("girofle-{new_name}");
+    assert!(docker(Some(&second)).args(["inspect", &container]).output().unwrap().status.success());
+    assert!(!docker(None).args(["inspect", &container]).output().unwrap().status.success());
+}
