@@ -282,9 +282,12 @@ pub struct HealthSettings {
 }
 
 /// `GITLAB_OMNIBUS_CONFIG` for an instance: applied by GitLab at every boot.
+///
+/// GitLab's nginx listens on the port of `external_url` unless told otherwise; the
+/// container publishes port 80, so nginx is pinned there (the host port differs).
 pub fn omnibus_config(record: &InstanceRecord) -> String {
     format!(
-        "external_url '{}'; gitlab_rails['gitlab_shell_ssh_port'] = {}",
+        "external_url '{}'; nginx['listen_port'] = 80; gitlab_rails['gitlab_shell_ssh_port'] = {}",
         record.external_url, record.bindings.ssh_port
     )
 }
