@@ -39,6 +39,12 @@ const BUF_SIZE: usize = 1 << 20;
 const PROGRESS_BYTES: u64 = 64 << 20;
 /// ...or every this many entries.
 const PROGRESS_FILES: u64 = 1000;
+/// zstd window, pinned so that readers can check the frame header byte that holds it: a
+/// damaged window descriptor that happens to give a larger window would otherwise decode
+/// to the very same data and go unnoticed. 8 MiB is zstd's own choice for levels 16..=19.
+const WINDOW_LOG: u32 = 23;
+/// Bytes per zstd worker job.
+const JOB_SIZE: u32 = 4 << 20;
 /// The header is small; anything bigger is a damaged or hostile archive.
 const MAX_HEADER_SIZE: u64 = 64 << 20;
 
@@ -165,10 +171,16 @@ pub fn write_archive<W: Write>(
     let mut encoder = zstd::stream::write::Encoder::new(HashingWriter::new(out), opts.level)
         .map_err(|e| Error::invalid("compression level", e.to_string()))?;
     encoder.include_checksum(true).map_err(out_err)?;
+    encoder.window_log(WINDOW_LOG).map_err(out_err)?;
     if opts.threads > 0 {
         encoder
             .multithread(opts.threads)
             .map_err(|e| Error::invalid("compression threads", e.to_string()))?;
+        // zstd's default job is 4 windows (32 MiB here) and it keeps several per worker:
+        // ~250 MB with 2 threads. Smaller jobs keep memory low at a negligible cost in ratio.
+        encoder
+            .set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
+            .map_err(out_err)?;
     }
     let mut builder = tar::Builder::new(BufWriter::with_capacity(BUF_SIZE, encoder));
 
@@ -190,7 +202,8 @@ pub fn write_archive<W: Write>(
     } = walker;
     progress.finish();
 
-    let index_json = serde_json::to_vec(&index).map_err(|e| Error::invalid("index", e.to_string()))?;
+    let index_json =
+        serde_json::to_vec(&index).map_err(|e| Error::invalid("index", e.to_string()))?;
     append_bytes(&mut builder, INDEX_PATH, &index_json)?;
 
     let buffered = builder.into_inner().map_err(out_err)?;
@@ -235,7 +248,8 @@ fn validate_sources(sources: &[Source]) -> Result<()> {
     Ok(())
 }
 
-type TarBuilder<W> = tar::Builder<BufWriter<zstd::stream::write::Encoder<'static, HashingWriter<W>>>>;
+type TarBuilder<W> =
+    tar::Builder<BufWriter<zstd::stream::write::Encoder<'static, HashingWriter<W>>>>;
 
 fn append_bytes<W: Write>(builder: &mut TarBuilder<W>, path: &str, data: &[u8]) -> Result<()> {
     let mut h = tar::Header::new_gnu();
@@ -370,7 +384,9 @@ impl<W: Write> Walker<'_, '_, W> {
         self.builder
             .append_data(&mut h, &path, io::empty())
             .map_err(out_err)?;
-        self.index.entries.push(m.entry(path.clone(), EntryKind::Dir, 0));
+        self.index
+            .entries
+            .push(m.entry(path.clone(), EntryKind::Dir, 0));
         self.index.dirs += 1;
         self.progress.add(1, 0);
 
@@ -496,16 +512,7 @@ impl<W: Write> Walker<'_, '_, W> {
                 None => out_err(e),
             });
         }
-        let grew = !reader.shrunk && {
-            let mut one = [0u8; 1];
-            loop {
-                match reader.file.read(&mut one) {
-                    Ok(n) => break n > 0,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io("read", fs_path, e)),
-                }
-            }
-        };
+        let grew = reader.grew().ctx("read", fs_path)?;
         if reader.shrunk || grew {
             self.index.changed_while_read.push(path.clone());
         }
@@ -531,6 +538,23 @@ struct SizedFileReader<'a> {
     shrunk: bool,
     /// A read error on the file, kept so that it is not blamed on the output.
     error: Option<io::Error>,
+}
+
+impl SizedFileReader<'_> {
+    /// After the content is read: whether the file has more bytes than were archived.
+    fn grew(&mut self) -> io::Result<bool> {
+        if self.shrunk {
+            return Ok(false);
+        }
+        let mut one = [0u8; 1];
+        loop {
+            match self.file.read(&mut one) {
+                Ok(n) => return Ok(n > 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 impl Read for SizedFileReader<'_> {
@@ -647,11 +671,7 @@ pub fn read_header<R: Read>(input: R) -> Result<serde_json::Value> {
         inner: input,
         failed: failed.clone(),
     };
-    let decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
-        BUF_SIZE / 4,
-        reader,
-    ))
-    .map_err(|e| read_err(e, &failed))?;
+    let decoder = open_decoder(reader, &failed, BUF_SIZE / 4)?;
     let mut archive = tar::Archive::new(decoder);
     let mut entries = archive.entries().map_err(|e| read_err(e, &failed))?;
     let entry = entries
@@ -688,6 +708,45 @@ fn read_header_entry<R: Read>(
             format!("not valid JSON: {e}"),
         )
     })
+}
+
+type Input<R> = io::Chain<io::Cursor<Vec<u8>>, FlagOnError<R>>;
+type ArchiveDecoder<'a, R> = zstd::stream::read::Decoder<'a, BufReader<Input<R>>>;
+
+/// Checks the zstd frame header, then opens the decoder on the whole stream.
+///
+/// The zstd decoder ignores some frame header bits (the "unused" bit, a window larger than
+/// needed) and accepts frames without a checksum; Girofle writes exactly one kind of frame
+/// header, so anything else is damage.
+fn open_decoder<R: Read>(
+    input: FlagOnError<R>,
+    failed: &AtomicBool,
+    buffer: usize,
+) -> Result<ArchiveDecoder<'static, R>> {
+    let mut input = input;
+    let mut head = Vec::with_capacity(6);
+    (&mut input)
+        .take(6)
+        .read_to_end(&mut head)
+        .map_err(|e| read_err(e, failed))?;
+    let bad = |what: &str| Error::corrupt("archive", format!("zstd frame header: {what}"));
+    if head.len() < 6 || head[..4] != [0x28, 0xB5, 0x2F, 0xFD] {
+        return Err(bad("not a zstd frame (truncated or not an archive)"));
+    }
+    let fhd = head[4];
+    if fhd & 0x04 == 0 {
+        return Err(bad("the frame has no checksum"));
+    }
+    if fhd & 0x1B != 0 {
+        return Err(bad("reserved, unused or dictionary bits are set"));
+    }
+    let single_segment = fhd & 0x20 != 0;
+    if !single_segment && u32::from(head[5]) != (WINDOW_LOG - 10) << 3 {
+        return Err(bad("unexpected window size"));
+    }
+    let input = io::Cursor::new(head).chain(input);
+    zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(buffer, input))
+        .map_err(|e| read_err(e, failed))
 }
 
 /// Lifts a read error: the input's own failure is an I/O problem (network, disk), anything
@@ -763,6 +822,41 @@ fn check_link(path: &str, link: &str) -> Result<()> {
     Ok(())
 }
 
+/// Resolves a symlink through the other symlinks of the archive (the kernel would) and
+/// checks that it never leaves the extraction directory: two links that each stay inside,
+/// `a -> b/..` and `b -> ..`, together point outside.
+fn check_link_chain(links: &HashMap<&str, &str>, path: &str) -> Result<()> {
+    let mut stack: Vec<&str> = path.split('/').collect();
+    stack.pop();
+    let mut pending: Vec<&str> = links[path].split('/').rev().collect();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if stack.pop().is_none() {
+                    return Err(entry_err(
+                        path,
+                        "symlink points outside the extraction directory through other symlinks",
+                    ));
+                }
+            }
+            _ => {
+                stack.push(c);
+                if let Some(next) = links.get(stack.join("/").as_str()) {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(entry_err(path, "symlink loop refused"));
+                    }
+                    stack.pop();
+                    pending.extend(next.split('/').rev());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn describe_diff(a: &FileEntry, b: &FileEntry) -> String {
     let mut diffs = Vec::new();
     if a.path != b.path {
@@ -778,10 +872,7 @@ fn describe_diff(a: &FileEntry, b: &FileEntry) -> String {
         diffs.push(format!("mode {:o} vs {:o}", a.mode, b.mode));
     }
     if a.uid != b.uid || a.gid != b.gid {
-        diffs.push(format!(
-            "owner {}:{} vs {}:{}",
-            a.uid, a.gid, b.uid, b.gid
-        ));
+        diffs.push(format!("owner {}:{} vs {}:{}", a.uid, a.gid, b.uid, b.gid));
     }
     if a.mtime != b.mtime {
         diffs.push(format!("mtime {} vs {}", a.mtime, b.mtime));
@@ -796,7 +887,12 @@ fn describe_diff(a: &FileEntry, b: &FileEntry) -> String {
 }
 
 /// Compares two entry lists, naming the first entry that differs.
-fn compare_entries(found: &[FileEntry], reference: &[FileEntry], ours: &str, theirs: &str) -> Result<()> {
+fn compare_entries(
+    found: &[FileEntry],
+    reference: &[FileEntry],
+    ours: &str,
+    theirs: &str,
+) -> Result<()> {
     for (a, b) in found.iter().zip(reference) {
         if a != b {
             return Err(entry_err(
@@ -823,7 +919,12 @@ fn compare_entries(found: &[FileEntry], reference: &[FileEntry], ours: &str, the
 }
 
 fn compare_index(index: &ArchiveIndex, expected: &ArchiveIndex) -> Result<()> {
-    compare_entries(&index.entries, &expected.entries, "the archive's index", "the manifest")?;
+    compare_entries(
+        &index.entries,
+        &expected.entries,
+        "the archive's index",
+        "the manifest",
+    )?;
     if index != expected {
         return Err(Error::corrupt(
             "archive index",
@@ -983,9 +1084,7 @@ fn read_archive<R: Read>(
         inner: HashingReader::new(input),
         failed: failed.clone(),
     };
-    let decoder =
-        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF_SIZE, reader))
-            .map_err(|e| read_err(e, &failed))?;
+    let decoder = open_decoder(reader, &failed, BUF_SIZE)?;
     let mut archive = tar::Archive::new(decoder);
     let rerr = |e: io::Error| read_err(e, &failed);
 
@@ -1021,9 +1120,7 @@ fn read_archive<R: Read>(
             }
             let raw = entry.path_bytes();
             let path = std::str::from_utf8(&raw)
-                .map_err(|_| {
-                    entry_err(&String::from_utf8_lossy(&raw), "path is not valid UTF-8")
-                })?
+                .map_err(|_| entry_err(&String::from_utf8_lossy(&raw), "path is not valid UTF-8"))?
                 .trim_end_matches('/')
                 .to_owned();
             drop(raw);
@@ -1031,14 +1128,18 @@ fn read_archive<R: Read>(
             if path == INDEX_PATH && is_regular(etype) {
                 let mut data = Vec::new();
                 entry.read_to_end(&mut data).map_err(rerr)?;
-                index = Some(serde_json::from_slice(&data).map_err(|e| {
-                    entry_err(INDEX_PATH, format!("not a valid index: {e}"))
-                })?);
+                index = Some(
+                    serde_json::from_slice(&data)
+                        .map_err(|e| entry_err(INDEX_PATH, format!("not a valid index: {e}")))?,
+                );
                 continue;
             }
             check_path(&path)?;
             if path == RESERVED_PREFIX || path.starts_with("girofle/") {
-                return Err(entry_err(&path, "unexpected entry in the reserved `girofle/` directory"));
+                return Err(entry_err(
+                    &path,
+                    "unexpected entry in the reserved `girofle/` directory",
+                ));
             }
             let kind = match etype {
                 t if is_regular(t) => EntryKind::File,
@@ -1104,16 +1205,19 @@ fn read_archive<R: Read>(
             let num = |r: io::Result<u64>| -> Result<u64> {
                 r.map_err(|e| entry_err(&path, format!("bad header field: {e}")))
             };
-            let uid = u32::try_from(num(h.uid())?)
-                .map_err(|_| entry_err(&path, "uid out of range"))?;
-            let gid = u32::try_from(num(h.gid())?)
-                .map_err(|_| entry_err(&path, "gid out of range"))?;
+            let uid =
+                u32::try_from(num(h.uid())?).map_err(|_| entry_err(&path, "uid out of range"))?;
+            let gid =
+                u32::try_from(num(h.gid())?).map_err(|_| entry_err(&path, "gid out of range"))?;
             let mode = num(h.mode().map(u64::from))? as u32 & 0o7777;
             let mtime = i64::try_from(num(h.mtime())?)
                 .map_err(|_| entry_err(&path, "mtime out of range"))?;
             let size = entry.size();
             if kind != EntryKind::File && size != 0 {
-                return Err(entry_err(&path, format!("a {kind:?} with {size} bytes of data")));
+                return Err(entry_err(
+                    &path,
+                    format!("a {kind:?} with {size} bytes of data"),
+                ));
             }
             let mut observed = FileEntry {
                 path,
@@ -1132,7 +1236,10 @@ fn read_archive<R: Read>(
             let listed = match expected {
                 Some(x) => {
                     let Some(&i) = by_path.get(observed.path.as_str()) else {
-                        return Err(entry_err(&observed.path, "not listed in the manifest; refused"));
+                        return Err(entry_err(
+                            &observed.path,
+                            "not listed in the manifest; refused",
+                        ));
                     };
                     let want = &x.entries[i];
                     let mut cmp = observed.clone();
@@ -1140,10 +1247,7 @@ fn read_archive<R: Read>(
                     if &cmp != want {
                         return Err(entry_err(
                             &observed.path,
-                            format!(
-                                "archive and manifest differ: {}",
-                                describe_diff(&cmp, want)
-                            ),
+                            format!("archive and manifest differ: {}", describe_diff(&cmp, want)),
                         ));
                     }
                     Some(want)
@@ -1246,13 +1350,16 @@ fn read_archive<R: Read>(
     // The decoder stops at the end of the input already; this only catches bytes that
     // zstd left unread.
     io::copy(&mut rest, &mut io::sink()).map_err(|e| read_err(e, &failed))?;
-    let (_, archive_size, archive_hash) = rest.into_inner().inner.finish();
+    let (_, archive_size, archive_hash) = rest.into_inner().into_inner().1.inner.finish();
 
     compare_entries(&found, &index.entries, "the archive's content", "its index")?;
     let counts = (
         found.iter().filter(|e| e.kind == EntryKind::File).count() as u64,
         found.iter().filter(|e| e.kind == EntryKind::Dir).count() as u64,
-        found.iter().filter(|e| e.kind == EntryKind::Symlink).count() as u64,
+        found
+            .iter()
+            .filter(|e| e.kind == EntryKind::Symlink)
+            .count() as u64,
         found.iter().map(|e| e.size).sum::<u64>(),
     );
     if counts != (index.files, index.dirs, index.symlinks, index.bytes) {
@@ -1267,6 +1374,13 @@ fn read_archive<R: Read>(
     }
     if let Some(x) = expected {
         compare_index(&index, x)?;
+    }
+    let links: HashMap<&str, &str> = found
+        .iter()
+        .filter_map(|e| Some((e.path.as_str(), e.link.as_deref()?)))
+        .collect();
+    for path in links.keys() {
+        check_link_chain(&links, path)?;
     }
     if let Some((size, hash)) = expected_archive {
         if size != archive_size || !hash.eq_ignore_ascii_case(&archive_hash) {
@@ -1418,7 +1532,11 @@ impl<W: Write> HashingWriter<W> {
 
     /// The inner writer, the byte count and the BLAKE3 hex of everything written.
     pub fn finish(self) -> (W, u64, String) {
-        (self.inner, self.count, self.hasher.finalize().to_hex().to_string())
+        (
+            self.inner,
+            self.count,
+            self.hasher.finalize().to_hex().to_string(),
+        )
     }
 }
 
@@ -1459,7 +1577,11 @@ impl<R: Read> HashingReader<R> {
 
     /// The inner reader, the byte count and the BLAKE3 hex of everything read.
     pub fn finish(self) -> (R, u64, String) {
-        (self.inner, self.count, self.hasher.finalize().to_hex().to_string())
+        (
+            self.inner,
+            self.count,
+            self.hasher.finalize().to_hex().to_string(),
+        )
     }
 }
 
@@ -1471,7 +1593,6 @@ impl<R: Read> Read for HashingReader<R> {
         Ok(n)
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1522,11 +1643,19 @@ mod tests {
         write_file(&data.join("a/b/c/deep.txt"), b"deep content\n", 0o644);
         write_file(&data.join("secret"), b"key material", 0o600);
         write_file(&data.join("script.sh"), b"#!/bin/sh\necho hi\n", 0o755);
-        write_file(&data.join("big.bin"), &noise(3 * BUF_SIZE + 12345, 7), 0o640);
+        write_file(
+            &data.join("big.bin"),
+            &noise(3 * BUF_SIZE + 12345, 7),
+            0o640,
+        );
         write_file(&data.join("ro/inside"), b"read-only dir content", 0o444);
         write_file(&data.join("owned"), b"owned by git", 0o640);
         fs::hard_link(data.join("secret"), data.join("secret-hardlink")).unwrap();
-        write_file(&config.join("gitlab.rb"), b"external_url 'http://x'\n", 0o600);
+        write_file(
+            &config.join("gitlab.rb"),
+            b"external_url 'http://x'\n",
+            0o600,
+        );
         symlink("b/c/deep.txt", data.join("a/link")).unwrap();
         let _listener = UnixListener::bind(data.join("sock")).unwrap();
         if is_root() {
@@ -1619,7 +1748,7 @@ mod tests {
             }]
         );
         assert!(index.changed_while_read.is_empty());
-        assert_eq!((index.files, index.dirs, index.symlinks), (8, 8, 1));
+        assert_eq!((index.files, index.dirs, index.symlinks), (8, 7, 1));
         // Deterministic order: the prefix first, then children sorted by name.
         let paths: Vec<&str> = index.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(&paths[..3], &["config", "config/gitlab.rb", "data"]);
@@ -1676,7 +1805,12 @@ mod tests {
                 assert_eq!(ma.file_type(), mb.file_type(), "{}", rel.display());
                 assert_eq!(ma.mode(), mb.mode(), "{}", rel.display());
                 if root {
-                    assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "{}", rel.display());
+                    assert_eq!(
+                        (ma.uid(), ma.gid()),
+                        (mb.uid(), mb.gid()),
+                        "{}",
+                        rel.display()
+                    );
                 }
                 if ma.file_type().is_symlink() {
                     assert_eq!(fs::read_link(&a).unwrap(), fs::read_link(&b).unwrap());
@@ -1711,7 +1845,9 @@ mod tests {
         assert!(fs::metadata(target.join("data/empty")).unwrap().is_dir());
         // Hard links come back as separate files.
         assert_eq!(
-            fs::metadata(target.join("data/secret-hardlink")).unwrap().nlink(),
+            fs::metadata(target.join("data/secret-hardlink"))
+                .unwrap()
+                .nlink(),
             1
         );
         // Let the temp dirs be removed.
@@ -1727,8 +1863,11 @@ mod tests {
         let (_, a) = write(&sources);
         let (_, b) = write(&sources);
         assert_eq!(a.index, b.index);
-        fs::set_permissions(src.path().join("data/ro"), fs::Permissions::from_mode(0o755))
-            .unwrap();
+        fs::set_permissions(
+            src.path().join("data/ro"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -1782,7 +1921,10 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let path = src.path().join("f");
         fs::write(&path, vec![1u8; 1000]).unwrap();
-        for (new_len, stored) in [(400usize, [vec![1u8; 400], vec![0u8; 600]].concat()), (3000, vec![1u8; 1000])] {
+        for (new_len, stored) in [
+            (400usize, [vec![1u8; 400], vec![0u8; 600]].concat()),
+            (3000, vec![1u8; 1000]),
+        ] {
             let file = File::open(&path).unwrap();
             let mut buf = vec![0u8; 64];
             let mut r = SizedFileReader {
@@ -1796,13 +1938,13 @@ mod tests {
                 error: None,
             };
             let mut got = Vec::new();
-            r.read_exact(&mut vec![0u8; 0]).unwrap();
             // Change the file after the header was written, before its content is read.
             fs::write(&path, vec![1u8; new_len]).unwrap();
             r.read_to_end(&mut got).unwrap();
             assert_eq!(got, stored);
             assert_eq!(r.hasher.finalize(), blake3::hash(&stored));
             assert_eq!(r.shrunk, new_len < 1000);
+            assert_eq!(r.grew().unwrap(), new_len > 1000);
             fs::write(&path, vec![1u8; 1000]).unwrap();
         }
     }
@@ -1856,7 +1998,10 @@ mod tests {
         let n = bytes.len();
         for len in [0, 3, 10, 100, n / 3, n / 2, n - 100, n - 5, n - 1] {
             let err = verify_archive(&bytes[..len], None, None);
-            assert!(matches!(err, Err(Error::Corrupt { .. })), "{len}/{n}: {err:?}");
+            assert!(
+                matches!(err, Err(Error::Corrupt { .. })),
+                "{len}/{n}: {err:?}"
+            );
         }
         let mut longer = bytes.clone();
         longer.extend_from_slice(b"garbage");
@@ -1878,7 +2023,10 @@ mod tests {
     struct FailingReader;
     impl Read for FailingReader {
         fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Err(io::Error::new(io::ErrorKind::ConnectionReset, "network down"))
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "network down",
+            ))
         }
     }
 
@@ -2051,7 +2199,11 @@ mod tests {
         h.set_mode(0o644);
         b.append_data(&mut h, INDEX_PATH, &ij[..]).unwrap();
         let tar = b.into_inner().unwrap();
-        (zstd::encode_all(&tar[..], 3).unwrap(), index)
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        enc.window_log(WINDOW_LOG).unwrap();
+        enc.write_all(&tar).unwrap();
+        (enc.finish().unwrap(), index)
     }
 
     /// Extracts into `<tmp>/target` and checks that the archive was refused with a
@@ -2084,19 +2236,45 @@ mod tests {
             (vec![dir("data"), file("data/../evil", b"x")], "`..`"),
             (vec![dir("data"), file("data/./x", b"x")], "`.`"),
             (vec![file("evil", b"x")], "known prefix"),
-            (vec![dir("data"), file("other/x", b"x")], "not in the archive before it"),
-            (vec![dir("data"), file("data/a", b"x"), file("data/a", b"y")], "duplicate"),
+            (
+                vec![dir("data"), file("other/x", b"x")],
+                "not in the archive before it",
+            ),
+            (
+                vec![dir("data"), file("data/a", b"x"), file("data/a", b"x")],
+                "duplicate",
+            ),
             (vec![dir("data"), dir("data")], "duplicate"),
             (vec![dir("data"), file("girofle/extra", b"x")], "reserved"),
             (vec![dir("data"), link("data/l", "/etc")], "absolute path"),
             (vec![dir("data"), link("data/l", "../../evil")], "outside"),
-            (vec![dir("data"), dir("data/d"), link("data/d/l", "../../x")], "outside"),
             (
-                vec![dir("data"), dir("data/sub"), link("data/l", "sub"), file("data/l/x", b"x")],
+                vec![dir("data"), link("data/a", "b/../.."), link("data/b", "..")],
+                "through other symlinks",
+            ),
+            (
+                vec![dir("data"), link("data/a", "b"), link("data/b", "a")],
+                "loop",
+            ),
+            (
+                vec![dir("data"), dir("data/d"), link("data/d/l", "../../../x")],
+                "outside",
+            ),
+            (
+                vec![
+                    dir("data"),
+                    dir("data/sub"),
+                    link("data/l", "sub"),
+                    file("data/l/x", b"x"),
+                ],
                 "symlink",
             ),
             (
-                vec![dir("data"), link("data/up", ".."), file("data/up/evil", b"x")],
+                vec![
+                    dir("data"),
+                    link("data/up", ".."),
+                    file("data/up/evil", b"x"),
+                ],
                 "symlink",
             ),
             (
@@ -2114,9 +2292,18 @@ mod tests {
                 ],
                 "hard link",
             ),
-            (vec![dir("data"), raw("data/fifo", tar::EntryType::Fifo)], "fifo"),
-            (vec![dir("data"), raw("data/null", tar::EntryType::Char)], "device"),
-            (vec![dir("data"), raw("data/sda", tar::EntryType::Block)], "device"),
+            (
+                vec![dir("data"), raw("data/fifo", tar::EntryType::Fifo)],
+                "fifo",
+            ),
+            (
+                vec![dir("data"), raw("data/null", tar::EntryType::Char)],
+                "device",
+            ),
+            (
+                vec![dir("data"), raw("data/sda", tar::EntryType::Block)],
+                "device",
+            ),
             (
                 vec![
                     dir("data"),
@@ -2171,12 +2358,19 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         extract_archive(&bytes[..], out.path(), &manifest, None, &mut |_| {}).unwrap();
         assert_eq!(fs::read(out.path().join(&long)).unwrap(), b"gnu");
-        assert_eq!(fs::read(out.path().join(format!("{long}-pax"))).unwrap(), b"pax");
+        assert_eq!(
+            fs::read(out.path().join(format!("{long}-pax"))).unwrap(),
+            b"pax"
+        );
     }
 
     #[test]
     fn entries_must_match_the_manifest() {
-        let entries = vec![dir("data"), file("data/a", b"hello"), file("data/b", b"world")];
+        let entries = vec![
+            dir("data"),
+            file("data/a", b"hello"),
+            file("data/b", b"world"),
+        ];
         let (bytes, manifest) = hostile(&entries);
 
         // An entry absent from the manifest.
@@ -2230,7 +2424,7 @@ mod tests {
             }
             w.finish().unwrap();
         });
-        let (tx2, rx2) = mpsc::channel::<io::Result<Bytes>>(4);
+        let (tx2, rx2) = mpsc::channel::<io::Result<Bytes>>(8);
         let sizes = rt.block_on(async move {
             let mut sizes = Vec::new();
             while let Some(chunk) = rx.recv().await {
@@ -2264,7 +2458,13 @@ mod tests {
         let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
         let writer = std::thread::spawn(move || {
             let mut w = ChannelWriter::new(tx);
-            let s = write_archive(&header(), &sources, CompressionOptions::default(), &mut w, &mut |_| {});
+            let s = write_archive(
+                &header(),
+                &sources,
+                CompressionOptions::default(),
+                &mut w,
+                &mut |_| {},
+            );
             w.finish().unwrap();
             (s.unwrap(), sources)
         });
@@ -2291,7 +2491,10 @@ mod tests {
         )
         .unwrap();
         feeder.join().unwrap();
-        fs::set_permissions(src.path().join("data/ro"), fs::Permissions::from_mode(0o755))
-            .unwrap();
+        fs::set_permissions(
+            src.path().join("data/ro"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
     }
 }
