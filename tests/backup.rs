@@ -37,7 +37,10 @@ async fn round_trips_keep_commits_secrets_owners_and_modes() {
     let g = t.open().await;
     let name = unique("web");
     let r = g
-        .commission(CommissionRequest { name: name.clone(), ..Default::default() })
+        .commission(CommissionRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let url = format!("{}/team/app.git", r.external_url);
@@ -54,52 +57,108 @@ async fn round_trips_keep_commits_secrets_owners_and_modes() {
     let data_owners = ownership_snapshot(&dirs.data.join("git-data"));
     let co = g.backup(&name, cold(None)).await.unwrap();
     assert!(co.downtime_ms.is_some());
-    assert_eq!(g.show(&name).await.unwrap().state, InstanceState::Running, "cold backup left GitLab down");
+    assert_eq!(
+        g.show(&name).await.unwrap().state,
+        InstanceState::Running,
+        "cold backup left GitLab down"
+    );
     g.verify(&on.id, Some("offsite")).await.unwrap();
     g.verify(&co.id, None).await.unwrap();
     let listed = g.list_backups(Some(&name), Some("offsite")).await.unwrap();
-    assert_eq!(listed.iter().map(|b| b.id.clone()).collect::<Vec<_>>(), vec![on.id.clone()]);
+    assert_eq!(
+        listed.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
+        vec![on.id.clone()]
+    );
 
     // The instance is destroyed entirely; restore from S3 as the same name.
-    g.decommission(&name, DecommissionOptions { purge: true, no_backup: true }).await.unwrap();
+    g.decommission(
+        &name,
+        DecommissionOptions {
+            purge: true,
+            no_backup: true,
+        },
+    )
+    .await
+    .unwrap();
     assert!(!dirs.base.exists());
     let restored = g
-        .restore(RestoreRequest { id: on.id.clone(), store: Some("offsite".into()), ..Default::default() })
+        .restore(RestoreRequest {
+            id: on.id.clone(),
+            store: Some("offsite".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(restored.url, r.external_url, "same name, same address, same URL");
+    assert_eq!(
+        restored.url, r.external_url,
+        "same name, same address, same URL"
+    );
     assert_eq!(ls_remote(&url), refs, "a branch or tag moved");
     assert_eq!(ls_remote(&wiki), wiki_refs, "the wiki changed");
     clone_and_fsck(&url, &t.dir.path().join("c1"));
-    assert_eq!(std::fs::read(dirs.config.join("gitlab-secrets.json")).unwrap(), secrets);
-    assert_eq!(ownership_snapshot(&dirs.config), config_owners, "config owners or modes changed");
+    assert_eq!(
+        std::fs::read(dirs.config.join("gitlab-secrets.json")).unwrap(),
+        secrets
+    );
+    assert_eq!(
+        ownership_snapshot(&dirs.config),
+        config_owners,
+        "config owners or modes changed"
+    );
     // GitLab's own checks, once more by hand.
     let out = Command::new("docker")
-        .args(["exec", &format!("girofle-{name}"), "gitlab-rake", "gitlab:doctor:secrets"])
+        .args([
+            "exec",
+            &format!("girofle-{name}"),
+            "gitlab-rake",
+            "gitlab:doctor:secrets",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // The cold backup, restored in place over the running instance: owners and modes of
     // the repositories exactly as they were, nothing left in staging.
-    push_project(&t.dir.path().join("w3"), &format!("{}/team/later.git", r.external_url), 1);
+    push_project(
+        &t.dir.path().join("w3"),
+        &format!("{}/team/later.git", r.external_url),
+        1,
+    );
     let in_place = g
-        .restore(RestoreRequest { id: co.id.clone(), ..Default::default() })
+        .restore(RestoreRequest {
+            id: co.id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(in_place.in_place);
     assert_eq!(ls_remote(&url), refs);
     assert_eq!(ownership_snapshot(&dirs.data.join("git-data")), data_owners);
     assert!(
-        !dirs.data.join("git-data/repositories/team/later.git").exists(),
+        !dirs
+            .data
+            .join("git-data/repositories/team/later.git")
+            .exists(),
         "the restore kept a repository the backup did not have"
     );
-    assert_eq!(std::fs::read_dir(t.root.join("staging")).unwrap().count(), 0, "staging not cleaned");
+    assert_eq!(
+        std::fs::read_dir(t.root.join("staging")).unwrap().count(),
+        0,
+        "staging not cleaned"
+    );
 
     // As a new name, through the CLI.
     let new_name = unique("copy");
     let out = t.cli(&["--json", "restore", &co.id, "--as", &new_name]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_url = report["url"].as_str().unwrap().to_string();
     assert_ne!(new_url, r.external_url);
@@ -109,7 +168,11 @@ async fn round_trips_keep_commits_secrets_owners_and_modes() {
     let drill = g.drill(&co.id, None).await.unwrap();
     assert_eq!(drill.valid_for_version.as_deref(), Some("17.5.1"));
     assert!(drill.repositories >= 2 && drill.fsck_clean, "{drill:?}");
-    assert_eq!(g.list().await.unwrap().len(), 2, "the drill instance was left behind");
+    assert_eq!(
+        g.list().await.unwrap().len(),
+        2,
+        "the drill instance was left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -120,7 +183,10 @@ async fn damage_and_mismatch_are_refused_and_nothing_is_touched() {
     let g = t.open().await;
     let name = unique("dmg");
     let r = g
-        .commission(CommissionRequest { name: name.clone(), ..Default::default() })
+        .commission(CommissionRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let url = format!("{}/team/app.git", r.external_url);
@@ -142,7 +208,12 @@ async fn damage_and_mismatch_are_refused_and_nothing_is_touched() {
             other => panic!("flip at {at} not detected by verify: {other:?}"),
         }
         let out = t.cli(&["restore", &b.id]);
-        assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(ls_remote(&url), refs);
         assert_eq!(g.show(&name).await.unwrap().state, InstanceState::Running);
     }
@@ -150,7 +221,12 @@ async fn damage_and_mismatch_are_refused_and_nothing_is_touched() {
     std::fs::write(&archive, &pristine[..pristine.len() / 2]).unwrap();
     assert!(g.list_backups(Some(&name), None).await.unwrap().is_empty());
     let out = t.cli(&["restore", &b.id]);
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(&archive, &pristine).unwrap();
     // An edited manifest: detected.
     let text = std::fs::read_to_string(&manifest).unwrap();
@@ -175,7 +251,11 @@ async fn damage_and_mismatch_are_refused_and_nothing_is_touched() {
     assert_eq!(out.status.code(), Some(2));
     let out = t.cli(&["restore", &b.id, "--store", "nowhere"]);
     assert_eq!(out.status.code(), Some(3));
-    assert_eq!(g.list().await.unwrap().len(), 1, "a refused restore created an instance");
+    assert_eq!(
+        g.list().await.unwrap().len(),
+        1,
+        "a refused restore created an instance"
+    );
     assert_eq!(ls_remote(&url), refs);
 }
 
@@ -189,9 +269,12 @@ async fn retention_and_one_backup_at_a_time() {
     });
     let g = t.open().await;
     let name = unique("ret");
-    g.commission(CommissionRequest { name: name.clone(), ..Default::default() })
-        .await
-        .unwrap();
+    g.commission(CommissionRequest {
+        name: name.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     // Two backups at once: one runs, the other is refused naming the holder.
     let (a, b) = tokio::join!(g.backup(&name, online(None)), g.backup(&name, online(None)));
@@ -199,7 +282,10 @@ async fn retention_and_one_backup_at_a_time() {
         (Ok(_), Err(e)) | (Err(e), Ok(_)) => e.to_string(),
         other => panic!("expected exactly one refusal: {other:?}"),
     };
-    assert!(refused.contains("busy") && refused.contains("`backup`") && refused.contains("pid"), "{refused}");
+    assert!(
+        refused.contains("busy") && refused.contains("`backup`") && refused.contains("pid"),
+        "{refused}"
+    );
 
     let mut ids = vec![a.or(b).unwrap().id];
     for _ in 0..3 {
@@ -211,17 +297,49 @@ async fn retention_and_one_backup_at_a_time() {
     for store in [None, Some("offsite")] {
         assert_eq!(g.list_backups(Some(&name), store).await.unwrap().len(), 4);
         let deleted = g
-            .prune(Some(&name), store, Retention { keep_last: 2, ..Default::default() })
+            .prune(
+                Some(&name),
+                store,
+                Retention {
+                    keep_last: 2,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
-        assert_eq!(deleted, ids[..2].to_vec(), "pruned the wrong backups on {store:?}");
-        let left: Vec<String> = g.list_backups(Some(&name), store).await.unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(
+            deleted,
+            ids[..2].to_vec(),
+            "pruned the wrong backups on {store:?}"
+        );
+        let left: Vec<String> = g
+            .list_backups(Some(&name), store)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
         assert_eq!(left, ids[2..].to_vec());
         // keep-last 0 still keeps the newest: never the only valid backup.
         let e = g.prune(Some(&name), store, Retention::default()).await;
         assert!(e.is_err(), "a policy keeping nothing was accepted");
-        g.prune(Some(&name), store, Retention { keep_daily: 1, ..Default::default() }).await.unwrap();
-        let left: Vec<String> = g.list_backups(Some(&name), store).await.unwrap().into_iter().map(|b| b.id).collect();
+        g.prune(
+            Some(&name),
+            store,
+            Retention {
+                keep_daily: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let left: Vec<String> = g
+            .list_backups(Some(&name), store)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
         assert_eq!(left, vec![ids[3].clone()]);
     }
     // Only the newest backup's two objects are left on S3.
@@ -230,7 +348,10 @@ async fn retention_and_one_backup_at_a_time() {
     assert_eq!(objects.len(), 2, "{objects:?}");
 
     // Decommission takes a final backup first.
-    let d = g.decommission(&name, DecommissionOptions::default()).await.unwrap();
+    let d = g
+        .decommission(&name, DecommissionOptions::default())
+        .await
+        .unwrap();
     let final_id = d.final_backup.expect("a final backup");
     g.verify(&final_id, None).await.unwrap();
 }

@@ -28,11 +28,35 @@ fn wrong_input_is_refused_cleanly() {
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
         (vec!["Bad_Name".into()], 2, "lowercase"),
         (vec!["a".repeat(41)], 2, "1-40"),
-        (vec!["ok".into(), "--http-port".into(), (hi + 1000).to_string()], 2, "outside Girofle's pool"),
-        (vec!["ok".into(), "--ip".into(), "10.9.9.9".into()], 2, "not in Girofle's pool"),
-        (vec!["ok".into(), "--image".into(), "girofle-test/absent:1.0.0-ce.0".into()], 3, "image"),
-        (vec!["ok".into(), "--set".into(), "novalue".into()], 2, "KEY=VALUE"),
-        (vec!["ok".into(), "--hostname".into(), "bad host".into()], 2, "host name"),
+        (
+            vec!["ok".into(), "--http-port".into(), (hi + 1000).to_string()],
+            2,
+            "outside Girofle's pool",
+        ),
+        (
+            vec!["ok".into(), "--ip".into(), "10.9.9.9".into()],
+            2,
+            "not in Girofle's pool",
+        ),
+        (
+            vec![
+                "ok".into(),
+                "--image".into(),
+                "girofle-test/absent:1.0.0-ce.0".into(),
+            ],
+            3,
+            "image",
+        ),
+        (
+            vec!["ok".into(), "--set".into(), "novalue".into()],
+            2,
+            "KEY=VALUE",
+        ),
+        (
+            vec!["ok".into(), "--hostname".into(), "bad host".into()],
+            2,
+            "host name",
+        ),
     ];
     for (args, code, needle) in cases {
         let mut full = vec!["instance", "create"];
@@ -51,7 +75,12 @@ fn wrong_input_is_refused_cleanly() {
     assert_nothing_changed(&t);
 
     // Unreachable Docker engine: says how to start it.
-    let out = t.cli(&["--docker-host", "unix:///nonexistent/docker.sock", "instance", "list"]);
+    let out = t.cli(&[
+        "--docker-host",
+        "unix:///nonexistent/docker.sock",
+        "instance",
+        "list",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("start it"), "{}", stderr(&out));
 
@@ -69,7 +98,10 @@ fn wrong_input_is_refused_cleanly() {
     let out = t.cli(&["instance", "create", &unique("slow"), "--timeout", "1"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let e = stderr(&out);
-    assert!(e.contains("not healthy after 1 s") && e.contains("last container log lines"), "{e}");
+    assert!(
+        e.contains("not healthy after 1 s") && e.contains("last container log lines"),
+        "{e}"
+    );
     assert_nothing_changed(&t);
 
     // A duplicate name.

@@ -40,13 +40,22 @@ async fn fleet_lifecycle_keeps_data_and_books() {
     for r in &records {
         for a in r.bindings.addresses() {
             assert!(addresses.insert(a), "address {a:?} handed out twice");
-            assert!((t.ports.0..=t.ports.1).contains(&a.1), "port outside the pool");
+            assert!(
+                (t.ports.0..=t.ports.1).contains(&a.1),
+                "port outside the pool"
+            );
         }
-        assert_eq!(r.external_url, format!("http://127.0.0.1:{}", r.bindings.http_port));
+        assert_eq!(
+            r.external_url,
+            format!("http://127.0.0.1:{}", r.bindings.http_port)
+        );
     }
     let list = g.list().await.unwrap();
     assert_eq!(list.len(), 3);
-    assert!(list.iter().all(|s| s.state == InstanceState::Running), "{list:?}");
+    assert!(
+        list.iter().all(|s| s.state == InstanceState::Running),
+        "{list:?}"
+    );
 
     // Data owned as GitLab wants it, pushed over real smart HTTP.
     let web = &records[0];
@@ -57,25 +66,42 @@ async fn fleet_lifecycle_keeps_data_and_books() {
     let dirs = InstanceDirs::new(&t.root, &web.name);
     let repo = dirs.data.join("git-data/repositories/team/app.git");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&repo).unwrap().uid(), 998, "repository not owned by git");
+    assert_eq!(
+        std::fs::metadata(&repo).unwrap().uid(),
+        998,
+        "repository not owned by git"
+    );
 
     // Stop, start: the commits are still there.
     g.stop(&web.name).await.unwrap();
-    assert_eq!(g.show(&web.name).await.unwrap().state, InstanceState::Stopped);
+    assert_eq!(
+        g.show(&web.name).await.unwrap().state,
+        InstanceState::Stopped
+    );
     g.start(&web.name).await.unwrap();
     assert_eq!(ls_remote(&url), refs);
 
     // Reconfigure: the setting lands in the managed block of gitlab.rb, the rest kept.
     let rb = dirs.config.join("gitlab.rb");
     let before = std::fs::read_to_string(&rb).unwrap();
-    g.reconfigure(&web.name, &["gitlab_rails['time_zone']=Europe/Paris".into()], &[])
-        .await
-        .unwrap();
+    g.reconfigure(
+        &web.name,
+        &["gitlab_rails['time_zone']=Europe/Paris".into()],
+        &[],
+    )
+    .await
+    .unwrap();
     let after = std::fs::read_to_string(&rb).unwrap();
-    assert!(after.contains("gitlab_rails['time_zone'] = 'Europe/Paris'"), "{after}");
+    assert!(
+        after.contains("gitlab_rails['time_zone'] = 'Europe/Paris'"),
+        "{after}"
+    );
     let untouched: String = before.lines().take(5).collect::<Vec<_>>().join("\n");
     assert!(after.starts_with(&untouched));
-    assert_eq!(g.show(&web.name).await.unwrap().state, InstanceState::Running);
+    assert_eq!(
+        g.show(&web.name).await.unwrap().state,
+        InstanceState::Running
+    );
     // A setting GitLab refuses: error, the previous file back, still healthy.
     let e = g
         .reconfigure(&web.name, &["gitlab_rails['x']=[1,,]".into()], &[])
@@ -84,27 +110,48 @@ async fn fleet_lifecycle_keeps_data_and_books() {
         panic!("GitLab accepted a broken setting: {r:?}");
     }
     assert_eq!(std::fs::read_to_string(&rb).unwrap(), after);
-    assert_eq!(g.show(&web.name).await.unwrap().state, InstanceState::Running);
+    assert_eq!(
+        g.show(&web.name).await.unwrap().state,
+        InstanceState::Running
+    );
 
     // Drift: a container removed behind Girofle's back shows as missing; start brings it
     // back on the same data.
     let ci = &records[1];
-    let out = Command::new("docker").args(["rm", "-f", &ci.container_name()]).output().unwrap();
+    let out = Command::new("docker")
+        .args(["rm", "-f", &ci.container_name()])
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(g.show(&ci.name).await.unwrap().state, InstanceState::Missing);
+    assert_eq!(
+        g.show(&ci.name).await.unwrap().state,
+        InstanceState::Missing
+    );
     g.start(&ci.name).await.unwrap();
-    assert_eq!(g.show(&ci.name).await.unwrap().state, InstanceState::Running);
+    assert_eq!(
+        g.show(&ci.name).await.unwrap().state,
+        InstanceState::Running
+    );
 
     // Decommission: container gone, data kept, addresses free again.
     let docs = &records[2];
     let d = g
-        .decommission(&docs.name, DecommissionOptions { no_backup: true, ..Default::default() })
+        .decommission(
+            &docs.name,
+            DecommissionOptions {
+                no_backup: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let kept = d.archived_to.expect("data archived");
     assert!(kept.join("config/gitlab-secrets.json").exists());
     assert!(!InstanceDirs::new(&t.root, &docs.name).base.exists());
-    let out = Command::new("docker").args(["inspect", &docs.container_name()]).output().unwrap();
+    let out = Command::new("docker")
+        .args(["inspect", &docs.container_name()])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "container still there");
     let reuse = g
         .commission(CommissionRequest {
@@ -122,7 +169,13 @@ async fn fleet_lifecycle_keeps_data_and_books() {
     // Journal: one record per operation, and no secret anywhere in it.
     let journal = std::fs::read_to_string(g.journal().path()).unwrap();
     assert!(!journal.contains(SECRET), "secret in the journal");
-    let ops: Vec<String> = g.journal().read_all().unwrap().into_iter().map(|r| r.operation).collect();
+    let ops: Vec<String> = g
+        .journal()
+        .read_all()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.operation)
+        .collect();
     let count = |op: &str| ops.iter().filter(|o| o.as_str() == op).count();
     assert_eq!(count("commission"), 4, "{ops:?}");
     assert_eq!(count("reconfigure"), 2, "{ops:?}");

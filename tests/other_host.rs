@@ -25,7 +25,10 @@ async fn restore_on_another_engine_from_s3() {
     let ga = a.open().await;
     let name = unique("prod");
     let r = ga
-        .commission(CommissionRequest { name: name.clone(), ..Default::default() })
+        .commission(CommissionRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let url = format!("{}/team/app.git", r.external_url);
@@ -33,7 +36,11 @@ async fn restore_on_another_engine_from_s3() {
     let b = ga
         .backup(
             &name,
-            BackupOptions { strategy: Strategy::Online, store: Some("offsite".into()), ..Default::default() },
+            BackupOptions {
+                strategy: Strategy::Online,
+                store: Some("offsite".into()),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -44,7 +51,12 @@ async fn restore_on_another_engine_from_s3() {
         c.stores.insert("offsite".into(), s3_store(&prefix));
     });
     let gb = bt.open().await;
-    assert!(gb.list_backups(None, Some("offsite")).await.unwrap().iter().any(|e| e.id == b.id));
+    assert!(gb
+        .list_backups(None, Some("offsite"))
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.id == b.id));
     let new_name = unique("standby");
     let restored = gb
         .restore(RestoreRequest {
@@ -61,6 +73,16 @@ async fn restore_on_another_engine_from_s3() {
 
     // The container lives on the second engine only.
     let container = format!("girofle-{new_name}");
-    assert!(docker(Some(&second)).args(["inspect", &container]).output().unwrap().status.success());
-    assert!(!docker(None).args(["inspect", &container]).output().unwrap().status.success());
+    assert!(docker(Some(&second))
+        .args(["inspect", &container])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert!(!docker(None)
+        .args(["inspect", &container])
+        .output()
+        .unwrap()
+        .status
+        .success());
 }

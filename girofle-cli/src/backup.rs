@@ -98,7 +98,10 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
         BackupCommand::List { name, store } => {
             let list = g.list_backups(name.as_deref(), store.as_deref()).await?;
             print(ctx, &list, || {
-                let mut out = format!("{:<40} {:<8} {:<8} {:>10} {:>10}", "ID", "STRATEGY", "GITLAB", "FILES", "MB");
+                let mut out = format!(
+                    "{:<40} {:<8} {:<8} {:>10} {:>10}",
+                    "ID", "STRATEGY", "GITLAB", "FILES", "MB"
+                );
                 for b in &list {
                     out.push_str(&format!(
                         "\n{:<40} {:<8} {:<8} {:>10} {:>10.1}",
@@ -114,7 +117,8 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
         }
         BackupCommand::Verify { id, store, drill } => {
             if drill {
-                let r = with_spinner(&format!("drilling {id}"), g.drill(&id, store.as_deref())).await?;
+                let r =
+                    with_spinner(&format!("drilling {id}"), g.drill(&id, store.as_deref())).await?;
                 print(ctx, &r, || {
                     format!(
                         "{id}: valid for GitLab {} ({})",
@@ -123,17 +127,36 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
                     )
                 });
             } else {
-                let m = with_spinner(&format!("verifying {id}"), g.verify(&id, store.as_deref())).await?;
-                print(ctx, &serde_json::json!({ "id": id, "ok": true, "files": m.index.files, "bytes": m.index.bytes }), || {
-                    format!("{id}: ok ({} files, {} bytes, every hash matches)", m.index.files, m.index.bytes)
-                });
+                let m = with_spinner(&format!("verifying {id}"), g.verify(&id, store.as_deref()))
+                    .await?;
+                print(
+                    ctx,
+                    &serde_json::json!({ "id": id, "ok": true, "files": m.index.files, "bytes": m.index.bytes }),
+                    || {
+                        format!(
+                            "{id}: ok ({} files, {} bytes, every hash matches)",
+                            m.index.files, m.index.bytes
+                        )
+                    },
+                );
             }
         }
         BackupCommand::Copy { id, store, to } => {
-            let m = with_spinner(&format!("copying {id} to {to}"), g.copy_backup(&id, store.as_deref(), &to)).await?;
-            print(ctx, &serde_json::json!({ "id": id, "to": to, "size": m.archive.size }), || {
-                format!("{id} copied to `{to}` ({} bytes, hash checked)", m.archive.size)
-            });
+            let m = with_spinner(
+                &format!("copying {id} to {to}"),
+                g.copy_backup(&id, store.as_deref(), &to),
+            )
+            .await?;
+            print(
+                ctx,
+                &serde_json::json!({ "id": id, "to": to, "size": m.archive.size }),
+                || {
+                    format!(
+                        "{id} copied to `{to}` ({} bytes, hash checked)",
+                        m.archive.size
+                    )
+                },
+            );
         }
         BackupCommand::Prune {
             name,

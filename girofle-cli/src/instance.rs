@@ -78,7 +78,9 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
         .map(|l| {
             l.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| girofle_core::Error::invalid("--label", format!("`{l}` is not KEY=VALUE")))
+                .ok_or_else(|| {
+                    girofle_core::Error::invalid("--label", format!("`{l}` is not KEY=VALUE"))
+                })
         })
         .collect()
 }
@@ -112,7 +114,11 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
                 labels: parse_labels(&labels)?,
                 timeout: timeout.map(Duration::from_secs),
             };
-            let record = with_spinner(&format!("commissioning {name}, waiting until healthy"), g.commission(request)).await?;
+            let record = with_spinner(
+                &format!("commissioning {name}, waiting until healthy"),
+                g.commission(request),
+            )
+            .await?;
             print(ctx, &record, || record.external_url.clone());
         }
         InstanceCommand::List => {
@@ -134,7 +140,10 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
         InstanceCommand::Show { name } => {
             let s = g.show(&name).await?;
             print(ctx, &s, || {
-                let mut out = format!("name:      {}\nstate:     {}\ncontainer: {}\nimage:     {}", s.name, s.state, s.container, s.image);
+                let mut out = format!(
+                    "name:      {}\nstate:     {}\ncontainer: {}\nimage:     {}",
+                    s.name, s.state, s.container, s.image
+                );
                 if let Some(r) = &s.record {
                     out.push_str(&format!(
                         "\nurl:       {}\nhttp:      {}:{}\nhttps:     {}:{}\nssh:       {}:{}\ncreated:   {}",
@@ -156,7 +165,9 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
         }
         InstanceCommand::Start { name } => {
             let r = with_spinner(&format!("starting {name}"), g.start(&name)).await?;
-            print(ctx, &r, || format!("{name} is running at {}", r.external_url));
+            print(ctx, &r, || {
+                format!("{name} is running at {}", r.external_url)
+            });
         }
         InstanceCommand::Stop { name } => {
             let r = g.stop(&name).await?;
@@ -164,13 +175,23 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
         }
         InstanceCommand::Restart { name } => {
             let r = with_spinner(&format!("restarting {name}"), g.restart(&name)).await?;
-            print(ctx, &r, || format!("{name} is running at {}", r.external_url));
+            print(ctx, &r, || {
+                format!("{name} is running at {}", r.external_url)
+            });
         }
         InstanceCommand::Reconfigure { name, set, unset } => {
-            let r = with_spinner(&format!("reconfiguring {name}"), g.reconfigure(&name, &set, &unset)).await?;
+            let r = with_spinner(
+                &format!("reconfiguring {name}"),
+                g.reconfigure(&name, &set, &unset),
+            )
+            .await?;
             print(ctx, &r, || format!("{name} reconfigured and healthy"));
         }
-        InstanceCommand::Rm { name, purge, no_backup } => {
+        InstanceCommand::Rm {
+            name,
+            purge,
+            no_backup,
+        } => {
             let d = with_spinner(
                 &format!("decommissioning {name}"),
                 g.decommission(&name, DecommissionOptions { purge, no_backup }),

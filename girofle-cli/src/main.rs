@@ -25,7 +25,12 @@ const EXIT_CODES: &str = "Exit codes:
 #[command(name = "girofle", version, after_help = EXIT_CODES)]
 struct Cli {
     /// Girofle's root directory (configuration, inventory, instances, backups).
-    #[arg(long, global = true, env = "GIROFLE_ROOT", default_value = "/var/lib/girofle")]
+    #[arg(
+        long,
+        global = true,
+        env = "GIROFLE_ROOT",
+        default_value = "/var/lib/girofle"
+    )]
     root: PathBuf,
     /// Docker engine address (default: [docker] host in girofle.toml, then DOCKER_HOST).
     #[arg(long, global = true)]
@@ -74,7 +79,10 @@ impl Ctx {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("girofle: cannot start the async runtime: {e}");
@@ -95,9 +103,15 @@ fn main() -> ExitCode {
                     &serde_json::json!({ "root": ctx.root, "config_written": wrote }),
                     || {
                         if wrote {
-                            format!("initialised {} (edit girofle.toml to change the address pool)", ctx.root.display())
+                            format!(
+                                "initialised {} (edit girofle.toml to change the address pool)",
+                                ctx.root.display()
+                            )
                         } else {
-                            format!("{} was already initialised; girofle.toml kept", ctx.root.display())
+                            format!(
+                                "{} was already initialised; girofle.toml kept",
+                                ctx.root.display()
+                            )
                         }
                     },
                 );

@@ -15,7 +15,8 @@ pub fn print<T: Serialize>(ctx: &Ctx, value: &T, text: impl FnOnce() -> String) 
     if ctx.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            serde_json::to_string_pretty(value)
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
         );
     } else {
         let t = text();
@@ -79,14 +80,16 @@ pub fn progress_printer(verb: &'static str) -> Option<girofle_core::backup::Prog
         return None;
     }
     let start = Instant::now();
-    Some(std::sync::Arc::new(move |p: girofle_core::archive::Progress| {
-        let secs = start.elapsed().as_secs_f64().max(0.001);
-        eprint!(
-            "\r\x1b[2K{verb}: {} files, {:.1} MB, {:.1} MB/s",
-            p.files,
-            p.bytes as f64 / 1e6,
-            p.bytes as f64 / 1e6 / secs
-        );
-        let _ = std::io::stderr().flush();
-    }))
+    Some(std::sync::Arc::new(
+        move |p: girofle_core::archive::Progress| {
+            let secs = start.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r\x1b[2K{verb}: {} files, {:.1} MB, {:.1} MB/s",
+                p.files,
+                p.bytes as f64 / 1e6,
+                p.bytes as f64 / 1e6 / secs
+            );
+            let _ = std::io::stderr().flush();
+        },
+    ))
 }

@@ -107,9 +107,19 @@ pub fn allocate(
                 ));
             }
             if chosen.contains(&port) {
-                return Err(Error::invalid(flag, format!("port {port} is asked for twice")));
+                return Err(Error::invalid(
+                    flag,
+                    format!("port {port} is asked for twice"),
+                ));
             }
-            if let Some(h) = holder(ip, port, fleet, except_instance, engine_ports, except_container) {
+            if let Some(h) = holder(
+                ip,
+                port,
+                fleet,
+                except_instance,
+                engine_ports,
+                except_container,
+            ) {
                 return Err(Error::Conflict(format!(
                     "port {ip}:{port} is already in use by {h}; pick another with {flag} or free it"
                 )));
@@ -126,7 +136,16 @@ pub fn allocate(
                 if chosen.contains(&port) {
                     continue;
                 }
-                if holder(ip, port, fleet, except_instance, engine_ports, except_container).is_none() {
+                if holder(
+                    ip,
+                    port,
+                    fleet,
+                    except_instance,
+                    engine_ports,
+                    except_container,
+                )
+                .is_none()
+                {
                     chosen.push(port);
                     return Ok(port);
                 }
@@ -182,13 +201,27 @@ mod tests {
                 container_port: 80,
             },
         )];
-        let got = allocate(&p, &Fleet::default(), &engine, &AddressRequest::default(), None, None).unwrap();
-        assert_eq!((got.http_port, got.https_port, got.ssh_port), (a + 2, a + 3, a + 4));
+        let got = allocate(
+            &p,
+            &Fleet::default(),
+            &engine,
+            &AddressRequest::default(),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (got.http_port, got.https_port, got.ssh_port),
+            (a + 2, a + 3, a + 4)
+        );
         let e = allocate(
             &p,
             &Fleet::default(),
             &engine,
-            &AddressRequest { http_port: Some(a + 1), ..Default::default() },
+            &AddressRequest {
+                http_port: Some(a + 1),
+                ..Default::default()
+            },
             None,
             None,
         )
@@ -198,7 +231,10 @@ mod tests {
             &p,
             &Fleet::default(),
             &engine,
-            &AddressRequest { http_port: Some(b + 100), ..Default::default() },
+            &AddressRequest {
+                http_port: Some(b + 100),
+                ..Default::default()
+            },
             None,
             None,
         )
@@ -208,7 +244,10 @@ mod tests {
             &p,
             &Fleet::default(),
             &[],
-            &AddressRequest { ip: Some("10.1.2.3".parse().unwrap()), ..Default::default() },
+            &AddressRequest {
+                ip: Some("10.1.2.3".parse().unwrap()),
+                ..Default::default()
+            },
             None,
             None,
         )
@@ -220,7 +259,15 @@ mod tests {
     fn exhausted_pool_is_a_conflict() {
         let (a, _) = free_range();
         let p = pool(&format!("{a}-{}", a + 1));
-        let e = allocate(&p, &Fleet::default(), &[], &AddressRequest::default(), None, None).unwrap_err();
+        let e = allocate(
+            &p,
+            &Fleet::default(),
+            &[],
+            &AddressRequest::default(),
+            None,
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("no free port left"), "{e}");
     }
 }

@@ -352,7 +352,11 @@ impl Girofle {
             return from_tag;
         }
         let read = ExecSpec {
-            cmd: vec!["head".into(), "-n1".into(), "/opt/gitlab/version-manifest.txt".into()],
+            cmd: vec![
+                "head".into(),
+                "-n1".into(),
+                "/opt/gitlab/version-manifest.txt".into(),
+            ],
             ..Default::default()
         };
         match self.runtime.exec_ok(&record.container_name(), &read).await {
@@ -493,10 +497,11 @@ impl Girofle {
                 // Move GitLab's tar out of the data volume into a directory of its own
                 // (same file system: a rename), so it can be archived alone and never
                 // lingers on the instance's disk.
-                let holder = self
-                    .root
-                    .join("staging")
-                    .join(format!("backup-{}-{}", record.name, header.created_at.timestamp()));
+                let holder = self.root.join("staging").join(format!(
+                    "backup-{}-{}",
+                    record.name,
+                    header.created_at.timestamp()
+                ));
                 std::fs::create_dir_all(&holder).ctx("create directory", &holder)?;
                 let moved = holder.join(&tar_name);
                 let result = match std::fs::rename(&produced, &moved) {
@@ -511,8 +516,14 @@ impl Girofle {
                                 dir: dirs.logs.clone(),
                             });
                         }
-                        self.archive_to_store(&header, &sources, &store, &id, options.progress.clone())
-                            .await
+                        self.archive_to_store(
+                            &header,
+                            &sources,
+                            &store,
+                            &id,
+                            options.progress.clone(),
+                        )
+                        .await
                     }
                     Err(e) => Err(Error::io("take GitLab's backup file", &produced, e)),
                 };
@@ -562,7 +573,13 @@ impl Girofle {
                     f(p);
                 }
             };
-            match archive::write_archive(&header_json, &sources_owned, compression, &mut writer, &mut report) {
+            match archive::write_archive(
+                &header_json,
+                &sources_owned,
+                compression,
+                &mut writer,
+                &mut report,
+            ) {
                 Ok(summary) => match writer.finish() {
                     Ok(()) => Ok(summary),
                     Err(e) => Err(Error::io("stream the archive", PathBuf::from("(store)"), e)),
@@ -690,7 +707,10 @@ impl Girofle {
                 let source = self.store(from)?;
                 let dest = self.store(Some(to))?;
                 if source.name() == dest.name() {
-                    return Err(Error::invalid("--to", "the destination is the source store"));
+                    return Err(Error::invalid(
+                        "--to",
+                        "the destination is the source store",
+                    ));
                 }
                 let manifest = read_manifest(&source, id).await?;
                 let key = manifest.archive.key.clone();
@@ -729,7 +749,12 @@ impl Girofle {
                 uploaded.map_err(|e| match e {
                     Error::Io { source, .. } if source.to_string().contains("does not match") => {
                         Error::corrupt(
-                            format!("backup `{id}` in store `{}`", self.store(from).map(|s| s.name().to_string()).unwrap_or_default()),
+                            format!(
+                                "backup `{id}` in store `{}`",
+                                self.store(from)
+                                    .map(|s| s.name().to_string())
+                                    .unwrap_or_default()
+                            ),
                             "its archive does not match its manifest; nothing was copied",
                         )
                     }
@@ -891,17 +916,39 @@ mod tests {
     fn retention_keeps_what_the_policy_says() {
         // Newest first: two a day for five days.
         let times: Vec<DateTime<Utc>> = (0..10)
-            .map(|i| Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap() - chrono::Duration::hours(12 * i))
+            .map(|i| {
+                Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap()
+                    - chrono::Duration::hours(12 * i)
+            })
             .collect();
         let keep = |p| retained(&times, p).into_iter().collect::<Vec<_>>();
-        assert_eq!(keep(Retention { keep_last: 2, ..Default::default() }), vec![0, 1]);
-        assert_eq!(keep(Retention { keep_last: 0, ..Default::default() }), vec![0]);
         assert_eq!(
-            keep(Retention { keep_daily: 3, ..Default::default() }),
+            keep(Retention {
+                keep_last: 2,
+                ..Default::default()
+            }),
+            vec![0, 1]
+        );
+        assert_eq!(
+            keep(Retention {
+                keep_last: 0,
+                ..Default::default()
+            }),
+            vec![0]
+        );
+        assert_eq!(
+            keep(Retention {
+                keep_daily: 3,
+                ..Default::default()
+            }),
             vec![0, 2, 4]
         );
         assert_eq!(
-            keep(Retention { keep_last: 1, keep_daily: 2, ..Default::default() }),
+            keep(Retention {
+                keep_last: 1,
+                keep_daily: 2,
+                ..Default::default()
+            }),
             vec![0, 2]
         );
     }
@@ -909,7 +956,13 @@ mod tests {
     #[test]
     fn ids_are_checked() {
         assert!(parse_id("web/20261125T220000Z").is_ok());
-        for bad in ["web", "web/x", "Web/20261125T220000Z", "/20261125T220000Z", "a/b/c"] {
+        for bad in [
+            "web",
+            "web/x",
+            "Web/20261125T220000Z",
+            "/20261125T220000Z",
+            "a/b/c",
+        ] {
             assert!(parse_id(bad).is_err(), "{bad}");
         }
     }

@@ -66,7 +66,9 @@ impl NetworkConfig {
                 let bad = || {
                     Error::invalid(
                         "network.ports",
-                        format!("`{r}` is not a port or a range like \"20080-20999\" (ports 1-65535)"),
+                        format!(
+                            "`{r}` is not a port or a range like \"20080-20999\" (ports 1-65535)"
+                        ),
                     )
                 };
                 let (a, b) = match r.split_once('-') {
@@ -229,10 +231,16 @@ impl Config {
             return Err(Error::invalid("network.ips", "list at least one address"));
         }
         if self.network.port_ranges()?.is_empty() {
-            return Err(Error::invalid("network.ports", "list at least one port range"));
+            return Err(Error::invalid(
+                "network.ports",
+                "list at least one port range",
+            ));
         }
         if !(1..=22).contains(&self.backup.level) {
-            return Err(Error::invalid("backup.level", "use a zstd level from 1 to 22"));
+            return Err(Error::invalid(
+                "backup.level",
+                "use a zstd level from 1 to 22",
+            ));
         }
         if self.instances.health_interval_secs == 0 {
             return Err(Error::invalid(

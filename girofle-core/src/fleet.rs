@@ -594,7 +594,10 @@ impl Girofle {
     ) -> Result<InstanceRecord> {
         let mut settings = record.settings.clone();
         if set.is_empty() && unset.is_empty() {
-            return Err(Error::invalid("--set", "give at least one --set KEY=VALUE (or --unset KEY)"));
+            return Err(Error::invalid(
+                "--set",
+                "give at least one --set KEY=VALUE (or --unset KEY)",
+            ));
         }
         for s in set {
             let (k, v) = instance::parse_setting(s)?;
@@ -604,7 +607,10 @@ impl Girofle {
             if settings.remove(k.trim()).is_none() {
                 return Err(Error::invalid(
                     "--unset",
-                    format!("`{k}` is not a Girofle-managed setting of `{}`", record.name),
+                    format!(
+                        "`{k}` is not a Girofle-managed setting of `{}`",
+                        record.name
+                    ),
                 ));
             }
         }
@@ -654,7 +660,9 @@ impl Girofle {
         let written = updated.clone();
         self.inventory
             .transact(&mut |fleet: &mut Fleet| {
-                fleet.instances.insert(written.name.clone(), written.clone());
+                fleet
+                    .instances
+                    .insert(written.name.clone(), written.clone());
                 Ok(())
             })
             .await?;
@@ -696,18 +704,21 @@ impl Girofle {
         };
         let _lock = InstanceLock::acquire(&self.root, &name, "decommission")?;
         let container = record.container_name();
-        self.runtime.stop(&container, self.stop_grace()).await.or_else(|e| match e {
-            Error::NotFound { .. } => Ok(()),
-            e => Err(e),
-        })?;
+        self.runtime
+            .stop(&container, self.stop_grace())
+            .await
+            .or_else(|e| match e {
+                Error::NotFound { .. } => Ok(()),
+                e => Err(e),
+            })?;
         let dirs = InstanceDirs::new(&self.root, &name);
         let archived_to = if options.purge {
             None
         } else {
-            let dest = self.root.join("decommissioned").join(format!(
-                "{name}-{}",
-                now().format("%Y%m%dT%H%M%SZ")
-            ));
+            let dest = self
+                .root
+                .join("decommissioned")
+                .join(format!("{name}-{}", now().format("%Y%m%dT%H%M%SZ")));
             if dirs.base.exists() {
                 std::fs::create_dir_all(self.root.join("decommissioned"))
                     .ctx("create directory", &self.root.join("decommissioned"))?;

@@ -176,7 +176,9 @@ pub fn parse_setting(text: &str) -> Result<(String, String)> {
     let bad = |why: &str| {
         Error::invalid(
             "--set",
-            format!("`{text}`: {why}; write KEY=VALUE, e.g. --set \"gitlab_rails['time_zone']=UTC\""),
+            format!(
+                "`{text}`: {why}; write KEY=VALUE, e.g. --set \"gitlab_rails['time_zone']=UTC\""
+            ),
         )
     };
     // The key may itself hold `=` only inside brackets, which a setting key never does.
@@ -374,7 +376,8 @@ pub fn container_spec(
 }
 
 /// Markers of the block of `gitlab.rb` that Girofle owns.
-pub const MANAGED_BEGIN: &str = "# BEGIN girofle managed settings (edit with `girofle instance reconfigure`)";
+pub const MANAGED_BEGIN: &str =
+    "# BEGIN girofle managed settings (edit with `girofle instance reconfigure`)";
 /// End marker.
 pub const MANAGED_END: &str = "# END girofle managed settings";
 
@@ -430,7 +433,17 @@ mod tests {
         for good in ["a", "ci-2", "web", &"a".repeat(40)] {
             validate_name(good).unwrap();
         }
-        for bad in ["", "A", "-a", "a-", "a_b", "1a", "a.b", &"a".repeat(41), "a b"] {
+        for bad in [
+            "",
+            "A",
+            "-a",
+            "a-",
+            "a_b",
+            "1a",
+            "a.b",
+            &"a".repeat(41),
+            "a b",
+        ] {
             let e = validate_name(bad).unwrap_err();
             assert!(e.to_string().contains("lowercase"), "{e}");
         }
@@ -446,11 +459,15 @@ mod tests {
             parse_setting("nginx['listen_port'] = 8080").unwrap().1,
             "8080"
         );
-        assert_eq!(
-            parse_setting("x['y']=it's").unwrap().1,
-            "'it\\'s'"
-        );
-        for bad in ["novalue", "Bad['k']=1", "a['b'=1", "a['b']=", "a b=1", "a['b']x=1"] {
+        assert_eq!(parse_setting("x['y']=it's").unwrap().1, "'it\\'s'");
+        for bad in [
+            "novalue",
+            "Bad['k']=1",
+            "a['b'=1",
+            "a['b']=",
+            "a b=1",
+            "a['b']x=1",
+        ] {
             assert!(parse_setting(bad).is_err(), "{bad}");
         }
     }

@@ -238,7 +238,9 @@ mod tests {
                         .map(|r| r.bindings.ssh_port + 1)
                         .max()
                         .unwrap_or(20000);
-                    fleet.instances.insert(format!("i{i}"), record(&format!("i{i}"), next));
+                    fleet
+                        .instances
+                        .insert(format!("i{i}"), record(&format!("i{i}"), next));
                     Ok(())
                 })
                 .await
@@ -250,7 +252,11 @@ mod tests {
         }
         let fleet = SqliteInventory::open(&path).unwrap().load().await.unwrap();
         assert_eq!(fleet.instances.len(), 16);
-        let mut ports: Vec<u16> = fleet.instances.values().map(|r| r.bindings.http_port).collect();
+        let mut ports: Vec<u16> = fleet
+            .instances
+            .values()
+            .map(|r| r.bindings.http_port)
+            .collect();
         ports.sort();
         ports.dedup();
         assert_eq!(ports.len(), 16, "a port was handed out twice");

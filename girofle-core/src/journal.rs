@@ -52,9 +52,17 @@ pub struct Journal {
 /// `gitlab_rails['smtp_password']`, `token`...).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "private_key", "api_key", "credential", "passphrase"]
-        .iter()
-        .any(|w| k.contains(w))
+    [
+        "password",
+        "secret",
+        "token",
+        "private_key",
+        "api_key",
+        "credential",
+        "passphrase",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
 }
 
 /// Removes the password of URLs (`https://user:pw@host` -> `https://user:[REDACTED]@host`)
@@ -132,7 +140,9 @@ pub fn current_user() -> String {
 
 fn fs_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 /// This machine's host name.
@@ -165,8 +175,8 @@ impl Journal {
         let mut record = record.clone();
         record.arguments = redact(&record.arguments);
         record.error = record.error.map(|e| scrub_known(&e, secrets));
-        let mut line = serde_json::to_string(&record)
-            .map_err(|e| Error::backend("journal", e.to_string()))?;
+        let mut line =
+            serde_json::to_string(&record).map_err(|e| Error::backend("journal", e.to_string()))?;
         for s in secrets {
             if s.len() >= 4 {
                 line = line.replace(s.as_str(), REDACTED);
@@ -225,7 +235,12 @@ mod tests {
         });
         let r = redact(&args);
         let text = r.to_string();
-        assert!(!text.contains("hunter2secret") && !text.contains("AKIAxyz") && !text.contains("pass1234"), "{text}");
+        assert!(
+            !text.contains("hunter2secret")
+                && !text.contains("AKIAxyz")
+                && !text.contains("pass1234"),
+            "{text}"
+        );
         assert!(text.contains("time_zone") && text.contains("UTC") && text.contains("web"));
     }
 

@@ -19,7 +19,9 @@ pub mod runtime;
 pub mod store;
 
 pub use error::{Error, Result};
-pub use fleet::{CommissionRequest, DecommissionOptions, Girofle, InstanceState, InstanceStatus, OpenOptions};
+pub use fleet::{
+    CommissionRequest, DecommissionOptions, Girofle, InstanceState, InstanceStatus, OpenOptions,
+};
 
 /// The version of Girofle recorded in journals and backup manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -41,7 +41,11 @@ impl InstanceLock {
             let holder = holder.trim();
             return Err(Error::Conflict(format!(
                 "instance `{name}` is busy: {} holds its lock; wait for it to finish and try again",
-                if holder.is_empty() { "another operation" } else { holder }
+                if holder.is_empty() {
+                    "another operation"
+                } else {
+                    holder
+                }
             )));
         }
         let text = format!(
@@ -75,7 +79,10 @@ mod tests {
         let first = InstanceLock::acquire(dir.path(), "web", "backup").unwrap();
         let e = InstanceLock::acquire(dir.path(), "web", "restore").unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("`backup`") && text.contains(&std::process::id().to_string()), "{text}");
+        assert!(
+            text.contains("`backup`") && text.contains(&std::process::id().to_string()),
+            "{text}"
+        );
         InstanceLock::acquire(dir.path(), "other", "backup").unwrap();
         drop(first);
         InstanceLock::acquire(dir.path(), "web", "restore").unwrap();

@@ -187,7 +187,8 @@ impl Girofle {
 
         // 4. Addresses and the record, in one transaction.
         let engine_ports = self.runtime.published_ports().await?;
-        let staged_rb = std::fs::read_to_string(staging.join("config/gitlab.rb")).unwrap_or_default();
+        let staged_rb =
+            std::fs::read_to_string(staging.join("config/gitlab.rb")).unwrap_or_default();
         let mut new_record: Option<InstanceRecord> = None;
         let reservation = self
             .inventory
@@ -209,7 +210,15 @@ impl Girofle {
                         // The same name gets its old addresses back (the same URL) when
                         // they are free here; otherwise fresh ones from the pool.
                         let reuse = if request.as_name.is_none() && !explicit {
-                            allocate(&self.config.network, fleet, &engine_ports, &same, None, None).ok()
+                            allocate(
+                                &self.config.network,
+                                fleet,
+                                &engine_ports,
+                                &same,
+                                None,
+                                None,
+                            )
+                            .ok()
                         } else {
                             None
                         };
@@ -227,7 +236,11 @@ impl Girofle {
                     }
                 };
                 let old = &manifest.header.instance;
-                let hostname = if request.as_name.is_none() { old.hostname.clone() } else { None };
+                let hostname = if request.as_name.is_none() {
+                    old.hostname.clone()
+                } else {
+                    None
+                };
                 let record = InstanceRecord {
                     name: target.clone(),
                     image: image.clone(),
@@ -266,7 +279,15 @@ impl Girofle {
             .join("staging")
             .join(format!("aside-{target}-{stamp}"));
         let outcome = self
-            .swap_and_check(&record, existing.as_ref(), &manifest, &dirs, &staging, &aside, request.timeout)
+            .swap_and_check(
+                &record,
+                existing.as_ref(),
+                &manifest,
+                &dirs,
+                &staging,
+                &aside,
+                request.timeout,
+            )
             .await;
         match outcome {
             Ok(()) => {
@@ -275,7 +296,9 @@ impl Girofle {
                 let written = done.clone();
                 self.inventory
                     .transact(&mut |fleet: &mut Fleet| {
-                        fleet.instances.insert(written.name.clone(), written.clone());
+                        fleet
+                            .instances
+                            .insert(written.name.clone(), written.clone());
                         Ok(())
                     })
                     .await?;
@@ -294,7 +317,8 @@ impl Girofle {
                 })
             }
             Err(e) => {
-                self.roll_back(&target, existing.as_ref(), &dirs, &aside).await;
+                self.roll_back(&target, existing.as_ref(), &dirs, &aside)
+                    .await;
                 let _ = std::fs::remove_dir_all(&staging);
                 Err(e)
             }
@@ -353,7 +377,10 @@ impl Girofle {
     ) -> Result<()> {
         let container = record.container_name();
         if existing.is_some() {
-            self.runtime.stop(&container, self.stop_grace()).await.or_else(ignore_missing)?;
+            self.runtime
+                .stop(&container, self.stop_grace())
+                .await
+                .or_else(ignore_missing)?;
             self.runtime.remove(&container, true).await?;
             if dirs.base.exists() {
                 move_dir(&dirs.base, aside)?;
@@ -363,7 +390,9 @@ impl Girofle {
         move_dir(&staging.join("config"), &dirs.config)?;
         match manifest.header.strategy {
             Strategy::Cold => move_dir(&staging.join("data"), &dirs.data)?,
-            Strategy::Online => std::fs::create_dir_all(&dirs.data).ctx("create directory", &dirs.data)?,
+            Strategy::Online => {
+                std::fs::create_dir_all(&dirs.data).ctx("create directory", &dirs.data)?
+            }
         }
         if staging.join("logs").exists() {
             move_dir(&staging.join("logs"), &dirs.logs)?;
@@ -372,11 +401,15 @@ impl Girofle {
         }
         self.bring_up(record, dirs, timeout).await?;
         if manifest.header.strategy == Strategy::Online {
-            self.gitlab_restore(record, manifest, dirs, staging, timeout).await?;
+            self.gitlab_restore(record, manifest, dirs, staging, timeout)
+                .await?;
         }
         // GitLab's own verdict: the configuration is sane and the secrets decrypt the data.
         self.runtime
-            .exec_ok(&container, &exec(&["gitlab-rake", "gitlab:check", "SANITIZE=true"]))
+            .exec_ok(
+                &container,
+                &exec(&["gitlab-rake", "gitlab:check", "SANITIZE=true"]),
+            )
             .await?;
         self.runtime
             .exec_ok(&container, &exec(&["gitlab-rake", "gitlab:doctor:secrets"]))
@@ -513,7 +546,10 @@ impl Girofle {
         if !fsck_clean {
             return Err(Error::corrupt(
                 format!("backup `{id}`"),
-                format!("the restore drill found damaged repositories:\n{}", report.detail),
+                format!(
+                    "the restore drill found damaged repositories:\n{}",
+                    report.detail
+                ),
             ));
         }
         Ok(report)
@@ -532,7 +568,11 @@ impl Girofle {
                 ]),
             )
             .await?;
-        let repos: Vec<&str> = listing.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let repos: Vec<&str> = listing
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         let mut clean = true;
         let mut detail = String::new();
         for repo in &repos {
@@ -541,7 +581,13 @@ impl Girofle {
                 .exec(
                     container,
                     &ExecSpec {
-                        cmd: vec!["git".into(), "-C".into(), repo.to_string(), "fsck".into(), "--full".into()],
+                        cmd: vec![
+                            "git".into(),
+                            "-C".into(),
+                            repo.to_string(),
+                            "fsck".into(),
+                            "--full".into(),
+                        ],
                         env: vec![],
                         user: Some("git".into()),
                     },

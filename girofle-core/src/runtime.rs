@@ -308,9 +308,7 @@ impl DockerRuntime {
 
 fn status_code(e: &bollard::errors::Error) -> Option<u16> {
     match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, .. } => {
-            Some(*status_code)
-        }
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
     }
 }
@@ -327,7 +325,9 @@ fn lift(e: bollard::errors::Error, what: &str) -> Error {
     match status_code(&e) {
         Some(404) => Error::not_found(what.to_string(), message),
         Some(409) => Error::Conflict(format!("{what}: {message}")),
-        _ if message.contains("port is already allocated") || message.contains("address already in use") => {
+        _ if message.contains("port is already allocated")
+            || message.contains("address already in use") =>
+        {
             Error::Conflict(format!(
                 "{what}: {message}; free the port or choose another one"
             ))
@@ -364,7 +364,11 @@ fn to_info(r: bollard::models::ContainerInspectResponse) -> ContainerInfo {
         None => (Health::None, Vec::new()),
     };
     let mut ports = Vec::new();
-    if let Some(bindings) = r.host_config.as_ref().and_then(|h| h.port_bindings.as_ref()) {
+    if let Some(bindings) = r
+        .host_config
+        .as_ref()
+        .and_then(|h| h.port_bindings.as_ref())
+    {
         for (key, list) in bindings {
             let container_port = key
                 .split('/')
@@ -512,7 +516,9 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, name: &str, force: bool) -> Result<()> {
-        let options = RemoveContainerOptionsBuilder::default().force(force).build();
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(force)
+            .build();
         self.docker
             .remove_container(name, Some(options))
             .await
@@ -611,7 +617,9 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map_err(|e| lift(e, &format!("exec in container `{name}`")))?
         {
-            bollard::exec::StartExecResults::Attached { output: mut stream, .. } => {
+            bollard::exec::StartExecResults::Attached {
+                output: mut stream, ..
+            } => {
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|e| lift(e, &format!("exec in `{name}`")))?;
                     output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
@@ -654,7 +662,9 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn pull(&self, image: &str) -> Result<()> {
-        let options = CreateImageOptionsBuilder::default().from_image(image).build();
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
         let mut stream = self.docker.create_image(Some(options), None, None);
         while let Some(step) = stream.next().await {
             step.map_err(|e| {

@@ -55,7 +55,10 @@ impl TestRoot {
 
     /// A fresh root whose instances run on the engine at `docker_host`.
     pub fn on_engine(image: &str, docker_host: Option<String>) -> TestRoot {
-        let dir = tempfile::Builder::new().prefix("girofle-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("girofle-test-")
+            .tempdir()
+            .unwrap();
         let root = dir.path().join("root");
         Girofle::init(&root).unwrap();
         // Test binaries run one after the other, tests of one binary in parallel: a range
@@ -80,7 +83,9 @@ impl TestRoot {
 
     /// Girofle opened on this root.
     pub async fn open(&self) -> Girofle {
-        Girofle::open(&self.root, OpenOptions::default()).await.unwrap()
+        Girofle::open(&self.root, OpenOptions::default())
+            .await
+            .unwrap()
     }
 
     /// Runs the `girofle` binary on this root.
@@ -179,7 +184,11 @@ pub fn push_project(work: &Path, url: &str, commits: usize) -> String {
     std::fs::create_dir_all(work).unwrap();
     run(git(work).args(["init", "-q", "-b", "main"]));
     for i in 0..commits {
-        std::fs::write(work.join(format!("file{i}.txt")), format!("content {i}\n").repeat(100)).unwrap();
+        std::fs::write(
+            work.join(format!("file{i}.txt")),
+            format!("content {i}\n").repeat(100),
+        )
+        .unwrap();
         run(git(work).args(["add", "."]));
         run(git(work).args(["commit", "-q", "-m", &format!("commit {i}")]));
     }
@@ -202,7 +211,9 @@ pub fn ls_remote(url: &str) -> String {
 /// Clones `url` into `dest` and runs `git fsck --full --strict`; returns the fsck output.
 pub fn clone_and_fsck(url: &str, dest: &Path) -> String {
     let mut c = Command::new("git");
-    c.args(["clone", "-q", "--mirror", url]).arg(dest).env("GIT_TERMINAL_PROMPT", "0");
+    c.args(["clone", "-q", "--mirror", url])
+        .arg(dest)
+        .env("GIT_TERMINAL_PROMPT", "0");
     run(&mut c);
     run(git(dest).args(["fsck", "--full", "--strict"]))
 }
