@@ -35,16 +35,12 @@ async fn round_trips_keep_commits_secrets_owners_and_modes() {
         c.stores.insert("offsite".into(), s3_store(&prefix));
     });
     let g = t.open().await;
-    let name = unique("web");
-    let r = g
-        .commission(CommissionRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let url = format!("{}/team/app.git", r.external_url);
-    let refs = push_project(&t.dir.path().join("w1"), &url, 4);
+    let WithProject {
+        name,
+        record: r,
+        url,
+        refs,
+    } = commission_with_project(&g, &t, "web", 4).await;
     let wiki = format!("{}/team/app.wiki.git", r.external_url);
     let wiki_refs = push_project(&t.dir.path().join("w2"), &wiki, 1);
     let dirs = InstanceDirs::new(&t.root, &name);
@@ -181,16 +177,9 @@ async fn damage_and_mismatch_are_refused_and_nothing_is_touched() {
     let other = stand_in("17.6.0");
     let t = TestRoot::new(&image);
     let g = t.open().await;
-    let name = unique("dmg");
-    let r = g
-        .commission(CommissionRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let url = format!("{}/team/app.git", r.external_url);
-    let refs = push_project(&t.dir.path().join("w"), &url, 2);
+    let WithProject {
+        name, url, refs, ..
+    } = commission_with_project(&g, &t, "dmg", 2).await;
     let b = g.backup(&name, cold(None)).await.unwrap();
     let archive = t.root.join("backups").join(format!("{}.tar.zst", b.id));
     let manifest = t.root.join("backups").join(format!("{}.manifest", b.id));

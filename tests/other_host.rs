@@ -4,7 +4,6 @@
 
 use girofle_core::backup::{BackupOptions, Strategy};
 use girofle_core::restore::RestoreRequest;
-use girofle_core::CommissionRequest;
 use girofle_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -23,16 +22,7 @@ async fn restore_on_another_engine_from_s3() {
         c.stores.insert("offsite".into(), s3_store(&prefix));
     });
     let ga = a.open().await;
-    let name = unique("prod");
-    let r = ga
-        .commission(CommissionRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let url = format!("{}/team/app.git", r.external_url);
-    let refs = push_project(&a.dir.path().join("w"), &url, 3);
+    let WithProject { name, refs, .. } = commission_with_project(&ga, &a, "prod", 3).await;
     let b = ga
         .backup(
             &name,

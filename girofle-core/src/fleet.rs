@@ -375,13 +375,7 @@ impl Girofle {
             Ok(()) => {
                 let mut active = record.clone();
                 active.stage = Stage::Active;
-                let done = active.clone();
-                self.inventory
-                    .transact(&mut |fleet: &mut Fleet| {
-                        fleet.instances.insert(done.name.clone(), done.clone());
-                        Ok(())
-                    })
-                    .await?;
+                self.put_record(&active).await?;
                 drop(lock);
                 Ok(active.redacted())
             }
@@ -390,19 +384,36 @@ impl Girofle {
                 // now) and the reservation go.
                 let _ = self.runtime.remove(&container, true).await;
                 let _ = std::fs::remove_dir_all(&dirs.base);
-                let _ = self
-                    .inventory
-                    .transact(&mut |fleet: &mut Fleet| {
-                        fleet.instances.remove(&name);
-                        Ok(())
-                    })
-                    .await;
+                let _ = self.forget(&name).await;
                 Err(e)
             }
         }
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<()> {
+    /// Writes one record into the inventory (replacing the one of that name).
+    pub(crate) async fn put_record(&self, record: &InstanceRecord) -> Result<()> {
+        self.inventory
+            .transact(&mut |fleet: &mut Fleet| {
+                fleet.instances.insert(record.name.clone(), record.clone());
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes an instance from the inventory (its addresses are free again).
+    pub(crate) async fn forget(&self, name: &str) -> Result<()> {
+        self.inventory
+            .transact(&mut |fleet: &mut Fleet| {
+                fleet.instances.remove(name);
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes sure the engine has an image, pulling it when absent.
+    pub(crate) async fn ensure_image(&self, image: &str) -> Result<()> {
         if self.runtime.image_present(image).await? {
             return Ok(());
         }
@@ -657,15 +668,7 @@ impl Girofle {
             .await?;
         let mut updated = record.clone();
         updated.settings = settings;
-        let written = updated.clone();
-        self.inventory
-            .transact(&mut |fleet: &mut Fleet| {
-                fleet
-                    .instances
-                    .insert(written.name.clone(), written.clone());
-                Ok(())
-            })
-            .await?;
+        self.put_record(&updated).await?;
         Ok(updated.redacted())
     }
 
@@ -731,12 +734,7 @@ impl Girofle {
         if options.purge && dirs.base.exists() {
             std::fs::remove_dir_all(&dirs.base).ctx("delete", &dirs.base)?;
         }
-        self.inventory
-            .transact(&mut |fleet: &mut Fleet| {
-                fleet.instances.remove(&name);
-                Ok(())
-            })
-            .await?;
+        self.forget(&name).await?;
         Ok(Decommissioned {
             name,
             archived_to,

@@ -147,7 +147,7 @@ impl Girofle {
                 ),
             ));
         }
-        self.ensure_image_for_restore(&image).await?;
+        self.ensure_image(&image).await?;
 
         // 2. The target: in place (it exists) or new (name, container and directory free).
         let fleet = self.inventory.load().await?;
@@ -293,15 +293,7 @@ impl Girofle {
             Ok(()) => {
                 let mut done = record.clone();
                 done.stage = Stage::Active;
-                let written = done.clone();
-                self.inventory
-                    .transact(&mut |fleet: &mut Fleet| {
-                        fleet
-                            .instances
-                            .insert(written.name.clone(), written.clone());
-                        Ok(())
-                    })
-                    .await?;
+                self.put_record(&done).await?;
                 let _ = std::fs::remove_dir_all(&aside);
                 let _ = std::fs::remove_dir_all(&staging);
                 Ok(RestoreReport {
@@ -323,13 +315,6 @@ impl Girofle {
                 Err(e)
             }
         }
-    }
-
-    async fn ensure_image_for_restore(&self, image: &str) -> Result<()> {
-        if self.runtime.image_present(image).await? {
-            return Ok(());
-        }
-        self.runtime.pull(image).await
     }
 
     /// Streams the archive into `staging`, checking every hash.
@@ -486,14 +471,7 @@ impl Girofle {
                 let _ = self.bring_up(previous, dirs, None).await;
             }
             None => {
-                let name = target.to_string();
-                let _ = self
-                    .inventory
-                    .transact(&mut |fleet: &mut Fleet| {
-                        fleet.instances.remove(&name);
-                        Ok(())
-                    })
-                    .await;
+                let _ = self.forget(target).await;
             }
         }
     }

@@ -263,3 +263,40 @@ pub fn ownership_snapshot(dir: &Path) -> Vec<(String, u32, u32, u32)> {
 }
 
 use std::os::unix::fs::FileTypeExt;
+
+/// A commissioned instance with a project pushed to it.
+#[derive(Debug)]
+pub struct WithProject {
+    pub name: String,
+    pub record: girofle_core::instance::InstanceRecord,
+    /// The project's clone URL.
+    pub url: String,
+    /// `git ls-remote` right after the push.
+    pub refs: String,
+}
+
+/// Commissions instance `tag-…` on `g` and pushes a project with `commits` commits,
+/// a branch and a tag to it (work tree under `t`).
+pub async fn commission_with_project(
+    g: &Girofle,
+    t: &TestRoot,
+    tag: &str,
+    commits: usize,
+) -> WithProject {
+    let name = unique(tag);
+    let record = g
+        .commission(girofle_core::CommissionRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("commission");
+    let url = format!("{}/team/app.git", record.external_url);
+    let refs = push_project(&t.dir.path().join(format!("work-{name}")), &url, commits);
+    WithProject {
+        name,
+        record,
+        url,
+        refs,
+    }
+}
