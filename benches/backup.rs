@@ -1,0 +1,915 @@
+//! Benchmarks Girofle's cold-backup pipeline (walk + tar + BLAKE3 + zstd streamed into the
+//! `local` store) and its verified restore against `tar | zstd -3 -T0` and `zstd -d | tar`,
+//! on a generated GitLab-like tree, and measures Girofle's peak resident memory.
+//!
+//! Run with `cargo bench -p girofle-benches --bench backup`; see benches/README.md for the
+//! environment variables. Each Girofle phase runs in a child process (this same binary,
+//! re-executed with `--phase ...`) that prints its own `VmHWM` before it exits, so the
+//! peak memory of one phase is not mixed with the generator's or another phase's.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use bytes::Bytes;
+use girofle_core::archive::{
+    extract_archive, write_archive, ArchiveIndex, ChannelReader, ChannelWriter, CompressionOptions,
+    Source,
+};
+use girofle_core::store::{local_store, BackupStore};
+use girofle_core::Error;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Seed of the tree generator: the same size always gives the same bytes.
+const SEED: u64 = 0x6769_726f_666c_6521;
+const MIB: u64 = 1 << 20;
+/// Object keys in the bench's `local` store.
+const ARCHIVE_KEY: &str = "bench/backup.tar.zst";
+const MANIFEST_KEY: &str = "bench/backup.manifest";
+/// The three directories a cold backup archives, as `backup.rs` names them.
+const PREFIXES: [&str; 3] = ["config", "data", "logs"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.iter().position(|a| a == "--phase") {
+        Some(i) => run_phase(&args[i + 1..]),
+        // `cargo bench` passes `--bench` (and any filter); nothing else to parse.
+        None => run_bench(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+// ---------------------------------------------------------------------------------------
+// Child phases: the real Girofle pipelines, one per process
+// ---------------------------------------------------------------------------------------
+
+fn run_phase(args: &[String]) -> BenchResult<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = match args {
+        [phase, src, store] if phase == "backup" => {
+            rt.block_on(phase_backup(Path::new(src), Path::new(store)))?
+        }
+        [phase, store, target] if phase == "restore" => {
+            rt.block_on(phase_restore(Path::new(store), Path::new(target)))?
+        }
+        _ => return Err("usage: --phase backup SRC STORE | --phase restore STORE TARGET".into()),
+    };
+    drop(rt);
+    let mut out = io::stdout().lock();
+    for (k, v) in report {
+        writeln!(out, "{k} {v}")?;
+    }
+    // Last, after everything else: the high-water mark of this whole process.
+    writeln!(out, "vmhwm_kib {}", vm_hwm_kib()?)?;
+    Ok(())
+}
+
+/// The peak resident set of this process, from `/proc/self/status`.
+fn vm_hwm_kib() -> BenchResult<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or("no VmHWM in /proc/self/status")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("malformed VmHWM line")?
+        .parse()?)
+}
+
+/// What the backup phase keeps beside the archive for the restore phase to check against,
+/// like the archive part of `backup::Manifest`.
+#[derive(Serialize, Deserialize)]
+struct BenchManifest {
+    archive_size: u64,
+    archive_hash: String,
+    index: ArchiveIndex,
+}
+
+/// Girofle's cold-backup shape (`Girofle::archive_to_store` in backup.rs): `write_archive`
+/// on the blocking pool into a `ChannelWriter`, whose channel feeds `put_stream`; then the
+/// manifest (index, archive size and hash) with `put_bytes`, as the backup does last.
+async fn phase_backup(src: &Path, store_dir: &Path) -> BenchResult<Vec<(&'static str, String)>> {
+    let started = Instant::now();
+    let store = local_store(store_dir)?;
+    let sources: Vec<Source> = PREFIXES
+        .iter()
+        .map(|p| Source {
+            prefix: (*p).to_string(),
+            dir: src.join(p),
+        })
+        .collect();
+    let header = serde_json::json!({ "format_version": 1, "id": "bench/backup" });
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter::new(tx);
+        match write_archive(
+            &header,
+            &sources,
+            CompressionOptions::default(),
+            &mut writer,
+            &mut |_| {},
+        ) {
+            Ok(summary) => match writer.finish() {
+                Ok(()) => Ok(summary),
+                Err(e) => Err(Error::io("stream the archive", PathBuf::from("(store)"), e)),
+            },
+            Err(e) => {
+                writer.abort(io::Error::other(e.to_string()));
+                Err(e)
+            }
+        }
+    });
+    let (uploaded, produced) = tokio::join!(store.put_stream(ARCHIVE_KEY, rx), producer);
+    let summary = produced??;
+    let stored = uploaded?;
+    if stored != summary.archive_size {
+        return Err(format!(
+            "the store holds {stored} bytes, the archive writer produced {}",
+            summary.archive_size
+        )
+        .into());
+    }
+    let manifest = BenchManifest {
+        archive_size: summary.archive_size,
+        archive_hash: summary.archive_hash,
+        index: summary.index,
+    };
+    store
+        .put_bytes(MANIFEST_KEY, Bytes::from(serde_json::to_vec(&manifest)?))
+        .await?;
+    let summary = manifest;
+    Ok(vec![
+        ("seconds", format!("{:.3}", started.elapsed().as_secs_f64())),
+        ("files", summary.index.files.to_string()),
+        ("dirs", summary.index.dirs.to_string()),
+        ("bytes", summary.index.bytes.to_string()),
+        ("archive_size", summary.archive_size.to_string()),
+    ])
+}
+
+/// Girofle's restore shape (`read_archive_with` + `extract_archive` in restore.rs):
+/// `get_stream` forwarded into a `ChannelReader`, extracted on the blocking pool with every
+/// hash checked against the manifest, and the archive's size and BLAKE3 too.
+async fn phase_restore(
+    store_dir: &Path,
+    target: &Path,
+) -> BenchResult<Vec<(&'static str, String)>> {
+    let started = Instant::now();
+    let store: std::sync::Arc<dyn BackupStore> = local_store(store_dir)?;
+    let BenchManifest {
+        archive_size: size,
+        archive_hash: hash,
+        index,
+    } = serde_json::from_slice(&store.get_bytes(MANIFEST_KEY).await?)?;
+
+    let mut stream = store.get_stream(ARCHIVE_KEY).await?;
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let target = target.to_path_buf();
+    let consumer = tokio::task::spawn_blocking(move || {
+        extract_archive(
+            ChannelReader::new(rx),
+            &target,
+            &index,
+            Some((size, &hash)),
+            &mut |_| {},
+        )
+    });
+    let producer = async move {
+        use futures::StreamExt as _;
+        while let Some(chunk) = stream.next().await {
+            let item = chunk.map_err(|e| io::Error::other(e.to_string()));
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    let (_, extracted) = tokio::join!(producer, consumer);
+    let (_, index) = extracted??;
+    Ok(vec![
+        ("seconds", format!("{:.3}", started.elapsed().as_secs_f64())),
+        ("files", index.files.to_string()),
+        ("bytes", index.bytes.to_string()),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------
+// The generated instance tree
+// ---------------------------------------------------------------------------------------
+
+/// xorshift64*: tiny, fast and deterministic; good enough for incompressible bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `lo..=hi` for sizes and names.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    fn hex(&mut self, chars: usize) -> String {
+        let mut s = String::with_capacity(chars);
+        while s.len() < chars {
+            let _ = write!(s, "{:016x}", self.next_u64());
+        }
+        s.truncate(chars);
+        s
+    }
+}
+
+/// What was generated.
+#[derive(Clone, Copy, Debug, Default)]
+struct TreeStats {
+    files: u64,
+    dirs: u64,
+    bytes: u64,
+    loose: u64,
+    packs: u64,
+}
+
+struct Generator {
+    rng: Rng,
+    stats: TreeStats,
+    buf: Vec<u8>,
+}
+
+impl Generator {
+    /// Creates `p` and its missing parents, counting each one.
+    fn mkdir(&mut self, p: &Path) -> io::Result<()> {
+        let missing = p.ancestors().take_while(|a| !a.exists()).count();
+        fs::create_dir_all(p)?;
+        self.stats.dirs += missing as u64;
+        Ok(())
+    }
+
+    fn write(&mut self, p: &Path, data: &[u8]) -> io::Result<()> {
+        fs::write(p, data)?;
+        self.stats.files += 1;
+        self.stats.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    fn random_file(&mut self, p: &Path, size: usize) -> io::Result<()> {
+        let mut data = std::mem::take(&mut self.buf);
+        data.resize(size, 0);
+        self.rng.fill(&mut data);
+        let r = self.write(p, &data);
+        self.buf = data;
+        r
+    }
+
+    /// A pack: alternating 64 KiB blocks of random bytes and of one repeated 4 KiB pattern,
+    /// so about half of it compresses (deltas, text blobs) and half does not.
+    fn pack_file(&mut self, p: &Path, size: u64) -> io::Result<()> {
+        const BLOCK: usize = 64 << 10;
+        let mut pattern = vec![0u8; 4 << 10];
+        self.rng.fill(&mut pattern);
+        let repeated: Vec<u8> = pattern.iter().copied().cycle().take(BLOCK).collect();
+        let mut random = vec![0u8; BLOCK];
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(p)?);
+        w.write_all(b"PACK\0\0\0\x02")?;
+        let mut written = 8u64;
+        let mut odd = false;
+        while written < size {
+            let n = usize::try_from((size - written).min(BLOCK as u64)).unwrap_or(BLOCK);
+            if odd {
+                w.write_all(&repeated[..n])?;
+            } else {
+                self.rng.fill(&mut random[..n]);
+                w.write_all(&random[..n])?;
+            }
+            odd = !odd;
+            written += n as u64;
+        }
+        w.into_inner().map_err(io::IntoInnerError::into_error)?;
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        Ok(())
+    }
+
+    /// Log lines in the shape of GitLab's (Rails, Gitaly, nginx, Sidekiq): they compress
+    /// about as well as the real ones.
+    fn log_file(&mut self, p: &Path, size: u64, kind: usize) -> io::Result<()> {
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(p)?);
+        let mut line = String::with_capacity(512);
+        let mut written = 0u64;
+        let mut t = 1_764_000_000u64;
+        while written < size {
+            line.clear();
+            t += self.rng.range(0, 3);
+            let (h, m, s) = ((t / 3600) % 24, (t / 60) % 60, t % 60);
+            let project = self.rng.range(1, 400);
+            let req = self.rng.hex(26);
+            let ms = self.rng.range(1, 2500);
+            let _ = match kind % 5 {
+                0 => writeln!(
+                    line,
+                    "{{\"method\":\"GET\",\"path\":\"/group-{g}/project-{project}/-/merge_requests/{mr}\",\"format\":\"html\",\"controller\":\"Projects::MergeRequestsController\",\"action\":\"show\",\"status\":200,\"time\":\"2026-11-25T{h:02}:{m:02}:{s:02}.{ms:03}Z\",\"remote_ip\":\"10.0.{a}.{b}\",\"user_id\":{u},\"username\":\"user{u}\",\"ua\":\"Mozilla/5.0\",\"correlation_id\":\"{req}\",\"db_count\":{db},\"duration_s\":0.{ms:04}}}",
+                    g = project % 17,
+                    mr = self.rng.range(1, 900),
+                    a = self.rng.range(0, 255),
+                    b = self.rng.range(0, 255),
+                    u = self.rng.range(1, 5000),
+                    db = self.rng.range(1, 80),
+                ),
+                1 => writeln!(
+                    line,
+                    "10.0.{a}.{b} - - [25/Nov/2026:{h:02}:{m:02}:{s:02} +0000] \"GET /group-{g}/project-{project}.git/info/refs?service=git-upload-pack HTTP/1.1\" 200 {len} \"-\" \"git/2.47.0\" -",
+                    a = self.rng.range(0, 255),
+                    b = self.rng.range(0, 255),
+                    g = project % 17,
+                    len = self.rng.range(200, 90_000),
+                ),
+                2 => writeln!(
+                    line,
+                    "{{\"correlation_id\":\"{req}\",\"grpc.code\":\"OK\",\"grpc.method\":\"PostUploadPackWithSidechannel\",\"grpc.service\":\"gitaly.SmartHTTPService\",\"grpc.request.glRepository\":\"project-{project}\",\"grpc.time_ms\":{ms},\"level\":\"info\",\"msg\":\"finished unary call with code OK\",\"pid\":{pid},\"time\":\"2026-11-25T{h:02}:{m:02}:{s:02}.{ms:03}Z\"}}",
+                    pid = self.rng.range(300, 900),
+                ),
+                3 => writeln!(
+                    line,
+                    "{{\"severity\":\"INFO\",\"time\":\"2026-11-25T{h:02}:{m:02}:{s:02}.{ms:03}Z\",\"class\":\"PipelineProcessWorker\",\"args\":[\"{pipe}\"],\"retry\":3,\"queue\":\"pipeline_processing:pipeline_process\",\"jid\":\"{req}\",\"job_status\":\"done\",\"duration_s\":0.{ms:04},\"db_duration_s\":0.0{db}}}",
+                    pipe = self.rng.range(1, 1_000_000),
+                    db = self.rng.range(1, 999),
+                ),
+                _ => writeln!(
+                    line,
+                    "Started GET \"/api/v4/projects/{project}/jobs/{job}/trace\" for 10.0.{a}.{b} at 2026-11-25 {h:02}:{m:02}:{s:02} +0000\nCompleted 200 OK in {ms}ms (Views: 0.{v}ms | ActiveRecord: {ar}.4ms | Elasticsearch: 0.0ms | Allocations: {al})",
+                    job = self.rng.range(1, 9_000_000),
+                    a = self.rng.range(0, 255),
+                    b = self.rng.range(0, 255),
+                    v = self.rng.range(1, 99),
+                    ar = self.rng.range(1, 99),
+                    al = self.rng.range(1000, 99_999),
+                ),
+            };
+            w.write_all(line.as_bytes())?;
+            written += line.len() as u64;
+        }
+        w.into_inner().map_err(io::IntoInnerError::into_error)?;
+        self.stats.files += 1;
+        self.stats.bytes += written;
+        Ok(())
+    }
+}
+
+/// Generates the instance tree under `root` (`config/`, `data/`, `logs/`), about
+/// `total` bytes: ~10% logs, ~30% loose objects of 1-8 KiB, ~60% packs of up to 32 MiB.
+fn generate_tree(root: &Path, total: u64) -> io::Result<TreeStats> {
+    let mut g = Generator {
+        rng: Rng::new(SEED ^ total),
+        stats: TreeStats::default(),
+        buf: Vec::new(),
+    };
+    fs::create_dir_all(root)?;
+
+    // config/: what /etc/gitlab holds.
+    let config = root.join("config");
+    g.mkdir(&config)?;
+    g.mkdir(&config.join("trusted-certs"))?;
+    let mut rb = String::from(
+        "## GitLab configuration settings\nexternal_url 'http://gitlab.example.test'\n",
+    );
+    for i in 0..2000 {
+        let _ = writeln!(rb, "# gitlab_rails['setting_{i}'] = '{}'", g.rng.hex(24));
+    }
+    g.write(&config.join("gitlab.rb"), rb.as_bytes())?;
+    let secrets = format!(
+        "{{\"gitlab_workhorse\":{{\"secret_token\":\"{}\"}},\"gitlab_shell\":{{\"secret_token\":\"{}\"}},\"gitlab_rails\":{{\"secret_key_base\":\"{}\",\"db_key_base\":\"{}\",\"otp_key_base\":\"{}\",\"openid_connect_signing_key\":\"-----BEGIN RSA PRIVATE KEY-----\\n{}\\n-----END RSA PRIVATE KEY-----\\n\"}}}}",
+        g.rng.hex(64),
+        g.rng.hex(128),
+        g.rng.hex(128),
+        g.rng.hex(128),
+        g.rng.hex(128),
+        g.rng.hex(3200),
+    );
+    g.write(&config.join("gitlab-secrets.json"), secrets.as_bytes())?;
+    for (kind, len) in [("rsa", 2600), ("ecdsa", 500), ("ed25519", 400)] {
+        let key = format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
+            g.rng.hex(len)
+        );
+        g.write(&config.join(format!("ssh_host_{kind}_key")), key.as_bytes())?;
+        let public = format!("ssh-{kind} {} root@gitlab\n", g.rng.hex(len / 4));
+        g.write(
+            &config.join(format!("ssh_host_{kind}_key.pub")),
+            public.as_bytes(),
+        )?;
+    }
+
+    // data/git-data/repositories: hashed-storage repositories, loose objects and packs.
+    let logs_budget = total / 10;
+    let packs_budget = total * 6 / 10;
+    let loose_budget = total - logs_budget - packs_budget;
+    let repos_dir = root.join("data/git-data/repositories/@hashed");
+    g.mkdir(&repos_dir)?;
+    let mean_object = 4608;
+    let repo_count = (loose_budget / mean_object / 400).max(4);
+    let mut repos = Vec::new();
+    for _ in 0..repo_count {
+        let h = g.rng.hex(64);
+        let repo = repos_dir
+            .join(&h[..2])
+            .join(&h[2..4])
+            .join(format!("{h}.git"));
+        g.mkdir(&repo.join("objects/pack"))?;
+        g.mkdir(&repo.join("objects/info"))?;
+        g.mkdir(&repo.join("refs/heads"))?;
+        g.mkdir(&repo.join("refs/tags"))?;
+        g.write(&repo.join("HEAD"), b"ref: refs/heads/main\n")?;
+        g.write(
+            &repo.join("config"),
+            b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
+        )?;
+        let head = format!("{}\n", g.rng.hex(40));
+        g.write(&repo.join("refs/heads/main"), head.as_bytes())?;
+        repos.push(repo);
+    }
+    let mut loose = 0u64;
+    let mut i = 0usize;
+    while loose < loose_budget {
+        let repo = &repos[i % repos.len()];
+        i += 1;
+        let name = g.rng.hex(40);
+        let dir = repo.join("objects").join(&name[..2]);
+        g.mkdir(&dir)?;
+        let size = g.rng.range(1024, 8192).min(loose_budget - loose).max(1);
+        g.random_file(&dir.join(&name[2..]), usize::try_from(size).unwrap_or(8192))?;
+        loose += size;
+        g.stats.loose += 1;
+    }
+    let mut packed = 0u64;
+    let mut i = 0usize;
+    while packed < packs_budget {
+        let repo = repos[i % repos.len()].clone();
+        i += 1;
+        let name = g.rng.hex(40);
+        let size = (packs_budget - packed).min(32 * MIB);
+        g.pack_file(&repo.join(format!("objects/pack/pack-{name}.pack")), size)?;
+        let idx = (size / 512).max(1024);
+        g.random_file(
+            &repo.join(format!("objects/pack/pack-{name}.idx")),
+            usize::try_from(idx).unwrap_or(1024),
+        )?;
+        packed += size + idx;
+        g.stats.packs += 1;
+    }
+
+    // logs/: what /var/log/gitlab holds.
+    let logs = root.join("logs");
+    let files = [
+        "gitlab-rails/production_json.log",
+        "nginx/gitlab_access.log",
+        "gitaly/current",
+        "sidekiq/current",
+        "gitlab-rails/production.log",
+        "gitlab-rails/api_json.log",
+        "nginx/gitlab_error.log",
+        "gitlab-workhorse/current",
+        "puma/current",
+        "postgresql/current",
+    ];
+    for (kind, f) in files.iter().enumerate() {
+        let p = logs.join(f);
+        if let Some(parent) = p.parent() {
+            g.mkdir(parent)?;
+        }
+        g.log_file(&p, logs_budget / files.len() as u64, kind)?;
+    }
+    Ok(g.stats)
+}
+
+/// The tree for `mib` MiB under `dir/src`, generated unless a previous run left a
+/// complete one (its marker holds the stats).
+fn ensure_tree(dir: &Path, mib: u64) -> BenchResult<(PathBuf, TreeStats)> {
+    let src = dir.join("src");
+    let marker = dir.join(format!("src.complete-{mib}mib"));
+    if let Ok(text) = fs::read_to_string(&marker) {
+        let n: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [files, dirs, bytes, loose, packs] = n[..] {
+            eprintln!("reusing the {mib} MiB tree in {}", src.display());
+            let stats = TreeStats {
+                files,
+                dirs,
+                bytes,
+                loose,
+                packs,
+            };
+            return Ok((src, stats));
+        }
+    }
+    if src.exists() {
+        fs::remove_dir_all(&src)?;
+    }
+    eprintln!(
+        "generating a {mib} MiB GitLab-like tree in {}...",
+        src.display()
+    );
+    let t = Instant::now();
+    let s = generate_tree(&src, mib * MIB)?;
+    eprintln!(
+        "  {} files ({} loose objects, {} packs), {} dirs, {} bytes in {:.1} s",
+        s.files,
+        s.loose,
+        s.packs,
+        s.dirs,
+        s.bytes,
+        t.elapsed().as_secs_f64()
+    );
+    fs::write(
+        &marker,
+        format!(
+            "{} {} {} {} {}\n",
+            s.files, s.dirs, s.bytes, s.loose, s.packs
+        ),
+    )?;
+    Ok((src, s))
+}
+
+// ---------------------------------------------------------------------------------------
+// The driver: rounds, baselines, table
+// ---------------------------------------------------------------------------------------
+
+fn env_u64(name: &str, default: u64) -> BenchResult<u64> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|e| format!("{name}=`{v}`: {e}; give a whole number").into()),
+        _ => Ok(default),
+    }
+}
+
+fn run_bench() -> BenchResult<()> {
+    let mib = env_u64("GIROFLE_BENCH_MIB", 1024)?.max(16);
+    let rounds = env_u64("GIROFLE_BENCH_ROUNDS", 3)?.max(1);
+    let four_x = std::env::var("GIROFLE_BENCH_4X").is_ok_and(|v| v == "1");
+    for tool in ["tar", "zstd", "bash"] {
+        let found = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Err(format!(
+                "`{tool}` is needed for the baseline; install it (apt-get install {tool})"
+            )
+            .into());
+        }
+    }
+    // Kept until the end of the run; removed with everything under it unless the caller
+    // chose the directory (then the generated trees are reused by the next run).
+    let mut _temp = None;
+    let base = match std::env::var_os("GIROFLE_BENCH_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            fs::create_dir_all(&d)?;
+            d
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("girofle-bench-")
+                .tempdir()?;
+            let p = t.path().to_path_buf();
+            _temp = Some(t);
+            p
+        }
+    };
+
+    let mut report = machine_info(&base);
+    print!("{report}");
+    let mut sizes = vec![mib];
+    if four_x {
+        sizes.push(4 * mib);
+    }
+    for size in sizes {
+        let part = bench_size(&base, size, rounds)?;
+        print!("{part}");
+        report.push_str(&part);
+    }
+
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    fs::create_dir_all(&target)?;
+    let target = target.canonicalize()?;
+    let out = target.join("bench-backup.txt");
+    fs::write(&out, &report)?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("({cmd} failed: {e})"))
+}
+
+fn machine_info(base: &Path) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let disk = command_line(
+        "df",
+        &[
+            "-h",
+            "--output=source,fstype,size,avail,target",
+            &base.display().to_string(),
+        ],
+    );
+    let disk = disk
+        .lines()
+        .last()
+        .unwrap_or("?")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "Girofle backup benchmark, {}\nmachine: {cores} cores ({cpu}), {mem_gib:.1} GiB RAM; zstd level 3, {cores} workers on both sides\ntemp dir: {} on {disk}\n",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+        base.display(),
+    )
+}
+
+/// Runs one Girofle phase in a child process; returns its wall time and what it printed.
+fn child(exe: &Path, args: &[&std::ffi::OsStr]) -> BenchResult<(f64, BTreeMap<String, String>)> {
+    let started = Instant::now();
+    let out = Command::new(exe)
+        .arg("--phase")
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!("the child phase {args:?} failed ({})", out.status).into());
+    }
+    let values = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Ok((secs, values))
+}
+
+/// Runs a baseline pipeline under `bash -o pipefail`; `$1`, `$2` are `args`.
+fn shell(script: &str, args: &[&Path]) -> BenchResult<f64> {
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .args(["-o", "pipefail", "-c", script, "bash"])
+        .args(args)
+        .status()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("the baseline `{script}` failed ({status})").into());
+    }
+    Ok(secs)
+}
+
+/// Flushes the dirty pages the previous phase (or a removal) left, so that each timed
+/// phase starts from the same state instead of paying for the writeback of the last one.
+fn settle() -> BenchResult<()> {
+    Command::new("sync").status()?;
+    Ok(())
+}
+
+fn remove(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn number(values: &BTreeMap<String, String>, key: &str) -> BenchResult<u64> {
+    Ok(values
+        .get(key)
+        .ok_or_else(|| format!("the child did not report `{key}`"))?
+        .parse()?)
+}
+
+#[derive(Default)]
+struct Phase {
+    secs: Vec<f64>,
+    /// Highest VmHWM over the rounds, KiB (Girofle phases only).
+    hwm_kib: Option<u64>,
+}
+
+fn bench_size(base: &Path, mib: u64, rounds: u64) -> BenchResult<String> {
+    let dir = base.join(format!("{mib}mib"));
+    fs::create_dir_all(&dir)?;
+    let (src, stats) = ensure_tree(&dir, mib)?;
+    let store = dir.join("store");
+    let baseline = dir.join("baseline.tar.zst");
+    let restore_g = dir.join("restore-girofle");
+    let restore_b = dir.join("restore-baseline");
+    let exe = std::env::current_exe()?;
+    let mut phases: [Phase; 4] = Default::default();
+    let mut girofle_size = 0;
+    let mut fsync_secs = 0.0;
+
+    for round in 1..=rounds {
+        remove(&store)?;
+        settle()?;
+        let (secs, out) = child(
+            &exe,
+            &["backup".as_ref(), src.as_os_str(), store.as_os_str()],
+        )?;
+        let archived = (
+            number(&out, "files")?,
+            number(&out, "dirs")?,
+            number(&out, "bytes")?,
+        );
+        if archived != (stats.files, stats.dirs, stats.bytes) {
+            return Err(format!("the archive holds {out:?}, the tree {stats:?}").into());
+        }
+        girofle_size = number(&out, "archive_size")?;
+        phases[0].secs.push(secs);
+        phases[0].hwm_kib = phases[0].hwm_kib.max(Some(number(&out, "vmhwm_kib")?));
+
+        remove(&baseline)?;
+        settle()?;
+        let secs = shell(
+            r#"tar -cf - -C "$1" config data logs | zstd -3 -T0 -q > "$2""#,
+            &[&src, &baseline],
+        )?;
+        phases[1].secs.push(secs);
+        if round == 1 {
+            // Girofle's local store fsyncs its archive before publishing it; the baseline
+            // does not. How long that would take the baseline, for reading the ratio.
+            let t = Instant::now();
+            File::open(&baseline)?.sync_all()?;
+            fsync_secs = t.elapsed().as_secs_f64();
+        }
+
+        remove(&restore_g)?;
+        settle()?;
+        let (secs, out) = child(
+            &exe,
+            &["restore".as_ref(), store.as_os_str(), restore_g.as_os_str()],
+        )?;
+        if number(&out, "bytes")? != stats.bytes {
+            return Err(format!("the restore wrote {out:?}, the tree {stats:?}").into());
+        }
+        phases[2].secs.push(secs);
+        phases[2].hwm_kib = phases[2].hwm_kib.max(Some(number(&out, "vmhwm_kib")?));
+
+        remove(&restore_b)?;
+        fs::create_dir_all(&restore_b)?;
+        settle()?;
+        let secs = shell(
+            r#"zstd -d -q < "$1" | tar -xf - -C "$2""#,
+            &[&baseline, &restore_b],
+        )?;
+        phases[3].secs.push(secs);
+
+        eprintln!(
+            "{mib} MiB round {round}/{rounds}: backup {:.2} s vs {:.2} s, restore {:.2} s vs {:.2} s",
+            phases[0].secs[round as usize - 1],
+            phases[1].secs[round as usize - 1],
+            phases[2].secs[round as usize - 1],
+            phases[3].secs[round as usize - 1],
+        );
+    }
+    let baseline_size = fs::metadata(&baseline)?.len();
+    for p in [&restore_g, &restore_b, &store, &baseline] {
+        remove(p)?;
+    }
+
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\ntree {mib} MiB: {} bytes in {} files ({} loose objects of 1-8 KiB, {} packs) and {} dirs; median of {rounds} round(s)",
+        stats.bytes, stats.files, stats.loose, stats.packs, stats.dirs
+    );
+    let _ = writeln!(
+        t,
+        "{:<34} {:>8} {:>9} {:>8} {:>12} {:>13}",
+        "phase", "MB/s", "files/s", "seconds", "Girofle/base", "peak RSS MiB"
+    );
+    let names = [
+        "backup  Girofle -> local store",
+        "backup  tar | zstd -3 -T0",
+        "restore Girofle, hashes checked",
+        "restore zstd -d | tar -x",
+    ];
+    let short = [
+        "backup Girofle",
+        "backup baseline",
+        "restore Girofle",
+        "restore baseline",
+    ];
+    let med: Vec<f64> = phases.iter().map(|p| median(&p.secs)).collect();
+    for (i, (name, p)) in names.iter().zip(&phases).enumerate() {
+        let secs = med[i];
+        let ratio = if i % 2 == 0 {
+            format!("{:.2}x", secs / med[i + 1])
+        } else {
+            "-".into()
+        };
+        let rss = p
+            .hwm_kib
+            .map_or_else(|| "-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        let _ = writeln!(
+            t,
+            "{name:<34} {:>8.1} {:>9.0} {:>8.2} {ratio:>12} {rss:>13}",
+            stats.bytes as f64 / 1e6 / secs,
+            stats.files as f64 / secs,
+            secs,
+        );
+    }
+    let _ = writeln!(
+        t,
+        "rounds (s): {}",
+        short
+            .iter()
+            .zip(&phases)
+            .map(|(n, p)| format!(
+                "{n}: {}",
+                p.secs
+                    .iter()
+                    .map(|s| format!("{s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(
+        t,
+        "archive: Girofle {:.1} MiB, baseline {:.1} MiB ({:.1}% and {:.1}% of the tree); fsync of the baseline's archive alone: {fsync_secs:.2} s (Girofle's time includes its own)",
+        girofle_size as f64 / MIB as f64,
+        baseline_size as f64 / MIB as f64,
+        100.0 * girofle_size as f64 / stats.bytes as f64,
+        100.0 * baseline_size as f64 / stats.bytes as f64,
+    );
+    Ok(t)
+}
