@@ -1,9 +1,14 @@
 //! `girofle`: the command line of Girofle. It parses, calls `girofle-core`, prints.
 
 mod backup;
+mod daemon;
 mod instance;
+mod metrics;
 mod output;
 mod restore;
+mod schedule;
+mod state;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +60,21 @@ enum Command {
     /// Restore an instance from a backup.
     #[command(after_help = EXIT_CODES)]
     Restore(restore::RestoreArgs),
+    /// Scheduled backups and copies: list, set, run the due ones, install a timer.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Schedule(schedule::ScheduleCommand),
+    /// Run the schedules in one long-lived process (SIGTERM lets running backups finish).
+    #[command(after_help = EXIT_CODES)]
+    Daemon(daemon::DaemonArgs),
+    /// Girofle's own state (configuration, inventory, schedules, journal): export, import.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    State(state::StateCommand),
+    /// Prometheus metrics: print them, write a textfile (--textfile), or `serve` them.
+    #[command(after_help = EXIT_CODES)]
+    Metrics(metrics::MetricsArgs),
+    /// The fleet on one screen: states, age of the newest backup per store, overdue ones.
+    #[command(after_help = EXIT_CODES)]
+    Status,
 }
 
 /// What every subcommand gets.
@@ -120,6 +140,11 @@ fn main() -> ExitCode {
             Command::Instance(c) => instance::run(&ctx, c).await,
             Command::Backup(c) => backup::run(&ctx, c).await,
             Command::Restore(a) => restore::run(&ctx, a).await,
+            Command::Schedule(c) => schedule::run(&ctx, c).await,
+            Command::Daemon(a) => daemon::run(&ctx, a).await,
+            Command::State(c) => state::run(&ctx, c).await,
+            Command::Metrics(a) => metrics::run(&ctx, a).await,
+            Command::Status => status::run(&ctx).await,
         }
     });
     match result {

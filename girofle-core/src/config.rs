@@ -34,6 +34,15 @@ pub struct Config {
     /// Remote backup stores by name (`local` is built in and cannot be redefined).
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
+    /// The default schedule of backups and copies, and the daemon's limits.
+    #[serde(default)]
+    pub schedule: crate::schedule::ScheduleConfig,
+    /// Where the metrics endpoint listens (`girofle daemon`, `girofle metrics serve`).
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
+    /// Where failure (and optionally success) notifications go.
+    #[serde(default)]
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// The addresses Girofle may hand out: nothing outside them is ever used.
@@ -166,6 +175,25 @@ stop_grace_secs = 30
 level = 3
 threads = 0
 
+[schedule]
+# Every instance's schedule unless it has its own (`girofle schedule set`), counted from
+# its creation. Crons have 5 fields, or 6 with seconds first; read in `timezone`.
+# backup = "0 */4 * * *"       # a local backup every 4 hours
+# copy = "30 */4 * * *"        # new local backups copied to `store` ("off": no copies)
+# timezone = "UTC"
+# store = "offsite"            # default: the only [stores.*] when there is exactly one
+# strategy = "online"
+# keep_last = 12               # retention after each run (also keep_daily, keep_weekly)
+# max_concurrent = 2           # jobs at once across the fleet (`girofle daemon`, `run-due`)
+# stop_grace_secs = 300        # how long a stopping daemon lets running jobs finish
+
+[metrics]
+# listen = "127.0.0.1:9531"   # `girofle daemon` serves GET /metrics here (Prometheus)
+
+[notify]
+# webhook_url = "http://127.0.0.1:8080/hooks/girofle"   # a JSON document per failed run
+# on_success = false
+
 # Remote stores for backups, by name:
 # [stores.offsite]
 # url = "s3://my-bucket/girofle"
@@ -257,6 +285,8 @@ impl Config {
         for name in self.stores.keys() {
             crate::instance::validate_label("store name", name)?;
         }
+        self.schedule.validate(&self.stores)?;
+        self.notify.validate()?;
         Ok(())
     }
 

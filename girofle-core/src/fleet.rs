@@ -232,7 +232,7 @@ impl Girofle {
         F: Future<Output = Result<T>>,
     {
         let started_at = now();
-        let result = op.await;
+        let (result, nested_notified) = crate::notify::scoped(op).await;
         let (outcome, error_kind, error) = match &result {
             Ok(_) => ("ok", None, None),
             Err(e) => ("error", Some(e.kind().to_string()), Some(e.to_string())),
@@ -252,7 +252,10 @@ impl Girofle {
             error,
         };
         // A journal that cannot be written must not hide the operation's own result.
-        if let Err(e) = self.journal.append(&record, &self.known_secrets()) {
+        let journaled = self.journal.append(&record, &self.known_secrets());
+        // A webhook that is down must not fail the operation: `notify` logs it.
+        crate::notify::after_operation(self, &record, nested_notified).await;
+        if let Err(e) = journaled {
             if result.is_ok() {
                 return Err(e);
             }
