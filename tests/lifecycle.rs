@@ -81,9 +81,19 @@ async fn fleet_lifecycle_keeps_data_and_books() {
     g.start(&web.name).await.unwrap();
     assert_eq!(ls_remote(&url), refs);
 
-    // Reconfigure: the setting lands in the managed block of gitlab.rb, the rest kept.
+    // The setting given at creation is in the managed block of gitlab.rb.
     let rb = dirs.config.join("gitlab.rb");
     let before = std::fs::read_to_string(&rb).unwrap();
+    let managed = girofle_core::instance::managed_settings(&before);
+    assert_eq!(
+        managed
+            .get("gitlab_rails['initial_root_password']")
+            .map(String::as_str),
+        Some(format!("'{SECRET}'").as_str()),
+        "a setting given at creation did not reach gitlab.rb"
+    );
+
+    // Reconfigure: the setting lands in the managed block of gitlab.rb, the rest kept.
     g.reconfigure(
         &web.name,
         &["gitlab_rails['time_zone']=Europe/Paris".into()],

@@ -374,7 +374,14 @@ impl Girofle {
             })
             .await?;
         let record = record.expect("set by the transaction");
-        match self.bring_up(&record, &dirs, request.timeout).await {
+        let brought_up = match self.bring_up(&record, &dirs, request.timeout).await {
+            // Settings asked for at creation go into gitlab.rb once GitLab has written it.
+            Ok(()) if !record.settings.is_empty() => {
+                self.apply_settings(&record, &record.settings).await
+            }
+            other => other,
+        };
+        match brought_up {
             Ok(()) => {
                 let mut active = record.clone();
                 active.stage = Stage::Active;
@@ -629,6 +636,21 @@ impl Girofle {
             }
         }
         let _lock = InstanceLock::acquire(&self.root, &record.name, "reconfigure")?;
+        self.apply_settings(&record, &settings).await?;
+        let mut updated = record.clone();
+        updated.settings = settings;
+        self.put_record(&updated).await?;
+        Ok(updated.redacted())
+    }
+
+    /// Writes `settings` into the managed block of the instance's gitlab.rb, runs
+    /// `gitlab-ctl reconfigure` and waits healthy; puts the previous file back (and
+    /// reconfigures again) when GitLab refuses. The caller holds the instance lock.
+    async fn apply_settings(
+        &self,
+        record: &InstanceRecord,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<()> {
         let container = record.container_name();
         // GitLab writes gitlab.rb only once it has booted: wait for that first.
         self.runtime
@@ -647,7 +669,7 @@ impl Girofle {
                 Error::io("read", &rb, e)
             }
         })?;
-        let next = render_gitlab_rb(&previous, &settings);
+        let next = render_gitlab_rb(&previous, settings);
         crate::fsutil::write_atomic(&rb, next.as_bytes(), 0o600)?;
         let reconfigure = ExecSpec {
             cmd: vec!["gitlab-ctl".into(), "reconfigure".into()],
@@ -669,10 +691,7 @@ impl Girofle {
         self.runtime
             .wait_healthy(&container, self.boot_timeout())
             .await?;
-        let mut updated = record.clone();
-        updated.settings = settings;
-        self.put_record(&updated).await?;
-        Ok(updated.redacted())
+        Ok(())
     }
 
     /// Decommissions an instance: a final backup (unless asked not to), stop and remove the
