@@ -298,12 +298,12 @@ async fn prometheus_scrapes_backup_freshness_and_failures_reach_the_webhook() {
     let quiet = drain(&mut hook, Duration::from_secs(1)).await;
     assert!(quiet.is_empty(), "successes were notified: {quiet:?}");
 
-    // The endpoint, as a child process.
+    // The endpoint, served by the daemon (as a child process).
     let metrics_port = free_port();
     let server = Command::new(girofle_bin())
         .arg("--root")
         .arg(&t.root)
-        .args(["metrics", "serve", "--listen"])
+        .args(["daemon", "--metrics-addr"])
         .arg(format!("127.0.0.1:{metrics_port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -362,10 +362,10 @@ async fn prometheus_scrapes_backup_freshness_and_failures_reach_the_webhook() {
     // SIGTERM stops the server cleanly.
     let pid = server.0.id().to_string();
     run(Command::new("kill").args(["-TERM", &pid]));
-    let stopped = wait_for("metrics serve to stop", Duration::from_secs(20), || {
+    let stopped = wait_for("the daemon to stop", Duration::from_secs(20), || {
         server.0.try_wait().unwrap()
     });
-    assert!(stopped.success(), "metrics serve exited with {stopped:?}");
+    assert!(stopped.success(), "the daemon exited with {stopped:?}");
 
     // Failures: a store with a wrong secret; each failed backup or copy sends exactly one
     // document, without the secret.
