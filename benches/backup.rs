@@ -1,11 +1,14 @@
-//! Benchmarks Girofle's cold-backup pipeline (walk + tar + BLAKE3 + zstd streamed into the
-//! `local` store) and its verified restore against `tar | zstd -3 -T0` and `zstd -d | tar`,
-//! on a generated GitLab-like tree, and measures Girofle's peak resident memory.
+//! Benchmarks Girofle's cold-backup pipeline (walk + tar + BLAKE3 + zstd streamed into a
+//! store, then the index beside it) and its verified restore against `tar | zstd -3 -T0`,
+//! `zstd -d | tar -x` and `restic backup`, on a generated GitLab-like tree, to the local
+//! disk, a tmpfs and an S3-compatible server on loopback, and measures Girofle's peak
+//! resident memory.
 //!
-//! Run with `cargo bench -p girofle-benches --bench backup`; see benches/README.md for the
-//! environment variables. Each Girofle phase runs in a child process (this same binary,
-//! re-executed with `--phase ...`) that prints its own `VmHWM` before it exits, so the
-//! peak memory of one phase is not mixed with the generator's or another phase's.
+//! Run with `benches/run` (or `cargo bench -p girofle-benches --bench backup`); see
+//! benches/README.md for the environment variables. Each Girofle phase runs in a child
+//! process (this same binary, re-executed with `--phase ...`) that prints its own `VmHWM`
+//! before it exits, so the peak memory of one phase is not mixed with the generator's or
+//! another phase's.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,24 +16,25 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use girofle_core::archive::{
-    extract_archive, write_archive, ArchiveIndex, ChannelReader, ChannelWriter, CompressionOptions,
-    Source,
-};
-use girofle_core::store::{local_store, BackupStore};
-use girofle_core::Error;
+use girofle_core::archive::{CompressionOptions, Source};
+use girofle_core::backup::{archive_to_store, extract_from_store, ArchiveRef, IndexRef};
+use girofle_core::store::{local_store, open_store, BackupStore, StoreConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Seed of the tree generator: the same size always gives the same bytes.
 const SEED: u64 = 0x6769_726f_666c_6521;
 const MIB: u64 = 1 << 20;
-/// Object keys in the bench's `local` store.
-const ARCHIVE_KEY: &str = "bench/backup.tar.zst";
-const MANIFEST_KEY: &str = "bench/backup.manifest";
+/// The backup id in the bench's stores: objects `bench/backup.tar.zst`, `.index`...
+const BACKUP_ID: &str = "bench/backup";
+const MANIFEST_KEY: &str = "bench/backup.bench-manifest";
 /// The three directories a cold backup archives, as `backup.rs` names them.
 const PREFIXES: [&str; 3] = ["config", "data", "logs"];
 
@@ -62,12 +66,18 @@ fn run_phase(args: &[String]) -> BenchResult<()> {
         .build()?;
     let report = match args {
         [phase, src, store] if phase == "backup" => {
-            rt.block_on(phase_backup(Path::new(src), Path::new(store)))?
+            rt.block_on(phase_backup(Path::new(src), store))?
         }
         [phase, store, target] if phase == "restore" => {
-            rt.block_on(phase_restore(Path::new(store), Path::new(target)))?
+            rt.block_on(phase_restore(store, Path::new(target)))?
         }
-        _ => return Err("usage: --phase backup SRC STORE | --phase restore STORE TARGET".into()),
+        [phase, store] if phase == "clean" => rt.block_on(phase_clean(store))?,
+        _ => {
+            return Err(
+                "usage: --phase backup SRC STORE | --phase restore STORE TARGET (STORE: a directory or s3:PREFIX)"
+                    .into(),
+            )
+        }
     };
     drop(rt);
     let mut out = io::stdout().lock();
@@ -93,21 +103,44 @@ fn vm_hwm_kib() -> BenchResult<u64> {
         .parse()?)
 }
 
-/// What the backup phase keeps beside the archive for the restore phase to check against,
-/// like the archive part of `backup::Manifest`.
-#[derive(Serialize, Deserialize)]
-struct BenchManifest {
-    archive_size: u64,
-    archive_hash: String,
-    index: ArchiveIndex,
+/// `s3:PREFIX` opens the S3-compatible server named by the `GIROFLE_TEST_S3_*` variables
+/// (`eval "$(scripts/s3-server env)"`), as the integration tests do; anything else is a
+/// directory for the `local` store.
+fn bench_store(spec: &str) -> BenchResult<Arc<dyn BackupStore>> {
+    match spec.strip_prefix("s3:") {
+        Some(prefix) => {
+            let var = |k: &str| {
+                std::env::var(k).map_err(|_| {
+                    format!("{k} is not set: run `scripts/s3-server start` and `eval \"$(scripts/s3-server env)\"` (benches/run does)")
+                })
+            };
+            let config = StoreConfig {
+                url: format!("s3://{}/{prefix}", var("GIROFLE_TEST_S3_BUCKET")?),
+                endpoint: Some(var("GIROFLE_TEST_S3_ENDPOINT")?),
+                region: Some("us-east-1".into()),
+                access_key_id: Some(var("GIROFLE_TEST_S3_ACCESS_KEY")?),
+                secret_access_key: Some(var("GIROFLE_TEST_S3_SECRET_KEY")?),
+                allow_http: Some(true),
+            };
+            Ok(open_store("bench-s3", &config)?)
+        }
+        None => Ok(local_store(Path::new(spec))?),
+    }
 }
 
-/// Girofle's cold-backup shape (`Girofle::archive_to_store` in backup.rs): `write_archive`
-/// on the blocking pool into a `ChannelWriter`, whose channel feeds `put_stream`; then the
-/// manifest (index, archive size and hash) with `put_bytes`, as the backup does last.
-async fn phase_backup(src: &Path, store_dir: &Path) -> BenchResult<Vec<(&'static str, String)>> {
+/// What the backup phase keeps beside the archive for the restore phase, like the
+/// archive and index parts of `backup::Manifest`.
+#[derive(Serialize, Deserialize)]
+struct BenchManifest {
+    archive: ArchiveRef,
+    index: IndexRef,
+}
+
+/// Girofle's cold backup (`backup::archive_to_store`, as `Girofle::backup` calls it): the
+/// archive streamed into the store, then the index; then a manifest with `put_bytes`.
+async fn phase_backup(src: &Path, spec: &str) -> BenchResult<Vec<(&'static str, String)>> {
     let started = Instant::now();
-    let store = local_store(store_dir)?;
+    let store = bench_store(spec)?;
     let sources: Vec<Source> = PREFIXES
         .iter()
         .map(|p| Source {
@@ -115,98 +148,61 @@ async fn phase_backup(src: &Path, store_dir: &Path) -> BenchResult<Vec<(&'static
             dir: src.join(p),
         })
         .collect();
-    let header = serde_json::json!({ "format_version": 1, "id": "bench/backup" });
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut writer = ChannelWriter::new(tx);
-        match write_archive(
-            &header,
-            &sources,
-            CompressionOptions::default(),
-            &mut writer,
-            &mut |_| {},
-        ) {
-            Ok(summary) => match writer.finish() {
-                Ok(()) => Ok(summary),
-                Err(e) => Err(Error::io("stream the archive", PathBuf::from("(store)"), e)),
-            },
-            Err(e) => {
-                writer.abort(io::Error::other(e.to_string()));
-                Err(e)
-            }
-        }
-    });
-    let (uploaded, produced) = tokio::join!(store.put_stream(ARCHIVE_KEY, rx), producer);
-    let summary = produced??;
-    let stored = uploaded?;
-    if stored != summary.archive_size {
+    let header = serde_json::json!({ "format_version": 2, "id": BACKUP_ID });
+    let (archive, index) = archive_to_store(
+        &store,
+        BACKUP_ID,
+        &header,
+        &sources,
+        CompressionOptions::default(),
+        None,
+    )
+    .await?;
+    let stored = store.head(&archive.key).await?.size;
+    if stored != archive.size {
         return Err(format!(
             "the store holds {stored} bytes, the archive writer produced {}",
-            summary.archive_size
+            archive.size
         )
         .into());
     }
-    let manifest = BenchManifest {
-        archive_size: summary.archive_size,
-        archive_hash: summary.archive_hash,
-        index: summary.index,
-    };
+    let report = vec![
+        ("seconds", format!("{:.3}", started.elapsed().as_secs_f64())),
+        ("files", index.files.to_string()),
+        ("dirs", index.dirs.to_string()),
+        ("bytes", index.bytes.to_string()),
+        ("archive_size", archive.size.to_string()),
+        ("index_size", index.size.to_string()),
+    ];
+    let manifest = BenchManifest { archive, index };
     store
         .put_bytes(MANIFEST_KEY, Bytes::from(serde_json::to_vec(&manifest)?))
         .await?;
-    let summary = manifest;
-    Ok(vec![
-        ("seconds", format!("{:.3}", started.elapsed().as_secs_f64())),
-        ("files", summary.index.files.to_string()),
-        ("dirs", summary.index.dirs.to_string()),
-        ("bytes", summary.index.bytes.to_string()),
-        ("archive_size", summary.archive_size.to_string()),
-    ])
+    Ok(report)
 }
 
-/// Girofle's restore shape (`read_archive_with` + `extract_archive` in restore.rs):
-/// `get_stream` forwarded into a `ChannelReader`, extracted on the blocking pool with every
-/// hash checked against the manifest, and the archive's size and BLAKE3 too.
-async fn phase_restore(
-    store_dir: &Path,
-    target: &Path,
-) -> BenchResult<Vec<(&'static str, String)>> {
-    let started = Instant::now();
-    let store: std::sync::Arc<dyn BackupStore> = local_store(store_dir)?;
-    let BenchManifest {
-        archive_size: size,
-        archive_hash: hash,
-        index,
-    } = serde_json::from_slice(&store.get_bytes(MANIFEST_KEY).await?)?;
+/// Deletes what the backup phase stored (the S3 server keeps it otherwise).
+async fn phase_clean(spec: &str) -> BenchResult<Vec<(&'static str, String)>> {
+    let store = bench_store(spec)?;
+    for suffix in [".tar.zst", ".index", ".bench-manifest"] {
+        store.delete(&format!("{BACKUP_ID}{suffix}")).await?;
+    }
+    Ok(Vec::new())
+}
 
-    let mut stream = store.get_stream(ARCHIVE_KEY).await?;
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    let target = target.to_path_buf();
-    let consumer = tokio::task::spawn_blocking(move || {
-        extract_archive(
-            ChannelReader::new(rx),
-            &target,
-            &index,
-            Some((size, &hash)),
-            &mut |_| {},
-        )
-    });
-    let producer = async move {
-        use futures::StreamExt as _;
-        while let Some(chunk) = stream.next().await {
-            let item = chunk.map_err(|e| io::Error::other(e.to_string()));
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                break;
-            }
-        }
-    };
-    let (_, extracted) = tokio::join!(producer, consumer);
-    let (_, index) = extracted??;
+/// Girofle's verified restore (`backup::extract_from_store`, as `restore` calls it): the
+/// archive and its index streamed out of the store, every entry checked against the index,
+/// every file's hash, the archive's and the index's sizes and hashes.
+async fn phase_restore(spec: &str, target: &Path) -> BenchResult<Vec<(&'static str, String)>> {
+    let started = Instant::now();
+    let store = bench_store(spec)?;
+    let BenchManifest { archive, index } =
+        serde_json::from_slice(&store.get_bytes(MANIFEST_KEY).await?)?;
+    let summary = extract_from_store(&store, &archive, &index, target, None).await?;
     Ok(vec![
         ("seconds", format!("{:.3}", started.elapsed().as_secs_f64())),
-        ("files", index.files.to_string()),
-        ("bytes", index.bytes.to_string()),
+        ("files", summary.files.to_string()),
+        ("bytes", summary.bytes.to_string()),
     ])
 }
 
@@ -578,24 +574,69 @@ fn env_u64(name: &str, default: u64) -> BenchResult<u64> {
     }
 }
 
+fn found(tool: &str) -> bool {
+    Command::new(tool)
+        .arg(if tool == "restic" {
+            "version"
+        } else {
+            "--version"
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What a run compares, beyond the local backup and its baselines.
+struct Options {
+    rounds: u64,
+    /// Where the tmpfs restores go (a directory on a tmpfs), if any.
+    tmpfs: Option<PathBuf>,
+    s3: bool,
+    restic: bool,
+    /// Restores to the disk (slow to clean up: minutes at 4 GiB here).
+    disk: bool,
+}
+
 fn run_bench() -> BenchResult<()> {
     let mib = env_u64("GIROFLE_BENCH_MIB", 1024)?.max(16);
     let rounds = env_u64("GIROFLE_BENCH_ROUNDS", 3)?.max(1);
     let four_x = std::env::var("GIROFLE_BENCH_4X").is_ok_and(|v| v == "1");
+    let four_x_rounds = env_u64("GIROFLE_BENCH_4X_ROUNDS", 1)?.max(1);
     for tool in ["tar", "zstd", "bash"] {
-        let found = Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
+        if !found(tool) {
             return Err(format!(
                 "`{tool}` is needed for the baseline; install it (apt-get install {tool})"
             )
             .into());
         }
     }
+    let mut notes = String::new();
+    let restic = match std::env::var("GIROFLE_BENCH_RESTIC") {
+        Ok(v) if v == "0" => false,
+        _ if found("restic") => true,
+        _ => {
+            notes.push_str("restic is not installed (apt-get install restic; benches/run does): its phases are skipped\n");
+            false
+        }
+    };
+    let s3 = match std::env::var("GIROFLE_BENCH_S3") {
+        Ok(v) if v == "0" => false,
+        _ if std::env::var_os("GIROFLE_TEST_S3_ENDPOINT").is_some() => true,
+        _ => {
+            notes.push_str("GIROFLE_TEST_S3_* are not set (scripts/s3-server start; eval \"$(scripts/s3-server env)\"; benches/run does): the S3 phases are skipped\n");
+            false
+        }
+    };
+    let tmpfs = match std::env::var_os("GIROFLE_BENCH_TMPFS") {
+        Some(d) if d.is_empty() => None,
+        Some(d) => Some(PathBuf::from(d)),
+        None if Path::new("/dev/shm").is_dir() => Some(PathBuf::from("/dev/shm")),
+        None => {
+            notes.push_str("no tmpfs (set GIROFLE_BENCH_TMPFS): the tmpfs restores are skipped\n");
+            None
+        }
+    };
     // Kept until the end of the run; removed with everything under it unless the caller
     // chose the directory (then the generated trees are reused by the next run).
     let mut _temp = None;
@@ -614,17 +655,62 @@ fn run_bench() -> BenchResult<()> {
             p
         }
     };
+    let tmpfs = match tmpfs {
+        Some(d) => {
+            let d = d.join(format!("girofle-bench-{}", std::process::id()));
+            fs::create_dir_all(&d)?;
+            Some(d)
+        }
+        None => None,
+    };
 
-    let mut report = machine_info(&base);
+    let mut report = machine_info(&base, tmpfs.as_deref());
+    report.push_str(&notes);
     print!("{report}");
-    let mut sizes = vec![mib];
+    let disk = std::env::var("GIROFLE_BENCH_DISK").map_or(true, |v| v != "0");
+    let mut runs = vec![(
+        mib,
+        Options {
+            rounds,
+            tmpfs: tmpfs.clone(),
+            s3,
+            restic,
+            disk,
+        },
+    )];
     if four_x {
-        sizes.push(4 * mib);
+        // The 4x point is about memory: one round by default, and no restic (minutes).
+        let restic_4x = restic && std::env::var("GIROFLE_BENCH_4X_RESTIC").is_ok_and(|v| v == "1");
+        runs.push((
+            4 * mib,
+            Options {
+                rounds: four_x_rounds,
+                tmpfs: tmpfs.clone(),
+                s3,
+                restic: restic_4x,
+                disk,
+            },
+        ));
     }
-    for size in sizes {
-        let part = bench_size(&base, size, rounds)?;
+    let mut hwm = Vec::new();
+    for (size, opts) in &runs {
+        let (part, peak) = bench_size(&base, *size, opts)?;
         print!("{part}");
         report.push_str(&part);
+        hwm.push((*size, peak));
+    }
+    if let [(a, pa), (b, pb)] = hwm[..] {
+        let line = format!(
+            "\npeak RSS of any Girofle phase: {:.1} MiB at {a} MiB, {:.1} MiB at {b} MiB ({:+.1}%)\n",
+            pa as f64 / 1024.0,
+            pb as f64 / 1024.0,
+            100.0 * (pb as f64 - pa as f64) / pa as f64
+        );
+        print!("{line}");
+        report.push_str(&line);
+    }
+    if let Some(d) = &tmpfs {
+        remove(d)?;
     }
 
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -646,7 +732,24 @@ fn command_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|e| format!("({cmd} failed: {e})"))
 }
 
-fn machine_info(base: &Path) -> String {
+fn disk_of(p: &Path) -> String {
+    let disk = command_line(
+        "df",
+        &[
+            "-h",
+            "--output=source,fstype,size,avail,target",
+            &p.display().to_string(),
+        ],
+    );
+    disk.lines()
+        .last()
+        .unwrap_or("?")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn machine_info(base: &Path, tmpfs: Option<&Path>) -> String {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -666,26 +769,19 @@ fn machine_info(base: &Path) -> String {
                 .and_then(|k| k.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    let disk = command_line(
-        "df",
-        &[
-            "-h",
-            "--output=source,fstype,size,avail,target",
-            &base.display().to_string(),
-        ],
-    );
-    let disk = disk
-        .lines()
-        .last()
-        .unwrap_or("?")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    format!(
-        "Girofle backup benchmark, {}\nmachine: {cores} cores ({cpu}), {mem_gib:.1} GiB RAM; zstd level 3, {cores} workers on both sides\ntemp dir: {} on {disk}\n",
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut s = format!(
+        "Girofle backup benchmark, {}\nmachine: {cores} cores ({cpu}), {mem_gib:.1} GiB RAM, load average at start {}; zstd level 3, {cores} workers on both sides; allocator: {}\ntemp dir: {} on {}\n",
         command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        if cfg!(feature = "mimalloc") { "mimalloc" } else { "glibc" },
         base.display(),
-    )
+        disk_of(base),
+    );
+    if let Some(t) = tmpfs {
+        let _ = writeln!(s, "tmpfs restores: {} on {}", t.display(), disk_of(t));
+    }
+    s
 }
 
 /// Runs one Girofle phase in a child process; returns its wall time and what it printed.
@@ -708,12 +804,16 @@ fn child(exe: &Path, args: &[&std::ffi::OsStr]) -> BenchResult<(f64, BTreeMap<St
     Ok((secs, values))
 }
 
-/// Runs a baseline pipeline under `bash -o pipefail`; `$1`, `$2` are `args`.
+/// Runs a shell script under `bash -o pipefail`; `$1`, `$2` are `args`.
 fn shell(script: &str, args: &[&Path]) -> BenchResult<f64> {
     let started = Instant::now();
     let status = Command::new("bash")
         .args(["-o", "pipefail", "-c", script, "bash"])
         .args(args)
+        .env(
+            "RESTIC_PASSWORD",
+            std::env::var("RESTIC_PASSWORD").unwrap_or_else(|_| "girofle-bench".into()),
+        )
         .status()?;
     let secs = started.elapsed().as_secs_f64();
     if !status.success() {
@@ -742,6 +842,9 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
     if n % 2 == 1 {
         v[n / 2]
     } else {
@@ -756,6 +859,65 @@ fn number(values: &BTreeMap<String, String>, key: &str) -> BenchResult<u64> {
         .parse()?)
 }
 
+/// The timed phases, in table order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum P {
+    BackupLocal,
+    BackupTar,
+    BackupS3,
+    ResticFirst,
+    ResticSecond,
+    RestoreTmpfs,
+    RestoreTmpfsBase,
+    RestoreDisk,
+    RestoreDiskBase,
+    RestoreS3Tmpfs,
+}
+
+impl P {
+    const ALL: [P; 10] = [
+        P::BackupLocal,
+        P::BackupTar,
+        P::BackupS3,
+        P::ResticFirst,
+        P::ResticSecond,
+        P::RestoreTmpfs,
+        P::RestoreTmpfsBase,
+        P::RestoreDisk,
+        P::RestoreDiskBase,
+        P::RestoreS3Tmpfs,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            P::BackupLocal => "backup  Girofle -> local store",
+            P::BackupTar => "backup  tar | zstd -3 -T0",
+            P::BackupS3 => "backup  Girofle -> S3 (loopback)",
+            P::ResticFirst => "backup  restic, fresh repository",
+            P::ResticSecond => "backup  restic, after 1% changed",
+            P::RestoreTmpfs => "restore Girofle local -> tmpfs",
+            P::RestoreTmpfsBase => "restore zstd -d | tar -x -> tmpfs",
+            P::RestoreDisk => "restore Girofle local -> disk",
+            P::RestoreDiskBase => "restore zstd -d | tar -x -> disk",
+            P::RestoreS3Tmpfs => "restore Girofle S3 -> tmpfs",
+        }
+    }
+
+    /// The ratio shown on this row: (numerator, denominator, label).
+    fn ratio(self) -> Option<(P, P, &'static str)> {
+        match self {
+            P::BackupLocal => Some((P::BackupLocal, P::BackupTar, "Girofle/tar|zstd")),
+            P::BackupS3 => Some((P::BackupS3, P::BackupLocal, "S3/local")),
+            P::ResticFirst => Some((P::BackupLocal, P::ResticFirst, "Girofle/restic")),
+            P::ResticSecond => Some((P::BackupLocal, P::ResticSecond, "Girofle/restic")),
+            P::RestoreTmpfs => Some((P::RestoreTmpfs, P::RestoreTmpfsBase, "Girofle/zstd|tar")),
+            P::RestoreDisk => Some((P::RestoreDisk, P::RestoreDiskBase, "Girofle/zstd|tar")),
+            P::RestoreS3Tmpfs => Some((P::RestoreS3Tmpfs, P::RestoreTmpfs, "S3/local")),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Phase {
     secs: Vec<f64>,
@@ -763,37 +925,102 @@ struct Phase {
     hwm_kib: Option<u64>,
 }
 
-fn bench_size(base: &Path, mib: u64, rounds: u64) -> BenchResult<String> {
+/// Every regular file under `dir`, sorted.
+fn files_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Rewrites 1% of the files (every 100th, shifted by `round`) with new bytes of the same
+/// size, so the tree keeps its totals.
+fn change_one_percent(files: &[PathBuf], round: u64) -> io::Result<usize> {
+    let mut rng = Rng::new(SEED ^ round.wrapping_mul(0x9e37_79b9));
+    let mut n = 0;
+    let start = usize::try_from(round).unwrap_or(0) % 100;
+    for p in files.iter().skip(start).step_by(100) {
+        let len = usize::try_from(fs::metadata(p)?.len()).unwrap_or(0);
+        let mut data = vec![0u8; len];
+        rng.fill(&mut data);
+        fs::write(p, &data)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn bench_size(base: &Path, mib: u64, opts: &Options) -> BenchResult<(String, u64)> {
     let dir = base.join(format!("{mib}mib"));
     fs::create_dir_all(&dir)?;
     let (src, stats) = ensure_tree(&dir, mib)?;
+    let rounds = opts.rounds;
     let store = dir.join("store");
+    let s3_spec = format!("s3:bench-{}-{mib}", std::process::id());
     let baseline = dir.join("baseline.tar.zst");
     let restore_g = dir.join("restore-girofle");
     let restore_b = dir.join("restore-baseline");
+    let restic_repo = dir.join("restic-repo");
     let exe = std::env::current_exe()?;
-    let mut phases: [Phase; 4] = Default::default();
+    let mut phases: BTreeMap<P, Phase> = BTreeMap::new();
     let mut girofle_size = 0;
+    let mut index_size = 0;
     let mut fsync_secs = 0.0;
+    let mut changed = 0;
+    let files = if opts.restic {
+        files_under(&src)?
+    } else {
+        Vec::new()
+    };
+    let check_backup = |out: &BTreeMap<String, String>| -> BenchResult<()> {
+        let archived = (
+            number(out, "files")?,
+            number(out, "dirs")?,
+            number(out, "bytes")?,
+        );
+        if archived != (stats.files, stats.dirs, stats.bytes) {
+            return Err(format!("the archive holds {out:?}, the tree {stats:?}").into());
+        }
+        Ok(())
+    };
+    let check_restore = |out: &BTreeMap<String, String>| -> BenchResult<()> {
+        if number(out, "bytes")? != stats.bytes {
+            return Err(format!("the restore wrote {out:?}, the tree {stats:?}").into());
+        }
+        Ok(())
+    };
+    let mut record = |p: P, secs: f64, out: Option<&BTreeMap<String, String>>| -> BenchResult<()> {
+        let ph = phases.entry(p).or_default();
+        ph.secs.push(secs);
+        if let Some(out) = out {
+            ph.hwm_kib = ph.hwm_kib.max(Some(number(out, "vmhwm_kib")?));
+        }
+        Ok(())
+    };
 
     for round in 1..=rounds {
+        let mut line = format!("{mib} MiB round {round}/{rounds}:");
         remove(&store)?;
         settle()?;
         let (secs, out) = child(
             &exe,
             &["backup".as_ref(), src.as_os_str(), store.as_os_str()],
         )?;
-        let archived = (
-            number(&out, "files")?,
-            number(&out, "dirs")?,
-            number(&out, "bytes")?,
-        );
-        if archived != (stats.files, stats.dirs, stats.bytes) {
-            return Err(format!("the archive holds {out:?}, the tree {stats:?}").into());
-        }
+        check_backup(&out)?;
         girofle_size = number(&out, "archive_size")?;
-        phases[0].secs.push(secs);
-        phases[0].hwm_kib = phases[0].hwm_kib.max(Some(number(&out, "vmhwm_kib")?));
+        index_size = number(&out, "index_size")?;
+        record(P::BackupLocal, secs, Some(&out))?;
+        let _ = write!(line, " backup {secs:.2} s");
 
         remove(&baseline)?;
         settle()?;
@@ -801,7 +1028,8 @@ fn bench_size(base: &Path, mib: u64, rounds: u64) -> BenchResult<String> {
             r#"tar -cf - -C "$1" config data logs | zstd -3 -T0 -q > "$2""#,
             &[&src, &baseline],
         )?;
-        phases[1].secs.push(secs);
+        record(P::BackupTar, secs, None)?;
+        let _ = write!(line, " vs {secs:.2} s");
         if round == 1 {
             // Girofle's local store fsyncs its archive before publishing it; the baseline
             // does not. How long that would take the baseline, for reading the ratio.
@@ -810,38 +1038,101 @@ fn bench_size(base: &Path, mib: u64, rounds: u64) -> BenchResult<String> {
             fsync_secs = t.elapsed().as_secs_f64();
         }
 
-        remove(&restore_g)?;
-        settle()?;
-        let (secs, out) = child(
-            &exe,
-            &["restore".as_ref(), store.as_os_str(), restore_g.as_os_str()],
-        )?;
-        if number(&out, "bytes")? != stats.bytes {
-            return Err(format!("the restore wrote {out:?}, the tree {stats:?}").into());
+        if opts.s3 {
+            settle()?;
+            let (secs, out) = child(
+                &exe,
+                &["backup".as_ref(), src.as_os_str(), s3_spec.as_ref()],
+            )?;
+            check_backup(&out)?;
+            record(P::BackupS3, secs, Some(&out))?;
+            let _ = write!(line, ", S3 {secs:.2} s");
         }
-        phases[2].secs.push(secs);
-        phases[2].hwm_kib = phases[2].hwm_kib.max(Some(number(&out, "vmhwm_kib")?));
 
-        remove(&restore_b)?;
-        fs::create_dir_all(&restore_b)?;
-        settle()?;
-        let secs = shell(
-            r#"zstd -d -q < "$1" | tar -xf - -C "$2""#,
-            &[&baseline, &restore_b],
-        )?;
-        phases[3].secs.push(secs);
+        if let Some(tmp) = &opts.tmpfs {
+            let g = tmp.join("restore-girofle");
+            remove(&g)?;
+            let (secs, out) = child(
+                &exe,
+                &["restore".as_ref(), store.as_os_str(), g.as_os_str()],
+            )?;
+            check_restore(&out)?;
+            record(P::RestoreTmpfs, secs, Some(&out))?;
+            remove(&g)?;
+            let _ = write!(line, "; restore tmpfs {secs:.2} s");
 
-        eprintln!(
-            "{mib} MiB round {round}/{rounds}: backup {:.2} s vs {:.2} s, restore {:.2} s vs {:.2} s",
-            phases[0].secs[round as usize - 1],
-            phases[1].secs[round as usize - 1],
-            phases[2].secs[round as usize - 1],
-            phases[3].secs[round as usize - 1],
-        );
+            let b = tmp.join("restore-baseline");
+            remove(&b)?;
+            fs::create_dir_all(&b)?;
+            let secs = shell(r#"zstd -d -q < "$1" | tar -xf - -C "$2""#, &[&baseline, &b])?;
+            record(P::RestoreTmpfsBase, secs, None)?;
+            remove(&b)?;
+            let _ = write!(line, " vs {secs:.2} s");
+        }
+
+        if opts.disk {
+            remove(&restore_g)?;
+            settle()?;
+            let (secs, out) = child(
+                &exe,
+                &["restore".as_ref(), store.as_os_str(), restore_g.as_os_str()],
+            )?;
+            check_restore(&out)?;
+            record(P::RestoreDisk, secs, Some(&out))?;
+            let _ = write!(line, "; restore disk {secs:.2} s");
+
+            remove(&restore_b)?;
+            fs::create_dir_all(&restore_b)?;
+            settle()?;
+            let secs = shell(
+                r#"zstd -d -q < "$1" | tar -xf - -C "$2""#,
+                &[&baseline, &restore_b],
+            )?;
+            record(P::RestoreDiskBase, secs, None)?;
+            let _ = write!(line, " vs {secs:.2} s");
+        }
+
+        if opts.s3 {
+            if let Some(tmp) = &opts.tmpfs {
+                let g = tmp.join("restore-girofle-s3");
+                remove(&g)?;
+                let (secs, out) =
+                    child(&exe, &["restore".as_ref(), s3_spec.as_ref(), g.as_os_str()])?;
+                check_restore(&out)?;
+                record(P::RestoreS3Tmpfs, secs, Some(&out))?;
+                remove(&g)?;
+                let _ = write!(line, "; restore S3 {secs:.2} s");
+            }
+        }
+
+        if opts.restic {
+            remove(&restic_repo)?;
+            shell(r#"restic -r "$1" init -q"#, &[&restic_repo])?;
+            settle()?;
+            let secs = shell(
+                r#"cd "$2" && restic -r "$1" backup -q config data logs"#,
+                &[&restic_repo, &src],
+            )?;
+            record(P::ResticFirst, secs, None)?;
+            let _ = write!(line, "; restic {secs:.2} s");
+            changed = change_one_percent(&files, round)?;
+            settle()?;
+            let secs = shell(
+                r#"cd "$2" && restic -r "$1" backup -q config data logs"#,
+                &[&restic_repo, &src],
+            )?;
+            record(P::ResticSecond, secs, None)?;
+            let _ = write!(line, ", then {secs:.2} s");
+            remove(&restic_repo)?;
+        }
+        eprintln!("{line}");
     }
     let baseline_size = fs::metadata(&baseline)?.len();
     for p in [&restore_g, &restore_b, &store, &baseline] {
         remove(p)?;
+    }
+    if opts.s3 {
+        child(&exe, &["clean".as_ref(), s3_spec.as_ref()])?;
     }
 
     let mut t = String::new();
@@ -852,35 +1143,28 @@ fn bench_size(base: &Path, mib: u64, rounds: u64) -> BenchResult<String> {
     );
     let _ = writeln!(
         t,
-        "{:<34} {:>8} {:>9} {:>8} {:>12} {:>13}",
-        "phase", "MB/s", "files/s", "seconds", "Girofle/base", "peak RSS MiB"
+        "{:<36} {:>8} {:>9} {:>8} {:>7} {:<17} {:>13}",
+        "phase", "MB/s", "files/s", "seconds", "ratio", "(ratio of)", "peak RSS MiB"
     );
-    let names = [
-        "backup  Girofle -> local store",
-        "backup  tar | zstd -3 -T0",
-        "restore Girofle, hashes checked",
-        "restore zstd -d | tar -x",
-    ];
-    let short = [
-        "backup Girofle",
-        "backup baseline",
-        "restore Girofle",
-        "restore baseline",
-    ];
-    let med: Vec<f64> = phases.iter().map(|p| median(&p.secs)).collect();
-    for (i, (name, p)) in names.iter().zip(&phases).enumerate() {
-        let secs = med[i];
-        let ratio = if i % 2 == 0 {
-            format!("{:.2}x", secs / med[i + 1])
-        } else {
-            "-".into()
+    let med = |p: P| phases.get(&p).map_or(f64::NAN, |ph| median(&ph.secs));
+    let mut peak = 0;
+    for p in P::ALL {
+        let Some(ph) = phases.get(&p) else { continue };
+        let secs = med(p);
+        let (ratio, of) = match p.ratio() {
+            Some((a, b, label)) if phases.contains_key(&a) && phases.contains_key(&b) => {
+                (format!("{:.2}x", med(a) / med(b)), label)
+            }
+            _ => ("-".to_string(), ""),
         };
-        let rss = p
+        let rss = ph
             .hwm_kib
             .map_or_else(|| "-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        peak = peak.max(ph.hwm_kib.unwrap_or(0));
         let _ = writeln!(
             t,
-            "{name:<34} {:>8.1} {:>9.0} {:>8.2} {ratio:>12} {rss:>13}",
+            "{:<36} {:>8.1} {:>9.0} {:>8.2} {ratio:>7} {of:<17} {rss:>13}",
+            p.name(),
             stats.bytes as f64 / 1e6 / secs,
             stats.files as f64 / secs,
             secs,
@@ -889,12 +1173,13 @@ fn bench_size(base: &Path, mib: u64, rounds: u64) -> BenchResult<String> {
     let _ = writeln!(
         t,
         "rounds (s): {}",
-        short
+        P::ALL
             .iter()
-            .zip(&phases)
-            .map(|(n, p)| format!(
-                "{n}: {}",
-                p.secs
+            .filter_map(|p| phases.get(p).map(|ph| (p, ph)))
+            .map(|(p, ph)| format!(
+                "{}: {}",
+                p.name().split_whitespace().collect::<Vec<_>>().join(" "),
+                ph.secs
                     .iter()
                     .map(|s| format!("{s:.2}"))
                     .collect::<Vec<_>>()
@@ -905,11 +1190,18 @@ fn bench_size(base: &Path, mib: u64, rounds: u64) -> BenchResult<String> {
     );
     let _ = writeln!(
         t,
-        "archive: Girofle {:.1} MiB, baseline {:.1} MiB ({:.1}% and {:.1}% of the tree); fsync of the baseline's archive alone: {fsync_secs:.2} s (Girofle's time includes its own)",
+        "archive: Girofle {:.1} MiB (+ index {:.1} MiB), baseline {:.1} MiB ({:.1}% and {:.1}% of the tree); fsync of the baseline's archive alone: {fsync_secs:.2} s (Girofle's time includes its own)",
         girofle_size as f64 / MIB as f64,
+        index_size as f64 / MIB as f64,
         baseline_size as f64 / MIB as f64,
         100.0 * girofle_size as f64 / stats.bytes as f64,
         100.0 * baseline_size as f64 / stats.bytes as f64,
     );
-    Ok(t)
+    if opts.restic {
+        let _ = writeln!(
+            t,
+            "restic's second run follows a rewrite of {changed} files (1%, same sizes)"
+        );
+    }
+    Ok((t, peak))
 }

@@ -1,23 +1,32 @@
 //! The backup archive format: one tar stream compressed with zstd, written, verified and
-//! extracted in a streaming way with flat memory whatever the size of the data.
+//! extracted in a streaming way with memory flat in the size of the data and in the number
+//! of files.
 //!
 //! An archive holds `girofle/header.json` (an opaque JSON document chosen by the caller),
-//! then the trees of the [`Source`]s, each under its own prefix with numeric owners, modes
-//! and mtimes, then `girofle/index.json` (the [`ArchiveIndex`]: every entry with its
-//! BLAKE3 hash, what was skipped and why, and the files that changed while read). This
-//! module owns the walk of the source trees, the archive layout, integrity checks and the
-//! safe extraction of a possibly hostile archive into an empty directory. It does not know
-//! where the archive is stored (the store does, through [`ChannelWriter`] and
+//! then the trees of the [`Source`]s in the order of their prefixes, each under its prefix
+//! with numeric owners, modes and mtimes, depth first with the children of a directory in
+//! byte order of their names, then `girofle/index.jsonl`: the index, as JSON lines (see
+//! [`IndexRecord`]): every entry with its BLAKE3 hash, what was skipped and why, the files
+//! that changed while read, and a last line with the totals. The writer spools the index to
+//! a temporary file and hands it back, so the caller can store it beside the archive too.
+//!
+//! Readers check an archive in lockstep with an index streamed beside it, relying on the
+//! deterministic order: no reader holds a list of all paths, only the stack of open
+//! directories (and the symlinks, to resolve their chains).
+//!
+//! This module owns the walk of the source trees, the archive layout, integrity checks and
+//! the safe extraction of a possibly hostile archive into an empty directory. It does not
+//! know where the archive is stored (the store does, through [`ChannelWriter`] and
 //! [`ChannelReader`]), what the header means (the backup module does), nor how GitLab is
 //! stopped or restarted around a backup.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, FileTimes, Metadata, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc as sync_mpsc, Arc};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -28,25 +37,46 @@ use crate::error::{Error, IoContext, Result};
 
 /// Path of the first entry: the caller's header document.
 pub const HEADER_PATH: &str = "girofle/header.json";
-/// Path of the last entry: the [`ArchiveIndex`].
-pub const INDEX_PATH: &str = "girofle/index.json";
+/// Path of the last entry: the index, as JSON lines of [`IndexRecord`].
+pub const INDEX_PATH: &str = "girofle/index.jsonl";
 /// Top-level directory reserved for Girofle's own entries; no source may use it.
 const RESERVED_PREFIX: &str = "girofle";
 
 /// Size of the read and write buffers: zstd and BLAKE3 both go faster on large blocks.
 const BUF_SIZE: usize = 1 << 20;
+/// Buffer in front of the zstd encoder: small tar headers and small files are gathered
+/// here; content chunks of [`CHUNK_SIZE`] go straight through.
+const TAR_BUF_SIZE: usize = 256 << 10;
+/// File content travels from the reading thread to the tar thread in chunks of this size.
+const CHUNK_SIZE: usize = 1 << 20;
+/// The reading thread sends its work in batches of about this many bytes...
+const BATCH_BYTES: usize = 1 << 20;
+/// ...or this many items...
+const BATCH_ITEMS: usize = 512;
+/// ...with at most this many batches waiting: it reads ahead by a few MiB, no more.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Decompressed data travels to the tar reader in chunks of this size...
+const DECODED_CHUNK: usize = 256 << 10;
+/// ...with at most this many waiting.
+const DECODED_IN_FLIGHT: usize = 8;
 /// Progress is reported at least every this many bytes...
 const PROGRESS_BYTES: u64 = 64 << 20;
 /// ...or every this many entries.
 const PROGRESS_FILES: u64 = 1000;
 /// zstd window, pinned so that readers can check the frame header byte that holds it: a
 /// damaged window descriptor that happens to give a larger window would otherwise decode
-/// to the very same data and go unnoticed. 8 MiB is zstd's own choice for levels 16..=19.
-const WINDOW_LOG: u32 = 23;
+/// to the very same data and go unnoticed. 2 MiB is zstd's own choice for level 3 (the
+/// default) and what `zstd -3` uses; each worker job re-reads an eighth of the window
+/// before it starts, so a larger one costs compression time (8 MiB did: ~5%) and memory
+/// for little gain in ratio.
+const WINDOW_LOG: u32 = 21;
 /// Bytes per zstd worker job.
 const JOB_SIZE: u32 = 4 << 20;
 /// The header is small; anything bigger is a damaged or hostile archive.
 const MAX_HEADER_SIZE: u64 = 64 << 20;
+/// No index line is longer (paths and link targets are at most 4 KiB on Linux); a longer
+/// one is damage, and is not read into memory.
+const MAX_INDEX_LINE: usize = 64 << 10;
 
 /// One tree to archive: everything under `dir` is stored as `<prefix>/<relative path>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +106,7 @@ impl Default for CompressionOptions {
 }
 
 /// The kind of an archived entry.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     File,
     Dir,
@@ -112,26 +142,370 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// What an archive holds; stored as its last entry and kept beside it as the manifest.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-pub struct ArchiveIndex {
-    /// Every data entry, in archive order.
-    pub entries: Vec<FileEntry>,
-    pub skipped: Vec<Skipped>,
-    /// Files whose size changed while they were read: their content in the archive is
-    /// cut or zero-padded to the size seen when their header was written.
-    pub changed_while_read: Vec<String>,
+/// The totals of an index: its last line.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IndexTotals {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
     /// Sum of the sizes of the regular files.
     pub bytes: u64,
+    /// Lines of [`IndexRecord::Skipped`].
+    pub skipped: u64,
+    /// Lines of [`IndexRecord::ChangedWhileRead`].
+    pub changed_while_read: u64,
+}
+
+impl IndexTotals {
+    fn count(&mut self, record: RecordRef<'_>) {
+        match record {
+            RecordRef::Entry(e) => match e.kind {
+                EntryKind::File => {
+                    self.files += 1;
+                    self.bytes += e.size;
+                }
+                EntryKind::Dir => self.dirs += 1,
+                EntryKind::Symlink => self.symlinks += 1,
+            },
+            RecordRef::Skipped(_) => self.skipped += 1,
+            RecordRef::ChangedWhileRead(_) => self.changed_while_read += 1,
+            RecordRef::Totals(_) => {}
+        }
+    }
+}
+
+/// One line of an index (`{"entry":{...}}`, `{"skipped":{...}}`,
+/// `{"changed_while_read":"path"}`, and last `{"totals":{...}}`). Entries are in archive
+/// order; the other lines come where the walk met them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexRecord {
+    Entry(FileEntry),
+    Skipped(Skipped),
+    /// A file whose size changed while it was read: its content in the archive is cut or
+    /// zero-padded to the size seen when its header was written.
+    ChangedWhileRead(String),
+    Totals(IndexTotals),
+}
+
+/// [`IndexRecord`] by reference, for writing: serialized the same way.
+#[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RecordRef<'a> {
+    Entry(&'a FileEntry),
+    Skipped(&'a Skipped),
+    ChangedWhileRead(&'a str),
+    Totals(&'a IndexTotals),
+}
+
+/// An index without its lines: the totals, and the size and BLAKE3 of its JSON lines.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct IndexSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub skipped: u64,
+    pub changed_while_read: u64,
+    /// Size of the JSON lines in bytes.
+    pub size: u64,
+    /// BLAKE3 of the JSON lines, lowercase hex.
+    pub blake3: String,
+}
+
+impl IndexSummary {
+    fn new(t: IndexTotals, size: u64, blake3: String) -> Self {
+        IndexSummary {
+            files: t.files,
+            dirs: t.dirs,
+            symlinks: t.symlinks,
+            bytes: t.bytes,
+            skipped: t.skipped,
+            changed_while_read: t.changed_while_read,
+            size,
+            blake3,
+        }
+    }
+}
+
+/// A whole index in memory, for small archives and tests; archives of any size are read
+/// and written as streams ([`IndexWriter`], [`ExpectedIndex`]).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ArchiveIndex {
+    /// Every data entry, in archive order.
+    pub entries: Vec<FileEntry>,
+    pub skipped: Vec<Skipped>,
+    pub changed_while_read: Vec<String>,
+}
+
+impl ArchiveIndex {
+    /// The JSON lines: entries, skipped, changed, then the totals they add up to.
+    pub fn to_jsonl(&self) -> Vec<u8> {
+        let mut w = IndexWriter::new(Vec::new());
+        let records = self
+            .entries
+            .iter()
+            .map(RecordRef::Entry)
+            .chain(self.skipped.iter().map(RecordRef::Skipped))
+            .chain(
+                self.changed_while_read
+                    .iter()
+                    .map(|p| RecordRef::ChangedWhileRead(p)),
+            );
+        for r in records {
+            w.push_ref(r).expect("writing to a Vec does not fail");
+        }
+        w.finish().expect("writing to a Vec does not fail").0
+    }
+
+    /// Reads JSON lines back.
+    ///
+    /// # Errors
+    /// `Corrupt` when a line is malformed, the totals are missing or do not add up.
+    pub fn from_jsonl(bytes: &[u8]) -> Result<ArchiveIndex> {
+        let mut r = IndexReader::new(bytes, "index");
+        let mut index = ArchiveIndex::default();
+        let io = |e: io::Error| Error::io("read", "<index>", e);
+        while let Some(record) = r.next_record(&io)? {
+            match record {
+                IndexRecord::Entry(e) => index.entries.push(e),
+                IndexRecord::Skipped(s) => index.skipped.push(s),
+                IndexRecord::ChangedWhileRead(p) => index.changed_while_read.push(p),
+                IndexRecord::Totals(_) => {}
+            }
+        }
+        Ok(index)
+    }
+}
+
+/// Writes an index as JSON lines, counting and hashing as it goes.
+#[derive(Debug)]
+pub struct IndexWriter<W: Write> {
+    out: HashingWriter<W>,
+    totals: IndexTotals,
+    line: Vec<u8>,
+}
+
+impl<W: Write> IndexWriter<W> {
+    pub fn new(out: W) -> Self {
+        IndexWriter {
+            out: HashingWriter::new(out),
+            totals: IndexTotals::default(),
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    /// Appends one line; a [`IndexRecord::Totals`] is ignored (`finish` writes it).
+    ///
+    /// # Errors
+    /// What the output returns.
+    pub fn push(&mut self, record: &IndexRecord) -> io::Result<()> {
+        self.push_ref(match record {
+            IndexRecord::Entry(e) => RecordRef::Entry(e),
+            IndexRecord::Skipped(s) => RecordRef::Skipped(s),
+            IndexRecord::ChangedWhileRead(p) => RecordRef::ChangedWhileRead(p),
+            IndexRecord::Totals(_) => return Ok(()),
+        })
+    }
+
+    fn push_ref(&mut self, record: RecordRef<'_>) -> io::Result<()> {
+        self.totals.count(record);
+        self.write_line(record)
+    }
+
+    fn write_line(&mut self, record: RecordRef<'_>) -> io::Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &record).map_err(io::Error::other)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+
+    /// Writes the totals line; returns the output and the summary.
+    ///
+    /// # Errors
+    /// What the output returns.
+    pub fn finish(mut self) -> io::Result<(W, IndexSummary)> {
+        let totals = self.totals;
+        self.write_line(RecordRef::Totals(&totals))?;
+        let (out, size, hash) = self.out.finish();
+        Ok((out, IndexSummary::new(totals, size, hash)))
+    }
+}
+
+/// Reads an index line by line with bounded memory, checking its structure: every line
+/// parses, the totals line comes last and matches the lines before it.
+struct IndexReader<R> {
+    inner: R,
+    what: &'static str,
+    line: Vec<u8>,
+    hasher: blake3::Hasher,
+    size: u64,
+    lines: u64,
+    counted: IndexTotals,
+    done: bool,
+}
+
+impl<R: BufRead> IndexReader<R> {
+    fn new(inner: R, what: &'static str) -> Self {
+        IndexReader {
+            inner,
+            what,
+            line: Vec::with_capacity(512),
+            hasher: blake3::Hasher::new(),
+            size: 0,
+            lines: 0,
+            counted: IndexTotals::default(),
+            done: false,
+        }
+    }
+
+    fn bad(&self, message: impl Into<String>) -> Error {
+        Error::corrupt(self.what, message)
+    }
+
+    /// The next record, the totals included; `None` once the totals were read and the
+    /// input is at its end.
+    fn next_record(&mut self, io_err: &dyn Fn(io::Error) -> Error) -> Result<Option<IndexRecord>> {
+        self.line.clear();
+        let n = (&mut self.inner)
+            .take(MAX_INDEX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.line)
+            .map_err(io_err)?;
+        if self.done {
+            if n > 0 {
+                return Err(self.bad("data after its totals line"));
+            }
+            return Ok(None);
+        }
+        if n == 0 {
+            return Err(self.bad("it has no totals line: truncated"));
+        }
+        if self.line.last() != Some(&b'\n') {
+            return Err(if n > MAX_INDEX_LINE {
+                self.bad(format!("line {} is too long", self.lines + 1))
+            } else {
+                self.bad("its last line is cut: truncated")
+            });
+        }
+        self.hasher.update(&self.line);
+        self.size += n as u64;
+        self.lines += 1;
+        let record: IndexRecord = serde_json::from_slice(&self.line[..n - 1])
+            .map_err(|e| self.bad(format!("line {}: {e}", self.lines)))?;
+        let as_ref = match &record {
+            IndexRecord::Entry(e) => RecordRef::Entry(e),
+            IndexRecord::Skipped(s) => RecordRef::Skipped(s),
+            IndexRecord::ChangedWhileRead(p) => RecordRef::ChangedWhileRead(p),
+            IndexRecord::Totals(t) => {
+                if *t != self.counted {
+                    return Err(self.bad(format!(
+                        "its totals {t:?} do not match its lines {:?}",
+                        self.counted
+                    )));
+                }
+                self.done = true;
+                return Ok(Some(record));
+            }
+        };
+        self.counted.count(as_ref);
+        Ok(Some(record))
+    }
+
+    fn summary(&self) -> IndexSummary {
+        IndexSummary::new(
+            self.counted,
+            self.size,
+            self.hasher.clone().finalize().to_hex().to_string(),
+        )
+    }
+}
+
+/// The index an archive must match, streamed beside it in lockstep: the JSON lines kept
+/// beside the archive (the manifest's index), and their size and BLAKE3 when known.
+pub struct ExpectedIndex<'a> {
+    reader: IndexReader<BufReader<Box<dyn Read + 'a>>>,
+    check: Option<(u64, String)>,
+    at_totals: bool,
+}
+
+impl std::fmt::Debug for ExpectedIndex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpectedIndex")
+            .field("check", &self.check)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> ExpectedIndex<'a> {
+    /// `index` yields the JSON lines; `check` is their size and BLAKE3 as recorded in the
+    /// manifest, verified once they are read.
+    pub fn new(index: impl Read + 'a, check: Option<(u64, &str)>) -> Self {
+        let boxed: Box<dyn Read + 'a> = Box::new(index);
+        ExpectedIndex {
+            reader: IndexReader::new(
+                BufReader::with_capacity(256 << 10, boxed),
+                "the manifest's index",
+            ),
+            check: check.map(|(s, h)| (s, h.to_string())),
+            at_totals: false,
+        }
+    }
+
+    /// An index held in memory.
+    pub fn from_index(index: &ArchiveIndex) -> ExpectedIndex<'static> {
+        ExpectedIndex::new(io::Cursor::new(index.to_jsonl()), None)
+    }
+
+    fn io_err(e: io::Error) -> Error {
+        Error::io("read the backup index from", "<index input>", e)
+    }
+
+    /// The next entry, skipping the other lines; `None` once at the totals.
+    fn next_entry(&mut self) -> Result<Option<FileEntry>> {
+        while !self.at_totals {
+            match self.reader.next_record(&Self::io_err)? {
+                Some(IndexRecord::Entry(e)) => return Ok(Some(e)),
+                Some(IndexRecord::Totals(_)) | None => self.at_totals = true,
+                Some(_) => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads to the end: no entry may be left, and the size and hash must match.
+    fn finish(mut self) -> Result<IndexSummary> {
+        if let Some(missing) = self.next_entry()? {
+            return Err(entry_err(
+                &missing.path,
+                "listed in the manifest but missing from the archive",
+            ));
+        }
+        if self.reader.next_record(&Self::io_err)?.is_some() {
+            return Err(self.reader.bad("data after its totals line"));
+        }
+        let summary = self.reader.summary();
+        if let Some((size, hash)) = &self.check {
+            if *size != summary.size || !hash.eq_ignore_ascii_case(&summary.blake3) {
+                return Err(Error::corrupt(
+                    "the manifest's index",
+                    format!(
+                        "{} bytes with BLAKE3 {}, the manifest says {size} bytes with BLAKE3 {hash}: it was damaged; use another backup",
+                        summary.size, summary.blake3
+                    ),
+                ));
+            }
+        }
+        Ok(summary)
+    }
 }
 
 /// What [`write_archive`] produced.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ArchiveSummary {
-    pub index: ArchiveIndex,
+    pub index: IndexSummary,
+    /// The index's JSON lines (also the archive's last entry) in an anonymous temporary
+    /// file, rewound: the caller stores them beside the archive.
+    pub index_file: File,
     /// Size of the compressed archive in bytes.
     pub archive_size: u64,
     /// BLAKE3 of the compressed bytes, lowercase hex.
@@ -146,7 +520,8 @@ pub struct Progress {
 }
 
 // ---------------------------------------------------------------------------------------
-// Writing
+// Writing: a reading thread (walk, read, hash) feeds the tar thread (headers, index,
+// zstd's input), and zstd's workers compress
 // ---------------------------------------------------------------------------------------
 
 /// Writes a whole archive of `sources` into `out`. Blocking: run it on the blocking pool.
@@ -165,6 +540,22 @@ pub fn write_archive<W: Write>(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ArchiveSummary> {
     validate_sources(sources)?;
+    // Sorted, so that readers can rely on byte order at the top level too.
+    let mut sources: Vec<Source> = sources.to_vec();
+    sources.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    for s in &sources {
+        let meta = fs::metadata(&s.dir).ctx("read the source directory", &s.dir)?;
+        if !meta.is_dir() {
+            return Err(Error::invalid(
+                "source",
+                format!(
+                    "`{}` (prefix `{}`) is not a directory",
+                    s.dir.display(),
+                    s.prefix
+                ),
+            ));
+        }
+    }
     let header_json = serde_json::to_vec_pretty(header)
         .map_err(|e| Error::invalid("archive header", e.to_string()))?;
 
@@ -182,44 +573,80 @@ pub fn write_archive<W: Write>(
             .set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
             .map_err(out_err)?;
     }
-    let mut builder = tar::Builder::new(BufWriter::with_capacity(BUF_SIZE, encoder));
-
-    append_bytes(&mut builder, HEADER_PATH, &header_json)?;
-
-    let mut walker = Walker {
-        builder: &mut builder,
-        index: ArchiveIndex::default(),
-        buf: vec![0; BUF_SIZE],
-        progress: ProgressTicker::new(progress),
+    let mut tar = TarOut {
+        out: BufWriter::with_capacity(TAR_BUF_SIZE, encoder),
     };
-    for source in sources {
-        walker.archive_source(source)?;
+    tar.append_bytes(HEADER_PATH, &header_json)?;
+
+    let spool = tempfile::tempfile()
+        .map_err(|e| Error::io("create a temporary file for", "<the archive index>", e))?;
+    let mut index = IndexWriter::new(BufWriter::with_capacity(256 << 10, spool));
+    let mut ticker = ProgressTicker::new(progress);
+
+    let (tx, rx) = sync_mpsc::sync_channel::<Vec<Item>>(BATCHES_IN_FLIGHT);
+    let (walked, built) = std::thread::scope(|scope| {
+        let sources = &sources;
+        let walker = scope.spawn(move || {
+            let mut w = Walker {
+                tx,
+                batch: Vec::with_capacity(BATCH_ITEMS),
+                batch_bytes: 0,
+            };
+            for s in sources {
+                let meta = fs::metadata(&s.dir).ctx("read the source directory", &s.dir)?;
+                w.add_dir(&s.dir, s.prefix.clone(), &meta)?;
+            }
+            w.flush()
+        });
+        // `rx` is dropped when `build` returns, which stops the walker if `build` failed.
+        let built = build(rx, &mut tar, &mut index, &mut ticker);
+        let walked = walker
+            .join()
+            .unwrap_or_else(|_| Err(Error::backend("archive reader", "the thread panicked")));
+        (walked, built)
+    });
+    let stopped = |e: &Error| matches!(e, Error::Backend { backend, .. } if backend == STOPPED);
+    match (walked, built) {
+        // The walker's error says why (a source unreadable); the builder only saw the
+        // stream stop. A walker stopped by the builder's failure reports `STOPPED`.
+        (Err(e), _) if !stopped(&e) => return Err(e),
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(()), Ok(())) => {}
     }
-    let Walker {
-        index,
-        mut progress,
-        ..
-    } = walker;
-    progress.finish();
+    ticker.finish();
 
-    let index_json =
-        serde_json::to_vec(&index).map_err(|e| Error::invalid("index", e.to_string()))?;
-    append_bytes(&mut builder, INDEX_PATH, &index_json)?;
+    let (spool, summary) = index.finish().map_err(spool_err)?;
+    let mut spool = spool.into_inner().map_err(|e| spool_err(e.into_error()))?;
+    spool.rewind().map_err(spool_err)?;
+    let mut h = plain_header(summary.size);
+    tar.append(INDEX_PATH, None, &mut h)?;
+    io::copy(&mut (&spool).take(summary.size), &mut tar.out).map_err(out_err)?;
+    tar.pad(summary.size)?;
+    spool.rewind().map_err(spool_err)?;
 
-    let buffered = builder.into_inner().map_err(out_err)?;
-    let encoder = buffered.into_inner().map_err(|e| out_err(e.into_error()))?;
+    tar.out.write_all(&[0; 1024]).map_err(out_err)?;
+    let encoder = tar.out.into_inner().map_err(|e| out_err(e.into_error()))?;
     let hashing = encoder.finish().map_err(out_err)?;
     let (mut out, archive_size, archive_hash) = hashing.finish();
     out.flush().map_err(out_err)?;
     Ok(ArchiveSummary {
-        index,
+        index: summary,
+        index_file: spool,
         archive_size,
         archive_hash,
     })
 }
 
+/// The `backend` of the error a walker returns when the tar thread stopped listening.
+const STOPPED: &str = "archive reader stopped";
+
 fn out_err(e: io::Error) -> Error {
     Error::io("write the archive to", "<archive output>", e)
+}
+
+fn spool_err(e: io::Error) -> Error {
+    Error::io("write the temporary file of", "<the archive index>", e)
 }
 
 fn validate_sources(sources: &[Source]) -> Result<()> {
@@ -248,20 +675,88 @@ fn validate_sources(sources: &[Source]) -> Result<()> {
     Ok(())
 }
 
-type TarBuilder<W> =
-    tar::Builder<BufWriter<zstd::stream::write::Encoder<'static, HashingWriter<W>>>>;
-
-fn append_bytes<W: Write>(builder: &mut TarBuilder<W>, path: &str, data: &[u8]) -> Result<()> {
+fn plain_header(size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
-    h.set_size(data.len() as u64);
+    h.set_size(size);
     h.set_mode(0o644);
     h.set_mtime(
         std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     );
-    builder.append_data(&mut h, path, data).map_err(out_err)
+    h
+}
+
+/// The tar layer, written by hand rather than with `tar::Builder` so that content goes
+/// into zstd's input in large chunks without intermediate copies.
+struct TarOut<W: Write> {
+    out: BufWriter<zstd::stream::write::Encoder<'static, HashingWriter<W>>>,
+}
+
+impl<W: Write> TarOut<W> {
+    /// A GNU long name (`L`) or long link (`K`) entry, as GNU tar and the tar crate write
+    /// them, for values that do not fit the 100 bytes of a header field.
+    fn long(&mut self, kind: u8, value: &[u8]) -> Result<()> {
+        let mut h = tar::Header::new_gnu();
+        let name = b"././@LongLink";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(value.len() as u64 + 1);
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_cksum();
+        self.out.write_all(h.as_bytes()).map_err(out_err)?;
+        self.out.write_all(value).map_err(out_err)?;
+        self.out.write_all(&[0]).map_err(out_err)?;
+        self.pad(value.len() as u64 + 1)
+    }
+
+    /// Writes the header of `path` (and `link`), with GNU long entries when needed.
+    fn append(&mut self, path: &str, link: Option<&str>, h: &mut tar::Header) -> Result<()> {
+        if path.len() > 100 {
+            self.long(b'L', path.as_bytes())?;
+            let mut cut = 100;
+            while !path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let name = &mut h.as_old_mut().name;
+            name.fill(0);
+            name[..cut].copy_from_slice(&path.as_bytes()[..cut]);
+        } else {
+            let name = &mut h.as_old_mut().name;
+            name.fill(0);
+            name[..path.len()].copy_from_slice(path.as_bytes());
+        }
+        if let Some(link) = link {
+            if link.len() > 100 {
+                self.long(b'K', link.as_bytes())?;
+            } else {
+                let l = &mut h.as_old_mut().linkname;
+                l.fill(0);
+                l[..link.len()].copy_from_slice(link.as_bytes());
+            }
+        }
+        h.set_cksum();
+        self.out.write_all(h.as_bytes()).map_err(out_err)
+    }
+
+    fn pad(&mut self, size: u64) -> Result<()> {
+        let rem = (size % 512) as usize;
+        if rem != 0 {
+            self.out.write_all(&[0; 512][rem..]).map_err(out_err)?;
+        }
+        Ok(())
+    }
+
+    fn append_bytes(&mut self, path: &str, data: &[u8]) -> Result<()> {
+        let mut h = plain_header(data.len() as u64);
+        self.append(path, None, &mut h)?;
+        self.out.write_all(data).map_err(out_err)?;
+        self.pad(data.len() as u64)
+    }
 }
 
 /// Calls the progress callback now and then, not on every file.
@@ -297,14 +792,107 @@ impl<'a> ProgressTicker<'a> {
     }
 }
 
-struct Walker<'b, 'p, W: Write> {
-    builder: &'b mut TarBuilder<W>,
-    index: ArchiveIndex,
-    buf: Vec<u8>,
-    progress: ProgressTicker<'p>,
+/// What the reading thread hands to the tar thread, in walk order.
+enum Item {
+    Dir {
+        path: String,
+        meta: Meta,
+    },
+    Symlink {
+        path: String,
+        meta: Meta,
+        target: String,
+    },
+    /// A regular file of `size` bytes: its content follows in `Data` items, then `FileEnd`.
+    FileStart {
+        path: String,
+        meta: Meta,
+        size: u64,
+    },
+    Data(Vec<u8>),
+    FileEnd {
+        hash: blake3::Hash,
+        changed: bool,
+    },
+    Skipped(Skipped),
+}
+
+/// The tar thread: writes what the walker found, in its order, and the index lines.
+fn build<W: Write>(
+    rx: sync_mpsc::Receiver<Vec<Item>>,
+    tar: &mut TarOut<W>,
+    index: &mut IndexWriter<BufWriter<File>>,
+    ticker: &mut ProgressTicker<'_>,
+) -> Result<()> {
+    let mut file: Option<(String, Meta, u64)> = None;
+    for batch in rx {
+        for item in batch {
+            match item {
+                Item::Dir { path, meta } => {
+                    let mut h = meta.header(tar::EntryType::Directory, 0);
+                    tar.append(&path, None, &mut h)?;
+                    let entry = meta.entry(path, EntryKind::Dir, 0);
+                    index
+                        .push_ref(RecordRef::Entry(&entry))
+                        .map_err(spool_err)?;
+                    ticker.add(1, 0);
+                }
+                Item::Symlink { path, meta, target } => {
+                    let mut h = meta.header(tar::EntryType::Symlink, 0);
+                    tar.append(&path, Some(&target), &mut h)?;
+                    let mut entry = meta.entry(path, EntryKind::Symlink, 0);
+                    entry.link = Some(target);
+                    index
+                        .push_ref(RecordRef::Entry(&entry))
+                        .map_err(spool_err)?;
+                    ticker.add(1, 0);
+                }
+                Item::FileStart { path, meta, size } => {
+                    let mut h = meta.header(tar::EntryType::Regular, size);
+                    tar.append(&path, None, &mut h)?;
+                    file = Some((path, meta, size));
+                }
+                Item::Data(data) => {
+                    tar.out.write_all(&data).map_err(out_err)?;
+                    ticker.add(0, data.len() as u64);
+                }
+                Item::FileEnd { hash, changed } => {
+                    let Some((path, meta, size)) = file.take() else {
+                        return Err(Error::backend(
+                            "archive writer",
+                            "file content without a file",
+                        ));
+                    };
+                    tar.pad(size)?;
+                    let mut entry = meta.entry(path, EntryKind::File, size);
+                    entry.hash = Some(hash.to_hex().to_string());
+                    index
+                        .push_ref(RecordRef::Entry(&entry))
+                        .map_err(spool_err)?;
+                    if changed {
+                        index
+                            .push_ref(RecordRef::ChangedWhileRead(&entry.path))
+                            .map_err(spool_err)?;
+                    }
+                    ticker.add(1, 0);
+                }
+                Item::Skipped(s) => index.push_ref(RecordRef::Skipped(&s)).map_err(spool_err)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reading thread: walks the sources, reads and hashes every file, a few MiB ahead of
+/// the tar thread.
+struct Walker {
+    tx: sync_mpsc::SyncSender<Vec<Item>>,
+    batch: Vec<Item>,
+    batch_bytes: usize,
 }
 
 /// Metadata as stored in a tar header and the index.
+#[derive(Clone, Copy)]
 struct Meta {
     mode: u32,
     uid: u32,
@@ -353,46 +941,41 @@ fn is_vanished(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-impl<W: Write> Walker<'_, '_, W> {
-    fn archive_source(&mut self, source: &Source) -> Result<()> {
-        let meta = fs::metadata(&source.dir).ctx("read the source directory", &source.dir)?;
-        if !meta.is_dir() {
-            return Err(Error::invalid(
-                "source",
-                format!(
-                    "`{}` (prefix `{}`) is not a directory",
-                    source.dir.display(),
-                    source.prefix
-                ),
-            ));
+impl Walker {
+    fn push(&mut self, item: Item, bytes: usize) -> Result<()> {
+        self.batch.push(item);
+        self.batch_bytes += bytes;
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_ITEMS {
+            self.flush()?;
         }
-        self.add_dir(&source.dir, source.prefix.clone(), &meta)
+        Ok(())
     }
 
-    fn skip(&mut self, path: String, reason: impl Into<String>) {
-        self.index.skipped.push(Skipped {
-            path,
-            reason: reason.into(),
-        });
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_ITEMS));
+        self.batch_bytes = 0;
+        self.tx
+            .send(batch)
+            .map_err(|_| Error::backend(STOPPED, "the archive writer stopped"))
+    }
+
+    fn skip(&mut self, path: String, reason: impl Into<String>) -> Result<()> {
+        let reason = reason.into();
+        self.push(Item::Skipped(Skipped { path, reason }), 0)
     }
 
     /// Archives the directory entry, then its children in byte order of their names, so
     /// that the same tree always gives the same archive.
     fn add_dir(&mut self, fs_path: &Path, path: String, meta: &Metadata) -> Result<()> {
-        let m = Meta::of(meta);
-        let mut h = m.header(tar::EntryType::Directory, 0);
-        self.builder
-            .append_data(&mut h, &path, io::empty())
-            .map_err(out_err)?;
-        self.index
-            .entries
-            .push(m.entry(path.clone(), EntryKind::Dir, 0));
-        self.index.dirs += 1;
-        self.progress.add(1, 0);
-
-        let mut names: Vec<std::ffi::OsString> = match fs::read_dir(fs_path) {
+        // The type from the directory listing (no `lstat`): a regular file is opened and
+        // `fstat`ed anyway, which also sees a file replaced since.
+        let mut names: Vec<(std::ffi::OsString, Option<fs::FileType>)> = match fs::read_dir(fs_path)
+        {
             Ok(rd) => rd
-                .map(|e| e.map(|e| e.file_name()))
+                .map(|e| e.map(|e| (e.file_name(), e.file_type().ok())))
                 .collect::<io::Result<_>>()
                 .ctx("list the directory", fs_path)?,
             // Removed since it was listed (a live instance rotates logs): it is archived
@@ -400,20 +983,31 @@ impl<W: Write> Walker<'_, '_, W> {
             Err(e) if is_vanished(&e) => Vec::new(),
             Err(e) => return Err(Error::io("list the directory", fs_path, e)),
         };
-        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        names.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
+        self.push(
+            Item::Dir {
+                path: path.clone(),
+                meta: Meta::of(meta),
+            },
+            0,
+        )?;
 
-        for name in names {
+        for (name, listed) in names {
             let child = fs_path.join(&name);
             let Some(name) = name.to_str() else {
                 let shown = format!("{path}/{}", name.to_string_lossy());
-                self.skip(shown, "name is not valid UTF-8");
+                self.skip(shown, "name is not valid UTF-8")?;
                 continue;
             };
             let child_path = format!("{path}/{name}");
+            if listed.is_some_and(|t| t.is_file()) {
+                self.add_file(&child, child_path)?;
+                continue;
+            }
             let meta = match fs::symlink_metadata(&child) {
                 Ok(m) => m,
                 Err(e) if is_vanished(&e) => {
-                    self.skip(child_path, "vanished while archiving");
+                    self.skip(child_path, "vanished while archiving")?;
                     continue;
                 }
                 Err(e) => return Err(Error::io("read the metadata of", &child, e)),
@@ -437,7 +1031,7 @@ impl<W: Write> Walker<'_, '_, W> {
                 } else {
                     "unsupported file type"
                 };
-                self.skip(child_path, reason);
+                self.skip(child_path, reason)?;
             }
         }
         Ok(())
@@ -446,27 +1040,14 @@ impl<W: Write> Walker<'_, '_, W> {
     fn add_symlink(&mut self, fs_path: &Path, path: String, meta: &Metadata) -> Result<()> {
         let target = match fs::read_link(fs_path) {
             Ok(t) => t,
-            Err(e) if is_vanished(&e) => {
-                self.skip(path, "vanished while archiving");
-                return Ok(());
-            }
+            Err(e) if is_vanished(&e) => return self.skip(path, "vanished while archiving"),
             Err(e) => return Err(Error::io("read the symlink", fs_path, e)),
         };
         let Some(target) = target.to_str().map(str::to_owned) else {
-            self.skip(path, "symlink target is not valid UTF-8");
-            return Ok(());
+            return self.skip(path, "symlink target is not valid UTF-8");
         };
-        let m = Meta::of(meta);
-        let mut h = m.header(tar::EntryType::Symlink, 0);
-        self.builder
-            .append_link(&mut h, &path, &target)
-            .map_err(out_err)?;
-        let mut entry = m.entry(path, EntryKind::Symlink, 0);
-        entry.link = Some(target);
-        self.index.entries.push(entry);
-        self.index.symlinks += 1;
-        self.progress.add(1, 0);
-        Ok(())
+        let meta = Meta::of(meta);
+        self.push(Item::Symlink { path, meta, target }, 0)
     }
 
     fn add_file(&mut self, fs_path: &Path, path: String) -> Result<()> {
@@ -478,69 +1059,75 @@ impl<W: Write> Walker<'_, '_, W> {
             .open(fs_path)
         {
             Ok(f) => f,
-            Err(e) if is_vanished(&e) => {
-                self.skip(path, "vanished while archiving");
-                return Ok(());
-            }
+            Err(e) if is_vanished(&e) => return self.skip(path, "vanished while archiving"),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                self.skip(path, "replaced by a symlink while archiving");
-                return Ok(());
+                return self.skip(path, "replaced by a symlink while archiving")
             }
             Err(e) => return Err(Error::io("open", fs_path, e)),
         };
         let meta = file.metadata().ctx("read the metadata of", fs_path)?;
         if !meta.is_file() {
-            self.skip(path, "changed type while archiving");
-            return Ok(());
+            return self.skip(path, "changed type while archiving");
         }
-        let m = Meta::of(&meta);
         let size = meta.len();
-        let mut h = m.header(tar::EntryType::Regular, size);
-        let mut reader = SizedFileReader {
-            file,
-            remaining: size,
-            buf: &mut self.buf,
-            pos: 0,
-            len: 0,
-            hasher: blake3::Hasher::new(),
-            shrunk: false,
-            error: None,
-        };
-        if let Err(e) = self.builder.append_data(&mut h, &path, &mut reader) {
-            return Err(match reader.error.take() {
-                Some(read_err) => Error::io("read", fs_path, read_err),
-                None => out_err(e),
-            });
+        self.push(
+            Item::FileStart {
+                path,
+                meta: Meta::of(&meta),
+                size,
+            },
+            0,
+        )?;
+        let mut reader = SizedFileReader::new(file, size);
+        while reader.remaining > 0 {
+            let want = usize::try_from(reader.remaining)
+                .unwrap_or(usize::MAX)
+                .min(CHUNK_SIZE);
+            let chunk = reader.next_chunk(want).ctx("read", fs_path)?;
+            self.push(Item::Data(chunk), want)?;
         }
-        let grew = reader.grew().ctx("read", fs_path)?;
-        if reader.shrunk || grew {
-            self.index.changed_while_read.push(path.clone());
-        }
-        let mut entry = m.entry(path, EntryKind::File, size);
-        entry.hash = Some(reader.hasher.finalize().to_hex().to_string());
-        self.index.entries.push(entry);
-        self.index.files += 1;
-        self.index.bytes += size;
-        self.progress.add(1, size);
-        Ok(())
+        let changed = reader.shrunk || reader.grew().ctx("read", fs_path)?;
+        let hash = reader.hasher.finalize();
+        self.push(Item::FileEnd { hash, changed }, 0)
     }
 }
 
-/// Reads exactly `remaining` bytes of a file in large blocks, hashing them as they pass:
-/// zero padding if the file shrank, cut if it grew, so the tar header stays true.
-struct SizedFileReader<'a> {
+/// Reads exactly `remaining` bytes of a file, hashing them as they pass: zero padding if
+/// the file shrank, cut if it grew, so the tar header stays true.
+struct SizedFileReader {
     file: File,
     remaining: u64,
-    buf: &'a mut [u8],
-    pos: usize,
-    len: usize,
     hasher: blake3::Hasher,
     shrunk: bool,
-    /// A read error on the file, kept so that it is not blamed on the output.
-    error: Option<io::Error>,
 }
 
-impl SizedFileReader<'_> {
+impl SizedFileReader {
+    fn new(file: File, size: u64) -> Self {
+        SizedFileReader {
+            file,
+            remaining: size,
+            hasher: blake3::Hasher::new(),
+            shrunk: false,
+        }
+    }
+
+    /// The next `want` bytes (at most `remaining`) of the file, or zeros past its end.
+    fn next_chunk(&mut self, want: usize) -> io::Result<Vec<u8>> {
+        debug_assert!(want as u64 <= self.remaining);
+        // Read into fresh capacity: no zeroing of what the read overwrites anyway.
+        let mut out = Vec::with_capacity(want);
+        if !self.shrunk {
+            (&mut self.file).take(want as u64).read_to_end(&mut out)?;
+        }
+        if out.len() < want {
+            self.shrunk = true;
+            out.resize(want, 0);
+        }
+        self.hasher.update(&out);
+        self.remaining -= want as u64;
+        Ok(out)
+    }
+
     /// After the content is read: whether the file has more bytes than were archived.
     fn grew(&mut self) -> io::Result<bool> {
         if self.shrunk {
@@ -557,106 +1144,62 @@ impl SizedFileReader<'_> {
     }
 }
 
-impl Read for SizedFileReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.len {
-            if self.remaining == 0 {
-                return Ok(0);
-            }
-            let want = usize::try_from(self.remaining)
-                .unwrap_or(usize::MAX)
-                .min(self.buf.len());
-            let n = if self.shrunk {
-                0
-            } else {
-                loop {
-                    match self.file.read(&mut self.buf[..want]) {
-                        Ok(n) => break n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            let copy = io::Error::new(e.kind(), e.to_string());
-                            self.error = Some(e);
-                            return Err(copy);
-                        }
-                    }
-                }
-            };
-            let n = if n == 0 {
-                self.shrunk = true;
-                self.buf[..want].fill(0);
-                want
-            } else {
-                n
-            };
-            self.hasher.update(&self.buf[..n]);
-            self.remaining -= n as u64;
-            self.pos = 0;
-            self.len = n;
-        }
-        let n = (self.len - self.pos).min(out.len());
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 // ---------------------------------------------------------------------------------------
-// Reading: verify and extract share one pass
+// Reading: verify and extract share one pass; zstd decompresses on its own thread
 // ---------------------------------------------------------------------------------------
 
 /// Reads a whole archive without writing anything and checks everything that can be
-/// checked: the zstd frame checksum, the tar structure, the safety of every path, each
-/// file's size and BLAKE3 against the index stored in the archive, and, when given, the
-/// index against `expected` (the manifest kept beside the archive) and the compressed
-/// size and hash against `expected_archive`. Blocking. Returns the header and the index.
+/// checked: the zstd frame checksum, the tar structure and order, the safety of every path,
+/// each file's size and BLAKE3 against the index stored in the archive, and, when given,
+/// every entry against `expected` (the index kept beside the archive, in lockstep) and the
+/// compressed size and hash against `expected_archive`. Blocking. Returns the header and
+/// the summary of the index.
 ///
 /// # Errors
 /// `Corrupt` naming the entry and what differs; `Io` if `input` itself fails.
-pub fn verify_archive<R: Read>(
+pub fn verify_archive<R: Read + Send>(
     input: R,
-    expected: Option<&ArchiveIndex>,
+    expected: Option<ExpectedIndex<'_>>,
     expected_archive: Option<(u64, &str)>,
-) -> Result<(serde_json::Value, ArchiveIndex)> {
+) -> Result<(serde_json::Value, IndexSummary)> {
     read_archive(input, expected, expected_archive, None, &mut |_| {})
 }
 
 /// Extracts an archive into `target`, which must not exist or be empty (it is created).
 /// Blocking.
 ///
-/// The archive is treated as hostile: only entries listed in `expected` are accepted and
-/// every one of them must be present; absolute paths, `..`, duplicates, hard links,
-/// devices, fifos, symlinks pointing outside `target` and entries below a symlink are
-/// refused; files are created with `O_EXCL|O_NOFOLLOW`, so nothing is ever written outside
-/// `target`. Sizes and BLAKE3 hashes are checked while writing. Numeric owners are
-/// restored when the process may change them (root); modes and mtimes always (directory
-/// ones at the end, deepest first, so read-only directories do not block extraction;
-/// symlink mtimes are not restored). Returns the header and the index.
+/// The archive is treated as hostile: only entries listed in `expected`, in its order, are
+/// accepted and every one of them must be present; entries must come in the writer's
+/// order (depth first, names in byte order), so duplicates are refused; absolute paths,
+/// `..`, hard links, devices, fifos, symlinks pointing outside `target` and entries below a
+/// symlink are refused; files are created with `O_EXCL|O_NOFOLLOW`, so nothing is ever
+/// written outside `target`. Sizes and BLAKE3 hashes are checked while writing. Numeric
+/// owners are restored when the process may change them (root); modes and mtimes always
+/// (a directory's once its last child is written, so read-only directories do not block
+/// extraction; symlink mtimes are not restored). Returns the header and the index summary.
 ///
 /// # Errors
 /// `InvalidInput` if `target` is not an empty directory; `Corrupt` naming the entry and
 /// what is wrong; `Io` if writing fails. On error the caller deletes `target`.
-pub fn extract_archive<R: Read>(
+pub fn extract_archive<R: Read + Send>(
     input: R,
     target: &Path,
-    expected: &ArchiveIndex,
+    expected: ExpectedIndex<'_>,
     expected_archive: Option<(u64, &str)>,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(serde_json::Value, ArchiveIndex)> {
+) -> Result<(serde_json::Value, IndexSummary)> {
     prepare_target(target)?;
     let mut sink = Extractor {
         root: target.to_path_buf(),
-        dirs: Vec::new(),
         chown: true,
     };
-    let out = read_archive(
+    read_archive(
         input,
         Some(expected),
         expected_archive,
         Some(&mut sink),
         progress,
-    )?;
-    sink.finish_dirs()?;
-    Ok(out)
+    )
 }
 
 /// Reads only the first entry, the caller's header document. Cheap: the rest of the
@@ -825,7 +1368,7 @@ fn check_link(path: &str, link: &str) -> Result<()> {
 /// Resolves a symlink through the other symlinks of the archive (the kernel would) and
 /// checks that it never leaves the extraction directory: two links that each stay inside,
 /// `a -> b/..` and `b -> ..`, together point outside.
-fn check_link_chain(links: &HashMap<&str, &str>, path: &str) -> Result<()> {
+fn check_link_chain(links: &HashMap<String, String>, path: &str) -> Result<()> {
     let mut stack: Vec<&str> = path.split('/').collect();
     stack.pop();
     let mut pending: Vec<&str> = links[path].split('/').rev().collect();
@@ -886,59 +1429,9 @@ fn describe_diff(a: &FileEntry, b: &FileEntry) -> String {
     diffs.join(", ")
 }
 
-/// Compares two entry lists, naming the first entry that differs.
-fn compare_entries(
-    found: &[FileEntry],
-    reference: &[FileEntry],
-    ours: &str,
-    theirs: &str,
-) -> Result<()> {
-    for (a, b) in found.iter().zip(reference) {
-        if a != b {
-            return Err(entry_err(
-                &a.path,
-                format!("{ours} and {theirs} differ: {}", describe_diff(a, b)),
-            ));
-        }
-    }
-    if found.len() > reference.len() {
-        let extra = &found[reference.len()];
-        return Err(entry_err(
-            &extra.path,
-            format!("in {ours} but not in {theirs}"),
-        ));
-    }
-    if reference.len() > found.len() {
-        let missing = &reference[found.len()];
-        return Err(entry_err(
-            &missing.path,
-            format!("listed in {theirs} but missing from {ours}"),
-        ));
-    }
-    Ok(())
-}
-
-fn compare_index(index: &ArchiveIndex, expected: &ArchiveIndex) -> Result<()> {
-    compare_entries(
-        &index.entries,
-        &expected.entries,
-        "the archive's index",
-        "the manifest",
-    )?;
-    if index != expected {
-        return Err(Error::corrupt(
-            "archive index",
-            "skipped files, changed files or totals differ from the manifest",
-        ));
-    }
-    Ok(())
-}
-
 /// Where extracted entries go.
 struct Extractor {
     root: PathBuf,
-    /// Directory modes and mtimes, applied at the end.
-    dirs: Vec<(PathBuf, u32, i64)>,
     /// Cleared after the first `EPERM`: owners cannot be restored unless root.
     chown: bool,
 }
@@ -996,7 +1489,6 @@ impl Extractor {
             let r = std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid));
             self.set_owner(r, &path)?;
         }
-        self.dirs.push((path, e.mode, e.mtime));
         Ok(())
     }
 
@@ -1036,20 +1528,142 @@ impl Extractor {
         Ok(())
     }
 
-    fn finish_dirs(&mut self) -> Result<()> {
-        let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
-        for (path, mode, mtime) in dirs {
-            let dir = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
-                .open(&path)
-                .ctx("open the directory", &path)?;
-            dir.set_permissions(fs::Permissions::from_mode(mode))
-                .ctx("set the mode of", &path)?;
-            let t = mtime_of(mtime);
-            dir.set_times(FileTimes::new().set_modified(t).set_accessed(t))
-                .ctx("set the mtime of", &path)?;
+    /// A directory's mode and mtime, once nothing more is written into it.
+    fn close_dir(&mut self, d: &OpenDir) -> Result<()> {
+        let path = self.root.join(&d.path);
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+            .open(&path)
+            .ctx("open the directory", &path)?;
+        dir.set_permissions(fs::Permissions::from_mode(d.mode))
+            .ctx("set the mode of", &path)?;
+        let t = mtime_of(d.mtime);
+        dir.set_times(FileTimes::new().set_modified(t).set_accessed(t))
+            .ctx("set the mtime of", &path)?;
+        Ok(())
+    }
+}
+
+/// A directory of the archive that may still receive entries (an ancestor of the last
+/// entry read): the walk is depth first, so these form a stack.
+struct OpenDir {
+    /// `""` for the extraction root.
+    path: String,
+    /// Name and kind of its last child so far: the next must sort after it.
+    last: Option<(String, EntryKind)>,
+    mode: u32,
+    mtime: i64,
+}
+
+/// The open directories, and the order and parent rules that use them.
+struct DirStack {
+    open: Vec<OpenDir>,
+}
+
+impl DirStack {
+    fn new() -> Self {
+        DirStack {
+            open: vec![OpenDir {
+                path: String::new(),
+                last: None,
+                mode: 0,
+                mtime: 0,
+            }],
+        }
+    }
+
+    /// Checks that `path` may come now: its parent is an open directory (a prefix
+    /// directory for a top-level path), not a file or a symlink, and its name sorts after
+    /// its previous sibling's (no duplicates). Closes the directories it leaves, through
+    /// `sink`. Does not record the entry: see [`DirStack::enter`].
+    fn admit(
+        &mut self,
+        path: &str,
+        kind: EntryKind,
+        mut sink: Option<&mut Extractor>,
+    ) -> Result<()> {
+        let (parent, name) = match path.rsplit_once('/') {
+            None if kind != EntryKind::Dir => {
+                return Err(entry_err(
+                    path,
+                    "not under a known prefix: top-level entries must be source directories",
+                ))
+            }
+            None => ("", path),
+            Some(split) => split,
+        };
+        let Some(at) = self.open.iter().rposition(|d| d.path == parent) else {
+            // Name why: its parent is the last entry of an open directory but not a
+            // directory, or it is not (or no longer) open.
+            for d in self.open.iter().rev() {
+                if let Some((last, kind)) = &d.last {
+                    let full = if d.path.is_empty() {
+                        last.clone()
+                    } else {
+                        format!("{}/{last}", d.path)
+                    };
+                    if full == parent {
+                        return Err(match kind {
+                            EntryKind::Symlink => entry_err(
+                                path,
+                                format!("its parent `{parent}` is a symlink; refused"),
+                            ),
+                            _ => entry_err(path, format!("its parent `{parent}` is a file")),
+                        });
+                    }
+                }
+            }
+            return Err(entry_err(
+                path,
+                format!("its parent directory `{parent}` is not in the archive before it (not under a known prefix?), or not in the walk's order"),
+            ));
+        };
+        while self.open.len() > at + 1 {
+            let d = self.open.pop().expect("more than `at` open");
+            if let Some(s) = sink.as_deref_mut() {
+                s.close_dir(&d)?;
+            }
+        }
+        if let Some((last, _)) = &self.open[at].last {
+            match name.cmp(last.as_str()) {
+                std::cmp::Ordering::Greater => {}
+                std::cmp::Ordering::Equal => {
+                    return Err(entry_err(path, "duplicate entry refused"))
+                }
+                std::cmp::Ordering::Less => {
+                    return Err(entry_err(
+                        path,
+                        format!("out of order: it comes after `{last}` in its directory; refused"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an admitted entry (opening it if a directory).
+    fn enter(&mut self, e: &FileEntry) {
+        let name = e.path.rsplit_once('/').map_or(e.path.as_str(), |(_, n)| n);
+        let top = self.open.last_mut().expect("the root is never closed");
+        top.last = Some((name.to_string(), e.kind));
+        if e.kind == EntryKind::Dir {
+            self.open.push(OpenDir {
+                path: e.path.clone(),
+                last: None,
+                mode: e.mode,
+                mtime: e.mtime,
+            });
+        }
+    }
+
+    /// Closes every directory left, deepest first.
+    fn close_all(&mut self, mut sink: Option<&mut Extractor>) -> Result<()> {
+        while self.open.len() > 1 {
+            let d = self.open.pop().expect("more than the root");
+            if let Some(s) = sink.as_deref_mut() {
+                s.close_dir(&d)?;
+            }
         }
         Ok(())
     }
@@ -1071,35 +1685,172 @@ impl<R: Read> Read for FlagOnError<R> {
     }
 }
 
-/// The one pass behind [`verify_archive`] and [`extract_archive`].
-fn read_archive<R: Read>(
+/// The decompressing thread: decodes the whole stream into chunks for the tar reader,
+/// then drains what zstd left unread. Returns the compressed size and BLAKE3, or `None`
+/// when it stopped (the error went down the channel, or the reader hung up).
+fn decompress<R: Read>(
+    mut decoder: ArchiveDecoder<'static, HashingReader<R>>,
+    tx: sync_mpsc::SyncSender<io::Result<Vec<u8>>>,
+    used: sync_mpsc::Receiver<Vec<u8>>,
+) -> Option<(u64, String)> {
+    loop {
+        // Chunks come back once read: no new (zeroed) memory for each.
+        let mut chunk = used.try_recv().unwrap_or_default();
+        chunk.resize(DECODED_CHUNK, 0);
+        let mut len = 0;
+        // Fill the chunk: zstd returns at most a block (128 KiB) per call.
+        let end = loop {
+            match decoder.read(&mut chunk[len..]) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    len += n;
+                    if len == chunk.len() {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return None;
+                }
+            }
+        };
+        if len > 0 {
+            chunk.truncate(len);
+            if tx.send(Ok(chunk)).is_err() {
+                return None;
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    let mut rest = decoder.finish();
+    // The decoder stops at the end of the input already; this only catches bytes that
+    // zstd left unread.
+    if let Err(e) = io::copy(&mut rest, &mut io::sink()) {
+        let _ = tx.send(Err(e));
+        return None;
+    }
+    let (_, size, hash) = rest.into_inner().into_inner().1.inner.finish();
+    Some((size, hash))
+}
+
+/// The tar reader's side of the decompressing thread's channel.
+struct ChunkReader {
+    rx: sync_mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Read chunks go back to the decompressing thread.
+    used: sync_mpsc::SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    let used = std::mem::replace(&mut self.current, chunk);
+                    // Full or gone: the decompressing thread allocates another.
+                    let _ = self.used.try_send(used);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = (self.current.len() - self.pos).min(out.len());
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The one pass behind [`verify_archive`] and [`extract_archive`]: zstd decompresses on
+/// its own thread; this one parses, checks and writes.
+fn read_archive<R: Read + Send>(
     input: R,
-    expected: Option<&ArchiveIndex>,
+    expected: Option<ExpectedIndex<'_>>,
     expected_archive: Option<(u64, &str)>,
-    mut sink: Option<&mut Extractor>,
+    sink: Option<&mut Extractor>,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(serde_json::Value, ArchiveIndex)> {
+) -> Result<(serde_json::Value, IndexSummary)> {
     let failed = Arc::new(AtomicBool::new(false));
     let reader = FlagOnError {
         inner: HashingReader::new(input),
         failed: failed.clone(),
     };
     let decoder = open_decoder(reader, &failed, BUF_SIZE)?;
-    let mut archive = tar::Archive::new(decoder);
-    let rerr = |e: io::Error| read_err(e, &failed);
+    let (tx, rx) = sync_mpsc::sync_channel(DECODED_IN_FLIGHT);
+    let (used_tx, used_rx) = sync_mpsc::sync_channel(DECODED_IN_FLIGHT);
+    let (read, hashed) = std::thread::scope(|scope| {
+        let decoding = scope.spawn(move || decompress(decoder, tx, used_rx));
+        let chunks = ChunkReader {
+            rx,
+            used: used_tx,
+            current: Vec::new(),
+            pos: 0,
+        };
+        // `chunks` is dropped when this returns, which stops the decoder on an error.
+        let read = read_entries(chunks, &failed, expected, sink, progress);
+        (read, decoding.join())
+    });
+    let (header, summary) = read?;
+    let Ok(Some((archive_size, archive_hash))) = hashed else {
+        return Err(Error::corrupt("archive", "the decompression stopped early"));
+    };
+    if let Some((size, hash)) = expected_archive {
+        if size != archive_size || !hash.eq_ignore_ascii_case(&archive_hash) {
+            return Err(Error::corrupt(
+                "archive",
+                format!(
+                    "{archive_size} bytes with BLAKE3 {archive_hash}, expected {size} bytes with BLAKE3 {hash}"
+                ),
+            ));
+        }
+    }
+    Ok((header, summary))
+}
 
-    // Position of each manifest entry by path, and whether it was seen.
-    let by_path: HashMap<&str, usize> = expected
-        .map(|x| {
-            x.entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.path.as_str(), i))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut seen: HashMap<String, EntryKind> = HashMap::new();
-    let mut found: Vec<FileEntry> = Vec::new();
+/// Counts and hashes the entries of one side (found in the archive, or listed in its
+/// index), serialized as index lines, so that the two sides compare in constant memory.
+struct EntryDigest {
+    hasher: blake3::Hasher,
+    totals: IndexTotals,
+    line: Vec<u8>,
+}
+
+impl EntryDigest {
+    fn new() -> Self {
+        EntryDigest {
+            hasher: blake3::Hasher::new(),
+            totals: IndexTotals::default(),
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    fn add(&mut self, e: &FileEntry) {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &RecordRef::Entry(e)).expect("an entry serializes");
+        self.line.push(b'\n');
+        self.hasher.update(&self.line);
+        self.totals.count(RecordRef::Entry(e));
+    }
+}
+
+fn read_entries(
+    chunks: ChunkReader,
+    failed: &AtomicBool,
+    mut expected: Option<ExpectedIndex<'_>>,
+    mut sink: Option<&mut Extractor>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(serde_json::Value, IndexSummary)> {
+    let mut archive = tar::Archive::new(chunks);
+    let rerr = |e: io::Error| read_err(e, failed);
+    let mut dirs = DirStack::new();
+    // The symlinks, to resolve their chains at the end: few in a GitLab instance.
+    let mut links: HashMap<String, String> = HashMap::new();
+    let mut found = EntryDigest::new();
     let mut buf = vec![0u8; BUF_SIZE];
     let mut ticker = ProgressTicker::new(progress);
 
@@ -1109,9 +1860,9 @@ fn read_archive<R: Read>(
             .next()
             .ok_or_else(|| Error::corrupt("archive", "it is empty"))?
             .map_err(rerr)?;
-        let header = read_header_entry(first, &failed)?;
+        let header = read_header_entry(first, failed)?;
 
-        let mut index: Option<ArchiveIndex> = None;
+        let mut index: Option<(IndexSummary, EntryDigest)> = None;
         for entry in entries.by_ref() {
             let mut entry = entry.map_err(rerr)?;
             if index.is_some() {
@@ -1126,12 +1877,7 @@ fn read_archive<R: Read>(
             drop(raw);
             let etype = entry.header().entry_type();
             if path == INDEX_PATH && is_regular(etype) {
-                let mut data = Vec::new();
-                entry.read_to_end(&mut data).map_err(rerr)?;
-                index = Some(
-                    serde_json::from_slice(&data)
-                        .map_err(|e| entry_err(INDEX_PATH, format!("not a valid index: {e}")))?,
-                );
+                index = Some(read_index_entry(&mut entry, failed)?);
                 continue;
             }
             check_path(&path)?;
@@ -1157,38 +1903,10 @@ fn read_archive<R: Read>(
                     ))
                 }
             };
-            if seen.contains_key(&path) {
-                return Err(entry_err(&path, "duplicate entry refused"));
-            }
             // The parent must be a directory extracted earlier from this archive (the
-            // extraction root for a prefix), so no entry can be placed through a symlink.
-            match path.rsplit_once('/') {
-                None if kind != EntryKind::Dir => {
-                    return Err(entry_err(
-                        &path,
-                        "not under a known prefix: top-level entries must be source directories",
-                    ))
-                }
-                None => {}
-                Some((parent, _)) => match seen.get(parent) {
-                    Some(EntryKind::Dir) => {}
-                    Some(EntryKind::Symlink) => {
-                        return Err(entry_err(
-                            &path,
-                            format!("its parent `{parent}` is a symlink; refused"),
-                        ))
-                    }
-                    Some(EntryKind::File) => {
-                        return Err(entry_err(&path, format!("its parent `{parent}` is a file")))
-                    }
-                    None => {
-                        return Err(entry_err(
-                            &path,
-                            format!("its parent directory `{parent}` is not in the archive before it (not under a known prefix?)"),
-                        ))
-                    }
-                },
-            }
+            // extraction root for a prefix), so no entry can be placed through a symlink;
+            // and the writer's order, so no entry comes twice.
+            dirs.admit(&path, kind, sink.as_deref_mut())?;
             let link = if kind == EntryKind::Symlink {
                 let raw = entry
                     .link_name_bytes()
@@ -1233,21 +1951,32 @@ fn read_archive<R: Read>(
 
             // Everything but the hash is checked against the manifest before anything is
             // written; the hash as soon as the content has passed.
-            let listed = match expected {
+            let listed = match expected.as_mut() {
                 Some(x) => {
-                    let Some(&i) = by_path.get(observed.path.as_str()) else {
+                    let Some(want) = x.next_entry()? else {
                         return Err(entry_err(
                             &observed.path,
                             "not listed in the manifest; refused",
                         ));
                     };
-                    let want = &x.entries[i];
-                    let mut cmp = observed.clone();
-                    cmp.hash.clone_from(&want.hash);
-                    if &cmp != want {
+                    if want.path != observed.path {
                         return Err(entry_err(
                             &observed.path,
-                            format!("archive and manifest differ: {}", describe_diff(&cmp, want)),
+                            format!(
+                                "not listed in the manifest here (it lists `{}`); refused",
+                                want.path
+                            ),
+                        ));
+                    }
+                    let mut cmp = observed.clone();
+                    cmp.hash.clone_from(&want.hash);
+                    if cmp != want {
+                        return Err(entry_err(
+                            &observed.path,
+                            format!(
+                                "archive and manifest differ: {}",
+                                describe_diff(&cmp, &want)
+                            ),
                         ));
                     }
                     Some(want)
@@ -1263,10 +1992,11 @@ fn read_archive<R: Read>(
                     ticker.add(1, 0);
                 }
                 EntryKind::Symlink => {
+                    let link = observed.link.clone().unwrap_or_default();
                     if let Some(s) = sink.as_deref_mut() {
-                        let link = observed.link.clone().unwrap_or_default();
                         s.symlink(&observed, &link)?;
                     }
+                    links.insert(observed.path.clone(), link);
                     ticker.add(1, 0);
                 }
                 EntryKind::File => {
@@ -1274,7 +2004,6 @@ fn read_archive<R: Read>(
                         Some(s) => Some(s.create_file(&observed)?),
                         None => None,
                     };
-                    let out_path = sink.as_deref().map(|s| s.root.join(&observed.path));
                     let mut hasher = blake3::Hasher::new();
                     let mut total = 0u64;
                     loop {
@@ -1286,8 +2015,12 @@ fn read_archive<R: Read>(
                         };
                         hasher.update(&buf[..n]);
                         total += n as u64;
-                        if let (Some(f), Some(p)) = (file.as_mut(), out_path.as_deref()) {
-                            f.write_all(&buf[..n]).ctx("write", p)?;
+                        if let Some(f) = file.as_mut() {
+                            if let Err(e) = f.write_all(&buf[..n]) {
+                                let root = sink.as_deref().map(|s| s.root.clone());
+                                let p = root.unwrap_or_default().join(&observed.path);
+                                return Err(Error::io("write", p, e));
+                            }
                         }
                         ticker.add(0, n as u64);
                     }
@@ -1298,7 +2031,7 @@ fn read_archive<R: Read>(
                         ));
                     }
                     let hash = hasher.finalize().to_hex().to_string();
-                    if let Some(want) = listed {
+                    if let Some(want) = &listed {
                         if want.hash.as_deref() != Some(hash.as_str()) {
                             return Err(entry_err(
                                 &observed.path,
@@ -1316,8 +2049,8 @@ fn read_archive<R: Read>(
                     ticker.add(1, 0);
                 }
             }
-            seen.insert(observed.path.clone(), observed.kind.clone());
-            found.push(observed);
+            dirs.enter(&observed);
+            found.add(&observed);
         }
         let index = index.ok_or_else(|| {
             Error::corrupt(
@@ -1329,15 +2062,15 @@ fn read_archive<R: Read>(
     };
     ticker.finish();
 
-    // Read to the very end so the zstd frame checksum is checked and every compressed
-    // byte is counted; only the tar end-of-archive zeros may remain.
-    let mut decoder = archive.into_inner();
+    // Read to the very end so the zstd frame checksum is checked; only the tar
+    // end-of-archive zeros may remain.
+    let mut rest = archive.into_inner();
     loop {
-        let n = match decoder.read(&mut buf) {
+        let n = match rest.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e, &failed)),
+            Err(e) => return Err(read_err(e, failed)),
         };
         if buf[..n].iter().any(|&b| b != 0) {
             return Err(Error::corrupt(
@@ -1346,55 +2079,52 @@ fn read_archive<R: Read>(
             ));
         }
     }
-    let mut rest = decoder.finish();
-    // The decoder stops at the end of the input already; this only catches bytes that
-    // zstd left unread.
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| read_err(e, &failed))?;
-    let (_, archive_size, archive_hash) = rest.into_inner().into_inner().1.inner.finish();
 
-    compare_entries(&found, &index.entries, "the archive's content", "its index")?;
-    let counts = (
-        found.iter().filter(|e| e.kind == EntryKind::File).count() as u64,
-        found.iter().filter(|e| e.kind == EntryKind::Dir).count() as u64,
-        found
-            .iter()
-            .filter(|e| e.kind == EntryKind::Symlink)
-            .count() as u64,
-        found.iter().map(|e| e.size).sum::<u64>(),
-    );
-    if counts != (index.files, index.dirs, index.symlinks, index.bytes) {
+    let (summary, listed) = index;
+    if found.totals != listed.totals || found.hasher.finalize() != listed.hasher.finalize() {
         return Err(Error::corrupt(
             "archive index",
             format!(
-                "totals (files, dirs, symlinks, bytes) {:?} do not match its entries {:?}",
-                (index.files, index.dirs, index.symlinks, index.bytes),
-                counts
+                "the archive's content and its index differ (entries found {:?}, listed {:?})",
+                found.totals, listed.totals
             ),
         ));
     }
     if let Some(x) = expected {
-        compare_index(&index, x)?;
-    }
-    let links: HashMap<&str, &str> = found
-        .iter()
-        .filter_map(|e| Some((e.path.as_str(), e.link.as_deref()?)))
-        .collect();
-    for path in links.keys() {
-        check_link_chain(&links, path)?;
-    }
-    if let Some((size, hash)) = expected_archive {
-        if size != archive_size || !hash.eq_ignore_ascii_case(&archive_hash) {
+        let theirs = x.finish()?;
+        if theirs != summary {
             return Err(Error::corrupt(
-                "archive",
-                format!(
-                    "{archive_size} bytes with BLAKE3 {archive_hash}, expected {size} bytes with BLAKE3 {hash}"
-                ),
+                "archive index",
+                "skipped files, changed files or totals differ from the manifest",
             ));
         }
     }
-    Ok((header, index))
+    for path in links.keys() {
+        check_link_chain(&links, path)?;
+    }
+    dirs.close_all(sink)?;
+    Ok((header, summary))
 }
 
+/// Reads the archive's own index, streamed: its structure checked, its entries digested
+/// for comparison with what the archive holds.
+fn read_index_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    failed: &AtomicBool,
+) -> Result<(IndexSummary, EntryDigest)> {
+    let mut reader = IndexReader::new(
+        BufReader::with_capacity(64 << 10, entry),
+        "the archive's index",
+    );
+    let mut listed = EntryDigest::new();
+    let io = |e: io::Error| read_err(e, failed);
+    while let Some(record) = reader.next_record(&io)? {
+        if let IndexRecord::Entry(e) = record {
+            listed.add(&e);
+        }
+    }
+    Ok((reader.summary(), listed))
+}
 // ---------------------------------------------------------------------------------------
 // Adapters
 // ---------------------------------------------------------------------------------------
@@ -1711,6 +2441,25 @@ mod tests {
         (out, summary)
     }
 
+    /// The index JSON lines the writer handed back.
+    fn index_bytes(summary: &ArchiveSummary) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut out = vec![0u8; summary.index.size as usize];
+        summary.index_file.read_exact_at(&mut out, 0).unwrap();
+        assert_eq!(
+            blake3::hash(&out).to_hex().to_string(),
+            summary.index.blake3
+        );
+        out
+    }
+
+    fn expected(summary: &ArchiveSummary) -> ExpectedIndex<'static> {
+        ExpectedIndex::new(
+            io::Cursor::new(index_bytes(summary)),
+            Some((summary.index.size, &summary.index.blake3)),
+        )
+    }
+
     /// Every path under `root`, relative, sorted.
     fn list(root: &Path) -> Vec<PathBuf> {
         fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
@@ -1733,7 +2482,8 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let sources = build_tree(src.path());
         let (bytes, summary) = write(&sources);
-        let index = &summary.index;
+        let index = &ArchiveIndex::from_jsonl(&index_bytes(&summary)).unwrap();
+        let totals = &summary.index;
 
         assert_eq!(summary.archive_size, bytes.len() as u64);
         assert_eq!(
@@ -1748,7 +2498,8 @@ mod tests {
             }]
         );
         assert!(index.changed_while_read.is_empty());
-        assert_eq!((index.files, index.dirs, index.symlinks), (8, 7, 1));
+        assert_eq!((totals.files, totals.dirs, totals.symlinks), (8, 7, 1));
+        assert_eq!(&index.to_jsonl(), &index_bytes(&summary));
         // Deterministic order: the prefix first, then children sorted by name.
         let paths: Vec<&str> = index.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(&paths[..3], &["config", "config/gitlab.rb", "data"]);
@@ -1756,12 +2507,12 @@ mod tests {
 
         let (h, idx) = verify_archive(
             &bytes[..],
-            Some(index),
+            Some(expected(&summary)),
             Some((summary.archive_size, &summary.archive_hash)),
         )
         .unwrap();
         assert_eq!(h, header());
-        assert_eq!(&idx, index);
+        assert_eq!(&idx, totals);
 
         let out = tempfile::tempdir().unwrap();
         let target = out.path().join("restored");
@@ -1769,14 +2520,14 @@ mod tests {
         let (h, idx) = extract_archive(
             &bytes[..],
             &target,
-            index,
+            expected(&summary),
             Some((summary.archive_size, &summary.archive_hash)),
             &mut |p| last = p,
         )
         .unwrap();
         assert_eq!(h, header());
-        assert_eq!(&idx, index);
-        assert_eq!(last.bytes, index.bytes);
+        assert_eq!(&idx, totals);
+        assert_eq!(last.bytes, totals.bytes);
 
         let root = is_root();
         let mut expected_paths = Vec::new();
@@ -1863,6 +2614,7 @@ mod tests {
         let (_, a) = write(&sources);
         let (_, b) = write(&sources);
         assert_eq!(a.index, b.index);
+        assert_eq!(index_bytes(&a), index_bytes(&b));
         fs::set_permissions(
             src.path().join("data/ro"),
             fs::Permissions::from_mode(0o755),
@@ -1881,13 +2633,19 @@ mod tests {
         let (bytes, summary) = write(&sources);
         let out = tempfile::tempdir().unwrap();
         fs::write(out.path().join("already"), b"x").unwrap();
-        let err =
-            extract_archive(&bytes[..], out.path(), &summary.index, None, &mut |_| {}).unwrap_err();
+        let err = extract_archive(
+            &bytes[..],
+            out.path(),
+            expected(&summary),
+            None,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), "invalid_input", "{err}");
         // An existing empty directory is fine.
         let empty = out.path().join("empty");
         fs::create_dir(&empty).unwrap();
-        extract_archive(&bytes[..], &empty, &summary.index, None, &mut |_| {}).unwrap();
+        extract_archive(&bytes[..], &empty, expected(&summary), None, &mut |_| {}).unwrap();
         assert_eq!(fs::read(empty.join("data/f")).unwrap(), b"x");
     }
 
@@ -1926,21 +2684,14 @@ mod tests {
             (3000, vec![1u8; 1000]),
         ] {
             let file = File::open(&path).unwrap();
-            let mut buf = vec![0u8; 64];
-            let mut r = SizedFileReader {
-                file,
-                remaining: 1000,
-                buf: &mut buf,
-                pos: 0,
-                len: 0,
-                hasher: blake3::Hasher::new(),
-                shrunk: false,
-                error: None,
-            };
+            let mut r = SizedFileReader::new(file, 1000);
             let mut got = Vec::new();
             // Change the file after the header was written, before its content is read.
             fs::write(&path, vec![1u8; new_len]).unwrap();
-            r.read_to_end(&mut got).unwrap();
+            while r.remaining > 0 {
+                let chunk = r.next_chunk((r.remaining as usize).min(64)).unwrap();
+                got.extend_from_slice(&chunk);
+            }
             assert_eq!(got, stored);
             assert_eq!(r.hasher.finalize(), blake3::hash(&stored));
             assert_eq!(r.shrunk, new_len < 1000);
@@ -1984,12 +2735,84 @@ mod tests {
                 // ...and with the manifest and the archive hash.
                 let err = verify_archive(
                     &bad[..],
-                    Some(&summary.index),
+                    Some(expected(&summary)),
                     Some((summary.archive_size, &summary.archive_hash)),
                 );
                 assert!(matches!(err, Err(Error::Corrupt { .. })), "{pos}");
             }
         }
+    }
+
+    #[test]
+    fn a_damaged_index_beside_the_archive_is_refused() {
+        let (bytes, summary) = corruption_sample();
+        let index = index_bytes(&summary);
+        let check = Some((summary.index.size, summary.index.blake3.as_str()));
+        verify_archive(
+            &bytes[..],
+            Some(ExpectedIndex::new(&index[..], check)),
+            None,
+        )
+        .unwrap();
+        let n = index.len();
+        for pos in [0, n / 3, n / 2, n - 2, n - 1] {
+            let mut bad = index.clone();
+            bad[pos] ^= 0x01;
+            let err = verify_archive(&bytes[..], Some(ExpectedIndex::new(&bad[..], check)), None);
+            assert!(matches!(err, Err(Error::Corrupt { .. })), "{pos}: {err:?}");
+        }
+        // Cut, or with a line more.
+        let err = verify_archive(
+            &bytes[..],
+            Some(ExpectedIndex::new(&index[..n - 10], check)),
+            None,
+        );
+        assert!(matches!(err, Err(Error::Corrupt { .. })), "{err:?}");
+        let mut longer = index.clone();
+        longer.extend_from_slice(b"{\"changed_while_read\":\"data/x\"}\n");
+        let err = verify_archive(
+            &bytes[..],
+            Some(ExpectedIndex::new(&longer[..], None)),
+            None,
+        );
+        assert!(matches!(err, Err(Error::Corrupt { .. })), "{err:?}");
+    }
+
+    /// GNU tar reads what Girofle writes, long names and long link targets included.
+    #[test]
+    fn gnu_tar_reads_the_archive() {
+        let src = tempfile::tempdir().unwrap();
+        let long = "n".repeat(120);
+        fs::create_dir(src.path().join(&long)).unwrap();
+        fs::write(src.path().join(&long).join(&long), b"deep").unwrap();
+        symlink(format!("{long}/{long}"), src.path().join("l")).unwrap();
+        let (bytes, summary) = write(&[Source {
+            prefix: "data".into(),
+            dir: src.path().to_path_buf(),
+        }]);
+        let out = tempfile::tempdir().unwrap();
+        let target = out.path().join("t");
+        extract_archive(&bytes[..], &target, expected(&summary), None, &mut |_| {}).unwrap();
+        assert_eq!(
+            fs::read_link(target.join("data/l")).unwrap(),
+            Path::new(&format!("{long}/{long}"))
+        );
+        let tarball = out.path().join("a.tar.zst");
+        fs::write(&tarball, &bytes).unwrap();
+        let listed = std::process::Command::new("tar")
+            .arg("--zstd")
+            .arg("-tvf")
+            .arg(&tarball)
+            .output();
+        let Ok(listed) = listed else { return };
+        if !listed.status.success() {
+            // No zstd support in this tar: nothing to compare with.
+            return;
+        }
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(text.contains(&format!("data/{long}/{long}")), "{text}");
+        assert!(text.contains(&format!("data/l -> {long}/{long}")), "{text}");
+        assert!(text.contains(INDEX_PATH), "{text}");
     }
 
     #[test]
@@ -2109,19 +2932,10 @@ mod tests {
     }
 
     fn index_of(entries: Vec<FileEntry>) -> ArchiveIndex {
-        let mut index = ArchiveIndex::default();
-        for e in &entries {
-            match e.kind {
-                EntryKind::File => {
-                    index.files += 1;
-                    index.bytes += e.size;
-                }
-                EntryKind::Dir => index.dirs += 1,
-                EntryKind::Symlink => index.symlinks += 1,
-            }
+        ArchiveIndex {
+            entries,
+            ..Default::default()
         }
-        index.entries = entries;
-        index
     }
 
     fn set_raw(slot: &mut [u8], value: &[u8]) {
@@ -2193,7 +3007,7 @@ mod tests {
             data.resize(r.header_size.unwrap_or(r.data.len() as u64) as usize, b'z');
             b.append(&h, &data[..]).unwrap();
         }
-        let ij = serde_json::to_vec(&index).unwrap();
+        let ij = index.to_jsonl();
         let mut h = tar::Header::new_gnu();
         h.set_size(ij.len() as u64);
         h.set_mode(0o644);
@@ -2211,7 +3025,14 @@ mod tests {
     fn assert_refused(bytes: &[u8], manifest: &ArchiveIndex, why: &str) {
         let base = tempfile::tempdir().unwrap();
         let target = base.path().join("target");
-        let err = extract_archive(bytes, &target, manifest, None, &mut |_| {}).unwrap_err();
+        let err = extract_archive(
+            bytes,
+            &target,
+            ExpectedIndex::from_index(manifest),
+            None,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(
             matches!(err, Error::Corrupt { .. }) && err.to_string().contains(why),
             "expected a refusal with `{why}`, got: {err}"
@@ -2221,7 +3042,7 @@ mod tests {
             assert!(p.starts_with("target"), "{} written outside", p.display());
         }
         // The same archive does not pass verification either.
-        assert!(verify_archive(bytes, Some(manifest), None).is_err());
+        assert!(verify_archive(bytes, Some(ExpectedIndex::from_index(manifest)), None).is_err());
     }
 
     #[test]
@@ -2245,6 +3066,21 @@ mod tests {
                 "duplicate",
             ),
             (vec![dir("data"), dir("data")], "duplicate"),
+            (
+                vec![dir("data"), file("data/b", b"x"), file("data/a", b"x")],
+                "out of order",
+            ),
+            // A directory once left is closed: nothing can be put in it later (which
+            // would also be a way to write a second `data/a/x`).
+            (
+                vec![
+                    dir("data"),
+                    dir("data/a"),
+                    file("data/b", b"x"),
+                    file("data/a/x", b"x"),
+                ],
+                "not in the archive before it",
+            ),
             (vec![dir("data"), file("girofle/extra", b"x")], "reserved"),
             (vec![dir("data"), link("data/l", "/etc")], "absolute path"),
             (vec![dir("data"), link("data/l", "../../evil")], "outside"),
@@ -2263,8 +3099,8 @@ mod tests {
             (
                 vec![
                     dir("data"),
-                    dir("data/sub"),
-                    link("data/l", "sub"),
+                    dir("data/d"),
+                    link("data/l", "d"),
                     file("data/l/x", b"x"),
                 ],
                 "symlink",
@@ -2352,11 +3188,18 @@ mod tests {
                 pax: true,
                 ..file(&format!("{long}-pax"), b"pax")
             },
-            link("data/ok", "x/../x"),
+            link("data/zz-ok", "x/../x"),
         ];
         let (bytes, manifest) = hostile(&entries);
         let out = tempfile::tempdir().unwrap();
-        extract_archive(&bytes[..], out.path(), &manifest, None, &mut |_| {}).unwrap();
+        extract_archive(
+            &bytes[..],
+            out.path(),
+            ExpectedIndex::from_index(&manifest),
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(fs::read(out.path().join(&long)).unwrap(), b"gnu");
         assert_eq!(
             fs::read(out.path().join(format!("{long}-pax"))).unwrap(),
@@ -2407,7 +3250,14 @@ mod tests {
         // The valid archive extracts.
         let (bytes, manifest) = hostile(&entries);
         let out = tempfile::tempdir().unwrap();
-        extract_archive(&bytes[..], out.path(), &manifest, None, &mut |_| {}).unwrap();
+        extract_archive(
+            &bytes[..],
+            out.path(),
+            ExpectedIndex::from_index(&manifest),
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(fs::read(out.path().join("data/b")).unwrap(), b"world");
     }
 
@@ -2486,7 +3336,7 @@ mod tests {
         });
         verify_archive(
             ChannelReader::new(rx),
-            Some(&summary.index),
+            Some(expected(&summary)),
             Some((summary.archive_size, &summary.archive_hash)),
         )
         .unwrap();

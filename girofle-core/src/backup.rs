@@ -1,13 +1,17 @@
 //! Backups of instances (R-BAK-1,2,6): take one (cold or online), list, verify, copy to
 //! another store, prune by a retention policy.
 //!
-//! A backup is two objects in a store: `<instance>/<ts>.tar.zst` (the archive, see
-//! `archive`) and `<instance>/<ts>.manifest` (what it holds, written last, so a listing
-//! never shows a backup whose archive is incomplete). This module orchestrates the
-//! instance, the archive and the store; restoring is `restore`'s job.
+//! A backup is three objects in a store: `<instance>/<ts>.tar.zst` (the archive, see
+//! `archive`), `<instance>/<ts>.index` (its index as JSON lines: every entry with its hash,
+//! the same bytes as the archive's last entry, read as a stream beside the archive) and
+//! `<instance>/<ts>.manifest` (a small document: the header, the archive's and the index's
+//! sizes and hashes, the totals; written last, so a listing never shows a backup whose
+//! archive is incomplete, and cheap to read whatever the number of files). This module
+//! orchestrates the instance, the archive and the store; restoring is `restore`'s job.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +23,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::archive::{
-    self, ArchiveIndex, ChannelReader, ChannelWriter, CompressionOptions, Progress, Source,
+    self, ChannelReader, ChannelWriter, CompressionOptions, ExpectedIndex, IndexSummary, Progress,
+    Source,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::fleet::Girofle;
@@ -29,11 +34,15 @@ use crate::lock::InstanceLock;
 use crate::runtime::{ContainerRuntimeExt, ExecSpec, Health};
 use crate::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
 
-/// The archive format this Girofle writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 1;
+/// The archive format this Girofle writes (and the only one it reads): 2 has the index as
+/// JSON lines, in the archive and beside it as its own object.
+pub const FORMAT_VERSION: u32 = 2;
 
 const ARCHIVE_SUFFIX: &str = ".tar.zst";
+const INDEX_SUFFIX: &str = ".index";
 const MANIFEST_SUFFIX: &str = ".manifest";
+/// Chunks of the index object when it is uploaded.
+const INDEX_CHUNK: usize = 1 << 20;
 const CHECKSUM_TRAILER: &str = "\nblake3:";
 
 /// How a backup is taken.
@@ -94,13 +103,47 @@ pub struct ArchiveRef {
     pub blake3: String,
 }
 
-/// Everything known about a backup; kept beside the archive.
+/// Where the index is, what it must hash to, and its totals.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IndexRef {
+    pub key: String,
+    /// Size of the JSON lines in bytes.
+    pub size: u64,
+    pub blake3: String,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Sum of the sizes of the regular files.
+    pub bytes: u64,
+    /// Entries not archived (sockets, names that are not UTF-8...), listed in the index.
+    pub skipped: u64,
+    /// Files whose size changed while read, listed in the index.
+    pub changed_while_read: u64,
+}
+
+impl IndexRef {
+    fn new(key: String, s: &IndexSummary) -> Self {
+        IndexRef {
+            key,
+            size: s.size,
+            blake3: s.blake3.clone(),
+            files: s.files,
+            dirs: s.dirs,
+            symlinks: s.symlinks,
+            bytes: s.bytes,
+            skipped: s.skipped,
+            changed_while_read: s.changed_while_read,
+        }
+    }
+}
+
+/// Everything known about a backup but its per-file index; kept beside the archive.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     #[serde(flatten)]
     pub header: BackupHeader,
     pub archive: ArchiveRef,
-    pub index: ArchiveIndex,
+    pub index: IndexRef,
     pub duration_ms: u64,
     /// How long GitLab was down (cold backups).
     pub downtime_ms: Option<u64>,
@@ -142,6 +185,11 @@ impl Manifest {
         if version > u64::from(FORMAT_VERSION) {
             return Err(Error::VersionMismatch(format!(
                 "{what} has format {version}, this Girofle reads up to {FORMAT_VERSION}: upgrade Girofle"
+            )));
+        }
+        if version < u64::from(FORMAT_VERSION) {
+            return Err(Error::VersionMismatch(format!(
+                "{what} has format {version} (a pre-release Girofle wrote it), this Girofle reads format {FORMAT_VERSION}: restore it with the Girofle that made it"
             )));
         }
         serde_json::from_str(body).map_err(|e| Error::corrupt(what, format!("manifest: {e}")))
@@ -236,30 +284,208 @@ pub(crate) fn manifest_key(id: &str) -> String {
     format!("{id}{MANIFEST_SUFFIX}")
 }
 
-/// Streams an archive out of a store into a blocking reader on the blocking pool.
+pub(crate) fn index_key(id: &str) -> String {
+    format!("{id}{INDEX_SUFFIX}")
+}
+
+/// Forwards a store's stream into a bounded channel, for a blocking reader.
+async fn forward(
+    mut stream: futures::stream::BoxStream<'static, Result<Bytes>>,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    while let Some(chunk) = stream.next().await {
+        let item = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            break;
+        }
+    }
+}
+
+/// Streams an archive and its index out of a store into a blocking reader on the
+/// blocking pool, both at once (the reader checks them in lockstep).
 pub(crate) async fn read_archive_with<T, F>(
     store: &Arc<dyn BackupStore>,
-    key: &str,
+    archive: &ArchiveRef,
+    index: &IndexRef,
     f: F,
 ) -> Result<T>
 where
     T: Send + 'static,
-    F: FnOnce(ChannelReader) -> Result<T> + Send + 'static,
+    F: FnOnce(ChannelReader, ChannelReader) -> Result<T> + Send + 'static,
 {
-    let mut stream = store.get_stream(key).await?;
+    let archive_stream = store.get_stream(&archive.key).await?;
+    let index_stream = store.get_stream(&index.key).await.map_err(|e| match e {
+        Error::NotFound { .. } => Error::corrupt(
+            format!("backup index `{}` in store `{}`", index.key, store.name()),
+            "it is missing: the backup is incomplete; use another one",
+        ),
+        e => e,
+    })?;
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-    let consumer = tokio::task::spawn_blocking(move || f(ChannelReader::new(rx)));
-    let producer = async move {
-        while let Some(chunk) = stream.next().await {
-            let item = chunk.map_err(|e| std::io::Error::other(e.to_string()));
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                break;
+    let (itx, irx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let consumer =
+        tokio::task::spawn_blocking(move || f(ChannelReader::new(rx), ChannelReader::new(irx)));
+    let (_, _, result) = tokio::join!(
+        forward(archive_stream, tx),
+        forward(index_stream, itx),
+        consumer
+    );
+    result.map_err(|e| Error::backend("archive reader", e.to_string()))?
+}
+
+/// Streams an archive of `sources` into `store` as `<id>.tar.zst` (memory flat whatever
+/// the size and the number of files), then its index as `<id>.index`; returns where they
+/// are. Writing the manifest that makes the backup visible is the caller's last step.
+///
+/// # Errors
+/// As [`archive::write_archive`]; and `Io`/`Backend` when the store fails (nothing is
+/// left under the archive's key then).
+pub async fn archive_to_store(
+    store: &Arc<dyn BackupStore>,
+    id: &str,
+    header: &serde_json::Value,
+    sources: &[Source],
+    compression: CompressionOptions,
+    progress: Option<ProgressFn>,
+) -> Result<(ArchiveRef, IndexRef)> {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let sources_owned = sources.to_vec();
+    let header = header.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter::new(tx);
+        let mut report = |p: Progress| {
+            if let Some(f) = &progress {
+                f(p);
+            }
+        };
+        match archive::write_archive(
+            &header,
+            &sources_owned,
+            compression,
+            &mut writer,
+            &mut report,
+        ) {
+            Ok(summary) => match writer.finish() {
+                Ok(()) => Ok(summary),
+                Err(e) => Err(Error::io("stream the archive", PathBuf::from("(store)"), e)),
+            },
+            Err(e) => {
+                writer.abort(std::io::Error::other(e.to_string()));
+                Err(e)
             }
         }
+    });
+    let key = archive_key(id);
+    let (uploaded, produced) = tokio::join!(store.put_stream(&key, rx), producer);
+    let produced = produced.map_err(|e| Error::backend("archive writer", e.to_string()))?;
+    // The archive writer's error says what really went wrong (a source unreadable,
+    // the disk full); the upload error only that the stream stopped.
+    let summary = match (produced, uploaded) {
+        (Err(e), _) => {
+            let _ = store.delete(&key).await;
+            return Err(e);
+        }
+        (Ok(_), Err(e)) => return Err(e),
+        (Ok(s), Ok(_)) => s,
     };
-    let (_, result) = tokio::join!(producer, consumer);
-    result.map_err(|e| Error::backend("archive reader", e.to_string()))?
+    let index = IndexRef::new(index_key(id), &summary.index);
+    upload_file(store, &index.key, summary.index_file).await?;
+    Ok((
+        ArchiveRef {
+            key,
+            size: summary.archive_size,
+            blake3: summary.archive_hash,
+        },
+        index,
+    ))
+}
+
+/// Streams a local file into `key` in chunks.
+async fn upload_file(store: &Arc<dyn BackupStore>, key: &str, file: std::fs::File) -> Result<u64> {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        loop {
+            let mut chunk = vec![0u8; INDEX_CHUNK];
+            let n = match file.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            chunk.truncate(n);
+            if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                return;
+            }
+        }
+    });
+    let (uploaded, read) = tokio::join!(store.put_stream(key, rx), reader);
+    read.map_err(|e| Error::backend("index reader", e.to_string()))?;
+    uploaded
+}
+
+/// Extracts a backup's archive from `store` into `target` (new or empty), checking every
+/// entry against the index beside it, every file's BLAKE3, and the archive's and the
+/// index's sizes and hashes. Returns the index summary.
+///
+/// # Errors
+/// As [`archive::extract_archive`]; `Corrupt` when the index is missing.
+pub async fn extract_from_store(
+    store: &Arc<dyn BackupStore>,
+    archive: &ArchiveRef,
+    index: &IndexRef,
+    target: &Path,
+    progress: Option<ProgressFn>,
+) -> Result<IndexSummary> {
+    let archive_ref = archive.clone();
+    let index_ref = index.clone();
+    let target = target.to_path_buf();
+    read_archive_with(store, archive, index, move |reader, index_reader| {
+        let mut report = |p: Progress| {
+            if let Some(f) = &progress {
+                f(p);
+            }
+        };
+        archive::extract_archive(
+            reader,
+            &target,
+            ExpectedIndex::new(index_reader, Some((index_ref.size, &index_ref.blake3))),
+            Some((archive_ref.size, &archive_ref.blake3)),
+            &mut report,
+        )
+        .map(|(_, s)| s)
+    })
+    .await
+}
+
+/// Checks a backup's archive in `store` against the index beside it, without writing
+/// anything. Returns the index summary.
+///
+/// # Errors
+/// As [`archive::verify_archive`]; `Corrupt` when the index is missing.
+pub async fn verify_in_store(
+    store: &Arc<dyn BackupStore>,
+    archive: &ArchiveRef,
+    index: &IndexRef,
+) -> Result<IndexSummary> {
+    let archive_ref = archive.clone();
+    let index_ref = index.clone();
+    read_archive_with(store, archive, index, move |reader, index_reader| {
+        archive::verify_archive(
+            reader,
+            Some(ExpectedIndex::new(
+                index_reader,
+                Some((index_ref.size, &index_ref.blake3)),
+            )),
+            Some((archive_ref.size, &archive_ref.blake3)),
+        )
+        .map(|(_, s)| s)
+    })
+    .await
 }
 
 impl Girofle {
@@ -551,8 +777,8 @@ impl Girofle {
         })
     }
 
-    /// Writes the archive of `sources` into `store` (streamed: flat memory) and returns
-    /// the manifest to write once the caller is done.
+    /// Writes the archive of `sources` and its index into `store` (streamed: flat memory)
+    /// and returns the manifest to write once the caller is done.
     async fn archive_to_store(
         &self,
         header: &BackupHeader,
@@ -563,54 +789,19 @@ impl Girofle {
     ) -> Result<Manifest> {
         let header_json =
             serde_json::to_value(header).map_err(|e| Error::backend("manifest", e.to_string()))?;
-        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-        let sources_owned = sources.to_vec();
-        let compression = self.compression();
-        let producer = tokio::task::spawn_blocking(move || {
-            let mut writer = ChannelWriter::new(tx);
-            let mut report = |p: Progress| {
-                if let Some(f) = &progress {
-                    f(p);
-                }
-            };
-            match archive::write_archive(
-                &header_json,
-                &sources_owned,
-                compression,
-                &mut writer,
-                &mut report,
-            ) {
-                Ok(summary) => match writer.finish() {
-                    Ok(()) => Ok(summary),
-                    Err(e) => Err(Error::io("stream the archive", PathBuf::from("(store)"), e)),
-                },
-                Err(e) => {
-                    writer.abort(std::io::Error::other(e.to_string()));
-                    Err(e)
-                }
-            }
-        });
-        let key = archive_key(id);
-        let (uploaded, produced) = tokio::join!(store.put_stream(&key, rx), producer);
-        let produced = produced.map_err(|e| Error::backend("archive writer", e.to_string()))?;
-        // The archive writer's error says what really went wrong (a source unreadable,
-        // the disk full); the upload error only that the stream stopped.
-        let summary = match (produced, uploaded) {
-            (Err(e), _) => {
-                let _ = store.delete(&key).await;
-                return Err(e);
-            }
-            (Ok(_), Err(e)) => return Err(e),
-            (Ok(s), Ok(_)) => s,
-        };
+        let (archive, index) = archive_to_store(
+            store,
+            id,
+            &header_json,
+            sources,
+            self.compression(),
+            progress,
+        )
+        .await?;
         Ok(Manifest {
             header: header.clone(),
-            archive: ArchiveRef {
-                key,
-                size: summary.archive_size,
-                blake3: summary.archive_hash,
-            },
-            index: summary.index,
+            archive,
+            index,
             duration_ms: 0,
             downtime_ms: None,
         })
@@ -674,16 +865,7 @@ impl Girofle {
                 parse_id(id)?;
                 let store = self.store(store)?;
                 let manifest = read_manifest(&store, id).await?;
-                let expected = manifest.index.clone();
-                let archive_ref = manifest.archive.clone();
-                read_archive_with(&store, &archive_ref.key.clone(), move |reader| {
-                    archive::verify_archive(
-                        reader,
-                        Some(&expected),
-                        Some((archive_ref.size, &archive_ref.blake3)),
-                    )
-                })
-                .await?;
+                verify_in_store(&store, &manifest.archive, &manifest.index).await?;
                 Ok(manifest)
             },
         )
@@ -713,53 +895,14 @@ impl Girofle {
                     ));
                 }
                 let manifest = read_manifest(&source, id).await?;
-                let key = manifest.archive.key.clone();
-                let mut stream = source.get_stream(&key).await?;
-                let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-                let expected = manifest.archive.clone();
-                let forward = async move {
-                    let mut hasher = blake3::Hasher::new();
-                    let mut size = 0u64;
-                    while let Some(chunk) = stream.next().await {
-                        match chunk {
-                            Ok(bytes) => {
-                                hasher.update(&bytes);
-                                size += bytes.len() as u64;
-                                if tx.send(Ok(bytes)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                                return;
-                            }
-                        }
-                    }
-                    let hash = hasher.finalize().to_hex().to_string();
-                    if size != expected.size || hash != expected.blake3 {
-                        // Abort the upload: a damaged copy must never land.
-                        let _ = tx
-                            .send(Err(std::io::Error::other(
-                                "the source archive does not match its manifest",
-                            )))
-                            .await;
-                    }
+                let what = format!("backup `{id}` in store `{}`", source.name());
+                copy_checked(&source, &dest, &manifest.archive, &what, "archive").await?;
+                let index = ArchiveRef {
+                    key: manifest.index.key.clone(),
+                    size: manifest.index.size,
+                    blake3: manifest.index.blake3.clone(),
                 };
-                let (uploaded, ()) = tokio::join!(dest.put_stream(&key, rx), forward);
-                uploaded.map_err(|e| match e {
-                    Error::Io { source, .. } if source.to_string().contains("does not match") => {
-                        Error::corrupt(
-                            format!(
-                                "backup `{id}` in store `{}`",
-                                self.store(from)
-                                    .map(|s| s.name().to_string())
-                                    .unwrap_or_default()
-                            ),
-                            "its archive does not match its manifest; nothing was copied",
-                        )
-                    }
-                    other => other,
-                })?;
+                copy_checked(&source, &dest, &index, &what, "index").await?;
                 dest.put_bytes(&manifest_key(id), Bytes::from(manifest.to_bytes()?))
                     .await?;
                 Ok(manifest)
@@ -816,6 +959,7 @@ impl Girofle {
                         // Manifest first: the backup stops listing before its data goes.
                         store.delete(&manifest_key(&m.header.id)).await?;
                         store.delete(&m.archive.key).await?;
+                        store.delete(&m.index.key).await?;
                         deleted.push(m.header.id.clone());
                     }
                 }
@@ -826,6 +970,59 @@ impl Girofle {
         )
         .await
     }
+}
+
+/// Copies one object of a backup, checking its size and hash on the way: a damaged copy
+/// never lands.
+async fn copy_checked(
+    source: &Arc<dyn BackupStore>,
+    dest: &Arc<dyn BackupStore>,
+    object: &ArchiveRef,
+    what: &str,
+    part: &str,
+) -> Result<()> {
+    let mut stream = source.get_stream(&object.key).await?;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let expected = object.clone();
+    let forward = async move {
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    hasher.update(&bytes);
+                    size += bytes.len() as u64;
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            }
+        }
+        let hash = hasher.finalize().to_hex().to_string();
+        if size != expected.size || hash != expected.blake3 {
+            // Abort the upload: a damaged copy must never land.
+            let _ = tx
+                .send(Err(std::io::Error::other(
+                    "the source object does not match its manifest",
+                )))
+                .await;
+        }
+    };
+    let (uploaded, ()) = tokio::join!(dest.put_stream(&object.key, rx), forward);
+    uploaded.map_err(|e| match e {
+        Error::Io { source, .. } if source.to_string().contains("does not match") => {
+            Error::corrupt(
+                what,
+                format!("its {part} does not match its manifest; nothing was copied"),
+            )
+        }
+        other => other,
+    })?;
+    Ok(())
 }
 
 /// Which of `times` (newest first) a policy keeps, as indexes. Index 0 (the newest) is
@@ -898,7 +1095,9 @@ async fn list_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Res
         let Ok(m) = read_manifest(store, id).await else {
             continue;
         };
-        if sizes.get(m.archive.key.as_str()) != Some(&m.archive.size) {
+        if sizes.get(m.archive.key.as_str()) != Some(&m.archive.size)
+            || sizes.get(m.index.key.as_str()) != Some(&m.index.size)
+        {
             continue;
         }
         out.push(m);

@@ -15,8 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::address::{allocate, AddressRequest};
-use crate::archive::{self, Progress};
-use crate::backup::{parse_id, read_archive_with, read_manifest, Manifest, ProgressFn, Strategy};
+use crate::backup::{extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy};
 use crate::error::{Error, IoContext, Result};
 use crate::fleet::Girofle;
 use crate::instance::{self, InstanceDirs, InstanceRecord, Stage};
@@ -328,25 +327,9 @@ impl Girofle {
         if let Some(parent) = staging.parent() {
             std::fs::create_dir_all(parent).ctx("create directory", parent)?;
         }
-        let expected = manifest.index.clone();
-        let archive_ref = manifest.archive.clone();
-        let target = staging.to_path_buf();
-        read_archive_with(store, &manifest.archive.key, move |reader| {
-            let mut report = |p: Progress| {
-                if let Some(f) = &progress {
-                    f(p);
-                }
-            };
-            archive::extract_archive(
-                reader,
-                &target,
-                &expected,
-                Some((archive_ref.size, &archive_ref.blake3)),
-                &mut report,
-            )
-        })
-        .await
-        .map(|_| ())
+        extract_from_store(store, &manifest.archive, &manifest.index, staging, progress)
+            .await
+            .map(|_| ())
     }
 
     #[allow(clippy::too_many_arguments)]
