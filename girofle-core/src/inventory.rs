@@ -89,6 +89,21 @@ fn db_err(path: &Path, e: rusqlite::Error) -> Error {
     )
 }
 
+/// Opens a connection to Girofle's database file (the inventory, and the tables other
+/// modules keep beside it) with the settings every writer relies on.
+pub(crate) fn connect_db(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|e| db_err(path, e))?;
+    // Concurrent girofle processes (an operator, a daemon, a timer) serialise on the
+    // database lock instead of failing.
+    conn.busy_timeout(Duration::from_secs(60))
+        .map_err(|e| db_err(path, e))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| db_err(path, e))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| db_err(path, e))?;
+    Ok(conn)
+}
+
 impl SqliteInventory {
     /// Opens (creating if needed) the database at `path`, mode 0600.
     ///
@@ -110,15 +125,7 @@ impl SqliteInventory {
     }
 
     fn connect(&self) -> Result<Connection> {
-        let conn = Connection::open(&self.path).map_err(|e| db_err(&self.path, e))?;
-        // Two girofle processes serialise on the database lock instead of failing.
-        conn.busy_timeout(Duration::from_secs(60))
-            .map_err(|e| db_err(&self.path, e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| db_err(&self.path, e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| db_err(&self.path, e))?;
-        Ok(conn)
+        connect_db(&self.path)
     }
 
     fn read(&self, conn: &Connection) -> Result<Fleet> {

@@ -669,15 +669,7 @@ impl ScheduleBook {
     }
 
     fn connect(&self) -> Result<Connection> {
-        let conn = Connection::open(&self.path).map_err(|e| db_err(&self.path, e))?;
-        // A daemon, a timer and an operator serialise on the database lock.
-        conn.busy_timeout(Duration::from_secs(60))
-            .map_err(|e| db_err(&self.path, e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| db_err(&self.path, e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| db_err(&self.path, e))?;
-        Ok(conn)
+        crate::inventory::connect_db(&self.path)
     }
 
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
