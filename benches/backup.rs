@@ -121,6 +121,7 @@ fn bench_store(spec: &str) -> BenchResult<Arc<dyn BackupStore>> {
                 access_key_id: Some(var("GIROFLE_TEST_S3_ACCESS_KEY")?),
                 secret_access_key: Some(var("GIROFLE_TEST_S3_SECRET_KEY")?),
                 allow_http: Some(true),
+                ..Default::default()
             };
             Ok(open_store("bench-s3", &config)?)
         }

@@ -93,6 +93,7 @@ fn s3_config(env: &S3Env, url: String) -> StoreConfig {
         access_key_id: Some(env.access_key.clone()),
         secret_access_key: Some(env.secret_key.clone()),
         allow_http: Some(true),
+        ..Default::default()
     }
 }
 

@@ -5,6 +5,7 @@ mod daemon;
 mod instance;
 mod metrics;
 mod output;
+mod recover;
 mod restore;
 mod schedule;
 mod state;
@@ -72,6 +73,9 @@ enum Command {
     /// Prometheus metrics: print them, write a textfile (--textfile), or `serve` them.
     #[command(after_help = EXIT_CODES)]
     Metrics(metrics::MetricsArgs),
+    /// Finish or roll back operations that were interrupted (a killed process, a crash).
+    #[command(after_help = EXIT_CODES)]
+    Recover,
     /// The fleet on one screen: states, age of the newest backup per store, overdue ones.
     #[command(after_help = EXIT_CODES)]
     Status,
@@ -101,6 +105,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Scheduled backups run on worker threads (the daemon), whose 2 MiB default
+        // stack the deep backup futures overflowed in debug builds.
+        .thread_stack_size(16 * 1024 * 1024)
         .build()
     {
         Ok(r) => r,
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
             Command::State(c) => state::run(&ctx, c).await,
             Command::Metrics(a) => metrics::run(&ctx, a).await,
             Command::Status => status::run(&ctx).await,
+            Command::Recover => recover::run(&ctx).await,
         }
     });
     match result {

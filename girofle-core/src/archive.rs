@@ -77,6 +77,9 @@ const MAX_HEADER_SIZE: u64 = 64 << 20;
 /// No index line is longer (paths and link targets are at most 4 KiB on Linux); a longer
 /// one is damage, and is not read into memory.
 const MAX_INDEX_LINE: usize = 64 << 10;
+/// Bound on a GNU long name / long link or PAX entry, for the same reason: the tar crate
+/// would read one of any size (a few KiB of zstd can claim gigabytes) into memory.
+const MAX_LONG_NAME: u64 = 64 << 10;
 
 /// One tree to archive: everything under `dir` is stored as `<prefix>/<relative path>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1216,7 +1219,11 @@ pub fn read_header<R: Read>(input: R) -> Result<serde_json::Value> {
     };
     let decoder = open_decoder(reader, &failed, BUF_SIZE / 4)?;
     let mut archive = tar::Archive::new(decoder);
-    let mut entries = archive.entries().map_err(|e| read_err(e, &failed))?;
+    // Raw: the header is the very first tar entry, never behind a long name.
+    let mut entries = archive
+        .entries()
+        .map_err(|e| read_err(e, &failed))?
+        .raw(true);
     let entry = entries
         .next()
         .ok_or_else(|| Error::corrupt("archive", "it is empty"))?
@@ -1855,7 +1862,8 @@ fn read_entries(
     let mut ticker = ProgressTicker::new(progress);
 
     let (header, index) = {
-        let mut entries = archive.entries().map_err(rerr)?;
+        // Raw: long names are read here, bounded (see `LongNames`).
+        let mut entries = archive.entries().map_err(rerr)?.raw(true);
         let first = entries
             .next()
             .ok_or_else(|| Error::corrupt("archive", "it is empty"))?
@@ -1863,19 +1871,30 @@ fn read_entries(
         let header = read_header_entry(first, failed)?;
 
         let mut index: Option<(IndexSummary, EntryDigest)> = None;
+        let mut long = LongNames::default();
         for entry in entries.by_ref() {
             let mut entry = entry.map_err(rerr)?;
             if index.is_some() {
                 let p = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
                 return Err(entry_err(&p, format!("found after `{INDEX_PATH}`")));
             }
-            let raw = entry.path_bytes();
+            if long.read(&mut entry, failed)? {
+                continue;
+            }
+            let (long_path, long_link) = (long.path.take(), long.link.take());
+            let raw = long_path.unwrap_or_else(|| entry.path_bytes().into_owned());
             let path = std::str::from_utf8(&raw)
                 .map_err(|_| entry_err(&String::from_utf8_lossy(&raw), "path is not valid UTF-8"))?
                 .trim_end_matches('/')
                 .to_owned();
             drop(raw);
             let etype = entry.header().entry_type();
+            if long_link.is_some() && etype != tar::EntryType::Symlink {
+                return Err(entry_err(
+                    &path,
+                    "a long link name for an entry that is not a link",
+                ));
+            }
             if path == INDEX_PATH && is_regular(etype) {
                 index = Some(read_index_entry(&mut entry, failed)?);
                 continue;
@@ -1908,8 +1927,8 @@ fn read_entries(
             // and the writer's order, so no entry comes twice.
             dirs.admit(&path, kind, sink.as_deref_mut())?;
             let link = if kind == EntryKind::Symlink {
-                let raw = entry
-                    .link_name_bytes()
+                let raw = long_link
+                    .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()))
                     .ok_or_else(|| entry_err(&path, "symlink without a target"))?;
                 let link = std::str::from_utf8(&raw)
                     .map_err(|_| entry_err(&path, "symlink target is not valid UTF-8"))?
@@ -2052,6 +2071,12 @@ fn read_entries(
             dirs.enter(&observed);
             found.add(&observed);
         }
+        if long.path.is_some() || long.link.is_some() {
+            return Err(Error::corrupt(
+                "archive",
+                "a long name entry with no entry after it",
+            ));
+        }
         let index = index.ok_or_else(|| {
             Error::corrupt(
                 "archive",
@@ -2104,6 +2129,79 @@ fn read_entries(
     }
     dirs.close_all(sink)?;
     Ok((header, summary))
+}
+
+/// The long path and link names read ahead of the entry they belong to: GNU long name and
+/// long link entries (what the writer uses), and PAX `path` and `linkpath` records. Read
+/// here rather than by the tar crate so that their size is bounded, and so that no other
+/// PAX record (`size`, `uid`...) can make the entry read differently from its header.
+#[derive(Default)]
+struct LongNames {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+}
+
+impl LongNames {
+    /// Takes in `entry` if it is one of those; returns whether it was.
+    fn read<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        failed: &AtomicBool,
+    ) -> Result<bool> {
+        let t = entry.header().entry_type();
+        let what = if t.is_gnu_longname() {
+            "GNU long name"
+        } else if t.is_gnu_longlink() {
+            "GNU long link"
+        } else if t.is_pax_local_extensions() {
+            "PAX header"
+        } else if t.is_pax_global_extensions() {
+            return Err(Error::corrupt("archive", "a global PAX header refused"));
+        } else {
+            return Ok(false);
+        };
+        let bad = |message: String| Error::corrupt("archive", message);
+        let size = entry.size();
+        if size > MAX_LONG_NAME {
+            return Err(bad(format!(
+                "a {what} entry of {size} bytes refused (at most {MAX_LONG_NAME})"
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| read_err(e, failed))?;
+        let set = |slot: &mut Option<Vec<u8>>, value: &[u8]| {
+            if slot.replace(value.to_vec()).is_some() {
+                return Err(bad(format!("a second {what} for one entry refused")));
+            }
+            Ok(())
+        };
+        if t.is_pax_local_extensions() {
+            for record in tar::PaxExtensions::new(&data) {
+                let record = record.map_err(|e| bad(format!("malformed PAX header: {e}")))?;
+                match record.key_bytes() {
+                    b"path" => set(&mut self.path, record.value_bytes())?,
+                    b"linkpath" => set(&mut self.link, record.value_bytes())?,
+                    key => {
+                        return Err(bad(format!(
+                            "PAX record `{}` refused: Girofle archives do not use it",
+                            String::from_utf8_lossy(key)
+                        )))
+                    }
+                }
+            }
+        } else {
+            // GNU tar ends the name with a NUL.
+            let value = data.strip_suffix(&[0]).unwrap_or(&data);
+            if t.is_gnu_longname() {
+                set(&mut self.path, value)?;
+            } else {
+                set(&mut self.link, value)?;
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Reads the archive's own index, streamed: its structure checked, its entries digested
@@ -3052,6 +3150,7 @@ mod tests {
         let abs = abs.to_str().unwrap();
         let long = format!("data/{}", "x".repeat(150));
         let long_evil = format!("data/{}/../../../evil", "x".repeat(120));
+        let huge = format!("data/{}", "x".repeat(MAX_LONG_NAME as usize));
         let cases: Vec<(Vec<Raw>, &str)> = vec![
             (vec![dir("data"), file(abs, b"x")], "absolute path"),
             (vec![dir("data"), file("data/../evil", b"x")], "`..`"),
@@ -3169,6 +3268,27 @@ mod tests {
                     },
                 ],
                 "absolute path",
+            ),
+            // Long names are read into memory: their size is bounded.
+            (
+                vec![
+                    dir("data"),
+                    Raw {
+                        gnu_long: true,
+                        ..file(&huge, b"x")
+                    },
+                ],
+                "GNU long name entry of",
+            ),
+            (
+                vec![
+                    dir("data"),
+                    Raw {
+                        pax: true,
+                        ..file(&huge, b"x")
+                    },
+                ],
+                "PAX header entry of",
             ),
         ];
         for (entries, why) in cases {

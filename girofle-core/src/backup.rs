@@ -30,7 +30,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fleet::Girofle;
 use crate::instance::{self, InstanceDirs, InstanceRecord};
 use crate::inventory::InventoryExt;
-use crate::lock::InstanceLock;
+use crate::recovery::{IntentFile, Operation};
 use crate::runtime::{ContainerRuntimeExt, ExecSpec, Health};
 use crate::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
 
@@ -44,6 +44,9 @@ const MANIFEST_SUFFIX: &str = ".manifest";
 /// Chunks of the index object when it is uploaded.
 const INDEX_CHUNK: usize = 1 << 20;
 const CHECKSUM_TRAILER: &str = "\nblake3:";
+/// What the archive writer says when the store stopped reading its stream (`archive`'s
+/// `ChannelWriter`).
+const CONSUMER_GONE: &str = "the archive consumer is gone";
 
 /// How a backup is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -171,7 +174,9 @@ impl Manifest {
         let (body, trailer) = text
             .rsplit_once(CHECKSUM_TRAILER)
             .ok_or_else(|| Error::corrupt(what, "the manifest has no checksum line"))?;
-        let expected = trailer.trim();
+        // Exactly the hash and the newline `to_bytes` writes: trimming would let a flipped
+        // last byte (a newline turned into a space) pass unnoticed.
+        let expected = trailer.strip_suffix('\n').unwrap_or(trailer);
         let actual = blake3::hash(body.as_bytes()).to_hex().to_string();
         if expected != actual {
             return Err(Error::corrupt(
@@ -382,15 +387,25 @@ pub async fn archive_to_store(
     // The archive writer's error says what really went wrong (a source unreadable,
     // the disk full); the upload error only that the stream stopped.
     let summary = match (produced, uploaded) {
+        // ...unless the writer only saw the store stop reading: then the store's error
+        // (a full disk, a dead server) is the one that says what happened.
+        (Err(e), Err(upload)) if e.to_string().contains(CONSUMER_GONE) => {
+            let _ = store.delete(&key).await;
+            return Err(disk_full_said(upload));
+        }
         (Err(e), _) => {
             let _ = store.delete(&key).await;
-            return Err(e);
+            return Err(disk_full_said(e));
         }
-        (Ok(_), Err(e)) => return Err(e),
+        (Ok(_), Err(e)) => return Err(disk_full_said(e)),
         (Ok(s), Ok(_)) => s,
     };
     let index = IndexRef::new(index_key(id), &summary.index);
-    upload_file(store, &index.key, summary.index_file).await?;
+    if let Err(e) = upload_file(store, &index.key, summary.index_file).await {
+        // An archive without its index is of no use: it must not linger in the store.
+        let _ = store.delete(&key).await;
+        return Err(disk_full_said(e));
+    }
     Ok((
         ArchiveRef {
             key,
@@ -399,6 +414,25 @@ pub async fn archive_to_store(
         },
         index,
     ))
+}
+
+/// Says so plainly when a write failed because the disk is full (`ENOSPC`, `EDQUOT`):
+/// the raw "os error 28" does not tell an operator what to do.
+fn disk_full_said(e: Error) -> Error {
+    match e {
+        Error::Io {
+            action,
+            path,
+            source,
+        } if matches!(source.raw_os_error(), Some(28) | Some(122)) => Error::Io {
+            action: format!(
+                "the disk is full (free space there or prune old backups with `girofle backup prune`): {action}"
+            ),
+            path,
+            source,
+        },
+        e => e,
+    }
 }
 
 /// Streams a local file into `key` in chunks.
@@ -536,7 +570,7 @@ impl Girofle {
             "backup",
             json!({ "name": name, "strategy": options.strategy, "store": options.store, "no_logs": options.no_logs }),
             json!({ "image": record.image }),
-            self.backup_inner(record.clone(), options),
+            Box::pin(self.backup_inner(record.clone(), options)),
         )
         .await
     }
@@ -620,7 +654,7 @@ impl Girofle {
         options: BackupOptions,
     ) -> Result<BackupReport> {
         let store = self.store(options.store.as_deref())?;
-        let _lock = InstanceLock::acquire(&self.root, &record.name, "backup")?;
+        let _lock = self.lock_instance(&record.name, "backup").await?;
         let container = record.container_name();
         let info = self.runtime.inspect(&container).await?;
         let running = info.as_ref().map(|i| i.running).unwrap_or(false);
@@ -658,7 +692,7 @@ impl Girofle {
             prefix: "config".into(),
             dir: dirs.config.clone(),
         }];
-        let (manifest, downtime) = match options.strategy {
+        let (manifest, downtime, intent) = match options.strategy {
             Strategy::Cold => {
                 if !options.no_logs {
                     sources.push(Source {
@@ -673,9 +707,26 @@ impl Girofle {
                         dir: dirs.data.clone(),
                     },
                 );
+                // Until this record goes, a crash leaves GitLab stopped: recovery starts it.
+                let intent = IntentFile::begin(
+                    &self.root,
+                    &record.name,
+                    Operation::ColdBackup {
+                        was_running: running,
+                        store: store.name().to_string(),
+                        id: id.clone(),
+                    },
+                    "archiving",
+                )?;
                 let down = Instant::now();
-                if running {
-                    self.runtime.stop(&container, self.stop_grace()).await?;
+                let stopped = if running {
+                    self.runtime.stop(&container, self.stop_grace()).await
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = stopped {
+                    self.settle(intent).await;
+                    return Err(e);
                 }
                 let result = self
                     .archive_to_store(&header, &sources, &store, &id, options.progress.clone())
@@ -694,9 +745,13 @@ impl Girofle {
                     Ok(())
                 };
                 let downtime = down.elapsed();
-                let manifest = result?;
-                restarted?;
-                (manifest, Some(downtime))
+                match (result, restarted) {
+                    (Ok(manifest), Ok(())) => (manifest, Some(downtime), intent),
+                    (Err(e), _) | (_, Err(e)) => {
+                        self.settle(intent).await;
+                        return Err(e);
+                    }
+                }
             }
             Strategy::Online => {
                 let gid = format!(
@@ -717,7 +772,6 @@ impl Girofle {
                     ],
                     user: None,
                 };
-                self.runtime.exec_ok(&container, &create).await?;
                 let tar_name = format!("{gid}_gitlab_backup.tar");
                 let produced = dirs.data.join("backups").join(&tar_name);
                 // Move GitLab's tar out of the data volume into a directory of its own
@@ -728,9 +782,31 @@ impl Girofle {
                     record.name,
                     header.created_at.timestamp()
                 ));
-                std::fs::create_dir_all(&holder).ctx("create directory", &holder)?;
+                // Until this record goes, a crash may leave GitLab's tar in the data
+                // volume: recovery removes it.
+                let mut intent = IntentFile::begin(
+                    &self.root,
+                    &record.name,
+                    Operation::OnlineBackup {
+                        store: store.name().to_string(),
+                        id: id.clone(),
+                        gitlab_tar: produced.clone(),
+                        holder: holder.clone(),
+                    },
+                    "gitlab-backup",
+                )?;
+                if let Err(e) = self.runtime.exec_ok(&container, &create).await {
+                    self.settle(intent).await;
+                    return Err(e);
+                }
+                intent.phase("archiving")?;
                 let moved = holder.join(&tar_name);
-                let result = match std::fs::rename(&produced, &moved) {
+                let result = match std::fs::create_dir_all(&holder)
+                    .ctx("create directory", &holder)
+                    .and_then(|()| {
+                        std::fs::rename(&produced, &moved)
+                            .ctx("take GitLab's backup file", &produced)
+                    }) {
                     Ok(()) => {
                         sources.push(Source {
                             prefix: "gitlab-backup".into(),
@@ -751,19 +827,35 @@ impl Girofle {
                         )
                         .await
                     }
-                    Err(e) => Err(Error::io("take GitLab's backup file", &produced, e)),
+                    Err(e) => Err(e),
                 };
                 let _ = std::fs::remove_dir_all(&holder);
-                (result?, None)
+                match result {
+                    Ok(manifest) => (manifest, None, intent),
+                    Err(e) => {
+                        self.settle(intent).await;
+                        return Err(e);
+                    }
+                }
             }
         };
         let mut manifest = manifest;
         manifest.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         manifest.downtime_ms = downtime.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         // The manifest goes last: only now does the backup list.
-        store
-            .put_bytes(&manifest_key(&id), Bytes::from(manifest.to_bytes()?))
-            .await?;
+        let written = match manifest.to_bytes() {
+            Ok(bytes) => {
+                store
+                    .put_bytes(&manifest_key(&id), Bytes::from(bytes))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            self.settle(intent).await;
+            return Err(e);
+        }
+        intent.finish()?;
         Ok(BackupReport {
             id,
             store: store.name().to_string(),

@@ -238,19 +238,42 @@ impl Config {
     /// Parses and validates configuration text.
     ///
     /// # Errors
-    /// `InvalidInput` naming the file, line and key.
+    /// `InvalidInput` naming the key, the file and line, and what is expected.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-                .unwrap_or(0);
-            Error::invalid(
-                format!("{} line {line}", path.display()),
-                e.message().to_string(),
-            )
+            let at = e.span().map(|s| s.start.min(text.len()));
+            let (line, key) = at.map_or((0, None), |at| locate(text, at));
+            let mut message = e.message().trim_end().replace('\n', "; ");
+            // A syntax error is about the text, not the value of the key it is in.
+            let key = if text.parse::<toml::Table>().is_err() {
+                message = format!("TOML syntax: {message}");
+                None
+            } else {
+                key
+            };
+            if let Some(hint) = key.as_deref().and_then(expected_value) {
+                message = format!("{message}; expected {hint}");
+            }
+            let field = match key {
+                Some(key) => format!("`{key}` ({} line {line})", path.display()),
+                None => format!("{} line {line}", path.display()),
+            };
+            Error::invalid(field, message)
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            // Point at the line of the key a value check refused.
+            Error::InvalidInput { field, message } => match line_of(text, &field) {
+                Some(line) => Error::InvalidInput {
+                    field: format!("`{field}` ({} line {line})", path.display()),
+                    message,
+                },
+                None => Error::InvalidInput {
+                    field: format!("`{field}` ({})", path.display()),
+                    message,
+                },
+            },
+            e => e,
+        })?;
         Ok(config)
     }
 
@@ -282,11 +305,18 @@ impl Config {
                 "`local` is the built-in store under <root>/backups; give yours another name",
             ));
         }
-        for name in self.stores.keys() {
-            crate::instance::validate_label("store name", name)?;
+        if let Some(host) = &self.docker.host {
+            validate_docker_host("docker.host", host)?;
+        }
+        for (name, store) in &self.stores {
+            crate::instance::validate_label(&format!("stores.{name}"), name)?;
+            validate_store_url(&format!("stores.{name}.url"), &store.url)?;
         }
         self.schedule.validate(&self.stores)?;
         self.notify.validate()?;
+        if let Some(u) = &self.notify.webhook_url {
+            validate_http_url("notify.webhook_url", u)?;
+        }
         Ok(())
     }
 
@@ -316,6 +346,173 @@ impl Config {
     }
 }
 
+/// What a key of girofle.toml takes, for errors about its value.
+fn expected_value(key: &str) -> Option<&'static str> {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    Some(match key {
+        "network.ips" => "a list of IP addresses, e.g. ips = [\"127.0.0.1\"]",
+        "network.ports" => "a list of ports or ranges as strings, e.g. ports = [\"20080-20999\"]",
+        "docker.host" => "a string like \"unix:///var/run/docker.sock\" or \"tcp://HOST:2375\"",
+        "instances.image" => "an image reference string, e.g. \"gitlab/gitlab-ce:17.5.1-ce.0\"",
+        "backup.level" => "a zstd level, a whole number from 1 to 22",
+        "backup.threads" => "a whole number of threads (0: one per core)",
+        "schedule.backup" | "schedule.copy" => {
+            "a cron string of 5 fields, e.g. \"0 */4 * * *\" (or \"off\" for copy)"
+        }
+        "schedule.timezone" => "an IANA time zone string, e.g. \"UTC\" or \"Europe/Paris\"",
+        "schedule.strategy" => "\"online\" or \"cold\"",
+        "metrics.listen" => "an address string \"IP:PORT\", e.g. \"127.0.0.1:9531\"",
+        "notify.webhook_url" => "a string \"http://HOST:PORT/PATH\"",
+        "notify.on_success" => "true or false",
+        _ if key.starts_with("stores.") && last == "url" => {
+            "a string \"s3://BUCKET/PREFIX\" or \"file:///ABSOLUTE/PATH\""
+        }
+        _ if key.starts_with("stores.") && last == "allow_http" => "true or false",
+        _ if last.ends_with("_secs") || last.ends_with("_ms") => "a whole number",
+        _ if last.starts_with("keep_") || last == "max_concurrent" => "a whole number",
+        _ => return None,
+    })
+}
+
+/// The line (1-based) of byte `at` in `text`, and the dotted key whose value holds it:
+/// the last `[table]` header above it and the `key =` it sits in.
+fn locate(text: &str, at: usize) -> (usize, Option<String>) {
+    let line = text[..at].matches('\n').count() + 1;
+    let mut table = String::new();
+    let mut key = None;
+    for (n, l) in text.lines().enumerate().take(line) {
+        let l = l.trim();
+        if let Some(h) = table_header(l) {
+            table = h;
+            key = None;
+            if n + 1 == line {
+                return (line, Some(table));
+            }
+        } else if let Some((k, _)) = l.split_once('=') {
+            let k = k.trim().trim_matches('"');
+            if !k.is_empty() && !k.starts_with('#') && !k.contains(char::is_whitespace) {
+                key = Some(k.to_string());
+            }
+        }
+    }
+    let full = match (key, table.is_empty()) {
+        (Some(k), true) => Some(k),
+        (Some(k), false) => Some(format!("{table}.{k}")),
+        (None, false) => Some(table),
+        (None, true) => None,
+    };
+    (line, full)
+}
+
+fn table_header(line: &str) -> Option<String> {
+    let inner = line.strip_prefix('[')?.split(']').next()?;
+    let name = inner.trim_start_matches('[').trim();
+    (!name.is_empty()).then(|| name.replace([' ', '"'], ""))
+}
+
+/// The line (1-based) where dotted key `key` (`network.ports`, `stores.nas.url`) is
+/// set, or its table starts.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let mut table = String::new();
+    let mut table_line = None;
+    for (n, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if let Some(h) = table_header(l) {
+            table = h;
+            if table == key {
+                table_line = Some(n + 1);
+            }
+        } else if let Some((k, _)) = l.split_once('=') {
+            let k = k.trim().trim_matches('"');
+            let full = if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            };
+            if full == key {
+                return Some(n + 1);
+            }
+        }
+    }
+    table_line
+}
+
+/// Checks a Docker engine address: `unix:///path`, `tcp://HOST:PORT`, `http(s)://...`.
+///
+/// # Errors
+/// `InvalidInput` naming `field` and saying what is expected.
+pub fn validate_docker_host(field: &str, host: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::invalid(
+            field,
+            format!("`{host}` {why}; use unix:///var/run/docker.sock or tcp://HOST:2375"),
+        )
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(bad("is not an absolute socket path"));
+        }
+        return Ok(());
+    }
+    let url = url::Url::parse(host).map_err(|e| bad(&format!("is not an address ({e})")))?;
+    match url.scheme() {
+        "tcp" | "http" | "https" => {}
+        other => return Err(bad(&format!("has the unsupported scheme `{other}`"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host"));
+    }
+    Ok(())
+}
+
+/// Checks the syntax of a store URL (`s3://BUCKET/PREFIX`, `file:///PATH`) without
+/// opening the store. Never echoes the URL: it may carry a password.
+///
+/// # Errors
+/// `InvalidInput` naming `field` and saying what is expected.
+pub fn validate_store_url(field: &str, text: &str) -> Result<()> {
+    const EXPECTED: &str = "use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH";
+    let url = url::Url::parse(text.trim())
+        .map_err(|e| Error::invalid(field, format!("not a URL ({e}); {EXPECTED}")))?;
+    match url.scheme() {
+        "s3" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        "s3" => Err(Error::invalid(
+            field,
+            format!("an s3:// URL names its bucket as host; {EXPECTED}"),
+        )),
+        "file" => Ok(()),
+        other => Err(Error::invalid(
+            field,
+            format!("scheme `{other}` is not supported; {EXPECTED}"),
+        )),
+    }
+}
+
+/// Checks an `http://` or `https://` URL with a host.
+///
+/// # Errors
+/// `InvalidInput` naming `field` and saying what is expected.
+pub fn validate_http_url(field: &str, text: &str) -> Result<()> {
+    let bad = |why: String| {
+        Error::invalid(
+            field,
+            // Not echoed: webhook URLs often carry a token.
+            format!("the URL {why}; use e.g. \"http://127.0.0.1:8080/hooks/girofle\""),
+        )
+    };
+    let url = url::Url::parse(text).map_err(|e| bad(format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "has the scheme `{}`, not http or https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host".into()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +535,59 @@ mod tests {
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = Config::parse("[instances]\nimagee = \"x\"\n", Path::new("g.toml")).unwrap_err();
         assert!(e.to_string().contains("imagee"), "{e}");
+    }
+
+    #[test]
+    fn value_errors_name_the_dotted_key_and_its_line() {
+        let text = "# c\n[network]\nips = [\"127.0.0.1\"]\nports = [\"1-2\"]\n\n[stores.nas]\nurl = \"ftp://x/y\"\n";
+        let e = Config::parse(text, Path::new("g.toml")).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("`stores.nas.url` (g.toml line 7)") && m.contains("scheme `ftp`"),
+            "{m}"
+        );
+        assert_eq!(
+            locate(text, text.find("1-2").unwrap()),
+            (4, Some("network.ports".into()))
+        );
+        assert_eq!(line_of(text, "stores.nas"), Some(6));
+        assert_eq!(line_of(text, "network.ips"), Some(3));
+        assert_eq!(line_of(text, "backup.level"), None);
+        // A syntax error names the line, not a key.
+        let e = Config::parse("[network\n", Path::new("g.toml")).unwrap_err();
+        assert!(
+            e.to_string().contains("g.toml line 1): TOML syntax")
+                || e.to_string().contains("g.toml line 1: TOML syntax"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn addresses_say_what_they_expect() {
+        for ok in [
+            "unix:///var/run/docker.sock",
+            "tcp://10.0.0.2:2375",
+            "https://h:2376",
+        ] {
+            validate_docker_host("docker.host", ok).unwrap();
+        }
+        for bad in [
+            "unix://relative.sock",
+            "host:2375",
+            "ssh://h",
+            "tcp://:2375",
+        ] {
+            let e = validate_docker_host("docker.host", bad).unwrap_err();
+            assert!(e.to_string().contains("tcp://HOST:2375"), "{bad}: {e}");
+        }
+        validate_store_url("u", "s3://bucket/prefix").unwrap();
+        validate_store_url("u", "file:///mnt/nas").unwrap();
+        for bad in ["/mnt/nas", "s3:///prefix", "http://x/y"] {
+            assert!(validate_store_url("u", bad).is_err(), "{bad}");
+        }
+        validate_http_url("w", "https://hooks.example/x").unwrap();
+        let e = validate_http_url("w", "https://user:token@/x").unwrap_err();
+        assert!(!e.to_string().contains("token"), "the URL is echoed: {e}");
+        assert!(validate_http_url("w", "ftp://x/y").is_err());
     }
 }

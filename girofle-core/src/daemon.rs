@@ -232,6 +232,8 @@ async fn run_inner(g: Girofle, mut options: DaemonOptions) -> Result<DaemonRepor
             Err(_) => {
                 jobs.abort_all();
                 while jobs.join_next().await.is_some() {}
+                // A cancelled backup may have left GitLab stopped: bring it back now.
+                g.recover_pending().await;
                 let why = format!(
                     "the daemon was stopped and the run did not finish within the {} s grace",
                     grace.as_secs()
@@ -315,6 +317,9 @@ async fn claim_due_work(
         report.recovered += 1;
         hooks.ended(report, &run);
     }
+    // And an operation that died (or a job cancelled) may have left an instance stopped
+    // or half-restored: put it right before claiming new work (cheap when nothing did).
+    g.recover_pending().await;
     let fleet = g.inventory().load().await?;
     let own = book.all_overrides()?;
     let default = g.default_schedule();

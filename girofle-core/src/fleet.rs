@@ -24,7 +24,7 @@ use crate::instance::{
 };
 use crate::inventory::{unknown_instance, Fleet, Inventory, InventoryExt, SqliteInventory};
 use crate::journal::{self, Journal, Record};
-use crate::lock::InstanceLock;
+use crate::recovery::{IntentFile, Operation};
 use crate::runtime::{ContainerRuntime, ContainerRuntimeExt, DockerRuntime, ExecSpec, Health};
 
 /// How to open a root.
@@ -297,7 +297,7 @@ impl Girofle {
             "commission",
             arguments,
             Self::versions_of(&image),
-            self.commission_inner(request, image),
+            Box::pin(self.commission_inner(request, image)),
         )
         .await
     }
@@ -325,6 +325,8 @@ impl Girofle {
         self.ensure_image(&image).await?;
         let name = request.name.clone();
         let container = instance::container_name(&name);
+        // First: a commission of this name that died half-way is cleaned up.
+        let lock = self.lock_instance(&name, "commission").await?;
         if self.runtime.inspect(&container).await?.is_some() {
             return Err(Error::already_exists(
                 format!("container `{container}`"),
@@ -334,7 +336,6 @@ impl Girofle {
         let dirs = InstanceDirs::new(&self.root, &name);
         let engine_ports = self.runtime.published_ports().await?;
         let mut record: Option<InstanceRecord> = None;
-        let lock = InstanceLock::acquire(&self.root, &name, "commission")?;
         self.inventory
             .transact(&mut |fleet: &mut Fleet| {
                 if fleet.instances.contains_key(&name) {
@@ -374,6 +375,14 @@ impl Girofle {
             })
             .await?;
         let record = record.expect("set by the transaction");
+        // Until this record goes, a crash leaves a half-made instance: recovery removes it.
+        let intent = match IntentFile::begin(&self.root, &name, Operation::Commission, "creating") {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = self.forget(&name).await;
+                return Err(e);
+            }
+        };
         let brought_up = match self.bring_up(&record, &dirs, request.timeout).await {
             // Settings asked for at creation go into gitlab.rb once GitLab has written it.
             Ok(()) if !record.settings.is_empty() => {
@@ -385,16 +394,19 @@ impl Girofle {
             Ok(()) => {
                 let mut active = record.clone();
                 active.stage = Stage::Active;
-                self.put_record(&active).await?;
+                if let Err(e) = self.put_record(&active).await {
+                    self.settle(intent).await;
+                    return Err(e);
+                }
+                intent.finish()?;
                 drop(lock);
                 Ok(active.redacted())
             }
             Err(e) => {
                 // Leave nothing half-done: container, directories (all created by us just
-                // now) and the reservation go.
-                let _ = self.runtime.remove(&container, true).await;
-                let _ = std::fs::remove_dir_all(&dirs.base);
-                let _ = self.forget(&name).await;
+                // now) and the reservation go; if the engine cannot be reached for that
+                // now, recovery does it later.
+                self.settle(intent).await;
                 Err(e)
             }
         }
@@ -454,6 +466,9 @@ impl Girofle {
     /// # Errors
     /// `Backend` when the inventory or the engine cannot be read.
     pub async fn list(&self) -> Result<Vec<InstanceStatus>> {
+        // Operations that died half-way are put right first (one directory read when
+        // there are none), so the listing shows what will stay.
+        self.recover_pending().await;
         let fleet = self.inventory.load().await?;
         let containers = self
             .runtime
@@ -635,7 +650,7 @@ impl Girofle {
                 ));
             }
         }
-        let _lock = InstanceLock::acquire(&self.root, &record.name, "reconfigure")?;
+        let _lock = self.lock_instance(&record.name, "reconfigure").await?;
         self.apply_settings(&record, &settings).await?;
         let mut updated = record.clone();
         updated.settings = settings;
@@ -694,6 +709,60 @@ impl Girofle {
         Ok(())
     }
 
+    /// The steps of a decommission after the final backup: stop, move the data (or delete
+    /// it when `archive_to` is `None`), remove the container, forget the record.
+    async fn take_down(
+        &self,
+        record: &InstanceRecord,
+        archive_to: Option<&Path>,
+        intent: &mut IntentFile,
+    ) -> Result<()> {
+        let name = &record.name;
+        let container = record.container_name();
+        self.runtime
+            .stop(&container, self.stop_grace())
+            .await
+            .or_else(|e| match e {
+                Error::NotFound { .. } => Ok(()),
+                e => Err(e),
+            })?;
+        let dirs = InstanceDirs::new(&self.root, name);
+        match archive_to {
+            Some(dest) => {
+                intent.phase("moving")?;
+                if dirs.base.exists() {
+                    let parent = self.root.join("decommissioned");
+                    std::fs::create_dir_all(&parent).ctx("create directory", &parent)?;
+                    // A rename keeps every numeric owner and mode as GitLab left them.
+                    std::fs::rename(&dirs.base, dest).ctx("move instance data to", dest)?;
+                    crate::fsutil::sync_dir(&parent)?;
+                }
+                intent.phase("removing")?;
+                self.runtime
+                    .remove(&container, true)
+                    .await
+                    .or_else(|e| match e {
+                        Error::NotFound { .. } => Ok(()),
+                        e => Err(e),
+                    })?;
+            }
+            None => {
+                self.runtime
+                    .remove(&container, true)
+                    .await
+                    .or_else(|e| match e {
+                        Error::NotFound { .. } => Ok(()),
+                        e => Err(e),
+                    })?;
+                intent.phase("purging")?;
+                if dirs.base.exists() {
+                    std::fs::remove_dir_all(&dirs.base).ctx("delete", &dirs.base)?;
+                }
+            }
+        }
+        self.forget(name).await
+    }
+
     /// Decommissions an instance: a final backup (unless asked not to), stop and remove the
     /// container, move the data to `<root>/decommissioned/<name>-<timestamp>/` (or delete
     /// it with `purge`), free its addresses.
@@ -711,7 +780,7 @@ impl Girofle {
             "decommission",
             json!({ "name": name, "purge": options.purge, "no_backup": options.no_backup }),
             Self::versions_of(&record.image),
-            self.decommission_inner(record.clone(), options),
+            Box::pin(self.decommission_inner(record.clone(), options)),
         )
         .await
     }
@@ -727,36 +796,34 @@ impl Girofle {
         } else {
             Some(self.final_backup(&record).await?)
         };
-        let _lock = InstanceLock::acquire(&self.root, &name, "decommission")?;
-        let container = record.container_name();
-        self.runtime
-            .stop(&container, self.stop_grace())
-            .await
-            .or_else(|e| match e {
-                Error::NotFound { .. } => Ok(()),
-                e => Err(e),
-            })?;
-        let dirs = InstanceDirs::new(&self.root, &name);
-        let archived_to = if options.purge {
-            None
-        } else {
-            let dest = self
-                .root
+        let _lock = self.lock_instance(&name, "decommission").await?;
+        let archived_to = (!options.purge).then(|| {
+            self.root
                 .join("decommissioned")
-                .join(format!("{name}-{}", now().format("%Y%m%dT%H%M%SZ")));
-            if dirs.base.exists() {
-                std::fs::create_dir_all(self.root.join("decommissioned"))
-                    .ctx("create directory", &self.root.join("decommissioned"))?;
-                // A rename keeps every numeric owner and mode as GitLab left them.
-                std::fs::rename(&dirs.base, &dest).ctx("move instance data to", &dest)?;
+                .join(format!("{name}-{}", now().format("%Y%m%dT%H%M%SZ")))
+        });
+        // Until this record goes, a crash is finished (the data moved) or rolled back
+        // (the data still in place) by recovery.
+        let mut intent = IntentFile::begin(
+            &self.root,
+            &name,
+            Operation::Decommission {
+                record: record.clone(),
+                purge: options.purge,
+                archive_to: archived_to.clone(),
+            },
+            "stopping",
+        )?;
+        let done = self
+            .take_down(&record, archived_to.as_deref(), &mut intent)
+            .await;
+        match done {
+            Ok(()) => intent.finish()?,
+            Err(e) => {
+                self.settle(intent).await;
+                return Err(e);
             }
-            Some(dest)
-        };
-        self.runtime.remove(&container, true).await?;
-        if options.purge && dirs.base.exists() {
-            std::fs::remove_dir_all(&dirs.base).ctx("delete", &dirs.base)?;
         }
-        self.forget(&name).await?;
         Ok(Decommissioned {
             name,
             archived_to,

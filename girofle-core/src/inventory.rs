@@ -80,6 +80,19 @@ pub struct SqliteInventory {
 const SQLITE: &str = "inventory database";
 
 fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if matches!(
+            f.code,
+            rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+        ) {
+            return Error::corrupt(
+                format!("{SQLITE} `{}`", path.display()),
+                format!(
+                    "{e}: expected the SQLite database Girofle writes; move the file aside and bring the inventory back with `girofle state import FILE` (from a `girofle state export`)"
+                ),
+            );
+        }
+    }
     Error::backend(
         SQLITE,
         format!(

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod lock;
 pub mod metrics;
 pub mod notify;
+pub mod recovery;
 pub mod restore;
 pub mod runtime;
 pub mod schedule;

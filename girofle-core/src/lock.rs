@@ -6,6 +6,7 @@
 //! so a refused operation can name the holder.
 
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use fs2::FileExt;
@@ -33,6 +34,7 @@ impl InstanceLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .ctx("open lock", &path)?;
         if file.try_lock_exclusive().is_err() {

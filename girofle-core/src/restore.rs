@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fleet::Girofle;
 use crate::instance::{self, InstanceDirs, InstanceRecord, Stage};
 use crate::inventory::Fleet;
-use crate::lock::InstanceLock;
+use crate::recovery::{IntentFile, Operation};
 use crate::runtime::{ContainerRuntimeExt, ExecSpec};
 
 /// What to restore, and where.
@@ -108,7 +108,7 @@ impl Girofle {
                 "https_port": request.addresses.https_port, "ssh_port": request.addresses.ssh_port,
             }),
             json!({ "image": request.image }),
-            self.restore_inner(request.clone()),
+            Box::pin(self.restore_inner(request.clone())),
         )
         .await
     }
@@ -168,7 +168,13 @@ impl Girofle {
                 ));
             }
         }
-        let _lock = InstanceLock::acquire(&self.root, &target, "restore")?;
+        let _lock = self.lock_instance(&target, "restore").await?;
+        // Taking the lock may have recovered an interrupted operation on the target.
+        if self.inventory.load().await?.instances.get(&target) != existing.as_ref() {
+            return Err(Error::Conflict(format!(
+                "instance `{target}` changed while the restore was being prepared (an interrupted operation on it was recovered); run the restore again"
+            )));
+        }
 
         // 3. Extract into staging, every hash checked. Nothing of the instance touched yet.
         let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
@@ -176,11 +182,27 @@ impl Girofle {
             .root
             .join("staging")
             .join(format!("restore-{target}-{stamp}"));
+        let aside = self
+            .root
+            .join("staging")
+            .join(format!("aside-{target}-{stamp}"));
+        // From here until the record goes, a crash is rolled back by recovery: the
+        // previous directories come back from `aside` and the previous container again.
+        let mut intent = IntentFile::begin(
+            &self.root,
+            &target,
+            Operation::Restore {
+                previous: existing.clone(),
+                staging: staging.clone(),
+                aside: aside.clone(),
+            },
+            "extracting",
+        )?;
         let extracted = self
             .extract_to(&store, &manifest, &staging, request.progress.clone())
             .await;
         if let Err(e) = extracted {
-            let _ = std::fs::remove_dir_all(&staging);
+            self.settle(intent).await;
             return Err(e);
         }
 
@@ -266,17 +288,17 @@ impl Girofle {
                 Ok(())
             })
             .await;
-        if let Err(e) = reservation {
-            let _ = std::fs::remove_dir_all(&staging);
+        if let Err(e) = reservation.and_then(|_| intent.phase("reserved")) {
+            self.settle(intent).await;
             return Err(e);
         }
         let record = new_record.expect("set by the transaction");
 
         // 5. Swap the directories, bring the restored instance up, check it.
-        let aside = self
-            .root
-            .join("staging")
-            .join(format!("aside-{target}-{stamp}"));
+        if let Err(e) = intent.phase("swapping") {
+            self.settle(intent).await;
+            return Err(e);
+        }
         let outcome = self
             .swap_and_check(
                 &record,
@@ -292,9 +314,15 @@ impl Girofle {
             Ok(()) => {
                 let mut done = record.clone();
                 done.stage = Stage::Active;
-                self.put_record(&done).await?;
+                if let Err(e) = self.put_record(&done).await {
+                    self.settle(intent).await;
+                    return Err(e);
+                }
+                // The point of no return: the restored instance is the instance now.
+                intent.phase("committed")?;
                 let _ = std::fs::remove_dir_all(&aside);
                 let _ = std::fs::remove_dir_all(&staging);
+                intent.finish()?;
                 Ok(RestoreReport {
                     id: request.id.clone(),
                     name: target,
@@ -308,9 +336,9 @@ impl Girofle {
                 })
             }
             Err(e) => {
-                self.roll_back(&target, existing.as_ref(), &dirs, &aside)
-                    .await;
-                let _ = std::fs::remove_dir_all(&staging);
+                // The previous directories (in place) come back only from `aside`: the
+                // instance directory is deleted only when they are there to replace it.
+                self.settle(intent).await;
                 Err(e)
             }
         }
@@ -433,30 +461,6 @@ impl Girofle {
         self.runtime
             .wait_healthy(&container, timeout.unwrap_or(self.boot_timeout()))
             .await
-    }
-
-    /// Puts the previous state back after a failed restore.
-    async fn roll_back(
-        &self,
-        target: &str,
-        existing: Option<&InstanceRecord>,
-        dirs: &InstanceDirs,
-        aside: &Path,
-    ) {
-        let container = instance::container_name(target);
-        let _ = self.runtime.remove(&container, true).await;
-        let _ = std::fs::remove_dir_all(&dirs.base);
-        match existing {
-            Some(previous) => {
-                if aside.exists() {
-                    let _ = std::fs::rename(aside, &dirs.base);
-                }
-                let _ = self.bring_up(previous, dirs, None).await;
-            }
-            None => {
-                let _ = self.forget(target).await;
-            }
-        }
     }
 
     /// Proves a backup valid for its GitLab version (R-BAK-7): restores it into a

@@ -292,6 +292,10 @@ impl DockerRuntime {
                 ),
             )
         };
+        crate::config::validate_docker_host(
+            "docker host (--docker-host, DOCKER_HOST or [docker] host)",
+            &host,
+        )?;
         let docker = Docker::connect_with_host(&host).map_err(|e| unreachable(&e))?;
         let docker = tokio::time::timeout(Duration::from_secs(15), docker.negotiate_version())
             .await

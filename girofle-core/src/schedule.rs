@@ -180,7 +180,9 @@ pub fn parse_cron(field: &str, text: &str) -> Result<Cron> {
         .map_err(|e| {
             Error::invalid(
                 field,
-                format!("`{text}` is not a valid cron expression: {e}"),
+                format!(
+                    "`{text}` is not a valid cron expression ({e}); expected minute (0-59) hour (0-23) day-of-month (1-31) month (1-12 or JAN-DEC) day-of-week (0-7 or SUN-SAT), each `*`, a number, a range `a-b`, a list `a,b` or a step `*/n`, e.g. \"0 */4 * * *\""
+                ),
             )
         })?;
     if cron.find_next_occurrence(&Utc::now(), false).is_err() {
@@ -1291,6 +1293,16 @@ impl Girofle {
         let arguments = json!({ "name": name, "change": change });
         self.journaled("schedule-set", arguments, json!({}), async {
             use crate::inventory::InventoryExt;
+            // The arguments' own syntax first: a typo is named whatever the instance.
+            if let Some(c) = &change.backup {
+                parse_cron("--backup", c)?;
+            }
+            if let Some(c) = change.copy.as_deref().filter(|c| *c != OFF) {
+                parse_cron("--copy", c)?;
+            }
+            if let Some(tz) = &change.timezone {
+                parse_timezone("--tz", tz)?;
+            }
             self.inventory.get(name).await?;
             if let Some(st) = change.store.as_deref() {
                 if st != OFF && !self.config.stores.contains_key(st) {
@@ -1760,6 +1772,7 @@ mod tests {
                 access_key_id: None,
                 secret_access_key: None,
                 allow_http: None,
+                ..Default::default()
             },
         );
         let d = ScheduleConfig::default().default_schedule(&stores);

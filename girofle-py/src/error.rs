@@ -1,5 +1,6 @@
 //! Girofle's exception classes: `girofle.GirofleError` and one subclass per core error
-//! kind, so Python code can catch exactly what it can act on.
+//! kind (and `CancelledError` for a cancelled call), so Python code can catch exactly what
+//! it can act on.
 //!
 //! The classes are made at import time with `type(...)` rather than pyo3's
 //! `create_exception!`, because some need two bases (`NotFoundError` is also a
@@ -96,7 +97,17 @@ const CLASSES: &[Class] = &[
         builtin: None,
         doc: "A backend (Docker engine, inventory database, object store) failed.",
     },
+    // Not a core error kind: raised by this module when a `Cancel` token stopped a call.
+    Class {
+        kind: CANCELLED,
+        name: "CancelledError",
+        parent: None,
+        builtin: None,
+        doc: "The call was cancelled with its `Cancel` token (core's recovery has run).",
+    },
 ];
+
+const CANCELLED: &str = "cancelled";
 
 const BASE: &str = "GirofleError";
 
@@ -159,6 +170,19 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
         made.into_iter().map(|(_, k, t)| (k, t.unbind())).collect(),
     );
     Ok(())
+}
+
+/// `girofle.CancelledError` with `message`.
+pub fn cancelled_err(py: Python<'_>, message: &str) -> PyErr {
+    let class = TYPES
+        .get(py)
+        .and_then(|types| types.iter().find(|(k, _)| *k == CANCELLED))
+        .map(|(_, t)| t.bind(py).clone());
+    match class.map(|c| c.call1((message,))) {
+        Some(Ok(exception)) => PyErr::from_value(exception),
+        Some(Err(e)) => e,
+        None => PyRuntimeError::new_err(message.to_string()),
+    }
 }
 
 /// The Python exception for a core error: its kind's class, core's message.

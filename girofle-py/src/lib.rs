@@ -1,10 +1,16 @@
-//! `girofle._girofle`: the Python module of Girofle. Like the CLI it only parses, calls
-//! `girofle-core` and returns: every result is plain Python data (dicts, lists, strings,
-//! numbers) made from core's serde results — the same data as the CLI's `--json` — and
-//! every core error is raised as its `girofle.GirofleError` subclass (see `error`).
+//! `girofle._girofle`: the native half of the Python module. Like the CLI it only parses,
+//! calls `girofle-core` and returns: every result is plain Python data (dicts, lists,
+//! strings, numbers) made from core's serde results — the same data as the CLI's
+//! `--json` — which `girofle` (python/girofle) turns into typed, read-only objects; every
+//! core error is raised as its `girofle.GirofleError` subclass (see `error`).
 //!
-//! Each call releases the GIL and blocks on one multi-threaded tokio runtime shared by
-//! the whole process, so other Python threads run while GitLab boots or a backup streams.
+//! Each call runs core's future as a task on one multi-threaded tokio runtime shared by
+//! the whole process, and waits for it with the GIL released, in short slices: between
+//! two it runs Python's signal handlers and looks at the call's `Cancel` token and at
+//! whether a progress callback raised. Any of those aborts the task, waits until it is
+//! dropped, then runs core's `recover` (a cold backup's instance restarted, an in-place
+//! restore rolled back, staging removed) before the exception (a `KeyboardInterrupt`,
+//! `girofle.CancelledError`, the callback's) reaches the caller.
 
 mod error;
 
@@ -12,13 +18,15 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use girofle_core::address::AddressRequest;
 use girofle_core::archive::Progress;
 use girofle_core::backup::{BackupOptions, ProgressFn, Retention, Strategy};
 use girofle_core::restore::RestoreRequest;
+use girofle_core::schedule::ScheduleOverrides;
 use girofle_core::{CommissionRequest, DecommissionOptions, Error, OpenOptions};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -26,9 +34,16 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 use serde::Serialize;
 
-use crate::error::to_py_err;
+use crate::error::{cancelled_err, to_py_err};
 
 static RUNTIME: PyOnceLock<tokio::runtime::Runtime> = PyOnceLock::new();
+
+/// How long the calling thread waits on core before it looks at signals and tokens again:
+/// the worst delay between Ctrl-C and the abort.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// Stack size of the runtime's threads (address space, committed only as used).
+const WORKER_STACK: usize = 16 << 20;
 
 /// The process's tokio runtime, made on first use.
 fn runtime(py: Python<'_>) -> PyResult<&'static tokio::runtime::Runtime> {
@@ -36,12 +51,16 @@ fn runtime(py: Python<'_>) -> PyResult<&'static tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("girofle")
+            // Core's futures run on these workers (not on the caller's 8 MiB main stack as
+            // in the CLI): some, a decommission's, are deep enough to overflow tokio's
+            // default 2 MiB.
+            .thread_stack_size(WORKER_STACK)
             .build()
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the async runtime: {e}")))
     })
 }
 
-/// Runs core work to completion with the GIL released; errors become Girofle exceptions.
+/// Runs core work that cannot be cancelled (opening a root) with the GIL released.
 fn run<T, F>(py: Python<'_>, work: F) -> PyResult<T>
 where
     F: Future<Output = girofle_core::Result<T>> + Send,
@@ -50,6 +69,179 @@ where
     let rt = runtime(py)?;
     py.detach(|| rt.block_on(work))
         .map_err(|e| to_py_err(py, e))
+}
+
+/// A cancellation token: `cancel()` from any thread stops the operations it was given to
+/// (they raise `girofle.CancelledError` after core's recovery ran). Once cancelled it
+/// stays so: an operation given a cancelled token stops at once.
+#[pyclass(frozen, skip_from_py_object, module = "girofle", name = "Cancel")]
+#[derive(Clone, Default)]
+struct Cancel {
+    state: Arc<AtomicBool>,
+}
+
+#[pymethods]
+impl Cancel {
+    #[new]
+    fn new() -> Self {
+        Cancel::default()
+    }
+
+    /// Asks the operations holding this token to stop.
+    fn cancel(&self) {
+        self.state.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `cancel()` was called.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Cancel(cancelled={})",
+            if self.cancelled() { "True" } else { "False" }
+        )
+    }
+}
+
+/// One call in progress: its token, the first exception its progress callback raised,
+/// and how many of its progress callbacks are running.
+#[derive(Clone, Default)]
+struct Call {
+    cancel: Cancel,
+    failure: Arc<Mutex<Option<PyErr>>>,
+    in_callback: Arc<AtomicUsize>,
+}
+
+impl Call {
+    fn new(cancel: Option<&Bound<'_, Cancel>>) -> Self {
+        Call {
+            cancel: cancel.map(|c| c.get().clone()).unwrap_or_default(),
+            failure: Arc::default(),
+            in_callback: Arc::default(),
+        }
+    }
+
+    /// A core progress callback calling `callback(files, bytes)`. An exception it raises
+    /// (a `KeyboardInterrupt` too) cancels the call and is what the call raises.
+    fn progress(&self, callback: Option<Py<PyAny>>) -> Option<ProgressFn> {
+        let callback = Arc::new(callback?);
+        let call = self.clone();
+        Some(Arc::new(move |p: Progress| {
+            // Counted before the token is read: see `run`, which waits for the count to
+            // drop to zero after cancelling.
+            call.in_callback.fetch_add(1, Ordering::SeqCst);
+            if !call.cancel.cancelled() {
+                Python::attach(|py| {
+                    if let Err(e) = callback.call1(py, (p.files, p.bytes)) {
+                        let mut failure = call.failure.lock().unwrap_or_else(|e| e.into_inner());
+                        failure.get_or_insert(e);
+                        call.cancel.cancel();
+                    }
+                })
+            }
+            call.in_callback.fetch_sub(1, Ordering::SeqCst);
+        }))
+    }
+
+    /// Why the call must stop, if it must: a signal handler's exception (Ctrl-C), the
+    /// progress callback's, or the token.
+    fn interruption(&self, py: Python<'_>) -> Option<PyErr> {
+        if let Err(e) = py.check_signals() {
+            return Some(e);
+        }
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if failure.is_some() {
+            return failure;
+        }
+        self.cancel
+            .cancelled()
+            .then(|| cancelled_err(py, "the operation was cancelled"))
+    }
+
+    /// Runs `work` as a task and waits for it with the GIL released, stopping it when the
+    /// call is interrupted (see the module's documentation).
+    fn run<T, F>(&self, py: Python<'_>, g: &girofle_core::Girofle, work: F) -> PyResult<T>
+    where
+        F: Future<Output = girofle_core::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let rt = runtime(py)?;
+        // A token cancelled before the call: do not start at all.
+        if let Some(e) = self.interruption(py) {
+            return Err(e);
+        }
+        let mut task = rt.spawn(work);
+        loop {
+            let done = py.detach(|| {
+                rt.block_on(async { tokio::time::timeout(SLICE, &mut task).await.ok() })
+            });
+            if let Some(joined) = done {
+                return match joined {
+                    Ok(result) => result.map_err(|e| to_py_err(py, e)),
+                    Err(e) => Err(PyRuntimeError::new_err(format!(
+                        "girofle's task failed: {e}"
+                    ))),
+                };
+            }
+            if let Some(e) = self.interruption(py) {
+                self.cancel.cancel();
+                task.abort();
+                // Returns once the task's future is dropped: its guards (the instance
+                // lock...) are released and nothing of it runs any more but blocking
+                // work core hands to its own threads.
+                let _ = py.detach(|| rt.block_on(&mut task));
+                // Core's blocking work (tar, zstd) may outlive the task until its next
+                // chunk; no callback of ours may run in it once the caller has moved on
+                // (or the interpreter is finalizing).
+                while self.in_callback.load(Ordering::SeqCst) > 0 {
+                    py.detach(|| std::thread::sleep(Duration::from_millis(5)));
+                }
+                return Err(recover_after(py, g, e));
+            }
+        }
+    }
+}
+
+/// Runs core's recovery after an aborted call: what it did becomes the `recovered`
+/// attribute of `interrupt` (a list of `girofle.Recovery`), its failure a note (the
+/// interrupt stays the exception the caller sees).
+fn recover_after(py: Python<'_>, g: &girofle_core::Girofle, interrupt: PyErr) -> PyErr {
+    let Ok(rt) = runtime(py) else {
+        return interrupt;
+    };
+    let g = g.clone();
+    match py.detach(|| rt.block_on(async move { g.recover().await })) {
+        Ok(recovered) => {
+            if let Ok(value) = typed_recoveries(py, &recovered) {
+                let _ = interrupt.value(py).setattr("recovered", value);
+            }
+        }
+        Err(e) => {
+            let note = format!("girofle: recovery after the interruption failed: {e}");
+            let _ = interrupt.value(py).call_method1("add_note", (note,));
+        }
+    }
+    interrupt
+}
+
+/// `[girofle.Recovery, ...]`, as `Girofle.recover()` returns them.
+fn typed_recoveries(
+    py: Python<'_>,
+    recovered: &[girofle_core::recovery::Recovery],
+) -> PyResult<Py<PyAny>> {
+    let class = py.import("girofle._results")?.getattr("Recovery")?;
+    let list = pyo3::types::PyList::empty(py);
+    for r in recovered {
+        list.append(class.call_method1("from_dict", (to_py(py, r)?,))?)?;
+    }
+    Ok(list.into_any().unbind())
 }
 
 /// Core's serializable result as plain Python data.
@@ -145,23 +337,34 @@ fn count_arg(py: Python<'_>, field: &str, n: i64) -> PyResult<usize> {
     usize::try_from(n).map_err(|_| invalid(py, field, format!("{n} is negative")))
 }
 
-/// A core progress callback calling `callback(files, bytes)`; an exception it raises is
-/// reported as unraisable and does not stop the work.
-fn progress_arg(callback: Option<Py<PyAny>>) -> Option<ProgressFn> {
-    let callback = Arc::new(callback?);
-    Some(Arc::new(move |p: Progress| {
-        Python::attach(|py| {
-            if let Err(e) = callback.call1(py, (p.files, p.bytes)) {
-                e.write_unraisable(py, None);
-            }
-        })
-    }))
-}
-
-/// Girofle opened on a root directory (see `Girofle.init` to prepare one).
-#[pyclass(frozen, module = "girofle", name = "Girofle")]
+/// Girofle opened on a root directory (see `Girofle.init` to prepare one). The native
+/// half of `girofle.Girofle`: the same methods, returning plain data.
+#[pyclass(frozen, module = "girofle._girofle", name = "Girofle")]
 struct PyGirofle {
     inner: girofle_core::Girofle,
+}
+
+impl PyGirofle {
+    /// Runs `work` on a clone of this Girofle as one interruptible call.
+    fn call<T, F, W>(&self, py: Python<'_>, call: &Call, work: W) -> PyResult<T>
+    where
+        W: FnOnce(girofle_core::Girofle) -> F,
+        F: Future<Output = girofle_core::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        call.run(py, &self.inner, work(self.inner.clone()))
+    }
+
+    /// As `call`, with a fresh token (Ctrl-C still interrupts), returning Python data.
+    fn data<T, F, W>(&self, py: Python<'_>, work: W) -> PyResult<Py<PyAny>>
+    where
+        W: FnOnce(girofle_core::Girofle) -> F,
+        F: Future<Output = girofle_core::Result<T>> + Send + 'static,
+        T: Serialize + Send + 'static,
+    {
+        let value = self.call(py, &Call::default(), work)?;
+        to_py(py, &value)
+    }
 }
 
 #[pymethods]
@@ -211,7 +414,7 @@ impl PyGirofle {
     /// Commissions a new instance and waits until it is healthy; returns its record.
     #[pyo3(signature = (
         name, image=None, ip=None, http_port=None, https_port=None, ssh_port=None,
-        hostname=None, settings=None, labels=None, timeout=None
+        hostname=None, settings=None, labels=None, timeout=None, cancel=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn create(
@@ -227,6 +430,7 @@ impl PyGirofle {
         settings: Option<Bound<'_, PyAny>>,
         labels: Option<BTreeMap<String, String>>,
         timeout: Option<f64>,
+        cancel: Option<Bound<'_, Cancel>>,
     ) -> PyResult<Py<PyAny>> {
         let request = CommissionRequest {
             name,
@@ -237,77 +441,107 @@ impl PyGirofle {
             labels: labels.unwrap_or_default(),
             timeout: timeout_arg(py, timeout)?,
         };
-        let g = &self.inner;
-        let record = run(py, g.commission(request))?;
+        let call = Call::new(cancel.as_ref());
+        let record = self.call(py, &call, |g| async move { g.commission(request).await })?;
         to_py(py, &record)
     }
 
     /// The instances of this root with their state, reconciled with the engine.
     fn list(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let list = run(py, self.inner.list())?;
-        to_py(py, &list)
+        self.data(py, |g| async move { g.list().await })
     }
 
     /// One instance with its state.
     fn show(&self, py: Python<'_>, name: String) -> PyResult<Py<PyAny>> {
-        let status = run(py, self.inner.show(&name))?;
-        to_py(py, &status)
+        self.data(py, |g| async move { g.show(&name).await })
     }
 
     /// Starts an instance (re-creating a removed container) and waits healthy.
-    fn start(&self, py: Python<'_>, name: String) -> PyResult<Py<PyAny>> {
-        let record = run(py, self.inner.start(&name))?;
+    #[pyo3(signature = (name, cancel=None))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        name: String,
+        cancel: Option<Bound<'_, Cancel>>,
+    ) -> PyResult<Py<PyAny>> {
+        let call = Call::new(cancel.as_ref());
+        let record = self.call(py, &call, |g| async move { g.start(&name).await })?;
         to_py(py, &record)
     }
 
     /// Stops an instance.
-    fn stop(&self, py: Python<'_>, name: String) -> PyResult<Py<PyAny>> {
-        let record = run(py, self.inner.stop(&name))?;
+    #[pyo3(signature = (name, cancel=None))]
+    fn stop(
+        &self,
+        py: Python<'_>,
+        name: String,
+        cancel: Option<Bound<'_, Cancel>>,
+    ) -> PyResult<Py<PyAny>> {
+        let call = Call::new(cancel.as_ref());
+        let record = self.call(py, &call, |g| async move { g.stop(&name).await })?;
         to_py(py, &record)
     }
 
     /// Stops then starts an instance and waits healthy.
-    fn restart(&self, py: Python<'_>, name: String) -> PyResult<Py<PyAny>> {
-        let record = run(py, self.inner.restart(&name))?;
+    #[pyo3(signature = (name, cancel=None))]
+    fn restart(
+        &self,
+        py: Python<'_>,
+        name: String,
+        cancel: Option<Bound<'_, Cancel>>,
+    ) -> PyResult<Py<PyAny>> {
+        let call = Call::new(cancel.as_ref());
+        let record = self.call(py, &call, |g| async move { g.restart(&name).await })?;
         to_py(py, &record)
     }
 
     /// Sets and unsets managed gitlab.rb settings, runs `gitlab-ctl reconfigure`.
-    #[pyo3(signature = (name, set=None, unset=None))]
+    #[pyo3(signature = (name, set=None, unset=None, cancel=None))]
     fn reconfigure(
         &self,
         py: Python<'_>,
         name: String,
         set: Option<Bound<'_, PyAny>>,
         unset: Option<Vec<String>>,
+        cancel: Option<Bound<'_, Cancel>>,
     ) -> PyResult<Py<PyAny>> {
         let set = settings_arg(py, set.as_ref())?;
         let unset = unset.unwrap_or_default();
-        let record = run(py, self.inner.reconfigure(&name, &set, &unset))?;
+        let call = Call::new(cancel.as_ref());
+        let record = self.call(py, &call, |g| async move {
+            g.reconfigure(&name, &set, &unset).await
+        })?;
         to_py(py, &record)
     }
 
     /// Decommissions an instance: a final backup unless `final_backup=False`, the
     /// container removed, the data moved to `decommissioned/` (or deleted with `purge`).
-    #[pyo3(signature = (name, purge=false, final_backup=true))]
+    #[pyo3(signature = (name, purge=false, final_backup=true, cancel=None))]
     fn remove(
         &self,
         py: Python<'_>,
         name: String,
         purge: bool,
         final_backup: bool,
+        cancel: Option<Bound<'_, Cancel>>,
     ) -> PyResult<Py<PyAny>> {
         let options = DecommissionOptions {
             purge,
             no_backup: !final_backup,
         };
-        let done = run(py, self.inner.decommission(&name, options))?;
+        let call = Call::new(cancel.as_ref());
+        let done = self.call(py, &call, |g| async move {
+            g.decommission(&name, options).await
+        })?;
         to_py(py, &done)
     }
 
     /// Takes a backup (`strategy` "online" or "cold") into a store (default "local").
     /// `progress(files, bytes)` is called as the archive grows.
-    #[pyo3(signature = (name, strategy="online", store=None, no_logs=false, progress=None))]
+    #[pyo3(signature = (
+        name, strategy="online", store=None, no_logs=false, progress=None, cancel=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn backup(
         &self,
         py: Python<'_>,
@@ -316,15 +550,17 @@ impl PyGirofle {
         store: Option<String>,
         no_logs: bool,
         progress: Option<Py<PyAny>>,
+        cancel: Option<Bound<'_, Cancel>>,
     ) -> PyResult<Py<PyAny>> {
         let strategy: Strategy = strategy.parse().map_err(|e| to_py_err(py, e))?;
+        let call = Call::new(cancel.as_ref());
         let options = BackupOptions {
             strategy,
             store,
             no_logs,
-            progress: progress_arg(progress),
+            progress: call.progress(progress),
         };
-        let report = run(py, self.inner.backup(&name, options))?;
+        let report = self.call(py, &call, |g| async move { g.backup(&name, options).await })?;
         to_py(py, &report)
     }
 
@@ -336,28 +572,33 @@ impl PyGirofle {
         name: Option<String>,
         store: Option<String>,
     ) -> PyResult<Py<PyAny>> {
-        let list = run(
-            py,
-            self.inner.list_backups(name.as_deref(), store.as_deref()),
-        )?;
-        to_py(py, &list)
+        self.data(py, |g| async move {
+            g.list_backups(name.as_deref(), store.as_deref()).await
+        })
     }
 
     /// Checks a backup end to end without restoring it; with `drill=True`, restores it
     /// into a throw-away instance and checks repositories and secrets.
-    #[pyo3(signature = (id, store=None, drill=false))]
+    #[pyo3(signature = (id, store=None, drill=false, cancel=None))]
     fn verify(
         &self,
         py: Python<'_>,
         id: String,
         store: Option<String>,
         drill: bool,
+        cancel: Option<Bound<'_, Cancel>>,
     ) -> PyResult<Py<PyAny>> {
+        let call = Call::new(cancel.as_ref());
         if drill {
-            let report = run(py, self.inner.drill(&id, store.as_deref()))?;
+            let report = self.call(py, &call, |g| async move {
+                g.drill(&id, store.as_deref()).await
+            })?;
             return to_py(py, &report);
         }
-        let manifest = run(py, self.inner.verify(&id, store.as_deref()))?;
+        let checked = id.clone();
+        let manifest = self.call(py, &call, |g| async move {
+            g.verify(&checked, store.as_deref()).await
+        })?;
         #[derive(Serialize)]
         struct Verified {
             id: String,
@@ -377,15 +618,20 @@ impl PyGirofle {
     }
 
     /// Copies a backup from `store` (default "local") to store `to`, hash checked.
-    #[pyo3(signature = (id, to, store=None))]
+    #[pyo3(signature = (id, to, store=None, cancel=None))]
     fn copy_backup(
         &self,
         py: Python<'_>,
         id: String,
         to: String,
         store: Option<String>,
+        cancel: Option<Bound<'_, Cancel>>,
     ) -> PyResult<Py<PyAny>> {
-        let manifest = run(py, self.inner.copy_backup(&id, store.as_deref(), &to))?;
+        let call = Call::new(cancel.as_ref());
+        let (copied, target) = (id.clone(), to.clone());
+        let manifest = self.call(py, &call, |g| async move {
+            g.copy_backup(&copied, store.as_deref(), &target).await
+        })?;
         #[derive(Serialize)]
         struct Copied {
             id: String,
@@ -418,17 +664,15 @@ impl PyGirofle {
             keep_daily: count_arg(py, "keep_daily", keep_daily)?,
             keep_weekly: count_arg(py, "keep_weekly", keep_weekly)?,
         };
-        let deleted = run(
-            py,
-            self.inner.prune(name.as_deref(), store.as_deref(), policy),
-        )?;
-        to_py(py, &deleted)
+        self.data(py, |g| async move {
+            g.prune(name.as_deref(), store.as_deref(), policy).await
+        })
     }
 
     /// Restores a backup, in place or as a new instance (`as_name`).
     #[pyo3(signature = (
         id, store=None, as_name=None, image=None, ip=None, http_port=None,
-        https_port=None, ssh_port=None, timeout=None, progress=None
+        https_port=None, ssh_port=None, timeout=None, progress=None, cancel=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn restore(
@@ -444,7 +688,9 @@ impl PyGirofle {
         ssh_port: Option<i64>,
         timeout: Option<f64>,
         progress: Option<Py<PyAny>>,
+        cancel: Option<Bound<'_, Cancel>>,
     ) -> PyResult<Py<PyAny>> {
+        let call = Call::new(cancel.as_ref());
         let request = RestoreRequest {
             id,
             store,
@@ -452,10 +698,91 @@ impl PyGirofle {
             image,
             addresses: addresses_arg(py, ip, http_port, https_port, ssh_port)?,
             timeout: timeout_arg(py, timeout)?,
-            progress: progress_arg(progress),
+            progress: call.progress(progress),
         };
-        let report = run(py, self.inner.restore(request))?;
+        let report = self.call(py, &call, |g| async move { g.restore(request).await })?;
         to_py(py, &report)
+    }
+
+    /// Every instance's schedule, last runs and next runs (`girofle schedule list`).
+    fn schedules(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.data(py, |g| async move { g.schedules().await })
+    }
+
+    /// The effective schedule of one instance.
+    fn schedule(&self, py: Python<'_>, name: String) -> PyResult<Py<PyAny>> {
+        self.data(py, |g| async move { g.schedule_of(&name).await })
+    }
+
+    /// Changes an instance's schedule (`girofle schedule set`): the arguments given
+    /// change, the others keep their value. `copy` and `store` take "off" for no copies.
+    /// Returns the effective schedule.
+    #[pyo3(signature = (
+        name, backup=None, copy=None, store=None, timezone=None, strategy=None,
+        keep_last=None, keep_daily=None, keep_weekly=None, enabled=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn set_schedule(
+        &self,
+        py: Python<'_>,
+        name: String,
+        backup: Option<String>,
+        copy: Option<String>,
+        store: Option<String>,
+        timezone: Option<String>,
+        strategy: Option<String>,
+        keep_last: Option<i64>,
+        keep_daily: Option<i64>,
+        keep_weekly: Option<i64>,
+        enabled: Option<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        let strategy = strategy
+            .map(|s| s.parse::<Strategy>())
+            .transpose()
+            .map_err(|e| to_py_err(py, e))?;
+        let count = |field: &str, n: Option<i64>| n.map(|n| count_arg(py, field, n)).transpose();
+        let change = ScheduleOverrides {
+            backup,
+            copy,
+            timezone,
+            store,
+            strategy,
+            keep_last: count("keep_last", keep_last)?,
+            keep_daily: count("keep_daily", keep_daily)?,
+            keep_weekly: count("keep_weekly", keep_weekly)?,
+            enabled,
+        };
+        self.data(py, |g| async move { g.set_schedule(&name, change).await })
+    }
+
+    /// Writes girofle.toml, the inventory (schedules included) and the journal into
+    /// `file` (zstd tar, mode 0600: it holds the stores' credentials).
+    fn export_state(&self, py: Python<'_>, file: PathBuf) -> PyResult<Py<PyAny>> {
+        self.data(py, |g| async move { g.export_state(&file).await })
+    }
+
+    /// Takes over the state in `file` into `root` (which may be uninitialised): refused
+    /// (`ConflictError`) when the root's inventory has other instances, unless `force`.
+    /// Importing twice changes nothing more. Open the root afterwards.
+    #[staticmethod]
+    #[pyo3(signature = (root, file, force=false))]
+    fn import_state(
+        py: Python<'_>,
+        root: PathBuf,
+        file: PathBuf,
+        force: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let report = run(py, async move {
+            girofle_core::Girofle::import_state(&root, &file, force).await
+        })?;
+        to_py(py, &report)
+    }
+
+    /// Repairs what interrupted operations left behind (an instance a cold backup
+    /// stopped, an in-place restore half done, staging files); returns what it did.
+    /// Interrupted calls of this module run it themselves.
+    fn recover(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.data(py, |g| async move { g.recover().await })
     }
 }
 
@@ -477,6 +804,7 @@ fn is_secret_key(key: &str) -> bool {
 fn _girofle(module: &Bound<'_, PyModule>) -> PyResult<()> {
     error::register(module)?;
     module.add_class::<PyGirofle>()?;
+    module.add_class::<Cancel>()?;
     module.add_function(wrap_pyfunction!(parse_setting, module)?)?;
     module.add_function(wrap_pyfunction!(is_secret_key, module)?)?;
     module.add("__version__", girofle_core::VERSION)?;

@@ -104,7 +104,7 @@ def test_playbook_commission_backup_verify_restore(make_root, tmp_path):
         "Restore it as a new instance": "changed",
     }, first
     g = root.open()
-    states = {s["name"]: s["state"] for s in g.list()}
+    states = {s.name: s.state for s in g.list()}
     assert states == {instance: "running", f"{instance}-copy": "running"}
     rb = managed_block(root.path / "instances" / instance / "config" / "gitlab.rb")
     assert "gitlab_rails['time_zone'] = 'UTC'" in rb
@@ -158,23 +158,23 @@ def test_instance_states_are_idempotent(make_root, tmp_path):
     added = [line for line in preview["_stdout"].splitlines() if line.startswith("+")]
     assert any("time_zone" in line and "'UTC'" in line for line in added), preview["_stdout"]
     g = root.open()
-    assert "gitlab_rails['time_zone']" not in g.show(name)["record"]["settings"]
+    assert "gitlab_rails['time_zone']" not in g.show(name).record.settings
     assert module(tmp_path, "girofle_instance", {**base, "settings": tz})["changed"]
-    assert g.show(name)["record"]["settings"]["gitlab_rails['time_zone']"] == "'UTC'"
+    assert g.show(name).record.settings["gitlab_rails['time_zone']"] == "'UTC'"
     rb = managed_block(root.path / "instances" / name / "config" / "gitlab.rb")
     assert "gitlab_rails['time_zone'] = 'UTC'" in rb and "gitlab_default_theme'] = 2" in rb
     assert not module(tmp_path, "girofle_instance", {**base, "settings": tz})["changed"]
 
     stopped = {**base, "state": "stopped"}
     assert module(tmp_path, "girofle_instance", stopped, check=True)["changed"]
-    assert g.show(name)["state"] == "running"
+    assert g.show(name).state == "running"
     assert module(tmp_path, "girofle_instance", stopped)["changed"]
-    assert g.show(name)["state"] == "stopped"
+    assert g.show(name).state == "stopped"
     assert not module(tmp_path, "girofle_instance", stopped)["changed"]
 
     absent = {**base, "state": "absent", "final_backup": False}
     assert module(tmp_path, "girofle_instance", absent, check=True)["changed"]
-    assert g.show(name)["state"] == "stopped"
+    assert g.show(name).state == "stopped"
     done = module(tmp_path, "girofle_instance", absent)
     assert done["changed"] and done["decommissioned"]["final_backup"] is None
     with pytest.raises(girofle.NotFoundError):

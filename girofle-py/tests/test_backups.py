@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dataclasses
+
+import pytest
+
+import girofle
 from conftest import containers_of, ls_remote, push_project, unique
 
 
@@ -15,63 +20,73 @@ def test_backup_verify_copy_prune_restore_as_new_name(make_root, tmp_path):
     g = root.open()
     name = unique("src")
     record = g.create(name)
-    url = f"{record['external_url']}/team/app.git"
+    url = f"{record.external_url}/team/app.git"
     refs = push_project(root.tmp / "work", url, commits=4)
 
     seen: list[tuple[int, int]] = []
     online = g.backup(name, progress=lambda files, size: seen.append((files, size)))
-    assert online["id"].startswith(f"{name}/") and online["store"] == "local"
-    assert online["strategy"] == "online" and online["downtime_ms"] is None
-    assert online["gitlab_version"] == "17.5.1"
+    assert isinstance(online, girofle.Backup)
+    assert online.id.startswith(f"{name}/") and online.store == "local"
+    assert online.strategy == "online" and online.downtime_ms is None
+    assert online.gitlab_version == "17.5.1"
+    # Read-only, equal by value, and back to the CLI's --json data.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        online.id = "other"  # type: ignore[misc]
+    assert girofle.Backup.from_dict(online.to_dict()) == online
+    assert online.to_dict()["id"] == online.id and online.to_dict()["downtime_ms"] is None
+    assert repr(online).startswith("Backup(id=") and online.id in repr(online)
     assert seen, "the progress callback was never called"
     assert seen[-1][0] > 0 and seen[-1][1] > 0
     assert all(a <= b for a, b in zip(seen, seen[1:])), "progress went backwards"
 
     cold = g.backup(name, strategy="cold", no_logs=True)
-    assert cold["downtime_ms"] is not None
-    assert g.show(name)["state"] == "running", "a cold backup left GitLab down"
+    assert cold.downtime_ms is not None and cold.strategy == "cold"
+    assert g.show(name).state == "running", "a cold backup left GitLab down"
     listed = g.list_backups(name)
-    assert [b["id"] for b in listed] == [online["id"], cold["id"]]
+    assert [b.id for b in listed] == [online.id, cold.id]
     assert g.list_backups() == listed
-    assert listed[0]["instance"] == name and listed[0]["image"] == record["image"]
+    assert listed[0].instance == name and listed[0].image == record.image
+    assert listed[0].created_at.tzinfo is not None and listed[0].created_at <= listed[1].created_at
+    assert (listed[0].files, listed[0].archive_size) == (online.files, online.archive_size)
+    assert girofle.BackupEntry.from_dict(listed[0].to_dict()) == listed[0]
 
-    verified = g.verify(cold["id"])
-    assert verified == {
-        "id": cold["id"],
-        "ok": True,
-        "files": cold["files"],
-        "bytes": cold["bytes"],
-    }
-    drill = g.verify(cold["id"], drill=True)
-    assert drill["valid_for_version"] == "17.5.1" and drill["fsck_clean"], drill
-    assert [s["name"] for s in g.list()] == [name], "the drill left an instance behind"
+    verified = g.verify(cold.id)
+    assert verified == girofle.VerifyResult(id=cold.id, ok=True, files=cold.files, bytes=cold.bytes)
+    assert verified.to_dict() == {"id": cold.id, "ok": True, "files": cold.files, "bytes": cold.bytes}
+    drill = g.verify(cold.id, drill=True)
+    assert isinstance(drill, girofle.DrillResult)
+    assert drill.valid_for_version == "17.5.1" and drill.fsck_clean and drill.secrets_ok, drill
+    assert [s.name for s in g.list()] == [name], "the drill left an instance behind"
 
-    copied = g.copy_backup(online["id"], to="nas")
-    assert copied["to"] == "nas" and copied["size"] == online["archive_size"]
-    assert [b["id"] for b in g.list_backups(store="nas")] == [online["id"]]
-    g.verify(online["id"], store="nas")
+    copied = g.copy_backup(online.id, to="nas")
+    assert copied == girofle.CopyResult(id=online.id, to="nas", size=online.archive_size)
+    assert [b.id for b in g.list_backups(store="nas")] == [online.id]
+    assert g.verify(online.id, store="nas").ok
 
     deleted = g.prune(name, keep_last=1)
-    assert deleted == [online["id"]]
-    assert [b["id"] for b in g.list_backups(name)] == [cold["id"]]
-    assert [b["id"] for b in g.list_backups(store="nas")] == [online["id"]], "pruned the wrong store"
+    assert deleted == girofle.PruneResult(deleted=(online.id,))
+    assert deleted.to_dict() == {"deleted": [online.id]}
+    assert [b.id for b in g.list_backups(name)] == [cold.id]
+    assert [b.id for b in g.list_backups(store="nas")] == [online.id], "pruned the wrong store"
 
     # Restore the online backup from the other store as a new instance: same refs, new
     # addresses, the original untouched.
     copy = unique("copy")
     seen.clear()
     report = g.restore(
-        online["id"],
+        online.id,
         store="nas",
         as_name=copy,
         progress=lambda files, size: seen.append((files, size)),
     )
-    assert report["name"] == copy and not report["in_place"]
-    assert report["url"] != record["external_url"]
-    assert seen
-    assert ls_remote(f"{report['url']}/team/app.git") == refs
+    assert isinstance(report, girofle.RestoreResult)
+    assert report.name == copy and not report.in_place and report.id == online.id
+    assert report.url != record.external_url
+    assert seen and seen[-1][0] > 0
+    assert all(a <= b for a, b in zip(seen, seen[1:])), "restore progress went backwards"
+    assert ls_remote(f"{report.url}/team/app.git") == refs
     assert ls_remote(url) == refs
-    states = {s["name"]: s["state"] for s in g.list()}
+    states = {s.name: s.state for s in g.list()}
     assert states == {name: "running", copy: "running"}
     assert len(containers_of(root.path)) == 2
     secrets = Path(root.path, "instances", copy, "config", "gitlab-secrets.json")

@@ -25,6 +25,7 @@ def test_hierarchy():
         girofle.CommandError,
         girofle.FileSystemError,
         girofle.BackendError,
+        girofle.CancelledError,
     ):
         assert issubclass(cls, girofle.GirofleError) and cls.__module__ == "girofle"
         assert isinstance(cls.kind, str)
@@ -90,7 +91,7 @@ def test_unhealthy_in_time_leaves_nothing(root, g):
 def test_conflicts_damage_mismatch_and_failed_commands(root, g):
     name = unique("err")
     record = g.create(name)
-    url = f"{record['external_url']}/team/app.git"
+    url = f"{record.external_url}/team/app.git"
     refs = push_project(root.tmp / "work", url)
 
     # A duplicate name: AlreadyExistsError, a kind of ConflictError.
@@ -98,11 +99,11 @@ def test_conflicts_damage_mismatch_and_failed_commands(root, g):
         g.create(name)
     assert type(e.value) is girofle.AlreadyExistsError
     # A taken address: ConflictError naming the holder.
-    port = record["bindings"]["http_port"]
+    port = record.bindings.http_port
     with pytest.raises(girofle.ConflictError, match=f"instance `{name}`") as e:
         g.create(unique("other"), http_port=port)
     assert type(e.value) is girofle.ConflictError
-    assert [s["name"] for s in g.list()] == [name]
+    assert [s.name for s in g.list()] == [name]
 
     # Busy: a backup holds the instance (its progress callback keeps it going) while
     # another thread tries to reconfigure it.
@@ -124,8 +125,8 @@ def test_conflicts_damage_mismatch_and_failed_commands(root, g):
     finally:
         release.set()
         worker.join()
-    assert outcome and isinstance(outcome[0], dict), outcome
-    backup_id = outcome[0]["id"]  # type: ignore[index]
+    assert outcome and isinstance(outcome[0], girofle.Backup), outcome
+    backup_id = outcome[0].id  # type: ignore[attr-defined]
 
     # One flipped byte in the local archive: verify and restore refuse it.
     archive = root.path / "backups" / f"{backup_id}.tar.zst"
@@ -139,12 +140,12 @@ def test_conflicts_damage_mismatch_and_failed_commands(root, g):
     with pytest.raises(girofle.CorruptError):
         g.restore(backup_id, as_name=unique("bad"))
     archive.write_bytes(pristine)
-    assert g.verify(backup_id)["ok"]
+    assert g.verify(backup_id).ok
 
     # Another GitLab version: refused before anything, naming the image to use.
     with pytest.raises(girofle.VersionMismatchError, match="17.5.1-ce.0"):
         g.restore(backup_id, as_name=unique("v"), image=OTHER_VERSION_IMAGE)
-    assert [s["name"] for s in g.list()] == [name]
+    assert [s.name for s in g.list()] == [name]
     assert len(containers_of(root.path)) == 1
 
     # A command GitLab runs failing inside the container: CommandError, nothing listed.
@@ -154,7 +155,7 @@ def test_conflicts_damage_mismatch_and_failed_commands(root, g):
     with pytest.raises(girofle.CommandError, match="disk on fire") as e:
         g.backup(name)
     assert "gitlab-backup create" in str(e.value)
-    assert [b["id"] for b in g.list_backups(name)] == [backup_id]
+    assert [b.id for b in g.list_backups(name)] == [backup_id]
 
     assert ls_remote(url) == refs
-    assert g.show(name)["state"] == "running"
+    assert g.show(name).state == "running"

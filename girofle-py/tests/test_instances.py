@@ -21,30 +21,32 @@ def test_lifecycle_with_real_effects(root, g):
         settings={"gitlab_rails['time_zone']": "UTC", "gitlab_rails['gitlab_shell_ssh_port']": 2222},
         labels={"team": "infra"},
     )
-    assert record["name"] == name
-    assert record["stage"] == "active"
-    assert record["settings"] == {
+    assert isinstance(record, girofle.Instance)
+    assert record.name == name
+    assert record.stage == "active"
+    assert record.settings == {
         "gitlab_rails['gitlab_shell_ssh_port']": "2222",
         "gitlab_rails['time_zone']": "'UTC'",
     }
-    http = record["bindings"]["http_port"]
+    http = record.bindings.http_port
     assert root.ports[0] <= http <= root.ports[1]
-    assert record["external_url"] == f"http://127.0.0.1:{http}"
+    assert record.external_url == f"http://127.0.0.1:{http}"
     rb = root.path / "instances" / name / "config" / "gitlab.rb"
 
     listed = g.list()
-    assert [(s["name"], s["state"]) for s in listed] == [(name, "running")]
-    assert listed[0]["record"]["labels"] == {"team": "infra"}
+    assert [(s.name, s.state) for s in listed] == [(name, "running")]
+    assert listed[0].record == record and listed[0].record.labels == {"team": "infra"}
+    assert listed[0] == g.show(name) and listed[0].running
     assert len(containers_of(root.path)) == 1
 
-    url = f"{record['external_url']}/team/app.git"
+    url = f"{record.external_url}/team/app.git"
     refs = push_project(root.tmp / "work", url, commits=3)
     assert "refs/tags/v1.0" in refs and "refs/heads/feature" in refs
 
-    assert g.stop(name)["name"] == name
-    assert g.show(name)["state"] == "stopped"
-    g.start(name)
-    assert g.show(name)["state"] == "running"
+    assert g.stop(name).name == name
+    assert g.show(name).state == "stopped" and not g.show(name).running
+    assert g.start(name) == record
+    assert g.show(name).state == "running"
     assert ls_remote(url) == refs
     g.restart(name)
     assert ls_remote(url) == refs
@@ -54,7 +56,7 @@ def test_lifecycle_with_real_effects(root, g):
         set=["gitlab_rails['gitlab_default_theme']=2"],
         unset=["gitlab_rails['gitlab_shell_ssh_port']"],
     )
-    assert after["settings"] == {
+    assert after.settings == {
         "gitlab_rails['gitlab_default_theme']": "2",
         "gitlab_rails['time_zone']": "'UTC'",
     }
@@ -62,16 +64,17 @@ def test_lifecycle_with_real_effects(root, g):
     assert "gitlab_rails['gitlab_default_theme'] = 2" in block
     assert "gitlab_rails['time_zone'] = 'UTC'" in block
     assert "gitlab_shell_ssh_port" not in block
-    assert g.show(name)["record"]["settings"] == after["settings"]
+    assert g.show(name).record.settings == after.settings
 
     gone = g.remove(name)
-    assert gone["final_backup"].startswith(f"{name}/")
-    archived = gone["archived_to"]
+    assert isinstance(gone, girofle.Decommissioned)
+    assert gone.final_backup.startswith(f"{name}/")
+    archived = gone.archived_to
     assert archived and (root.path / "decommissioned").exists()
     assert Path(archived, "config", "gitlab-secrets.json").exists(), "data not kept"
     assert containers_of(root.path) == []
     assert g.list() == []
-    assert [b["id"] for b in g.list_backups(name)] == [gone["final_backup"]]
+    assert [b.id for b in g.list_backups(name)] == [gone.final_backup]
     with pytest.raises(girofle.NotFoundError):
         g.show(name)
 
@@ -125,7 +128,7 @@ def test_two_threads_share_the_runtime(root, g):
     for t in threads:
         t.join()
     records = [results[n] for n in names]
-    assert all(isinstance(r, dict) for r in records), records
-    ports = {r["bindings"]["http_port"] for r in records}  # type: ignore[index]
+    assert all(isinstance(r, girofle.Instance) for r in records), records
+    ports = {r.bindings.http_port for r in records}  # type: ignore[attr-defined]
     assert len(ports) == 2, "one address handed out twice"
-    assert sorted(s["name"] for s in g.list()) == sorted(names)
+    assert sorted(s.name for s in g.list()) == sorted(names)

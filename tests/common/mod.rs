@@ -253,6 +253,7 @@ pub fn s3_store(prefix: &str) -> girofle_core::store::StoreConfig {
         access_key_id: Some(var("GIROFLE_TEST_S3_ACCESS_KEY")),
         secret_access_key: Some(var("GIROFLE_TEST_S3_SECRET_KEY")),
         allow_http: Some(true),
+        ..Default::default()
     }
 }
 

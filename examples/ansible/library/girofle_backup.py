@@ -91,7 +91,7 @@ def main():
                 module.exit_json(changed=True, msg=f"would back up `{p['name']}`")
             g = open_root(module)
             report = g.backup(p["name"], strategy=p["strategy"], store=p["store"], no_logs=p["no_logs"])
-            module.exit_json(changed=True, backup=report)
+            module.exit_json(changed=True, backup=report.to_dict())
 
         g = open_root(module, initialise=False)
         if g is None:
@@ -102,7 +102,7 @@ def main():
             # too, but without the drill.
             drill = p["drill"] and not module.check_mode
             result = g.verify(p["id"], store=p["store"], drill=drill)
-            module.exit_json(changed=False, verification=result)
+            module.exit_json(changed=False, verification=result.to_dict())
 
         target = p["as_name"]
         if target is not None:
@@ -111,7 +111,7 @@ def main():
             except girofle.NotFoundError:
                 existing = None
             if existing is not None:
-                module.exit_json(changed=False, instance=existing, msg=f"`{target}` exists already; not restored")
+                module.exit_json(changed=False, instance=existing.to_dict(), msg=f"`{target}` exists already; not restored")
         if module.check_mode:
             where = f"as `{target}`" if target else "in place"
             module.exit_json(changed=True, msg=f"would restore {p['id']} {where}")
@@ -126,7 +126,7 @@ def main():
             ssh_port=p["ssh_port"],
             timeout=p["timeout"],
         )
-        module.exit_json(changed=True, restore=report)
+        module.exit_json(changed=True, restore=report.to_dict())
     except girofle.GirofleError as e:
         fail(module, e)
 

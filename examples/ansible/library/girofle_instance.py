@@ -153,7 +153,7 @@ def main():
             if module.check_mode:
                 module.exit_json(changed=True, diff=dict(before=before, after=after))
             done = g.remove(name, purge=p["purge"], final_backup=p["final_backup"])
-            module.exit_json(changed=True, decommissioned=done, diff=dict(before=before, after=after))
+            module.exit_json(changed=True, decommissioned=done.to_dict(), diff=dict(before=before, after=after))
 
         if current is None:
             after = {
@@ -184,26 +184,26 @@ def main():
                 g.reconfigure(name, set=[f"{k}={v}" for k, v in desired.items()])
             if state == "stopped":
                 g.stop(name)
-            module.exit_json(changed=True, instance=g.show(name), diff=dict(before=before, after=after))
+            module.exit_json(changed=True, instance=g.show(name).to_dict(), diff=dict(before=before, after=after))
 
-        record = current["record"]
-        if p["image"] and p["image"] != record["image"]:
+        record = current.record
+        if p["image"] and p["image"] != record.image:
             module.fail_json(
-                msg=f"instance `{name}` runs {record['image']}, not {p['image']}: girofle_instance "
+                msg=f"instance `{name}` runs {record.image}, not {p['image']}: girofle_instance "
                 "does not change the image of an existing instance (back it up, then restore "
                 "it with girofle_backup and `image`)",
-                instance=current,
+                instance=current.to_dict(),
             )
         to_set, to_unset = ([], [])
         if desired is not None:
-            to_set, to_unset = settings_changes(record["settings"], desired)
+            to_set, to_unset = settings_changes(record.settings, desired)
             after["settings"] = redacted(desired)
-        running = current["state"] in RUNNING
+        running = current.state in RUNNING
         want_running = {"started": True, "stopped": False}.get(state, running)
         after["state"] = "running" if want_running else "stopped"
         changed = bool(to_set or to_unset) or running != want_running
         if not changed or module.check_mode:
-            module.exit_json(changed=changed, instance=current, diff=dict(before=before, after=after))
+            module.exit_json(changed=changed, instance=current.to_dict(), diff=dict(before=before, after=after))
         if to_set or to_unset:
             # gitlab-ctl reconfigure needs GitLab up.
             if not running:
@@ -214,7 +214,7 @@ def main():
             g.start(name)
         elif not want_running and running:
             g.stop(name)
-        module.exit_json(changed=True, instance=g.show(name), diff=dict(before=before, after=after))
+        module.exit_json(changed=True, instance=g.show(name).to_dict(), diff=dict(before=before, after=after))
     except girofle.GirofleError as e:
         fail(module, e)
 
@@ -228,11 +228,11 @@ def describe(status):
     """What diff mode shows of an instance."""
     if status is None:
         return {"exists": False}
-    state = "running" if status["state"] in RUNNING else status["state"]
+    state = "running" if status.state in RUNNING else status.state
     return {
         "exists": True,
         "state": state,
-        "settings": dict(status["record"]["settings"]) if status["record"] else {},
+        "settings": dict(status.record.settings) if status.record else {},
     }
 
 

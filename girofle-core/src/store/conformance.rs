@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{BackupStore, BackupStoreExt};
+use super::{BackupStore, BackupStoreExt, GET_RANGE_SIZE};
 use crate::error::Error;
 
 const MIB: usize = 1024 * 1024;
@@ -37,6 +37,8 @@ pub async fn run_all(store: Arc<dyn BackupStore>, other: Arc<dyn BackupStore>) {
             aborted_put_stream_leaves_nothing(s, &base).await;
             dropped_put_stream_leaves_nothing(s, &base).await;
             large_stream_30mib_flows_through(s, &base).await;
+            read_back_across_range_boundaries(s, &base).await;
+            overwrite_during_read_never_mixes(s, &base).await;
             copy_to_other_store(s, &*other, &base).await;
         })
     };
@@ -499,6 +501,85 @@ pub async fn large_stream_30mib_flows_through(store: &dyn BackupStore, base: &st
     }
     assert_eq!(got, TOTAL);
     assert_eq!(h, sent_hash, "30 MiB object came back different");
+    store.delete(&key).await.unwrap();
+}
+
+/// Objects cut around the ranges a remote read fetches in parallel (one byte short of a
+/// range, exactly one, one byte over, two, and more ranges than are fetched at once with
+/// a last range of one byte) come back byte for byte, in chunks of at most 8 MiB.
+pub async fn read_back_across_range_boundaries(store: &dyn BackupStore, base: &str) {
+    let range = usize::try_from(GET_RANGE_SIZE).expect("a range fits in memory");
+    for (seed, len) in [range - 1, range, range + 1, 2 * range, 5 * range + 1]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(500 + seed as u64, len);
+        let key = format!("{base}/ranges/{len}.bin");
+        assert_eq!(
+            put_chunks(store, &key, uneven_chunks(&data)).await,
+            len as u64
+        );
+        let mut stream = store
+            .get_stream(&key)
+            .await
+            .unwrap_or_else(|e| panic!("get_stream `{key}` from {store:?}: {e}"));
+        let mut back = Vec::with_capacity(len);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap_or_else(|e| panic!("reading `{key}`: {e}"));
+            assert!(
+                chunk.len() <= 8 * MIB,
+                "a chunk of {} bytes while reading `{key}`",
+                chunk.len()
+            );
+            back.extend_from_slice(&chunk);
+        }
+        if back != data {
+            let at = back.iter().zip(data.iter()).position(|(a, b)| a != b);
+            panic!(
+                "object of {len} bytes came back as {} bytes, first difference at {at:?}",
+                back.len()
+            );
+        }
+        store.delete(&key).await.unwrap();
+    }
+}
+
+/// An object replaced while a read of it is under way: the read yields the old bytes
+/// whole, or fails saying so; never a mix of the two versions.
+pub async fn overwrite_during_read_never_mixes(store: &dyn BackupStore, base: &str) {
+    let len = 5 * usize::try_from(GET_RANGE_SIZE).expect("a range fits in memory") + 1;
+    let old = pattern(600, len);
+    let key = format!("{base}/ranges/replaced.bin");
+    put_chunks(store, &key, uneven_chunks(&old)).await;
+    let mut stream = store.get_stream(&key).await.unwrap();
+    let first = stream
+        .next()
+        .await
+        .expect("a first chunk")
+        .unwrap_or_else(|e| panic!("reading `{key}`: {e}"));
+    let new = pattern(601, len);
+    put_chunks(store, &key, uneven_chunks(&new)).await;
+    let mut back = first.to_vec();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => back.extend_from_slice(&chunk),
+            Err(e @ Error::Conflict(_)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&key) && text.contains("replaced"),
+                    "the error should say that `{key}` was replaced: {text}"
+                );
+                store.delete(&key).await.unwrap();
+                return;
+            }
+            Err(e) => panic!("reading `{key}` while it was replaced: unexpected error {e:?}"),
+        }
+    }
+    assert!(
+        back == old,
+        "reading `{key}` while it was replaced gave {} bytes that are not the old object",
+        back.len()
+    );
     store.delete(&key).await.unwrap();
 }
 

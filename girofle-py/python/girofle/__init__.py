@@ -7,23 +7,27 @@ The Python face of ``girofle-core`` (the same behaviour as the ``girofle`` comma
     girofle.Girofle.init("/var/lib/girofle")
     g = girofle.Girofle("/var/lib/girofle")
     web = g.create("web", settings={"gitlab_rails['time_zone']": "UTC"})
-    backup = g.backup("web")
-    g.verify(backup["id"])
-    g.restore(backup["id"], as_name="web-copy")
+    backup = g.backup("web", progress=lambda files, size: print(files, size))
+    g.verify(backup.id)
+    g.restore(backup.id, as_name="web-copy")
 
-Every method returns plain data (dicts and lists, the same as the CLI's ``--json``),
-releases the GIL while it works, and raises a subclass of :class:`GirofleError`.
+Methods return typed, read-only objects (``backup.id``, ``backup.to_dict()``), release
+the GIL while they work, stop cleanly on Ctrl-C or a :class:`Cancel` token, and raise a
+subclass of :class:`GirofleError`. Long operations have an ``*_async`` variant for
+asyncio (``await g.backup_async("web")``) whose cancellation cancels the operation.
 """
 
+from ._client import Girofle, Progress, Settings
 from ._girofle import (
     REDACTED,
     AlreadyExistsError,
     BackendError,
+    Cancel,
+    CancelledError,
     CommandError,
     ConflictError,
     CorruptError,
     FileSystemError,
-    Girofle,
     GirofleError,
     InvalidInputError,
     NotFoundError,
@@ -33,20 +37,70 @@ from ._girofle import (
     is_secret_key,
     parse_setting,
 )
+from ._results import (
+    Backup,
+    BackupEntry,
+    Bindings,
+    CopyResult,
+    Decommissioned,
+    DrillResult,
+    FrozenDict,
+    InitResult,
+    Instance,
+    InstanceState,
+    InstanceStatus,
+    PruneResult,
+    Recovery,
+    RestoreResult,
+    Result,
+    RetentionPolicy,
+    RunRecord,
+    Schedule,
+    ScheduleStatus,
+    StateReport,
+    Strategy,
+    VerifyResult,
+)
 
 __all__ = [
     "REDACTED",
     "AlreadyExistsError",
+    "Backup",
+    "BackupEntry",
     "BackendError",
+    "Bindings",
+    "Cancel",
+    "CancelledError",
     "CommandError",
     "ConflictError",
+    "CopyResult",
     "CorruptError",
+    "Decommissioned",
+    "DrillResult",
     "FileSystemError",
+    "FrozenDict",
     "Girofle",
     "GirofleError",
+    "InitResult",
+    "Instance",
+    "InstanceState",
+    "InstanceStatus",
     "InvalidInputError",
     "NotFoundError",
+    "Progress",
+    "PruneResult",
+    "Recovery",
+    "RestoreResult",
+    "Result",
+    "RetentionPolicy",
+    "RunRecord",
+    "Schedule",
+    "ScheduleStatus",
+    "Settings",
+    "StateReport",
+    "Strategy",
     "UnhealthyError",
+    "VerifyResult",
     "VersionMismatchError",
     "__version__",
     "is_secret_key",

@@ -1,7 +1,8 @@
-"""Type stubs of the compiled module ``girofle._girofle`` (re-exported by ``girofle``).
+"""Type stubs of the compiled module ``girofle._girofle``, the native half of ``girofle``.
 
-Results are plain dicts and lists: the ``TypedDict``s below name their keys. Times are
-RFC 3339 strings in UTC, exactly as in the CLI's ``--json``.
+Its results are plain dicts and lists (the ``TypedDict``s below name their keys; times
+are RFC 3339 strings in UTC, exactly as in the CLI's ``--json``), which ``girofle.Girofle``
+turns into the typed objects of ``girofle._results``.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -108,11 +109,71 @@ class InitResult(TypedDict):
     root: str
     config_written: bool
 
+class RetentionPolicy(TypedDict):
+    keep_last: int
+    keep_daily: int
+    keep_weekly: int
+
+class Schedule(TypedDict):
+    backup: str
+    copy: str | None
+    timezone: str
+    store: str | None
+    strategy: Literal["online", "cold"]
+    retention: RetentionPolicy
+    enabled: bool
+
+class RunRecord(TypedDict):
+    id: int
+    instance: str
+    kind: Literal["backup", "copy"]
+    slot: str
+    started_at: str
+    ended_at: str | None
+    outcome: Literal["running", "ok", "failed", "interrupted"]
+    store: str
+    backup_id: str | None
+    copied: list[str]
+    pruned: list[str]
+    error: str | None
+    pid: int
+    host: str
+
+class ScheduleStatus(TypedDict):
+    instance: str
+    own: bool
+    schedule: Schedule
+    last_backup: RunRecord | None
+    last_copy: RunRecord | None
+    next_backup: str | None
+    next_copy: str | None
+
+class StateReport(TypedDict):
+    file: str
+    root: str
+    format_version: int
+    instances: list[str]
+    journal_lines: int
+    journal_lines_added: int
+    replaced: bool
+    bytes: int
+
+class Recovery(TypedDict):
+    instance: str
+    operation: str
+    phase: str | None
+    pid: int | None
+    host: str | None
+    started_at: str | None
+    actions: list[str]
+    outcome: Literal["rolled-back", "finished", "cleaned", "failed"]
+    error: str | None
+
 Settings = Sequence[str] | Mapping[str, str | int | float | bool | None]
 """``["KEY=VALUE", ...]`` or ``{KEY: VALUE}``; a value is a Ruby literal or a bare word."""
 
 Progress = Callable[[int, int], object]
-"""Called with (files, bytes) so far."""
+"""Called with (files, bytes) so far; an exception it raises stops the call."""
 
 # --- errors -------------------------------------------------------------------------
 
@@ -131,6 +192,18 @@ class VersionMismatchError(GirofleError): ...
 class CommandError(GirofleError): ...
 class FileSystemError(GirofleError, OSError): ...
 class BackendError(GirofleError): ...
+class CancelledError(GirofleError): ...
+
+# --- cancellation -------------------------------------------------------------------
+
+class Cancel:
+    """A cancellation token: ``cancel()`` from any thread stops the calls given it (they
+    raise :class:`CancelledError` once core's recovery has run). It stays cancelled."""
+
+    def __new__(cls) -> Cancel: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...
 
 # --- the root -----------------------------------------------------------------------
 
@@ -141,7 +214,7 @@ def is_secret_key(key: str) -> bool:
     """Whether a setting key counts as secret (its value is recorded ``REDACTED``)."""
 
 class Girofle:
-    """Girofle opened on an initialised root (see :meth:`init`)."""
+    """The native half of ``girofle.Girofle``: the same methods, returning plain data."""
 
     def __new__(
         cls, root: str | PathLike[str], docker_host: str | None = None
@@ -164,20 +237,26 @@ class Girofle:
         settings: Settings | None = None,
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        cancel: Cancel | None = None,
     ) -> InstanceRecord: ...
     def list(self) -> list[InstanceStatus]: ...
     def show(self, name: str) -> InstanceStatus: ...
-    def start(self, name: str) -> InstanceRecord: ...
-    def stop(self, name: str) -> InstanceRecord: ...
-    def restart(self, name: str) -> InstanceRecord: ...
+    def start(self, name: str, cancel: Cancel | None = None) -> InstanceRecord: ...
+    def stop(self, name: str, cancel: Cancel | None = None) -> InstanceRecord: ...
+    def restart(self, name: str, cancel: Cancel | None = None) -> InstanceRecord: ...
     def reconfigure(
         self,
         name: str,
         set: Settings | None = None,
         unset: Sequence[str] | None = None,
+        cancel: Cancel | None = None,
     ) -> InstanceRecord: ...
     def remove(
-        self, name: str, purge: bool = False, final_backup: bool = True
+        self,
+        name: str,
+        purge: bool = False,
+        final_backup: bool = True,
+        cancel: Cancel | None = None,
     ) -> Decommissioned: ...
 
     # backups
@@ -188,14 +267,21 @@ class Girofle:
         store: str | None = None,
         no_logs: bool = False,
         progress: Progress | None = None,
+        cancel: Cancel | None = None,
     ) -> BackupReport: ...
     def list_backups(
         self, name: str | None = None, store: str | None = None
     ) -> list[BackupEntry]: ...
     def verify(
-        self, id: str, store: str | None = None, drill: bool = False
+        self,
+        id: str,
+        store: str | None = None,
+        drill: bool = False,
+        cancel: Cancel | None = None,
     ) -> Verified | DrillReport: ...
-    def copy_backup(self, id: str, to: str, store: str | None = None) -> Copied: ...
+    def copy_backup(
+        self, id: str, to: str, store: str | None = None, cancel: Cancel | None = None
+    ) -> Copied: ...
     def prune(
         self,
         name: str | None = None,
@@ -216,4 +302,28 @@ class Girofle:
         ssh_port: int | None = None,
         timeout: float | None = None,
         progress: Progress | None = None,
+        cancel: Cancel | None = None,
     ) -> RestoreReport: ...
+
+    # schedules, state, recovery
+    def schedules(self) -> list[ScheduleStatus]: ...
+    def schedule(self, name: str) -> Schedule: ...
+    def set_schedule(
+        self,
+        name: str,
+        backup: str | None = None,
+        copy: str | None = None,
+        store: str | None = None,
+        timezone: str | None = None,
+        strategy: Literal["online", "cold"] | None = None,
+        keep_last: int | None = None,
+        keep_daily: int | None = None,
+        keep_weekly: int | None = None,
+        enabled: bool | None = None,
+    ) -> Schedule: ...
+    def export_state(self, file: str | PathLike[str]) -> StateReport: ...
+    @staticmethod
+    def import_state(
+        root: str | PathLike[str], file: str | PathLike[str], force: bool = False
+    ) -> StateReport: ...
+    def recover(self) -> list[Recovery]: ...

@@ -1,0 +1,916 @@
+//! Hostile and damaged backups, at the level a user sees them: archives made by hand to
+//! escape the restore target, and copies of a real backup with one random byte flipped.
+//! `backup verify` must call each one damaged (a `Corrupt` error, exit code 5), and
+//! `restore --as` must refuse each one without creating anything: no container, no
+//! instance directory, no inventory record, and not a byte outside its staging directory.
+//!
+//! The archive module's unit tests cover each rule on `extract_archive` itself; these put
+//! the same attacks in a store behind a manifest that vouches for them.
+//!
+//! With `GIROFLE_FUZZ_SEEDS=<dir>` the archives made here are also written there as seeds
+//! for the fuzz targets (`fuzz/`, `scripts/fuzz`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use girofle_core::archive::{ArchiveIndex, EntryKind, FileEntry, HEADER_PATH, INDEX_PATH};
+use girofle_core::backup::{
+    ArchiveRef, BackupHeader, BackupOptions, IndexRef, Manifest, Strategy, FORMAT_VERSION,
+};
+use girofle_core::instance::{Bindings, InstanceRecord, Stage};
+use girofle_core::restore::RestoreRequest;
+use girofle_core::{CommissionRequest, Error, Girofle};
+use girofle_tests::*;
+
+const T0: u64 = 1_600_000_000;
+
+// --- hand-made archives -----------------------------------------------------------------
+
+/// How an entry's path is written.
+#[derive(Clone, Copy, PartialEq)]
+enum Name {
+    /// In the header's 100-byte name field.
+    Plain,
+    /// In a GNU long name (`././@LongLink`) entry before it, as Girofle's writer does.
+    GnuLong,
+    /// In a PAX `path` record before it.
+    Pax,
+}
+
+/// One hand-made tar entry: names and link targets are written raw, bypassing the tar
+/// crate's own checks.
+#[derive(Clone)]
+struct Raw {
+    path: String,
+    kind: tar::EntryType,
+    link: Option<String>,
+    data: Vec<u8>,
+    name: Name,
+    /// Extra PAX records written before the entry (and not listed anywhere).
+    pax_extra: Vec<(String, Vec<u8>)>,
+}
+
+fn raw(path: &str, kind: tar::EntryType) -> Raw {
+    Raw {
+        path: path.to_string(),
+        kind,
+        link: None,
+        data: Vec::new(),
+        name: Name::Plain,
+        pax_extra: Vec::new(),
+    }
+}
+
+fn dir(path: &str) -> Raw {
+    raw(path, tar::EntryType::Directory)
+}
+
+fn file(path: &str, data: &[u8]) -> Raw {
+    Raw {
+        data: data.to_vec(),
+        ..raw(path, tar::EntryType::Regular)
+    }
+}
+
+fn symlink(path: &str, target: &str) -> Raw {
+    Raw {
+        link: Some(target.to_string()),
+        ..raw(path, tar::EntryType::Symlink)
+    }
+}
+
+fn mode_of(kind: tar::EntryType) -> u32 {
+    if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+/// The index line of a raw entry, so that only the safety rules can refuse it.
+fn listed(r: &Raw) -> FileEntry {
+    let kind = match r.kind {
+        tar::EntryType::Directory => EntryKind::Dir,
+        tar::EntryType::Symlink => EntryKind::Symlink,
+        _ => EntryKind::File,
+    };
+    let is_file = kind == EntryKind::File;
+    FileEntry {
+        path: r.path.clone(),
+        kind,
+        size: if is_file { r.data.len() as u64 } else { 0 },
+        mode: mode_of(r.kind),
+        uid: 0,
+        gid: 0,
+        mtime: T0 as i64,
+        hash: is_file.then(|| blake3::hash(&r.data).to_hex().to_string()),
+        link: r.link.clone(),
+    }
+}
+
+fn set_raw(slot: &mut [u8], value: &[u8]) {
+    slot.fill(0);
+    let n = value.len().min(slot.len());
+    slot[..n].copy_from_slice(&value[..n]);
+}
+
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while format!("{len}").len() + body != len {
+        len = format!("{len}").len() + body;
+    }
+    let mut rec = format!("{len} {key}=").into_bytes();
+    rec.extend_from_slice(value);
+    rec.push(b'\n');
+    rec
+}
+
+fn append_pax(b: &mut tar::Builder<Vec<u8>>, records: &[u8]) {
+    let mut x = tar::Header::new_ustar();
+    set_raw(&mut x.as_ustar_mut().unwrap().name, b"PaxHeader");
+    x.set_entry_type(tar::EntryType::XHeader);
+    x.set_size(records.len() as u64);
+    x.set_cksum();
+    b.append(&x, records).unwrap();
+}
+
+/// The plain tar stream of `entries` between the backup header and an index listing them
+/// (`archive_index`: what the archive's own last entry says).
+fn tar_of(header: &serde_json::Value, entries: &[Raw], archive_index: &ArchiveIndex) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let hj = serde_json::to_vec(header).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(hj.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, HEADER_PATH, &hj[..]).unwrap();
+    for r in entries {
+        let mut pax = Vec::new();
+        for (k, v) in &r.pax_extra {
+            pax.extend(pax_record(k, v));
+        }
+        if r.name == Name::Pax {
+            pax.extend(pax_record("path", r.path.as_bytes()));
+        }
+        if !pax.is_empty() {
+            append_pax(&mut b, &pax);
+        }
+        if r.name == Name::GnuLong {
+            let mut l = tar::Header::new_gnu();
+            set_raw(&mut l.as_gnu_mut().unwrap().name, b"././@LongLink");
+            l.set_entry_type(tar::EntryType::GNULongName);
+            let mut name = r.path.clone().into_bytes();
+            name.push(0);
+            l.set_size(name.len() as u64);
+            l.set_cksum();
+            b.append(&l, &name[..]).unwrap();
+        }
+        let mut h = if r.name == Name::Pax {
+            tar::Header::new_ustar()
+        } else {
+            tar::Header::new_gnu()
+        };
+        let short = if r.name == Name::Plain {
+            r.path.as_bytes()
+        } else {
+            b"placeholder"
+        };
+        set_raw(&mut h.as_old_mut().name, short);
+        if let Some(l) = &r.link {
+            set_raw(&mut h.as_old_mut().linkname, l.as_bytes());
+        }
+        h.set_entry_type(r.kind);
+        h.set_size(r.data.len() as u64);
+        h.set_mode(mode_of(r.kind));
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(T0);
+        h.set_cksum();
+        b.append(&h, &r.data[..]).unwrap();
+    }
+    let ij = archive_index.to_jsonl();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(ij.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, INDEX_PATH, &ij[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// zstd with the frame parameters Girofle writes (checksum, 2 MiB window).
+fn compress(tar: &[u8]) -> Vec<u8> {
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.include_checksum(true).unwrap();
+    enc.window_log(21).unwrap();
+    enc.write_all(tar).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The manifest of a hand-made backup of a fictitious instance, vouching for exactly
+/// these archive and index bytes.
+fn manifest_of(
+    id: &str,
+    image: &str,
+    archive: &[u8],
+    index_bytes: &[u8],
+    index: &ArchiveIndex,
+) -> Manifest {
+    let header = header_of(id, image);
+    let count = |k: EntryKind| index.entries.iter().filter(|e| e.kind == k).count() as u64;
+    Manifest {
+        header,
+        archive: ArchiveRef {
+            key: format!("{id}.tar.zst"),
+            size: archive.len() as u64,
+            blake3: blake3::hash(archive).to_hex().to_string(),
+        },
+        index: IndexRef {
+            key: format!("{id}.index"),
+            size: index_bytes.len() as u64,
+            blake3: blake3::hash(index_bytes).to_hex().to_string(),
+            files: count(EntryKind::File),
+            dirs: count(EntryKind::Dir),
+            symlinks: count(EntryKind::Symlink),
+            bytes: index.entries.iter().map(|e| e.size).sum(),
+            skipped: 0,
+            changed_while_read: 0,
+        },
+        duration_ms: 1,
+        downtime_ms: None,
+    }
+}
+
+fn header_of(id: &str, image: &str) -> BackupHeader {
+    let name = id.split_once('/').unwrap().0.to_string();
+    let bindings = Bindings {
+        ip: IpAddr::from([127, 0, 0, 1]),
+        http_port: 20080,
+        https_port: 20081,
+        ssh_port: 20082,
+    };
+    BackupHeader {
+        format_version: FORMAT_VERSION,
+        id: id.to_string(),
+        instance: InstanceRecord {
+            name,
+            image: image.to_string(),
+            bindings,
+            hostname: None,
+            external_url: "http://127.0.0.1:20080".into(),
+            settings: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            created_at: chrono::Utc::now(),
+            stage: Stage::Active,
+        },
+        image: image.to_string(),
+        gitlab_version: "17.5.1".into(),
+        edition: "ce".into(),
+        strategy: Strategy::Cold,
+        created_at: chrono::Utc::now(),
+        host: "hostile-test".into(),
+        girofle_version: girofle_core::VERSION.into(),
+        include_logs: false,
+        gitlab_backup_id: None,
+    }
+}
+
+/// Writes a backup's three objects into the local store of the root.
+fn plant(root: &Path, m: &Manifest, archive: &[u8], index: &[u8], manifest: &[u8]) {
+    let backups = root.join("backups");
+    for (key, bytes) in [
+        (m.archive.key.clone(), archive),
+        (m.index.key.clone(), index),
+        (format!("{}.manifest", m.header.id), manifest),
+    ] {
+        let path = backups.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// A backup id of `name`, the `i`-th second of 2000.
+fn id_at(name: &str, i: usize) -> String {
+    let ts = chrono::DateTime::from_timestamp(946_684_800 + i as i64, 0).unwrap();
+    format!("{name}/{}", ts.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// Writes a seed for fuzz target `target` when `GIROFLE_FUZZ_SEEDS` is set.
+fn seed(target: &str, name: &str, bytes: &[u8]) {
+    if let Some(dir) = std::env::var_os("GIROFLE_FUZZ_SEEDS") {
+        let dir = PathBuf::from(dir).join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// A seed of the `archive` fuzz target: flags, index length, index, archive.
+fn archive_seed(flags: u8, index: &[u8], archive: &[u8]) -> Vec<u8> {
+    let mut s = vec![flags];
+    s.extend_from_slice(&(index.len() as u32).to_le_bytes());
+    s.extend_from_slice(index);
+    s.extend_from_slice(archive);
+    s
+}
+
+// --- what must not change ---------------------------------------------------------------
+
+/// Every path under `dir` with its content, leaving out what every command legitimately
+/// touches (the journal, the database and its WAL, lock files under `run/`), the staging directory
+/// (checked empty on its own) and the instances' directories (checked on their own).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(base).unwrap().to_path_buf();
+            let name = rel.to_string_lossy();
+            if name.ends_with("journal.jsonl")
+                || name.contains("inventory.db")
+                || name.ends_with("/locks")
+                || name.ends_with("/run")
+                || name.ends_with("/staging")
+                || name.ends_with("/instances")
+            {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let content = if m.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else if m.is_file() {
+                std::fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            out.push((rel, content));
+            if m.is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn paths(s: &[(PathBuf, Vec<u8>)]) -> Vec<&Path> {
+    s.iter().map(|(p, _)| p.as_path()).collect()
+}
+
+/// Nothing of `as_name` exists: no container, no directory, no record, nothing staged.
+async fn assert_nothing_created(g: &Girofle, root: &Path, as_name: &str, case: &str) {
+    assert!(
+        !root.join("instances").join(as_name).exists(),
+        "{case}: an instance directory was created"
+    );
+    let fleet = g.inventory().load().await.unwrap();
+    assert!(
+        !fleet.instances.contains_key(as_name),
+        "{case}: an inventory record was created"
+    );
+    let container = girofle_core::instance::container_name(as_name);
+    assert!(
+        g.runtime().inspect(&container).await.unwrap().is_none(),
+        "{case}: a container was created"
+    );
+    let staging = root.join("staging");
+    if staging.exists() {
+        let left: Vec<_> = std::fs::read_dir(&staging).unwrap().collect();
+        assert!(left.is_empty(), "{case}: staging left behind: {left:?}");
+    }
+}
+
+fn is_corrupt(e: &Error) -> bool {
+    matches!(e, Error::Corrupt { .. })
+}
+
+// --- the tests --------------------------------------------------------------------------
+
+/// A hand-made backup: the archive's entries, what the manifest's index lists (by default
+/// the same), and a last touch on the compressed bytes.
+struct Case {
+    what: &'static str,
+    entries: Vec<Raw>,
+    /// The index beside the archive, when it lies.
+    outside: Option<Vec<FileEntry>>,
+    /// The archive's own index, when it lies.
+    inside: Option<Vec<FileEntry>>,
+    /// Cut the compressed stream to this fraction of its length.
+    truncate: Option<f64>,
+    /// The manifest's archive size, when it lies.
+    archive_size: Option<u64>,
+    /// Words the refusal must contain.
+    why: &'static str,
+}
+
+fn case(what: &'static str, entries: Vec<Raw>, why: &'static str) -> Case {
+    Case {
+        what,
+        entries,
+        outside: None,
+        inside: None,
+        truncate: None,
+        archive_size: None,
+        why,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_made_hostile_backups_are_refused() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let g = t.open().await;
+    // Where escapes would land: the test's temporary directory (`..` from
+    // <root>/staging/restore-*/data climbs to it in four steps) and an absolute path in it.
+    let outside = t.dir.path().to_path_buf();
+    std::fs::create_dir_all(outside.join("sentinel")).unwrap();
+    std::fs::write(outside.join("sentinel/keep"), b"untouched").unwrap();
+    let abs = outside.join("abs-evil");
+    let abs = abs.to_str().unwrap();
+    let up = "../../../..";
+    let huge_name = format!("data/{}", "n".repeat(8 << 20));
+    let ok = [dir("data"), file("data/a", b"hello")];
+
+    let mut cases = vec![
+        case(
+            "dot-dot",
+            vec![
+                dir("data"),
+                file(&format!("data/{up}/escaped-dotdot"), b"x"),
+            ],
+            "`..` component refused",
+        ),
+        case(
+            "dot-dot in a GNU long name",
+            vec![
+                dir("data"),
+                Raw {
+                    name: Name::GnuLong,
+                    ..file(
+                        &format!("data/{}/{up}/{up}/escaped-long", "x".repeat(120)),
+                        b"x",
+                    )
+                },
+            ],
+            "`..` component refused",
+        ),
+        case(
+            "absolute path",
+            vec![dir("data"), file(abs, b"x")],
+            "absolute path refused",
+        ),
+        case(
+            "absolute path in a PAX header",
+            vec![
+                dir("data"),
+                Raw {
+                    name: Name::Pax,
+                    ..file(abs, b"x")
+                },
+            ],
+            "absolute path refused",
+        ),
+        case(
+            "symlink escape",
+            vec![
+                dir("data"),
+                symlink("data/l", &format!("{up}/escaped-link")),
+            ],
+            "points outside the extraction directory",
+        ),
+        case(
+            "absolute symlink",
+            vec![dir("data"), symlink("data/l", "/etc")],
+            "absolute path",
+        ),
+        case(
+            "symlink chain",
+            vec![
+                dir("data"),
+                symlink("data/a", "b/../.."),
+                symlink("data/b", ".."),
+            ],
+            "through other symlinks",
+        ),
+        case(
+            "path through a symlink",
+            vec![
+                dir("data"),
+                symlink("data/up", ".."),
+                file("data/up/escaped-through", b"x"),
+            ],
+            "is a symlink",
+        ),
+        case(
+            "hard link escape",
+            vec![
+                dir("data"),
+                Raw {
+                    link: Some("/etc/passwd".into()),
+                    ..raw("data/h", tar::EntryType::Link)
+                },
+            ],
+            "hard link refused",
+        ),
+        case(
+            "character device",
+            vec![dir("data"), raw("data/null", tar::EntryType::Char)],
+            "device entry refused",
+        ),
+        case(
+            "block device",
+            vec![dir("data"), raw("data/sda", tar::EntryType::Block)],
+            "device entry refused",
+        ),
+        case(
+            "fifo",
+            vec![dir("data"), raw("data/fifo", tar::EntryType::Fifo)],
+            "fifo entry refused",
+        ),
+        case(
+            "a GNU long name of 8 MiB",
+            vec![
+                dir("data"),
+                Raw {
+                    name: Name::GnuLong,
+                    ..file(&huge_name, b"x")
+                },
+            ],
+            "GNU long name entry of",
+        ),
+        case(
+            "a PAX header of 8 MiB",
+            vec![
+                dir("data"),
+                Raw {
+                    name: Name::Pax,
+                    ..file(&huge_name, b"x")
+                },
+            ],
+            "PAX header entry of",
+        ),
+        case(
+            "a PAX size record",
+            vec![
+                dir("data"),
+                Raw {
+                    pax_extra: vec![("size".into(), b"0".to_vec())],
+                    ..file("data/a", b"hello")
+                },
+            ],
+            "PAX record `size` refused",
+        ),
+        case(
+            "duplicate entries",
+            vec![dir("data"), file("data/a", b"x"), file("data/a", b"x")],
+            "duplicate entry refused",
+        ),
+        Case {
+            outside: Some(vec![listed(&ok[0]), {
+                let mut e = listed(&ok[1]);
+                e.size = 4;
+                e
+            }]),
+            ..case(
+                "an index that lies about a size",
+                ok.to_vec(),
+                "size 5 vs 4",
+            )
+        },
+        Case {
+            inside: Some(vec![listed(&ok[0]), {
+                let mut e = listed(&ok[1]);
+                e.size = 9;
+                e.hash = Some(blake3::hash(b"hello\0\0\0\0").to_hex().to_string());
+                e
+            }]),
+            ..case(
+                "the archive's own index lies about a size",
+                ok.to_vec(),
+                "its index differ",
+            )
+        },
+        Case {
+            outside: Some(vec![listed(&ok[0])]),
+            ..case(
+                "an entry the index does not list",
+                ok.to_vec(),
+                "not listed in the manifest",
+            )
+        },
+        Case {
+            archive_size: Some(1 << 30),
+            ..case(
+                "a manifest that lies about the archive size",
+                ok.to_vec(),
+                "1073741824",
+            )
+        },
+        Case {
+            truncate: Some(0.6),
+            ..case("a truncated stream", ok.to_vec(), "")
+        },
+    ];
+    // A many-file archive cut short, so that it stops in the middle of the entries.
+    let mut many = vec![dir("data")];
+    for i in 0..200 {
+        many.push(file(&format!("data/f{i:03}"), &vec![i as u8; 1000 + i]));
+    }
+    cases.push(Case {
+        truncate: Some(0.5),
+        ..case("a truncated stream of many files", many, "")
+    });
+
+    // The same construction unspoilt restores: the refusals are the rules', not the test's.
+    let good_id = "good/20010101T000000Z";
+    let index = ArchiveIndex {
+        entries: ok.iter().map(listed).collect(),
+        ..Default::default()
+    };
+    let header = serde_json::to_value(header_of(good_id, &image)).unwrap();
+    let tar = tar_of(&header, &ok, &index);
+    let archive = compress(&tar);
+    let ij = index.to_jsonl();
+    let m = manifest_of(good_id, &image, &archive, &ij, &index);
+    plant(&t.root, &m, &archive, &ij, &m.to_bytes().unwrap());
+    g.verify(good_id, None)
+        .await
+        .expect("the well-made backup verifies");
+    seed("archive", "good-tar", &archive_seed(1 | 2, &ij, &tar));
+    seed("archive", "good-zst", &archive_seed(2, &ij, &archive));
+    seed("manifest", "good-manifest", &m.to_bytes().unwrap());
+    seed("manifest", "good-index", &ij);
+
+    let mut refused = 0;
+    for (i, c) in cases.iter().enumerate() {
+        let id = id_at("evil", i);
+        let inside = ArchiveIndex {
+            entries: c
+                .inside
+                .clone()
+                .unwrap_or_else(|| c.entries.iter().map(listed).collect()),
+            ..Default::default()
+        };
+        let listed_outside = ArchiveIndex {
+            entries: c
+                .outside
+                .clone()
+                .unwrap_or_else(|| c.entries.iter().map(listed).collect()),
+            ..Default::default()
+        };
+        let header = serde_json::to_value(header_of(&id, &image)).unwrap();
+        let tar = tar_of(&header, &c.entries, &inside);
+        let mut archive = compress(&tar);
+        if let Some(f) = c.truncate {
+            archive.truncate((archive.len() as f64 * f) as usize);
+        }
+        let ij = listed_outside.to_jsonl();
+        let mut m = manifest_of(&id, &image, &archive, &ij, &listed_outside);
+        if let Some(size) = c.archive_size {
+            m.archive.size = size;
+        }
+        plant(&t.root, &m, &archive, &ij, &m.to_bytes().unwrap());
+        if tar.len() < (1 << 20) {
+            let name = format!("case-{i:02}");
+            seed(
+                "archive",
+                &format!("{name}-tar"),
+                &archive_seed(1, &ij, &tar),
+            );
+            seed(
+                "archive",
+                &format!("{name}-zst"),
+                &archive_seed(4, &ij, &archive),
+            );
+        }
+
+        let before = snapshot(&outside);
+        let err = g.verify(&id, None).await.expect_err(c.what);
+        assert!(
+            is_corrupt(&err) && err.to_string().contains(c.why),
+            "{}: verify should refuse with `{}`, got: {err}",
+            c.what,
+            c.why
+        );
+        let as_name = format!("copy-{i}");
+        let err = g
+            .restore(RestoreRequest {
+                id: id.clone(),
+                as_name: Some(as_name.clone()),
+                ..Default::default()
+            })
+            .await
+            .expect_err(c.what);
+        assert!(
+            is_corrupt(&err) && err.to_string().contains(c.why),
+            "{}: restore should refuse with `{}`, got: {err}",
+            c.what,
+            c.why
+        );
+        let after = snapshot(&outside);
+        assert_eq!(
+            paths(&after),
+            paths(&before),
+            "{}: files appeared or vanished outside the target",
+            c.what
+        );
+        assert!(
+            after == before,
+            "{}: a file outside the target changed",
+            c.what
+        );
+        assert_nothing_created(&g, &t.root, &as_name, c.what).await;
+        println!("refused: {:<50} {err}", c.what);
+        refused += 1;
+    }
+    for p in [
+        "escaped-dotdot",
+        "escaped-long",
+        "escaped-link",
+        "escaped-through",
+    ] {
+        assert!(!outside.join(p).exists(), "{p} was written outside");
+    }
+    assert!(!Path::new(abs).exists());
+
+    // The command line says so with exit code 5.
+    let out = t.cli(&["backup", "verify", &id_at("evil", 0)]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let out = t.cli(&["restore", &id_at("evil", 1), "--as", "cli-copy"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_nothing_created(&g, &t.root, "cli-copy", "CLI restore").await;
+    println!("{refused} of {} hostile backups refused", cases.len());
+}
+
+/// A small deterministic generator (xorshift), seeded and printed so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A byte that changes what it is XORed into.
+    fn flip(&mut self) -> u8 {
+        1 + (self.next() % 255) as u8
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_flips_are_always_detected_and_refused() {
+    const ARCHIVES: usize = 100;
+    const MANIFESTS: usize = 100;
+    const INDEXES: usize = 20;
+    let seed_value = std::env::var("GIROFLE_FLIP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("byte flips: seed {seed_value} (GIROFLE_FLIP_SEED={seed_value} replays this run)");
+    let mut rng = Rng(seed_value);
+
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let g = t.open().await;
+    let name = unique("flip");
+    g.commission(CommissionRequest {
+        name: name.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("commission");
+    let report = g
+        .backup(
+            &name,
+            BackupOptions {
+                strategy: Strategy::Cold,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a cold backup");
+    // Stopped: nothing moves in the root while the copies are refused.
+    g.stop(&name).await.expect("stop");
+    let base = g.manifest(&report.id, None).await.unwrap();
+    let backups = t.root.join("backups");
+    let archive = std::fs::read(backups.join(&base.archive.key)).unwrap();
+    let index = std::fs::read(backups.join(&base.index.key)).unwrap();
+    println!(
+        "backup {}: archive {} bytes, index {} bytes, manifest {} bytes",
+        report.id,
+        archive.len(),
+        index.len(),
+        base.to_bytes().unwrap().len()
+    );
+    seed("manifest", "real-manifest", &base.to_bytes().unwrap());
+    seed("manifest", "real-index", &index);
+    if archive.len() < (2 << 20) {
+        seed("archive", "real-zst", &archive_seed(2, &index, &archive));
+    }
+
+    // Copies under ids of their own: the manifest re-keyed and re-signed, then one byte of
+    // the archive, the manifest or the index flipped.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Part {
+        Archive,
+        Manifest,
+        Index,
+    }
+    let parts = std::iter::repeat_n(Part::Archive, ARCHIVES)
+        .chain(std::iter::repeat_n(Part::Manifest, MANIFESTS))
+        .chain(std::iter::repeat_n(Part::Index, INDEXES));
+    let mut copies = Vec::new();
+    for (i, part) in parts.enumerate() {
+        let id = id_at(&name, i);
+        let mut m = base.clone();
+        m.header.id = id.clone();
+        m.archive.key = format!("{id}.tar.zst");
+        m.index.key = format!("{id}.index");
+        let (mut a, mut x, mut mb) = (archive.clone(), index.clone(), m.to_bytes().unwrap());
+        let target = match part {
+            Part::Archive => &mut a,
+            Part::Manifest => &mut mb,
+            Part::Index => &mut x,
+        };
+        // The first and last bytes of each kind, then random ones; a last newline turned
+        // into a space (whitespace a lenient parser would trim) among them.
+        let nth = copies
+            .iter()
+            .filter(|c: &&(String, Part, usize)| c.1 == part)
+            .count();
+        let at = match nth {
+            0 => 0,
+            1 => target.len() - 1,
+            _ => rng.below(target.len()),
+        };
+        target[at] ^= if target[at] == b'\n' && nth == 1 {
+            b'\n' ^ b' '
+        } else {
+            rng.flip()
+        };
+        plant(&t.root, &m, &a, &x, &mb);
+        copies.push((id, part, at));
+    }
+
+    let before = snapshot(t.dir.path());
+    let (mut verify_detected, mut restore_refused) = (0, 0);
+    for (n, (id, part, at)) in copies.iter().enumerate() {
+        let case = format!("{part:?} byte {at} of {id}");
+        match g.verify(id, None).await {
+            Err(e) if is_corrupt(&e) => verify_detected += 1,
+            other => panic!("{case}: verify did not report damage: {other:?}"),
+        }
+        let as_name = format!("flip-copy-{n}");
+        let restored = g
+            .restore(RestoreRequest {
+                id: id.clone(),
+                as_name: Some(as_name.clone()),
+                ..Default::default()
+            })
+            .await;
+        match restored {
+            Err(e) if is_corrupt(&e) => restore_refused += 1,
+            other => panic!("{case}: restore did not refuse: {other:?}"),
+        }
+        assert_nothing_created(&g, &t.root, &as_name, &case).await;
+    }
+    assert!(
+        snapshot(t.dir.path()) == before,
+        "files changed around the refused restores"
+    );
+
+    // At the command line: exit code 5, for one of each kind.
+    for part in [Part::Archive, Part::Manifest, Part::Index] {
+        let (id, _, _) = copies.iter().find(|c| c.1 == part).unwrap();
+        let out = t.cli(&["backup", "verify", id]);
+        assert_eq!(out.status.code(), Some(5), "{part:?}: {out:?}");
+        let out = t.cli(&["restore", id, "--as", "cli-flip"]);
+        assert_eq!(out.status.code(), Some(5), "{part:?}: {out:?}");
+        assert_nothing_created(&g, &t.root, "cli-flip", "CLI restore").await;
+    }
+
+    let total = copies.len();
+    println!(
+        "byte flips: {ARCHIVES} archives, {MANIFESTS} manifests, {INDEXES} indexes: verify detected {verify_detected}/{total}, restore --as refused {restore_refused}/{total}"
+    );
+    assert_eq!((verify_detected, restore_refused), (total, total));
+    // The unflipped backup is still good: the detections are the flips'.
+    g.verify(&report.id, None)
+        .await
+        .expect("the original verifies");
+}

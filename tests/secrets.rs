@@ -1,0 +1,692 @@
+//! Secrets, on the real Docker engine, the stand-in GitLab image, a real S3-compatible
+//! server and Debian's `age` tools: backups encrypted at rest with age (the `age` command
+//! decrypts what Girofle wrote, Girofle restores what `age` encrypted, a missing or wrong
+//! key fails clearly and touches nothing); no planted secret in any output, journal, log,
+//! metric or state export of a realistic CLI session; secret-holding files are 0600.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use girofle_core::backup::{BackupOptions, Retention};
+use girofle_core::restore::RestoreRequest;
+use girofle_core::store::{open_store, StoreConfig};
+use girofle_core::Error;
+use girofle_tests::*;
+
+const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
+/// `age-keygen -o DIR/NAME`; returns (key file, public key). Fails with how to install
+/// `age` when it is missing.
+fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("`age-keygen` cannot run ({e}): install Debian's `age` (apt-get install age; scripts/test does)")
+        });
+    assert!(out.status.success(), "{out:?}");
+    let public = run(Command::new("age-keygen").arg("-y").arg(&key))
+        .trim()
+        .to_string();
+    assert!(public.starts_with("age1"), "{public}");
+    (key, public)
+}
+
+/// Runs a shell pipeline, failing the test with its stderr; returns stdout.
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn file_store(dir: &Path) -> StoreConfig {
+    std::fs::create_dir_all(dir).unwrap();
+    StoreConfig {
+        url: url::Url::from_directory_path(dir).unwrap().to_string(),
+        ..Default::default()
+    }
+}
+
+fn starts_with(path: &Path, magic: &[u8]) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.starts_with(magic)
+}
+
+/// The names `age -d -i KEY FILE | zstd -d | tar -t` lists.
+fn age_tar_listing(key: &Path, file: &Path) -> String {
+    sh(&format!(
+        "age -d -i '{}' '{}' | zstd -d -q | tar -t",
+        key.display(),
+        file.display()
+    ))
+}
+
+fn assert_invalid_identity(e: &Error, store: &str) {
+    let text = e.to_string();
+    assert!(
+        matches!(e, Error::InvalidInput { field, .. } if field == "age_identity_file"),
+        "not an invalid age_identity_file: {e:?}"
+    );
+    assert!(
+        text.contains(&format!("[stores.{store}]")),
+        "the error does not say where to set the key: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn age_reads_what_girofle_encrypted_and_girofle_restores_what_age_encrypted() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let keys = t.dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (key, public) = age_keygen(&keys, "key.txt");
+    let (other_key, _) = age_keygen(&keys, "other.txt");
+    let nas_dir = t.dir.path().join("nas");
+    let plain_dir = t.dir.path().join("plain");
+    let by_age_dir = t.dir.path().join("by-age");
+    let prefix = unique("age");
+    t.edit_config(|c| {
+        // The backup host holds only the public key of `nas`.
+        c.stores.insert(
+            "nas".into(),
+            StoreConfig {
+                age_recipients: Some(vec![public.clone()]),
+                ..file_store(&nas_dir)
+            },
+        );
+        c.stores.insert(
+            "offsite".into(),
+            StoreConfig {
+                age_identity_file: Some(key.clone()),
+                ..s3_store(&prefix)
+            },
+        );
+        c.stores.insert("plain".into(), file_store(&plain_dir));
+    });
+    let g = t.open().await;
+    let WithProject {
+        name, url, refs, ..
+    } = commission_with_project(&g, &t, "age", 3).await;
+    let to = |store: &str| BackupOptions {
+        store: Some(store.into()),
+        ..Default::default()
+    };
+
+    // 1. Two backups to `nas`: archive and index are age files that `age` decrypts; the
+    //    manifest is in clear; list (size checks) and prune work without the private key.
+    let first = g.backup(&name, to("nas")).await.unwrap();
+    let second = g.backup(&name, to("nas")).await.unwrap();
+    let object = |dir: &Path, id: &str, ext: &str| dir.join(format!("{id}.{ext}"));
+    let archive = object(&nas_dir, &second.id, "tar.zst");
+    assert!(
+        starts_with(&archive, AGE_MAGIC),
+        "the archive is not an age file"
+    );
+    assert!(starts_with(
+        &object(&nas_dir, &second.id, "index"),
+        AGE_MAGIC
+    ));
+    let manifest = std::fs::read_to_string(object(&nas_dir, &second.id, "manifest")).unwrap();
+    assert!(
+        manifest.contains(&second.id),
+        "the manifest is not in clear"
+    );
+    let listing = age_tar_listing(&key, &archive);
+    assert!(
+        listing.contains("config/gitlab-secrets.json"),
+        "`age -d | zstd -d | tar -t` does not list the secrets: {listing}"
+    );
+    let index = sh(&format!(
+        "age -d -i '{}' '{}'",
+        key.display(),
+        object(&nas_dir, &second.id, "index").display()
+    ));
+    assert!(index.contains("gitlab-secrets.json"), "{index}");
+    let listed = g.list_backups(Some(&name), Some("nas")).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+        vec![first.id.as_str(), second.id.as_str()],
+        "the encrypted backups do not list (size checks)"
+    );
+
+    // 2. Without the private key: verify and restore fail saying what is missing and
+    //    where to set it; nothing is created.
+    let e = g.verify(&second.id, Some("nas")).await.unwrap_err();
+    assert_invalid_identity(&e, "nas");
+    let copy_name = unique("agecopy");
+    let e = g
+        .restore(RestoreRequest {
+            id: second.id.clone(),
+            store: Some("nas".into()),
+            as_name: Some(copy_name.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_identity(&e, "nas");
+    assert!(
+        g.show(&copy_name).await.is_err(),
+        "a failed restore left an instance"
+    );
+    assert!(!t.root.join("instances").join(&copy_name).exists());
+    let out = t.cli(&["backup", "verify", &second.id, "--store", "nas"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("age_identity_file"), "{stderr}");
+
+    // Prune needs no key either.
+    let pruned = g
+        .prune(
+            Some(&name),
+            Some("nas"),
+            Retention {
+                keep_last: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(pruned, vec![first.id.clone()]);
+    assert!(!object(&nas_dir, &first.id, "tar.zst").exists());
+
+    // 3. With the key: verify; copy encrypted -> encrypted (S3) and -> clear, and back.
+    t.edit_config(|c| c.stores.get_mut("nas").unwrap().age_identity_file = Some(key.clone()));
+    let g = t.open().await;
+    g.verify(&second.id, Some("nas")).await.unwrap();
+    g.copy_backup(&second.id, Some("nas"), "offsite")
+        .await
+        .unwrap();
+    g.verify(&second.id, Some("offsite")).await.unwrap();
+    g.copy_backup(&second.id, Some("nas"), "plain")
+        .await
+        .unwrap();
+    assert!(
+        starts_with(&object(&plain_dir, &second.id, "tar.zst"), ZSTD_MAGIC),
+        "a copy to a clear store is not the clear archive"
+    );
+    g.verify(&second.id, Some("plain")).await.unwrap();
+    g.prune(
+        Some(&name),
+        Some("nas"),
+        Retention {
+            keep_last: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    g.backup(&name, to("plain")).await.unwrap();
+    let clear = g.list_backups(Some(&name), Some("plain")).await.unwrap();
+    let newest = clear.last().unwrap().id.clone();
+    g.copy_backup(&newest, Some("plain"), "nas").await.unwrap();
+    assert!(starts_with(
+        &object(&nas_dir, &newest, "tar.zst"),
+        AGE_MAGIC
+    ));
+    g.verify(&newest, Some("nas")).await.unwrap();
+
+    // 4. What Girofle wrote to S3, read raw through the real server, is an age file the
+    //    `age` tool decrypts.
+    let raw = open_store("raw", &s3_store(&prefix)).unwrap();
+    let bytes = raw
+        .get_bytes(&format!("{}.tar.zst", second.id))
+        .await
+        .unwrap();
+    assert!(bytes.starts_with(AGE_MAGIC), "the S3 archive is in clear");
+    let fetched = t.dir.path().join("from-s3.age");
+    std::fs::write(&fetched, &bytes).unwrap();
+    let listing = age_tar_listing(&key, &fetched);
+    assert!(listing.contains("config/gitlab-secrets.json"), "{listing}");
+
+    // 5. Girofle restores a backup that `age` encrypted (the clear copy, encrypted by the
+    //    command line tool), as a new instance: the commits are there, fsck is clean.
+    std::fs::create_dir_all(by_age_dir.join(&name)).unwrap();
+    for ext in ["tar.zst", "index"] {
+        sh(&format!(
+            "age -r '{public}' -o '{}' '{}'",
+            object(&by_age_dir, &second.id, ext).display(),
+            object(&plain_dir, &second.id, ext).display()
+        ));
+    }
+    std::fs::copy(
+        object(&plain_dir, &second.id, "manifest"),
+        object(&by_age_dir, &second.id, "manifest"),
+    )
+    .unwrap();
+    t.edit_config(|c| {
+        c.stores.insert(
+            "by-age".into(),
+            StoreConfig {
+                age_identity_file: Some(key.clone()),
+                ..file_store(&by_age_dir)
+            },
+        );
+        c.stores.insert(
+            "wrong-key".into(),
+            StoreConfig {
+                age_identity_file: Some(other_key.clone()),
+                ..file_store(&by_age_dir)
+            },
+        );
+    });
+    let g = t.open().await;
+    // A wrong key: a clear error, nothing created.
+    let e = g
+        .restore(RestoreRequest {
+            id: second.id.clone(),
+            store: Some("wrong-key".into()),
+            as_name: Some(copy_name.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_identity(&e, "wrong-key");
+    assert!(e.to_string().contains("other age recipients"), "{e}");
+    assert!(g.show(&copy_name).await.is_err());
+    let restored = g
+        .restore(RestoreRequest {
+            id: second.id.clone(),
+            store: Some("by-age".into()),
+            as_name: Some(copy_name.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let copy_url = format!("{}/team/app.git", restored.url);
+    assert_ne!(copy_url, url);
+    assert_eq!(ls_remote(&copy_url), refs, "the restored commits differ");
+    clone_and_fsck(&copy_url, &t.dir.path().join("fsck"));
+
+    // 6. A tampered encrypted archive is refused.
+    let target = object(&by_age_dir, &second.id, "tar.zst");
+    let mut bytes = std::fs::read(&target).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&target, bytes).unwrap();
+    let e = g.verify(&second.id, Some("by-age")).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Corrupt { .. }) || e.to_string().contains("it is damaged"),
+        "{e:?}"
+    );
+}
+
+/// An age-encrypted store is a store like any other: the whole conformance battery
+/// (sizes, listings, aborted and dropped uploads, copies) against a file:// store with
+/// recipients, and its objects really are age files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = age_keygen(dir.path(), "key.txt");
+    let data = dir.path().join("data");
+    let other = dir.path().join("other");
+    let config = StoreConfig {
+        age_recipients: Some(vec![public]),
+        age_identity_file: Some(key),
+        ..file_store(&data)
+    };
+    let store = open_store("sealed", &config).unwrap();
+    girofle_core::store::conformance::run_all(
+        store.clone(),
+        open_store("other", &file_store(&other)).unwrap(),
+    )
+    .await;
+    store
+        .put_bytes("probe/x.tar.zst", "hello".into())
+        .await
+        .unwrap();
+    assert!(starts_with(&data.join("probe/x.tar.zst"), AGE_MAGIC));
+    assert_eq!(store.head("probe/x.tar.zst").await.unwrap().size, 5);
+}
+
+// ---------------------------------------------------------------------------------------
+// No leaks, and modes.
+
+/// Everything a session printed, with what produced it.
+#[derive(Default)]
+struct Outputs {
+    texts: Vec<(String, String)>,
+}
+
+impl Outputs {
+    fn add(&mut self, what: impl Into<String>, text: impl Into<String>) {
+        self.texts.push((what.into(), text.into()));
+    }
+
+    /// Runs the CLI (with and without --json), records both streams; returns the run.
+    fn cli(&mut self, t: &TestRoot, args: &[&str]) -> Output {
+        let mut last = None;
+        for json in [false, true] {
+            let mut all: Vec<&str> = args.to_vec();
+            if json {
+                all.insert(0, "--json");
+            }
+            let out = t.cli(&all);
+            self.add(
+                format!("stdout of {all:?}"),
+                String::from_utf8_lossy(&out.stdout),
+            );
+            self.add(
+                format!("stderr of {all:?}"),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            last = Some(out);
+        }
+        last.unwrap()
+    }
+
+    /// Like [`Outputs::cli`], failing the test when the command fails.
+    fn ok(&mut self, t: &TestRoot, args: &[&str]) -> String {
+        let out = self.cli(t, args);
+        assert!(
+            out.status.success(),
+            "girofle {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI once (commands that change something), recording both streams.
+    fn once(&mut self, t: &TestRoot, args: &[&str]) -> Output {
+        let out = t.cli(args);
+        self.add(
+            format!("stdout of {args:?}"),
+            String::from_utf8_lossy(&out.stdout),
+        );
+        self.add(
+            format!("stderr of {args:?}"),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        out
+    }
+
+    fn once_ok(&mut self, t: &TestRoot, args: &[&str]) -> String {
+        let out = self.once(t, args);
+        assert!(
+            out.status.success(),
+            "girofle {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Every regular file under `dir` (not following symlinks).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Decompresses a zstd file into text (the state export), lossily.
+fn zstd_text(path: &Path) -> String {
+    let out = Command::new("zstd")
+        .args(["-d", "-q", "-c"])
+        .arg(path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "zstd -d {}", path.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_secret_leaks_and_secret_files_are_private() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let keys = t.dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (key, public) = age_keygen(&keys, "key.txt");
+    let identity = std::fs::read_to_string(&key)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string();
+    let prefix = unique("leak");
+    let root_password = "RootPw-planted-7c1e9a33";
+    let token = "glpat-PlantedToken4d2f8b";
+    let offsite = s3_store(&prefix);
+    let access_key = offsite.access_key_id.clone().unwrap();
+    let secret_key = offsite.secret_access_key.clone().unwrap();
+    t.edit_config(|c| {
+        c.stores.insert(
+            "offsite".into(),
+            StoreConfig {
+                age_recipients: Some(vec![public.clone()]),
+                age_identity_file: Some(key.clone()),
+                ..offsite.clone()
+            },
+        );
+        // The same server with a wrong secret: every command on it fails.
+        c.stores.insert(
+            "badcreds".into(),
+            StoreConfig {
+                secret_access_key: Some("Wrong-planted-secret-55aa".into()),
+                ..offsite.clone()
+            },
+        );
+    });
+    let mut outputs = Outputs::default();
+    let name = unique("leak");
+    let copy = unique("leakcopy");
+    let set_password = format!("gitlab_rails['initial_root_password']={root_password}");
+    let set_token = format!("gitlab_rails['initial_shared_runners_registration_token']={token}");
+    outputs.once_ok(
+        &t,
+        &[
+            "--json",
+            "instance",
+            "create",
+            &name,
+            "--set",
+            &set_password,
+            "--set",
+            &set_token,
+        ],
+    );
+    let secrets_json = std::fs::read_to_string(
+        t.root
+            .join("instances")
+            .join(&name)
+            .join("config/gitlab-secrets.json"),
+    )
+    .unwrap();
+    // Values of gitlab-secrets.json long enough to be meaningful secrets.
+    let mut planted: Vec<(String, String)> = vec![
+        ("root password".into(), root_password.into()),
+        ("token".into(), token.into()),
+        ("S3 secret key".into(), secret_key.clone()),
+        ("wrong S3 secret".into(), "Wrong-planted-secret-55aa".into()),
+        ("age identity".into(), identity.clone()),
+    ];
+    let parsed: serde_json::Value = serde_json::from_str(&secrets_json).unwrap();
+    let mut stack = vec![parsed];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => stack.extend(m.into_values()),
+            serde_json::Value::Array(a) => stack.extend(a),
+            serde_json::Value::String(s) if s.len() >= 16 => planted.push((
+                "gitlab-secrets.json value".into(),
+                s.lines().nth(1).unwrap_or(&s).to_string(),
+            )),
+            _ => {}
+        }
+    }
+    assert!(
+        planted.len() > 6,
+        "gitlab-secrets.json holds no secret value: {secrets_json}"
+    );
+    let _ = access_key;
+
+    outputs.ok(&t, &["instance", "list"]);
+    outputs.ok(&t, &["instance", "show", &name]);
+    outputs.once_ok(
+        &t,
+        &[
+            "instance",
+            "reconfigure",
+            &name,
+            "--set",
+            &format!("gitlab_rails['smtp_password']={root_password}"),
+        ],
+    );
+    let made = outputs.once_ok(
+        &t,
+        &["--json", "backup", "create", &name, "--store", "offsite"],
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&made).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    outputs.once_ok(&t, &["backup", "create", &name]);
+    outputs.ok(&t, &["backup", "list", &name, "--store", "offsite"]);
+    outputs.ok(&t, &["backup", "list", &name]);
+    outputs.ok(&t, &["backup", "verify", &id, "--store", "offsite"]);
+    outputs.once_ok(
+        &t,
+        &[
+            "--json", "backup", "copy", &id, "--store", "offsite", "--to", "local",
+        ],
+    );
+    outputs.once_ok(
+        &t,
+        &[
+            "--json", "restore", &id, "--store", "offsite", "--as", &copy,
+        ],
+    );
+    outputs.once_ok(
+        &t,
+        &[
+            "schedule",
+            "set",
+            &name,
+            "--backup",
+            "0 */6 * * *",
+            "--keep-last",
+            "3",
+        ],
+    );
+    outputs.ok(&t, &["schedule", "list"]);
+    outputs.ok(&t, &["status"]);
+    outputs.ok(&t, &["metrics"]);
+    let textfile = t.dir.path().join("girofle.prom");
+    outputs.once_ok(&t, &["metrics", "--textfile", textfile.to_str().unwrap()]);
+    outputs.add(
+        "metrics textfile",
+        std::fs::read_to_string(&textfile).unwrap(),
+    );
+    let state = t.dir.path().join("girofle.state");
+    outputs.once_ok(&t, &["state", "export", state.to_str().unwrap()]);
+    outputs.add("state export", zstd_text(&state));
+    // Failures: the wrong credentials, a store that does not exist.
+    for args in [
+        vec!["backup", "list", name.as_str(), "--store", "badcreds"],
+        vec!["backup", "create", name.as_str(), "--store", "badcreds"],
+        vec![
+            "backup",
+            "copy",
+            id.as_str(),
+            "--store",
+            "offsite",
+            "--to",
+            "badcreds",
+        ],
+    ] {
+        let out = outputs.cli(&t, &args);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded with wrong credentials"
+        );
+    }
+
+    // Everything Girofle wrote in its root but the instances' own files and the backups
+    // (the journal, logs, locks, intents, staging leftovers), and the daemon-less run's
+    // outputs: none holds a planted secret.
+    let root = &t.root;
+    for path in files_under(root) {
+        let rel = path.strip_prefix(root).unwrap();
+        if rel.starts_with("instances")
+            || rel.starts_with("backups")
+            || rel.starts_with("decommissioned")
+        {
+            continue;
+        }
+        if rel == Path::new("girofle.toml") || rel.starts_with("inventory.db") {
+            // The configuration holds the S3 keys by design; the inventory holds the
+            // instances' settings (the source of gitlab.rb). Both are 0600, checked below.
+            continue;
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        outputs.add(format!("file {}", rel.display()), text);
+    }
+    let mut leaks = Vec::new();
+    for (what, text) in &outputs.texts {
+        for (kind, secret) in &planted {
+            // The state export carries girofle.toml (the S3 keys) and the inventory (the
+            // settings) by design, as a 0600 file; never the age key or GitLab's secrets.
+            let by_design = what == "state export"
+                && ["S3 secret key", "wrong S3 secret", "root password", "token"]
+                    .contains(&kind.as_str());
+            if !by_design && text.contains(secret.as_str()) {
+                leaks.push(format!("{kind} in {what}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+    eprintln!(
+        "{} outputs and files checked for {} planted secrets",
+        outputs.texts.len(),
+        planted.len()
+    );
+
+    // Modes: every file that holds secrets is 0600.
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for path in files_under(root)
+        .into_iter()
+        .chain([state.clone(), textfile.clone()])
+    {
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+        if rel.starts_with("instances") || rel.starts_with("decommissioned") || path == textfile {
+            // GitLab's own files keep GitLab's modes; the metrics hold no secret.
+            continue;
+        }
+        checked += 1;
+        if mode(&path) & 0o077 != 0 {
+            wrong.push(format!("{} is {:o}", rel.display(), mode(&path)));
+        }
+    }
+    assert!(checked >= 8, "only {checked} files checked");
+    assert!(
+        wrong.is_empty(),
+        "files readable by others:\n{}",
+        wrong.join("\n")
+    );
+}
