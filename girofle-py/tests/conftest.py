@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,9 +145,21 @@ def push_project(work: Path, url: str, commits: int = 2) -> str:
         git(work, "commit", "-q", "-m", f"commit {i}")
     git(work, "branch", "feature")
     git(work, "tag", "v1.0")
-    git(work, "push", "-q", url, "--all")
-    git(work, "push", "-q", url, "--tags")
+    for what in ("--all", "--tags"):
+        push_retrying(work, url, what)
     return ls_remote(url)
+
+
+def push_retrying(work: Path, url: str, what: str) -> None:
+    """`git push` once more after a pause when the first attempt's connection broke: on a
+    loaded 2-core machine the stand-in's HTTP server sometimes resets a connection (a push
+    is idempotent; the refs are checked by the callers)."""
+    out = subprocess.run(
+        ["git", "push", "-q", url, what], cwd=work, env=GIT_ENV, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        time.sleep(2)
+        git(work, "push", "-q", url, what)
 
 
 def unique(tag: str) -> str:
