@@ -393,7 +393,7 @@ impl Girofle {
                 let record = self.inventory.load().await?.instances.get(name).cloned();
                 if let Some(r) = record.filter(|r| r.stage == Stage::Active) {
                     // It was done but for removing the record.
-                    self.ensure_running(&r, actions).await?;
+                    self.ensure_running(&r, false, actions).await?;
                     return Ok(RecoveryOutcome::Finished);
                 }
                 self.remove_container(name, actions).await?;
@@ -410,7 +410,7 @@ impl Girofle {
                 if *was_running {
                     let record = self.inventory.load().await?.instances.get(name).cloned();
                     if let Some(record) = record {
-                        self.ensure_running(&record, actions).await?;
+                        self.ensure_running(&record, true, actions).await?;
                     }
                 }
                 self.drop_unlisted_backup(store, id, actions).await;
@@ -484,7 +484,7 @@ impl Girofle {
             Some(previous) if phase == "extracting" || phase == "reserved" => {
                 // Nothing of the instance was touched yet.
                 remove_tree(staging, actions)?;
-                self.ensure_running(previous, actions).await?;
+                self.ensure_running(previous, false, actions).await?;
             }
             Some(previous) => {
                 self.remove_container(name, actions).await?;
@@ -545,7 +545,7 @@ impl Girofle {
                 self.put_record(record).await?;
                 actions.push("put the inventory record back".into());
             }
-            self.ensure_running(record, actions).await?;
+            self.ensure_running(record, true, actions).await?;
             return Ok(RecoveryOutcome::RolledBack);
         }
         self.remove_container(name, actions).await?;
@@ -565,14 +565,30 @@ impl Girofle {
     }
 
     /// Makes sure the instance's container exists, runs and is healthy (re-created from
-    /// the record when it is gone).
+    /// the record when it is gone). `stop_in_flight`: the interrupted operation may have
+    /// sent a `docker stop`, which the engine carries out after its client died (the
+    /// container still looks running and healthy during the grace period, then exits):
+    /// stop it ourselves first, which waits for that stop too, then start it.
     async fn ensure_running(
         &self,
         record: &InstanceRecord,
+        stop_in_flight: bool,
         actions: &mut Vec<String>,
     ) -> Result<()> {
         let container = record.container_name();
         let dirs = InstanceDirs::new(&self.root, &record.name);
+        if stop_in_flight
+            && self
+                .runtime
+                .inspect(&container)
+                .await?
+                .is_some_and(|i| i.running)
+        {
+            self.runtime.stop(&container, self.stop_grace()).await?;
+            actions.push(format!(
+                "stopped container `{container}` first: a stop the interrupted operation sent may still be under way"
+            ));
+        }
         // A `docker stop` sent by the dead process may still be running in the engine:
         // the container then looks running, and exits while we wait. Start it again.
         let mut attempts = 3;
