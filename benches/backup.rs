@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -824,9 +824,26 @@ fn shell(script: &str, args: &[&Path]) -> BenchResult<f64> {
 }
 
 /// Flushes the dirty pages the previous phase (or a removal) left, so that each timed
-/// phase starts from the same state instead of paying for the writeback of the last one.
-fn settle() -> BenchResult<()> {
+/// phase starts from the same state instead of paying for the writeback of the last one,
+/// then reads `inputs` (files, or every file under a directory) so that the phase finds
+/// them in the page cache. Without that the first phase of a round pays for disk reads:
+/// this machine's kernel runs a DAMON `pageout` scheme that evicts pages left untouched
+/// for about a minute (`/sys/kernel/mm/damon/admin/kdamonds`), so what a phase reads may
+/// or may not still be cached depending on what ran before it.
+fn settle(inputs: &[&Path]) -> BenchResult<()> {
     Command::new("sync").status()?;
+    let mut buf = vec![0u8; 1 << 20];
+    for input in inputs {
+        let files = if input.is_dir() {
+            files_under(input)?
+        } else {
+            vec![input.to_path_buf()]
+        };
+        for f in files {
+            let mut file = File::open(&f)?;
+            while file.read(&mut buf)? > 0 {}
+        }
+    }
     Ok(())
 }
 
@@ -1011,26 +1028,39 @@ fn bench_size(base: &Path, mib: u64, opts: &Options) -> BenchResult<(String, u64
 
     for round in 1..=rounds {
         let mut line = format!("{mib} MiB round {round}/{rounds}:");
-        remove(&store)?;
-        settle()?;
-        let (secs, out) = child(
-            &exe,
-            &["backup".as_ref(), src.as_os_str(), store.as_os_str()],
-        )?;
-        check_backup(&out)?;
-        girofle_size = number(&out, "archive_size")?;
-        index_size = number(&out, "index_size")?;
-        record(P::BackupLocal, secs, Some(&out))?;
-        let _ = write!(line, " backup {secs:.2} s");
-
-        remove(&baseline)?;
-        settle()?;
-        let secs = shell(
-            r#"tar -cf - -C "$1" config data logs | zstd -3 -T0 -q > "$2""#,
-            &[&src, &baseline],
-        )?;
-        record(P::BackupTar, secs, None)?;
-        let _ = write!(line, " vs {secs:.2} s");
+        // Girofle and its baseline take turns going first, so that neither always runs in
+        // the wake of the other (writeback, evicted pages, a warmer CPU cache).
+        let order = if round % 2 == 1 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        let (mut g_secs, mut b_secs) = (0.0, 0.0);
+        for girofle in order {
+            if girofle {
+                remove(&store)?;
+                settle(&[&src])?;
+                let (secs, out) = child(
+                    &exe,
+                    &["backup".as_ref(), src.as_os_str(), store.as_os_str()],
+                )?;
+                check_backup(&out)?;
+                girofle_size = number(&out, "archive_size")?;
+                index_size = number(&out, "index_size")?;
+                record(P::BackupLocal, secs, Some(&out))?;
+                g_secs = secs;
+            } else {
+                remove(&baseline)?;
+                settle(&[&src])?;
+                let secs = shell(
+                    r#"tar -cf - -C "$1" config data logs | zstd -3 -T0 -q > "$2""#,
+                    &[&src, &baseline],
+                )?;
+                record(P::BackupTar, secs, None)?;
+                b_secs = secs;
+            }
+        }
+        let _ = write!(line, " backup {g_secs:.2} s vs {b_secs:.2} s");
         if round == 1 {
             // Girofle's local store fsyncs its archive before publishing it; the baseline
             // does not. How long that would take the baseline, for reading the ratio.
@@ -1040,7 +1070,7 @@ fn bench_size(base: &Path, mib: u64, opts: &Options) -> BenchResult<(String, u64
         }
 
         if opts.s3 {
-            settle()?;
+            settle(&[&src])?;
             let (secs, out) = child(
                 &exe,
                 &["backup".as_ref(), src.as_os_str(), s3_spec.as_ref()],
@@ -1050,53 +1080,58 @@ fn bench_size(base: &Path, mib: u64, opts: &Options) -> BenchResult<(String, u64
             let _ = write!(line, ", S3 {secs:.2} s");
         }
 
-        if let Some(tmp) = &opts.tmpfs {
-            let g = tmp.join("restore-girofle");
-            remove(&g)?;
-            let (secs, out) = child(
-                &exe,
-                &["restore".as_ref(), store.as_os_str(), g.as_os_str()],
-            )?;
-            check_restore(&out)?;
-            record(P::RestoreTmpfs, secs, Some(&out))?;
-            remove(&g)?;
-            let _ = write!(line, "; restore tmpfs {secs:.2} s");
-
-            let b = tmp.join("restore-baseline");
-            remove(&b)?;
-            fs::create_dir_all(&b)?;
-            let secs = shell(r#"zstd -d -q < "$1" | tar -xf - -C "$2""#, &[&baseline, &b])?;
-            record(P::RestoreTmpfsBase, secs, None)?;
-            remove(&b)?;
-            let _ = write!(line, " vs {secs:.2} s");
-        }
-
-        if opts.disk {
-            remove(&restore_g)?;
-            settle()?;
-            let (secs, out) = child(
-                &exe,
-                &["restore".as_ref(), store.as_os_str(), restore_g.as_os_str()],
-            )?;
-            check_restore(&out)?;
-            record(P::RestoreDisk, secs, Some(&out))?;
-            let _ = write!(line, "; restore disk {secs:.2} s");
-
-            remove(&restore_b)?;
-            fs::create_dir_all(&restore_b)?;
-            settle()?;
-            let secs = shell(
-                r#"zstd -d -q < "$1" | tar -xf - -C "$2""#,
-                &[&baseline, &restore_b],
-            )?;
-            record(P::RestoreDiskBase, secs, None)?;
-            let _ = write!(line, " vs {secs:.2} s");
+        // The restores read the archive Girofle wrote into `store` and the baseline's.
+        let targets = [
+            opts.tmpfs.as_ref().map(|t| {
+                (
+                    t.join("restore-girofle"),
+                    t.join("restore-baseline"),
+                    P::RestoreTmpfs,
+                    P::RestoreTmpfsBase,
+                    "tmpfs",
+                )
+            }),
+            opts.disk.then(|| {
+                (
+                    restore_g.clone(),
+                    restore_b.clone(),
+                    P::RestoreDisk,
+                    P::RestoreDiskBase,
+                    "disk",
+                )
+            }),
+        ];
+        for (g, b, g_phase, b_phase, label) in targets.into_iter().flatten() {
+            for girofle in order {
+                if girofle {
+                    remove(&g)?;
+                    settle(&[&store])?;
+                    let (secs, out) = child(
+                        &exe,
+                        &["restore".as_ref(), store.as_os_str(), g.as_os_str()],
+                    )?;
+                    check_restore(&out)?;
+                    record(g_phase, secs, Some(&out))?;
+                    remove(&g)?;
+                    g_secs = secs;
+                } else {
+                    remove(&b)?;
+                    fs::create_dir_all(&b)?;
+                    settle(&[&baseline])?;
+                    let secs = shell(r#"zstd -d -q < "$1" | tar -xf - -C "$2""#, &[&baseline, &b])?;
+                    record(b_phase, secs, None)?;
+                    remove(&b)?;
+                    b_secs = secs;
+                }
+            }
+            let _ = write!(line, "; restore {label} {g_secs:.2} s vs {b_secs:.2} s");
         }
 
         if opts.s3 {
             if let Some(tmp) = &opts.tmpfs {
                 let g = tmp.join("restore-girofle-s3");
                 remove(&g)?;
+                settle(&[])?;
                 let (secs, out) =
                     child(&exe, &["restore".as_ref(), s3_spec.as_ref(), g.as_os_str()])?;
                 check_restore(&out)?;
@@ -1109,7 +1144,7 @@ fn bench_size(base: &Path, mib: u64, opts: &Options) -> BenchResult<(String, u64
         if opts.restic {
             remove(&restic_repo)?;
             shell(r#"restic -r "$1" init -q"#, &[&restic_repo])?;
-            settle()?;
+            settle(&[&src])?;
             let secs = shell(
                 r#"cd "$2" && restic -r "$1" backup -q config data logs"#,
                 &[&restic_repo, &src],
@@ -1117,7 +1152,7 @@ fn bench_size(base: &Path, mib: u64, opts: &Options) -> BenchResult<(String, u64
             record(P::ResticFirst, secs, None)?;
             let _ = write!(line, "; restic {secs:.2} s");
             changed = change_one_percent(&files, round)?;
-            settle()?;
+            settle(&[&src])?;
             let secs = shell(
                 r#"cd "$2" && restic -r "$1" backup -q config data logs"#,
                 &[&restic_repo, &src],
