@@ -150,15 +150,16 @@ async fn phase_backup(src: &Path, spec: &str) -> BenchResult<Vec<(&'static str, 
         })
         .collect();
     let header = serde_json::json!({ "format_version": 2, "id": BACKUP_ID });
-    let (archive, index) = archive_to_store(
-        &store,
-        BACKUP_ID,
-        &header,
-        &sources,
-        CompressionOptions::default(),
-        None,
-    )
-    .await?;
+    // The settings sweep sets these; otherwise Girofle's defaults (`[backup]` unset).
+    let mut compression = CompressionOptions::default();
+    if let Ok(level) = std::env::var("GIROFLE_BENCH_LEVEL") {
+        compression.level = level.parse()?;
+    }
+    if let Ok(threads) = std::env::var("GIROFLE_BENCH_THREADS") {
+        compression.threads = threads.parse()?;
+    }
+    let (archive, index) =
+        archive_to_store(&store, BACKUP_ID, &header, &sources, compression, None).await?;
     let stored = store.head(&archive.key).await?.size;
     if stored != archive.size {
         return Err(format!(
@@ -693,7 +694,16 @@ fn run_bench() -> BenchResult<()> {
             },
         ));
     }
+    let sweep = parse_sweep(&std::env::var("GIROFLE_BENCH_SWEEP").unwrap_or_else(|_| {
+        let n = CompressionOptions::default().threads;
+        format!("1:{n} 3:{n} 6:{n} 3:1 3:0")
+    }))?;
     let mut hwm = Vec::new();
+    if !sweep.is_empty() {
+        let part = sweep_settings(&base, mib, rounds, &sweep)?;
+        print!("{part}");
+        report.push_str(&part);
+    }
     for (size, opts) in &runs {
         let (part, peak) = bench_size(&base, *size, opts)?;
         print!("{part}");
@@ -723,6 +733,90 @@ fn run_bench() -> BenchResult<()> {
     fs::write(&out, &report)?;
     println!("written to {}", out.display());
     Ok(())
+}
+
+/// `LEVEL:THREADS` pairs separated by spaces or commas; empty or `0` for none.
+fn parse_sweep(spec: &str) -> BenchResult<Vec<(i32, u32)>> {
+    if spec.trim() == "0" {
+        return Ok(Vec::new());
+    }
+    spec.split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (l, t) = pair
+                .split_once(':')
+                .ok_or_else(|| format!("GIROFLE_BENCH_SWEEP: `{pair}` is not LEVEL:THREADS"))?;
+            Ok((l.parse()?, t.parse()?))
+        })
+        .collect()
+}
+
+/// Girofle's local backup at each zstd level and thread count of `sweep`: the time and
+/// the archive size that `[backup] level` and `threads` trade, to choose the defaults.
+fn sweep_settings(base: &Path, mib: u64, rounds: u64, sweep: &[(i32, u32)]) -> BenchResult<String> {
+    let dir = base.join(format!("{mib}mib"));
+    fs::create_dir_all(&dir)?;
+    let (src, stats) = ensure_tree(&dir, mib)?;
+    let store = dir.join("store-sweep");
+    let exe = std::env::current_exe()?;
+    let default = CompressionOptions::default();
+    let mut results = Vec::new();
+    for &(level, threads) in sweep {
+        let mut secs = Vec::new();
+        let mut size = 0;
+        let mut hwm = 0;
+        for _ in 0..rounds {
+            remove(&store)?;
+            settle(&[&src])?;
+            let (s, out) = child_with(
+                &exe,
+                &["backup".as_ref(), src.as_os_str(), store.as_os_str()],
+                &[
+                    ("GIROFLE_BENCH_LEVEL", level.to_string()),
+                    ("GIROFLE_BENCH_THREADS", threads.to_string()),
+                ],
+            )?;
+            secs.push(s);
+            size = number(&out, "archive_size")?;
+            hwm = hwm.max(number(&out, "vmhwm_kib")?);
+        }
+        eprintln!(
+            "{mib} MiB settings: level {level}, {threads} thread(s): {}",
+            secs.iter()
+                .map(|s| format!("{s:.2} s"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        results.push((level, threads, median(&secs), size, hwm));
+    }
+    remove(&store)?;
+    let reference = results
+        .iter()
+        .find(|r| (r.0, r.1) == (default.level, default.threads))
+        .map(|r| r.2);
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "
+settings (Girofle -> local store, {mib} MiB, median of {rounds}; the defaults are level {} and {} thread(s)):",
+        default.level, default.threads
+    );
+    let _ = writeln!(
+        t,
+        "{:>5} {:>7} {:>8} {:>8} {:>12} {:>9} {:>13}",
+        "level", "threads", "seconds", "MB/s", "archive MiB", "vs default", "peak RSS MiB"
+    );
+    for (level, threads, secs, size, hwm) in results {
+        let vs = reference.map_or_else(|| "-".into(), |r| format!("{:.2}x", secs / r));
+        let _ = writeln!(
+            t,
+            "{level:>5} {threads:>7} {secs:>8.2} {:>8.1} {:>12.1} {vs:>9} {:>13.1}",
+            stats.bytes as f64 / 1e6 / secs,
+            size as f64 / MIB as f64,
+            hwm as f64 / 1024.0
+        );
+    }
+    Ok(t)
 }
 
 fn command_line(cmd: &str, args: &[&str]) -> String {
@@ -787,10 +881,20 @@ fn machine_info(base: &Path, tmpfs: Option<&Path>) -> String {
 
 /// Runs one Girofle phase in a child process; returns its wall time and what it printed.
 fn child(exe: &Path, args: &[&std::ffi::OsStr]) -> BenchResult<(f64, BTreeMap<String, String>)> {
+    child_with(exe, args, &[])
+}
+
+/// [`child`] with extra environment variables.
+fn child_with(
+    exe: &Path,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, String)],
+) -> BenchResult<(f64, BTreeMap<String, String>)> {
     let started = Instant::now();
     let out = Command::new(exe)
         .arg("--phase")
         .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .stderr(Stdio::inherit())
         .output()?;
     let secs = started.elapsed().as_secs_f64();

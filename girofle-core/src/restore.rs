@@ -18,6 +18,7 @@ use crate::address::{allocate, AddressRequest};
 use crate::backup::{extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy};
 use crate::error::{Error, IoContext, Result};
 use crate::fleet::Girofle;
+use crate::fsutil::sync_filesystem;
 use crate::instance::{self, InstanceDirs, InstanceRecord, Stage};
 use crate::inventory::Fleet;
 use crate::recovery::{IntentFile, Operation};
@@ -310,6 +311,12 @@ impl Girofle {
                 request.timeout,
             )
             .await;
+        // Extracted files sit in the page cache until the kernel writes them out: the
+        // previous data must not be deleted before the restored data is on the disk.
+        let outcome = match outcome {
+            Ok(()) => sync_filesystem(&dirs.base),
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(()) => {
                 let mut done = record.clone();

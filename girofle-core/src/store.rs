@@ -1350,6 +1350,7 @@ fn write_local(
     let mut guard = StagingGuard(Some(staging.clone()));
     let mut writer = std::io::BufWriter::with_capacity(LOCAL_READ_CHUNK, file);
     let mut total: u64 = 0;
+    let mut written_back: u64 = 0;
     while let Some(chunk) = rx.blocking_recv() {
         if cancelled.load(Ordering::SeqCst) {
             return Err(LocalWriteError::Cancelled);
@@ -1359,6 +1360,17 @@ fn write_local(
             .write_all(&chunk)
             .map_err(|e| Io("writing", staging.clone(), e))?;
         total += chunk.len() as u64;
+        if total - written_back >= WRITEBACK_STEP {
+            // Start writing what is in the page cache now, without waiting for it: the
+            // disk works while the archive is still being made, so the final fsync only
+            // waits for the last few MiB instead of the whole archive (~0.3 s per GiB
+            // here, with every core idle). Only a hint: an error shows at the fsync.
+            writer
+                .flush()
+                .map_err(|e| Io("writing", staging.clone(), e))?;
+            start_writeback(writer.get_ref(), written_back, total - written_back);
+            written_back = total;
+        }
     }
     let file = writer
         .into_inner()
@@ -1384,6 +1396,28 @@ fn write_local(
     }
     Ok(total)
 }
+
+/// How much a local write lets pile up in the page cache before it asks the kernel to
+/// start writing it out.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Starts the writeback of a range of `file` and returns without waiting for it.
+///
+/// `sync_file_range` has no safe binding (and this crate has no `unsafe`), so this uses
+/// `posix_fadvise(POSIX_FADV_DONTNEED)`, which on Linux starts the writeback of the
+/// range's dirty pages (`WB_SYNC_NONE`) before dropping those that are clean; pages just
+/// written are still dirty or under writeback, so nothing is dropped that the writer
+/// needs. PostgreSQL's `pg_flush_data` uses the same call for the same purpose.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use rustix::fs::{fadvise, Advice};
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = fadvise(file, offset, Some(len), Advice::DontNeed);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 fn create_staging(dest: &FsPath) -> std::result::Result<(std::fs::File, PathBuf), LocalWriteError> {
     for n in 1u32.. {
