@@ -695,8 +695,17 @@ fn run_bench() -> BenchResult<()> {
         ));
     }
     let sweep = parse_sweep(&std::env::var("GIROFLE_BENCH_SWEEP").unwrap_or_else(|_| {
-        let n = CompressionOptions::default().threads;
-        format!("1:{n} 3:{n} 6:{n} 3:1 3:0")
+        // The levels at the default thread count, then level 3 with no workers, one, and
+        // one per core.
+        let d = CompressionOptions::default().threads;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut pairs = vec![format!("1:{d}"), format!("3:{d}"), format!("6:{d}")];
+        for t in [0, 1, cores] {
+            if t.to_string() != d.to_string() {
+                pairs.push(format!("3:{t}"));
+            }
+        }
+        pairs.join(" ")
     }))?;
     let mut hwm = Vec::new();
     if !sweep.is_empty() {
@@ -866,9 +875,10 @@ fn machine_info(base: &Path, tmpfs: Option<&Path>) -> String {
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut s = format!(
-        "Girofle backup benchmark, {}\nmachine: {cores} cores ({cpu}), {mem_gib:.1} GiB RAM, load average at start {}; zstd level 3, {cores} workers on both sides; allocator: {}\ntemp dir: {} on {}\n",
+        "Girofle backup benchmark, {}\nmachine: {cores} cores ({cpu}), {mem_gib:.1} GiB RAM, load average at start {}; zstd level 3 on both sides, Girofle with {} zstd worker(s) (its default here), `zstd -T0` with {cores}; allocator: {}\ntemp dir: {} on {}\n",
         command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        CompressionOptions::default().threads,
         if cfg!(feature = "mimalloc") { "mimalloc" } else { "glibc" },
         base.display(),
         disk_of(base),

@@ -142,7 +142,8 @@ impl Default for InstanceDefaults {
 pub struct BackupConfig {
     /// zstd level (1-19).
     pub level: i32,
-    /// zstd worker threads; 0 = as many as the machine has cores.
+    /// zstd worker threads; 0 = automatic: one per core, none on a machine of one or two
+    /// cores (see `CompressionOptions::default`).
     pub threads: u32,
 }
 
@@ -355,7 +356,7 @@ fn expected_value(key: &str) -> Option<&'static str> {
         "docker.host" => "a string like \"unix:///var/run/docker.sock\" or \"tcp://HOST:2375\"",
         "instances.image" => "an image reference string, e.g. \"gitlab/gitlab-ce:17.5.1-ce.0\"",
         "backup.level" => "a zstd level, a whole number from 1 to 22",
-        "backup.threads" => "a whole number of threads (0: one per core)",
+        "backup.threads" => "a whole number of threads (0: automatic)",
         "schedule.backup" | "schedule.copy" => {
             "a cron string of 5 fields, e.g. \"0 */4 * * *\" (or \"off\" for copy)"
         }
