@@ -968,7 +968,7 @@ impl ObjectBackupStore {
             next: 0,
             depth: 1,
             in_flight: std::collections::VecDeque::new(),
-            current: Bytes::new(),
+            current: std::collections::VecDeque::new(),
             done: false,
         };
         Ok(futures::stream::unfold(read, |mut read| async move {
@@ -1188,7 +1188,8 @@ impl ErrorContext {
 
 /// One remote read in ranges: up to `depth` ranged GETs run as tasks
 /// (each retried by `object_store`, also when the body breaks off midway); the stream
-/// yields their bytes in order, in slices of [`GET_CHUNK`]. Dropping it cancels them.
+/// yields their bytes in order, in slices of at most [`GET_CHUNK`]. Dropping it cancels
+/// them.
 struct RangedRead {
     inner: Arc<dyn ObjectStore>,
     path: ObjectPath,
@@ -1202,9 +1203,9 @@ struct RangedRead {
     /// Ranged GETs to keep in flight: from 1, one more (up to [`MAX_RANGES_IN_FLIGHT`])
     /// each time the reader waits for one.
     depth: usize,
-    in_flight: std::collections::VecDeque<JoinHandle<Result<Bytes>>>,
-    /// What is left to yield of the range being delivered.
-    current: Bytes,
+    in_flight: std::collections::VecDeque<JoinHandle<Result<Vec<Bytes>>>>,
+    /// What is left to yield of the range being delivered, as the body's chunks arrived.
+    current: std::collections::VecDeque<Bytes>,
     /// Set after the last chunk or an error: the stream ends.
     done: bool,
 }
@@ -1230,7 +1231,7 @@ impl RangedRead {
                 ))
             });
             match fetched {
-                Ok(bytes) => self.current = bytes,
+                Ok(chunks) => self.current = chunks.into(),
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e));
@@ -1238,8 +1239,13 @@ impl RangedRead {
             }
             self.request_ranges();
         }
-        let n = self.current.len().min(GET_CHUNK);
-        Some(Ok(self.current.split_to(n)))
+        let front = self.current.front_mut()?;
+        let n = front.len().min(GET_CHUNK);
+        let chunk = front.split_to(n);
+        if front.is_empty() {
+            self.current.pop_front();
+        }
+        Some(Ok(chunk))
     }
 
     /// Starts ranged GETs until `depth` run or the object is covered.
@@ -1272,7 +1278,7 @@ async fn fetch_range(
     range: std::ops::Range<u64>,
     e_tag: Option<String>,
     errors: &ErrorContext,
-) -> Result<Bytes> {
+) -> Result<Vec<Bytes>> {
     let options = GetOptions {
         range: Some(GetRange::Bounded(range.clone())),
         if_match: e_tag.clone(),
@@ -1285,19 +1291,29 @@ async fn fetch_range(
     if e_tag.is_some() && result.meta.e_tag != e_tag {
         return Err(errors.changed_while_read(key));
     }
-    let bytes = result.bytes().await.map_err(|e| errors.lift(key, e))?;
-    if bytes.len() as u64 != range.end - range.start {
+    // The body's chunks as they come, not one buffer of the range's size: glibc keeps
+    // freed 4 MiB buffers in each worker thread's arena, which cost ~17 MiB of peak
+    // memory on a 1 GiB restore.
+    let mut body = result.into_stream();
+    let mut chunks = Vec::new();
+    let mut got: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| errors.lift(key, e))?;
+        got += chunk.len() as u64;
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+    }
+    if got != range.end - range.start {
         return Err(Error::backend(
             errors.backend.clone(),
             format!(
-                "reading `{key}`: asked for bytes {}..{}, got {} bytes",
-                range.start,
-                range.end,
-                bytes.len()
+                "reading `{key}`: asked for bytes {}..{}, got {got} bytes",
+                range.start, range.end,
             ),
         ));
     }
-    Ok(bytes)
+    Ok(chunks)
 }
 
 /// Tells a local writer that its caller went away, so it must not publish the object.
