@@ -909,3 +909,42 @@ async fn docker_daemon_restarts_mid_operation() {
     });
     tally.finish();
 }
+
+/// A killed Girofle may leave a `docker rm -f` the engine is still carrying out; the next
+/// removal (recovery's) gets "removal ... already in progress" from the engine. It must
+/// wait for it and report the container gone, not fail (it left a decommission half
+/// recovered: the record listed with no container and no data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_already_under_way_is_waited_for() {
+    use girofle_core::runtime::{ContainerRuntime, DockerRuntime};
+    let _engine = shared_engine().await;
+    let image = stand_in("17.5.1");
+    let runtime = DockerRuntime::connect(None)
+        .await
+        .expect("the Docker engine (scripts/ensure-docker starts it)");
+    let name = format!("girofle-removal-race-{}", std::process::id());
+    for round in 0..3 {
+        let run = docker(None)
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--entrypoint",
+                "sleep",
+                &image,
+                "600",
+            ])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "docker run: {}", text(&run));
+        // Two removals at once: one of them finds the other's under way.
+        let (a, b) = tokio::join!(runtime.remove(&name, true), runtime.remove(&name, true));
+        let gone = runtime.inspect(&name).await.unwrap().is_none();
+        let _ = docker(None).args(["rm", "-f", &name]).output();
+        assert!(
+            a.is_ok() && b.is_ok() && gone,
+            "round {round}: concurrent removals gave {a:?} and {b:?}; container gone: {gone}"
+        );
+    }
+}

@@ -136,10 +136,13 @@ pub trait ContainerRuntime: Debug + Send + Sync + 'static {
     /// `NotFound` when there is no such container.
     async fn stop(&self, name: &str, grace: Duration) -> Result<()>;
 
-    /// Removes a container (forcefully when `force`). Removing a missing one is Ok.
+    /// Removes a container (forcefully when `force`). Removing a missing one is Ok; when
+    /// a removal is already under way (one a killed process asked for), waits for it:
+    /// once this returns Ok the container is gone.
     ///
     /// # Errors
-    /// `Backend` when the engine refuses.
+    /// `Backend` when the engine refuses, `Conflict` when a removal under way does not
+    /// end in time.
     async fn remove(&self, name: &str, force: bool) -> Result<()>;
 
     /// Inspects a container; `None` when it does not exist.
@@ -271,6 +274,8 @@ pub struct DockerRuntime {
 }
 
 const DOCKER: &str = "Docker engine";
+/// How long `remove` waits for a removal the engine is already carrying out.
+const REMOVAL_WAIT: Duration = Duration::from_secs(120);
 
 impl DockerRuntime {
     /// Connects to the engine at `host` (`unix:///path`, `tcp://host:port`), else
@@ -302,6 +307,21 @@ impl DockerRuntime {
             .map_err(|_| unreachable(&"no answer within 15 s"))?
             .map_err(|e| unreachable(&e))?;
         Ok(DockerRuntime { docker, host })
+    }
+
+    /// Waits (bounded) until the engine no longer has container `name`.
+    async fn wait_removed(&self, name: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
+        while self.inspect(name).await?.is_some() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Conflict(format!(
+                    "remove container `{name}`: the engine has been removing it for over {} s; check `docker ps -a` and the engine's log, then try again",
+                    REMOVAL_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
     }
 
     /// The engine address this runtime talks to.
@@ -523,13 +543,18 @@ impl ContainerRuntime for DockerRuntime {
         let options = RemoveContainerOptionsBuilder::default()
             .force(force)
             .build();
-        self.docker
-            .remove_container(name, Some(options))
-            .await
-            .or_else(|e| match status_code(&e) {
-                Some(404) => Ok(()),
-                _ => Err(lift(e, &format!("remove container `{name}`"))),
-            })
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            // Another client's removal (e.g. of a process killed mid-way) is still being
+            // carried out by the engine: the container is going, wait until it is gone.
+            Err(e)
+                if status_code(&e) == Some(409) && docker_message(&e).contains("in progress") =>
+            {
+                self.wait_removed(name).await
+            }
+            Err(e) => Err(lift(e, &format!("remove container `{name}`"))),
+        }
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {
