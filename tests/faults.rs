@@ -1,6 +1,6 @@
 //! Faults, on the real Docker engine, the stand-in GitLab image and real S3 servers:
 //! the `girofle` process SIGKILLed at random moments of a cold backup, an online backup,
-//! an upload, an in-place restore and a decommission; the S3 server dying mid-upload; a
+//! an upload, an in-place restore, a decommission and a reconfigure; the S3 server dying mid-upload; a
 //! full disk; the Docker daemon restarting mid-operation. After each fault nothing
 //! incomplete is listed, the instance is running and healthy again after the next
 //! Girofle command, and its data is intact.
@@ -513,6 +513,96 @@ async fn sigkill_during_decommission() {
             }
         },
     );
+}
+
+/// A reconfigure killed at a random moment: after the next command, the setting the
+/// inventory records is the one in gitlab.rb and the one GitLab runs with (the new value
+/// or the previous one, never a mix), the instance is healthy, its data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_reconfigure() {
+    let _engine = shared_engine().await;
+    let (t, _g, p) = setup("freconf").await;
+    let key = "gitlab_rails['time_zone']";
+    let zone = |i: usize| format!("Trial/Zone{i}");
+    let reconfigure = |i: usize| -> Vec<String> {
+        ["instance", "reconfigure", &p.name, "--set"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(std::iter::once(format!("{key}={}", zone(i))))
+            .collect()
+    };
+    let mut rng = Rng::new("reconfigure");
+    let mut tally = Tally::new("reconfigure");
+    let first = reconfigure(0);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let (duration, _) = timed(&t, &first);
+    eprintln!(
+        "faults/reconfigure: one uninterrupted run takes {:.2} s",
+        duration.as_secs_f64()
+    );
+    let dirs = girofle_core::instance::InstanceDirs::new(&t.root, &p.name);
+    let mut current = zone(0);
+    for i in 1..=trials() {
+        tally.trials += 1;
+        let owned = reconfigure(i);
+        let argv: Vec<&str> = owned.iter().map(String::as_str).collect();
+        if kill_after(&t, &argv, rng.below(duration)) {
+            tally.killed += 1;
+        }
+        let state = state_of(&t, &p.name);
+        tally.check(state.as_deref() == Ok("running"), || {
+            format!(
+                "instance `{}` is {state:?} after the next command, not running",
+                p.name
+            )
+        });
+        // What the inventory records...
+        let show = girofle(&t)
+            .args(["--json", "instance", "show", &p.name])
+            .output()
+            .unwrap();
+        let recorded = json(&show)["record"]["settings"][key]
+            .as_str()
+            .map(|v| v.trim_matches('\'').to_string());
+        let expected = [current.clone(), zone(i)];
+        tally.check(
+            recorded.as_ref().is_some_and(|r| expected.contains(r)),
+            || format!("recorded {key} is {recorded:?}, not one of {expected:?}"),
+        );
+        let recorded = recorded.unwrap_or_default();
+        // ...is what gitlab.rb says...
+        let rb = std::fs::read_to_string(dirs.config.join("gitlab.rb")).unwrap_or_default();
+        let line = format!("{key} = '{recorded}'");
+        tally.check(rb.lines().any(|l| l.trim() == line), || {
+            format!("gitlab.rb lacks `{line}`:\n{rb}")
+        });
+        tally.check(
+            !expected
+                .iter()
+                .filter(|z| **z != recorded)
+                .any(|z| rb.contains(z.as_str())),
+            || format!("gitlab.rb holds another zone than the recorded {recorded}:\n{rb}"),
+        );
+        // ...and what GitLab applied.
+        let applied = std::fs::read(dirs.data.join("etc/effective-settings.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["settings"]["gitlab_rails"]["time_zone"]
+                    .as_str()
+                    .map(String::from)
+            });
+        tally.check(applied.as_deref() == Some(recorded.as_str()), || {
+            format!("GitLab runs with time_zone {applied:?}, Girofle records {recorded}")
+        });
+        let refs = std::panic::catch_unwind(|| ls_remote(&p.url));
+        tally.check(refs.as_ref().is_ok_and(|r| *r == p.refs), || {
+            format!("refs after the kill: {refs:?}")
+        });
+        nothing_left(&t, &p.name, &mut tally);
+        current = recorded;
+    }
+    tally.finish();
 }
 
 /// A private s3s-fs server on its own port and directory, killed when dropped.

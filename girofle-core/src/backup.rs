@@ -293,18 +293,28 @@ pub(crate) fn index_key(id: &str) -> String {
     format!("{id}{INDEX_SUFFIX}")
 }
 
-/// Forwards a store's stream into a bounded channel, for a blocking reader.
+/// Forwards a store's stream into a bounded channel, for a blocking reader. Returns the
+/// store's error, if its stream failed: the reader only sees it as I/O text, and the
+/// kind (a damaged encrypted object is `Corrupt`, an unreachable server `Backend`)
+/// must reach the user.
 async fn forward(
     mut stream: futures::stream::BoxStream<'static, Result<Bytes>>,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
-) {
+) -> Option<Error> {
     while let Some(chunk) = stream.next().await {
-        let item = chunk.map_err(|e| std::io::Error::other(e.to_string()));
-        let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
-            break;
+        match chunk {
+            Ok(bytes) => {
+                if tx.send(Ok(bytes)).await.is_err() {
+                    return None;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return Some(e);
+            }
         }
     }
+    None
 }
 
 /// Streams an archive and its index out of a store into a blocking reader on the
@@ -331,12 +341,17 @@ where
     let (itx, irx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let consumer =
         tokio::task::spawn_blocking(move || f(ChannelReader::new(rx), ChannelReader::new(irx)));
-    let (_, _, result) = tokio::join!(
+    let (archive_failed, index_failed, result) = tokio::join!(
         forward(archive_stream, tx),
         forward(index_stream, itx),
         consumer
     );
-    result.map_err(|e| Error::backend("archive reader", e.to_string()))?
+    let result = result.map_err(|e| Error::backend("archive reader", e.to_string()))?;
+    match (result, archive_failed.or(index_failed)) {
+        // The reader failed because the store did: the store's error says why.
+        (Err(_), Some(store_error)) => Err(store_error),
+        (result, _) => result,
+    }
 }
 
 /// Streams an archive of `sources` into `store` as `<id>.tar.zst` (memory flat whatever

@@ -651,10 +651,38 @@ impl Girofle {
             }
         }
         let _lock = self.lock_instance(&record.name, "reconfigure").await?;
-        self.apply_settings(&record, &settings).await?;
+        let (rb, previous) = self.read_gitlab_rb(&record).await?;
         let mut updated = record.clone();
         updated.settings = settings;
-        self.put_record(&updated).await?;
+        // Until this record goes, a crash is rolled back by recovery (the previous
+        // gitlab.rb back and applied), unless the inventory already has the new settings.
+        let mut intent = IntentFile::begin(
+            &self.root,
+            &record.name,
+            Operation::Reconfigure {
+                previous_rb: previous.clone(),
+                settings: updated.settings.clone(),
+            },
+            "applying",
+        )?;
+        let next = render_gitlab_rb(&previous, &updated.settings);
+        let applied = match self
+            .write_gitlab_rb(&record, &rb, &previous, &next, Some(&mut intent))
+            .await
+        {
+            Ok(()) => self.put_record(&updated).await,
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(()) => intent.finish()?,
+            Err(e) => {
+                // GitLab refused (the previous file is back and applied), did not turn
+                // healthy with the new settings, or the inventory could not be written:
+                // back to the previous settings, in the file and in GitLab.
+                self.settle(intent).await;
+                return Err(e);
+            }
+        }
         Ok(updated.redacted())
     }
 
@@ -666,8 +694,16 @@ impl Girofle {
         record: &InstanceRecord,
         settings: &BTreeMap<String, String>,
     ) -> Result<()> {
+        let (rb, previous) = self.read_gitlab_rb(record).await?;
+        let next = render_gitlab_rb(&previous, settings);
+        self.write_gitlab_rb(record, &rb, &previous, &next, None)
+            .await
+    }
+
+    /// Waits until GitLab has booted (it writes gitlab.rb then), and reads gitlab.rb:
+    /// its path and its text.
+    async fn read_gitlab_rb(&self, record: &InstanceRecord) -> Result<(PathBuf, String)> {
         let container = record.container_name();
-        // GitLab writes gitlab.rb only once it has booted: wait for that first.
         self.runtime
             .wait_healthy(&container, self.boot_timeout())
             .await?;
@@ -684,15 +720,32 @@ impl Girofle {
                 Error::io("read", &rb, e)
             }
         })?;
-        let next = render_gitlab_rb(&previous, settings);
-        crate::fsutil::write_atomic(&rb, next.as_bytes(), 0o600)?;
+        Ok((rb, previous))
+    }
+
+    /// Replaces gitlab.rb (`previous`) by `next`, runs `gitlab-ctl reconfigure` and
+    /// waits healthy; when GitLab refuses, puts `previous` back and reconfigures again
+    /// (then marks `intent`, if any, `restored`).
+    async fn write_gitlab_rb(
+        &self,
+        record: &InstanceRecord,
+        rb: &Path,
+        previous: &str,
+        next: &str,
+        intent: Option<&mut IntentFile>,
+    ) -> Result<()> {
+        let container = record.container_name();
+        crate::fsutil::write_atomic(rb, next.as_bytes(), 0o600)?;
         let reconfigure = ExecSpec {
             cmd: vec!["gitlab-ctl".into(), "reconfigure".into()],
             ..Default::default()
         };
         if let Err(e) = self.runtime.exec_ok(&container, &reconfigure).await {
-            crate::fsutil::write_atomic(&rb, previous.as_bytes(), 0o600)?;
-            let _ = self.runtime.exec_ok(&container, &reconfigure).await;
+            crate::fsutil::write_atomic(rb, previous.as_bytes(), 0o600)?;
+            let restored = self.runtime.exec_ok(&container, &reconfigure).await;
+            if let (Ok(_), Some(intent)) = (restored, intent) {
+                intent.phase("restored")?;
+            }
             return Err(match e {
                 Error::Command { output, exit_code, .. } => Error::invalid(
                     "--set",

@@ -3,11 +3,12 @@
 //!
 //! Before any step that leaves an instance not as it should be (a cold backup stopping
 //! the container, an online backup's tar in the data volume, an in-place restore moving
-//! the previous directories aside, a decommission, a commission creating a container),
-//! the operation writes an *intent record* `<root>/run/<instance>.intent.json` (0600,
-//! written whole or not at all) saying what it does, its phase and what is needed to roll
-//! back or forward; it updates the phase as it moves on, and removes the record when it
-//! ends, successfully or with a failure it handled. A record whose instance lock
+//! the previous directories aside, a decommission, a commission creating a container, a
+//! reconfigure rewriting gitlab.rb), the operation writes an *intent record*
+//! `<root>/run/<instance>.intent.json` (0600, written whole or not at all) saying what it
+//! does, its phase and what is needed to roll back or forward; it updates the phase as it
+//! moves on, and removes the record when it ends, successfully or with a failure it
+//! handled. A record whose instance lock
 //! (`lock`) can be taken belongs to an operation that is gone: [`Girofle::recover`]
 //! finishes or rolls it back, journals what it did and removes the record. It also
 //! removes leftovers of dead operations: `<root>/staging/*` entries and the staging
@@ -20,6 +21,7 @@
 //! Not responsible for the schedule's book of runs (`schedule` marks dead runs
 //! `interrupted` itself).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -39,8 +41,16 @@ const INTENT_SUFFIX: &str = ".intent.json";
 /// Staging files of local stores younger than this may belong to a live writer (a
 /// `backup copy` does not hold the instance lock).
 const STORE_STAGING_MIN_AGE: Duration = Duration::from_secs(60);
-/// How long recovery waits for a `gitlab-backup` left running in a container to end.
-const GITLAB_BACKUP_WAIT: Duration = Duration::from_secs(300);
+/// How long recovery waits for a `gitlab-backup` or a `gitlab-ctl reconfigure` left
+/// running in a container to end.
+const GITLAB_PROCESS_WAIT: Duration = Duration::from_secs(300);
+/// Command lines of a running `gitlab-backup create` (GitLab's and the stand-in's).
+const GITLAB_BACKUP_PROCESSES: &str =
+    "[g]itlab-backup create|[g]itlab:backup:create|[s]tandin.py backup create";
+/// Command lines of a running `gitlab-ctl reconfigure` and of the Chef (Cinc) run it
+/// starts.
+const RECONFIGURE_PROCESSES: &str =
+    "[c]tl reconfigure|[o]mnibus-ctl .* reconfigure|[c]inc-client|[c]hef-client";
 /// How long recovery tries to delete the unlisted objects of an interrupted backup (a
 /// remote store may be unreachable: that must not hold the instance back).
 const STORE_CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -78,6 +88,14 @@ pub(crate) enum Operation {
         purge: bool,
         archive_to: Option<PathBuf>,
     },
+    /// A reconfigure to `settings`: gitlab.rb may hold them, and GitLab may run with
+    /// them, while the inventory still has the previous ones. Rolled back to
+    /// `previous_rb` unless the inventory already has `settings`. Phase `restored`: the
+    /// operation put `previous_rb` back and GitLab applied it.
+    Reconfigure {
+        previous_rb: String,
+        settings: BTreeMap<String, String>,
+    },
 }
 
 impl Operation {
@@ -88,6 +106,7 @@ impl Operation {
             Operation::OnlineBackup { .. } => "online-backup",
             Operation::Restore { .. } => "restore",
             Operation::Decommission { .. } => "decommission",
+            Operation::Reconfigure { .. } => "reconfigure",
         }
     }
 }
@@ -423,7 +442,8 @@ impl Girofle {
                 holder,
             } => {
                 // `docker exec` outlives its client: GitLab may still be writing the tar.
-                self.wait_gitlab_backup(name, actions).await;
+                self.wait_gitlab_process(name, GITLAB_BACKUP_PROCESSES, "GitLab's backup", actions)
+                    .await;
                 remove_tree(gitlab_tar, actions)?;
                 remove_tree(holder, actions)?;
                 self.drop_unlisted_backup(store, id, actions).await;
@@ -460,7 +480,61 @@ impl Girofle {
                 )
                 .await
             }
+            Operation::Reconfigure {
+                previous_rb,
+                settings,
+            } => {
+                self.undo_reconfigure(name, previous_rb, settings, &intent.phase, actions)
+                    .await
+            }
         }
+    }
+
+    async fn undo_reconfigure(
+        &self,
+        name: &str,
+        previous_rb: &str,
+        settings: &BTreeMap<String, String>,
+        phase: &str,
+        actions: &mut Vec<String>,
+    ) -> Result<RecoveryOutcome> {
+        let Some(record) = self.inventory.load().await?.instances.get(name).cloned() else {
+            // Decommissioned since: nothing of it is left to put right.
+            return Ok(RecoveryOutcome::Cleaned);
+        };
+        // A `gitlab-ctl reconfigure` the dead process started goes on: let it end first,
+        // or it could apply the new file after the previous one is back.
+        self.wait_gitlab_process(name, RECONFIGURE_PROCESSES, "GitLab's reconfigure", actions)
+            .await;
+        if record.settings == *settings {
+            // It was done but for removing this record.
+            self.ensure_running(&record, false, actions).await?;
+            return Ok(RecoveryOutcome::Finished);
+        }
+        if phase != "restored" {
+            let rb = InstanceDirs::new(&self.root, name).config.join("gitlab.rb");
+            if std::fs::read_to_string(&rb).ok().as_deref() != Some(previous_rb) {
+                crate::fsutil::write_atomic(&rb, previous_rb.as_bytes(), 0o600)?;
+                actions.push(format!("put the previous `{}` back", rb.display()));
+            }
+            // GitLab may run with the new settings already: apply the previous ones.
+            let container = record.container_name();
+            if self
+                .runtime
+                .inspect(&container)
+                .await?
+                .is_some_and(|i| i.running)
+            {
+                let reconfigure = ExecSpec {
+                    cmd: vec!["gitlab-ctl".into(), "reconfigure".into()],
+                    ..Default::default()
+                };
+                self.runtime.exec_ok(&container, &reconfigure).await?;
+                actions.push("ran `gitlab-ctl reconfigure` with the previous settings".into());
+            }
+        }
+        self.ensure_running(&record, false, actions).await?;
+        Ok(RecoveryOutcome::RolledBack)
     }
 
     async fn undo_restore(
@@ -640,21 +714,29 @@ impl Girofle {
         Ok(())
     }
 
-    /// Waits (bounded) for a `gitlab-backup create` still running in the instance's
-    /// container. Its pid file is written only once it has started, so the processes are
-    /// looked for by command line (`[g]` keeps the probe from matching itself), and the
-    /// container must look quiet twice in a row: `docker exec` may still be starting one.
-    async fn wait_gitlab_backup(&self, name: &str, actions: &mut Vec<String>) {
+    /// Waits (bounded) for a GitLab process a dead operation started in the instance's
+    /// container (`docker exec` outlives its client) to end: `pattern` is an extended
+    /// regular expression of command lines, each with its first letter in brackets so
+    /// the probe does not match itself. GitLab's pid files are written only once a
+    /// process has started, so command lines are what is looked at, and the container
+    /// must look quiet twice in a row: `docker exec` may still be starting one.
+    async fn wait_gitlab_process(
+        &self,
+        name: &str,
+        pattern: &str,
+        what: &str,
+        actions: &mut Vec<String>,
+    ) {
         let container = instance::container_name(name);
         let probe = ExecSpec {
             cmd: vec![
                 "sh".into(),
                 "-c".into(),
-                "for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' < \"$f\" 2>/dev/null; echo; done | grep -Eq '[g]itlab-backup create|[g]itlab:backup:create|[s]tandin.py backup create'".into(),
+                format!("for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' < \"$f\" 2>/dev/null; echo; done | grep -Eq '{pattern}'"),
             ],
             ..Default::default()
         };
-        let deadline = tokio::time::Instant::now() + GITLAB_BACKUP_WAIT;
+        let deadline = tokio::time::Instant::now() + GITLAB_PROCESS_WAIT;
         let mut waited = false;
         let mut quiet = 0;
         while quiet < 2 && tokio::time::Instant::now() < deadline {
@@ -675,7 +757,7 @@ impl Girofle {
             }
         }
         if waited {
-            actions.push("waited for GitLab's backup process to end".into());
+            actions.push(format!("waited for {what} to end"));
         }
     }
 
