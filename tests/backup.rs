@@ -209,6 +209,16 @@ async fn damage_and_mismatch_are_refused_and_nothing_is_touched() {
     // Truncated: it does not list, and restore refuses it.
     std::fs::write(&archive, &pristine[..pristine.len() / 2]).unwrap();
     assert!(g.list_backups(Some(&name), None).await.unwrap().is_empty());
+    // ...but the listing says it left it out, and why.
+    let out = t.cli(&["backup", "list", &name]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("backup `{}`", b.id))
+            && said.contains("damaged")
+            && said.contains(&format!("has {} bytes", pristine.len() / 2)),
+        "{said}"
+    );
     let out = t.cli(&["restore", &b.id]);
     assert_eq!(
         out.status.code(),

@@ -430,6 +430,27 @@ fn garbage_files_and_malformed_arguments_are_refused_clearly() {
         println!("{what:<32} {}", e.trim());
     }
 
+    // `backup list` leaves the garbage manifest out, and says so: that backup cannot be
+    // restored, and whoever counts on it must know.
+    let out = girofle_at(&root, &["--json", "backup", "list", "web"]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([]),
+        "{e}"
+    );
+    for n in [
+        "warning",
+        "backup `web/20260101T000000Z` in store `local` is damaged",
+        "girofle backup verify web/20260101T000000Z --store local",
+    ] {
+        assert!(
+            e.contains(n),
+            "garbage manifest listed: the message lacks `{n}`:\n{e}"
+        );
+    }
+
     // A garbage inventory: named, with how to bring it back; the file is left as it was.
     let db = root.join("inventory.db");
     let garbage = b"garbage garbage garbage garbage garbage garbage garbage garbage".repeat(64);

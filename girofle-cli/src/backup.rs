@@ -96,7 +96,13 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
             });
         }
         BackupCommand::List { name, store } => {
-            let list = g.list_backups(name.as_deref(), store.as_deref()).await?;
+            let (list, damaged) = g.scan_backups(name.as_deref(), store.as_deref()).await?;
+            for d in &damaged {
+                eprintln!(
+                    "girofle: warning: backup `{}` in store `{}` is damaged and not listed: {}; it cannot be restored, restore another one (`girofle backup verify {} --store {}` checks it again)",
+                    d.id, d.store, d.reason, d.id, d.store
+                );
+            }
             print(ctx, &list, || {
                 let mut out = format!(
                     "{:<40} {:<8} {:<8} {:>10} {:>10}",

@@ -254,6 +254,16 @@ pub struct BackupEntry {
     pub archive_size: u64,
 }
 
+/// A backup a listing leaves out because it cannot be restored as it is: its manifest is
+/// damaged, or its archive or index is missing or of another size than the manifest says.
+#[derive(Clone, Debug, Serialize)]
+pub struct DamagedBackup {
+    pub id: String,
+    pub store: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
 /// A retention policy.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Retention {
@@ -935,12 +945,26 @@ impl Girofle {
         name: Option<&str>,
         store: Option<&str>,
     ) -> Result<Vec<BackupEntry>> {
+        Ok(self.scan_backups(name, store).await?.0)
+    }
+
+    /// As [`list_backups`](Self::list_backups), and the backups it leaves out because
+    /// they are damaged (for the operator to be told: such a backup cannot be restored).
+    ///
+    /// # Errors
+    /// As [`list_backups`](Self::list_backups).
+    pub async fn scan_backups(
+        &self,
+        name: Option<&str>,
+        store: Option<&str>,
+    ) -> Result<(Vec<BackupEntry>, Vec<DamagedBackup>)> {
         if let Some(n) = name {
             instance::validate_name(n)?;
         }
         let store = self.store(store)?;
-        Ok(list_manifests(&store, name)
-            .await?
+        let scan = scan_manifests(&store, name).await?;
+        let entries = scan
+            .manifests
             .into_iter()
             .map(|m| BackupEntry {
                 id: m.header.id.clone(),
@@ -954,7 +978,8 @@ impl Girofle {
                 bytes: m.index.bytes,
                 archive_size: m.archive.size,
             })
-            .collect())
+            .collect();
+        Ok((entries, scan.damaged))
     }
 
     /// Checks a backup end to end without restoring it: manifest checksum, archive size
@@ -1187,11 +1212,32 @@ pub(crate) async fn read_manifest(store: &Arc<dyn BackupStore>, id: &str) -> Res
     Ok(manifest)
 }
 
+/// The manifests of a store, and the backups left out as damaged.
+struct ManifestScan {
+    manifests: Vec<Manifest>,
+    damaged: Vec<DamagedBackup>,
+}
+
 async fn list_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Result<Vec<Manifest>> {
+    Ok(scan_manifests(store, name).await?.manifests)
+}
+
+async fn scan_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Result<ManifestScan> {
     let objects = store.list(name.unwrap_or("")).await?;
     let sizes: std::collections::HashMap<&str, u64> =
         objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
-    let mut out = Vec::new();
+    let mut scan = ManifestScan {
+        manifests: Vec::new(),
+        damaged: Vec::new(),
+    };
+    let mut damaged = |id: &str, reason: String| {
+        scan.damaged.push(DamagedBackup {
+            id: id.to_string(),
+            store: store.name().to_string(),
+            reason,
+        });
+    };
+    let mut manifests = Vec::new();
     for o in &objects {
         let Some(id) = o.key.strip_suffix(MANIFEST_SUFFIX) else {
             continue;
@@ -1199,18 +1245,38 @@ async fn list_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Res
         if parse_id(id).is_err() {
             continue;
         }
-        let Ok(m) = read_manifest(store, id).await else {
-            continue;
+        let m = match read_manifest(store, id).await {
+            Ok(m) => m,
+            // Deleted since the listing (a prune deletes the manifest first).
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => {
+                damaged(id, e.to_string());
+                continue;
+            }
         };
-        if sizes.get(m.archive.key.as_str()) != Some(&m.archive.size)
-            || sizes.get(m.index.key.as_str()) != Some(&m.index.size)
-        {
-            continue;
+        let mut wrong = Vec::new();
+        let parts = [
+            ("archive", &m.archive.key, m.archive.size),
+            ("index", &m.index.key, m.index.size),
+        ];
+        for (part, key, expected) in parts {
+            match sizes.get(key.as_str()) {
+                None => wrong.push(format!("its {part} `{key}` is missing")),
+                Some(&size) if size != expected => wrong.push(format!(
+                    "its {part} `{key}` has {size} bytes, the manifest says {expected}"
+                )),
+                Some(_) => {}
+            }
         }
-        out.push(m);
+        if wrong.is_empty() {
+            manifests.push(m);
+        } else {
+            damaged(id, wrong.join("; "));
+        }
     }
-    out.sort_by_key(|m| m.header.created_at);
-    Ok(out)
+    manifests.sort_by_key(|m| m.header.created_at);
+    scan.manifests = manifests;
+    Ok(scan)
 }
 
 #[cfg(test)]
