@@ -451,6 +451,34 @@ fn garbage_files_and_malformed_arguments_are_refused_clearly() {
         );
     }
 
+    // An intent record that cannot be read: recovery fails, and `instance list` says so
+    // instead of listing as if all was well; the record is left for the operator.
+    let intent = root.join("run/web.intent.json");
+    std::fs::create_dir_all(intent.parent().unwrap()).unwrap();
+    std::fs::write(&intent, b"{ not json").unwrap();
+    let out = girofle_at(&root, &["--json", "instance", "list"]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([]),
+        "{e}"
+    );
+    for n in [
+        "warning: instance `web`",
+        "could not be recovered",
+        "web.intent.json",
+        "girofle recover",
+    ] {
+        assert!(
+            e.contains(n),
+            "unreadable intent record: the message lacks `{n}`:\n{e}"
+        );
+    }
+    assert_eq!(std::fs::read(&intent).unwrap(), b"{ not json");
+    println!("{:<32} {}", "unreadable intent record", e.trim());
+    std::fs::remove_file(&intent).unwrap();
+
     // A garbage inventory: named, with how to bring it back; the file is left as it was.
     let db = root.join("inventory.db");
     let garbage = b"garbage garbage garbage garbage garbage garbage garbage garbage".repeat(64);

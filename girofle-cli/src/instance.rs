@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use girofle_core::address::AddressRequest;
+use girofle_core::recovery::RecoveryOutcome;
 use girofle_core::{CommissionRequest, DecommissionOptions, Result};
 
 use crate::output::{print, with_spinner};
@@ -122,7 +123,18 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
             print(ctx, &record, || record.external_url.clone());
         }
         InstanceCommand::List => {
-            let list = g.list().await?;
+            let (list, recoveries) = g.list_with_recoveries().await?;
+            for r in recoveries
+                .iter()
+                .filter(|r| r.outcome == RecoveryOutcome::Failed)
+            {
+                eprintln!(
+                    "girofle: warning: instance `{}`: an interrupted `{}` could not be recovered, so its state below may be wrong: {}; fix that, then run `girofle recover`",
+                    r.instance,
+                    r.operation,
+                    r.error.as_deref().unwrap_or("unknown error")
+                );
+            }
             print(ctx, &list, || {
                 let mut out = format!("{:<24} {:<13} {:<36} URL", "NAME", "STATE", "IMAGE");
                 for s in &list {

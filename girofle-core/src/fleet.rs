@@ -24,7 +24,7 @@ use crate::instance::{
 };
 use crate::inventory::{unknown_instance, Fleet, Inventory, InventoryExt, SqliteInventory};
 use crate::journal::{self, Journal, Record};
-use crate::recovery::{IntentFile, Operation};
+use crate::recovery::{IntentFile, Operation, Recovery};
 use crate::runtime::{ContainerRuntime, ContainerRuntimeExt, DockerRuntime, ExecSpec, Health};
 
 /// How to open a root.
@@ -466,9 +466,19 @@ impl Girofle {
     /// # Errors
     /// `Backend` when the inventory or the engine cannot be read.
     pub async fn list(&self) -> Result<Vec<InstanceStatus>> {
-        // Operations that died half-way are put right first (one directory read when
-        // there are none), so the listing shows what will stay.
-        self.recover_pending().await;
+        Ok(self.list_with_recoveries().await?.0)
+    }
+
+    /// [`Girofle::list`], with what recovery did first: operations that died half-way
+    /// are put right before the listing (one directory read when there are none), so it
+    /// shows what will stay. A recovery that failed leaves its instance as it found it
+    /// (often listed `missing`) and is reported here with its error, for the caller to
+    /// say so; `girofle recover` tries again.
+    ///
+    /// # Errors
+    /// As [`Girofle::list`].
+    pub async fn list_with_recoveries(&self) -> Result<(Vec<InstanceStatus>, Vec<Recovery>)> {
+        let recoveries = self.recover_pending().await;
         let fleet = self.inventory.load().await?;
         let containers = self
             .runtime
@@ -518,7 +528,7 @@ impl Girofle {
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok((out, recoveries))
     }
 
     /// One instance, reconciled with the engine.
@@ -628,15 +638,22 @@ impl Girofle {
         set: &[String],
         unset: &[String],
     ) -> Result<InstanceRecord> {
-        let mut settings = record.settings.clone();
         if set.is_empty() && unset.is_empty() {
             return Err(Error::invalid(
                 "--set",
                 "give at least one --set KEY=VALUE (or --unset KEY)",
             ));
         }
-        for s in set {
-            let (k, v) = instance::parse_setting(s)?;
+        let parsed = set
+            .iter()
+            .map(|s| instance::parse_setting(s))
+            .collect::<Result<Vec<_>>>()?;
+        let _lock = self.lock_instance(&record.name, "reconfigure").await?;
+        // Read again under the lock: another process may have changed the settings since,
+        // and taking the lock may have just recovered an interrupted operation.
+        let record = self.inventory.get(&record.name).await?;
+        let mut settings = record.settings.clone();
+        for (k, v) in parsed {
             settings.insert(k, v);
         }
         for k in unset {
@@ -650,7 +667,6 @@ impl Girofle {
                 ));
             }
         }
-        let _lock = self.lock_instance(&record.name, "reconfigure").await?;
         let (rb, previous) = self.read_gitlab_rb(&record).await?;
         let mut updated = record.clone();
         updated.settings = settings;
