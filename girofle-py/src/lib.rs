@@ -15,6 +15,7 @@
 mod error;
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use girofle_core::backup::{BackupOptions, ProgressFn, Retention, Strategy};
 use girofle_core::restore::RestoreRequest;
 use girofle_core::schedule::ScheduleOverrides;
 use girofle_core::{CommissionRequest, DecommissionOptions, Error, OpenOptions};
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyUserWarning, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
@@ -572,9 +573,20 @@ impl PyGirofle {
         name: Option<String>,
         store: Option<String>,
     ) -> PyResult<Py<PyAny>> {
-        self.data(py, |g| async move {
-            g.list_backups(name.as_deref(), store.as_deref()).await
-        })
+        let (list, damaged) = self.call(py, &Call::default(), |g| async move {
+            g.scan_backups(name.as_deref(), store.as_deref()).await
+        })?;
+        // Left out because they cannot be restored: whoever counts on them must know, as
+        // the CLI says on stderr.
+        for d in &damaged {
+            let message = CString::new(format!(
+                "backup `{}` in store `{}` is damaged and not listed: {}; it cannot be restored, restore another one (verify(\"{}\", store=\"{}\") checks it again)",
+                d.id, d.store, d.reason, d.id, d.store
+            ))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            PyErr::warn(py, py.get_type::<PyUserWarning>().as_any(), &message, 1)?;
+        }
+        to_py(py, &list)
     }
 
     /// Checks a backup end to end without restoring it; with `drill=True`, restores it

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import subprocess
 import threading
+import warnings
 
 import pytest
 
@@ -141,6 +142,17 @@ def test_conflicts_damage_mismatch_and_failed_commands(root, g):
         g.restore(backup_id, as_name=unique("bad"))
     archive.write_bytes(pristine)
     assert g.verify(backup_id).ok
+
+    # A truncated archive: left out of the listing, and a warning names it and the store.
+    archive.write_bytes(pristine[: len(pristine) // 2])
+    with pytest.warns(UserWarning, match="is damaged and not listed") as caught:
+        assert backup_id not in [b.id for b in g.list_backups(name)]
+    message = str(caught[0].message)
+    assert f"`{backup_id}` in store `local`" in message and "bytes" in message, message
+    archive.write_bytes(pristine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backup_id in [b.id for b in g.list_backups(name)]
 
     # Another GitLab version: refused before anything, naming the image to use.
     with pytest.raises(girofle.VersionMismatchError, match="17.5.1-ce.0"):

@@ -211,7 +211,9 @@ class Girofle:
     def list_backups(
         self, name: str | None = None, store: str | None = None
     ) -> builtins.list[BackupEntry]:
-        """The complete backups in a store (of one instance, or all), oldest first."""
+        """The complete backups in a store (of one instance, or all), oldest first. A
+        backup that cannot be restored as it is (damaged manifest, archive or index
+        missing or of another size) is left out with a :class:`UserWarning` naming it."""
         return [BackupEntry.from_dict(b) for b in self._native.list_backups(name, store)]
 
     def verify(
