@@ -170,6 +170,28 @@ fn girofle_at(root: &std::path::Path, args: &[&str]) -> Output {
 }
 
 /// Every file under `dir` with its content.
+/// Runs a listing that must succeed with an empty JSON list on stdout while warning on
+/// stderr with every one of `needles`; returns the stderr.
+fn lists_nothing_and_warns(
+    root: &std::path::Path,
+    args: &[&str],
+    what: &str,
+    needles: &[&str],
+) -> String {
+    let out = girofle_at(root, args);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{what}: {e}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([]),
+        "{what}: {e}"
+    );
+    for n in needles {
+        assert!(e.contains(n), "{what}: the message lacks `{n}`:\n{e}");
+    }
+    e
+}
+
 fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
@@ -432,49 +454,33 @@ fn garbage_files_and_malformed_arguments_are_refused_clearly() {
 
     // `backup list` leaves the garbage manifest out, and says so: that backup cannot be
     // restored, and whoever counts on it must know.
-    let out = girofle_at(&root, &["--json", "backup", "list", "web"]);
-    let e = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{e}");
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
-        serde_json::json!([]),
-        "{e}"
+    lists_nothing_and_warns(
+        &root,
+        &["--json", "backup", "list", "web"],
+        "garbage manifest listed",
+        &[
+            "warning",
+            "backup `web/20260101T000000Z` in store `local` is damaged",
+            "girofle backup verify web/20260101T000000Z --store local",
+        ],
     );
-    for n in [
-        "warning",
-        "backup `web/20260101T000000Z` in store `local` is damaged",
-        "girofle backup verify web/20260101T000000Z --store local",
-    ] {
-        assert!(
-            e.contains(n),
-            "garbage manifest listed: the message lacks `{n}`:\n{e}"
-        );
-    }
 
     // An intent record that cannot be read: recovery fails, and `instance list` says so
     // instead of listing as if all was well; the record is left for the operator.
     let intent = root.join("run/web.intent.json");
     std::fs::create_dir_all(intent.parent().unwrap()).unwrap();
     std::fs::write(&intent, b"{ not json").unwrap();
-    let out = girofle_at(&root, &["--json", "instance", "list"]);
-    let e = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{e}");
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
-        serde_json::json!([]),
-        "{e}"
+    let e = lists_nothing_and_warns(
+        &root,
+        &["--json", "instance", "list"],
+        "unreadable intent record",
+        &[
+            "warning: instance `web`",
+            "could not be recovered",
+            "web.intent.json",
+            "girofle recover",
+        ],
     );
-    for n in [
-        "warning: instance `web`",
-        "could not be recovered",
-        "web.intent.json",
-        "girofle recover",
-    ] {
-        assert!(
-            e.contains(n),
-            "unreadable intent record: the message lacks `{n}`:\n{e}"
-        );
-    }
     assert_eq!(std::fs::read(&intent).unwrap(), b"{ not json");
     println!("{:<32} {}", "unreadable intent record", e.trim());
     std::fs::remove_file(&intent).unwrap();

@@ -99,8 +99,8 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
             let (list, damaged) = g.scan_backups(name.as_deref(), store.as_deref()).await?;
             for d in &damaged {
                 eprintln!(
-                    "girofle: warning: backup `{}` in store `{}` is damaged and not listed: {}; it cannot be restored, restore another one (`girofle backup verify {} --store {}` checks it again)",
-                    d.id, d.store, d.reason, d.id, d.store
+                    "girofle: warning: {d} (`girofle backup verify {} --store {}` checks it again)",
+                    d.id, d.store
                 );
             }
             print(ctx, &list, || {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use girofle_core::address::AddressRequest;
-use girofle_core::recovery::RecoveryOutcome;
+use girofle_core::recovery::Recovery;
 use girofle_core::{CommissionRequest, DecommissionOptions, Result};
 
 use crate::output::{print, with_spinner};
@@ -124,15 +124,9 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
         }
         InstanceCommand::List => {
             let (list, recoveries) = g.list_with_recoveries().await?;
-            for r in recoveries
-                .iter()
-                .filter(|r| r.outcome == RecoveryOutcome::Failed)
-            {
+            for failure in recoveries.iter().filter_map(Recovery::failure) {
                 eprintln!(
-                    "girofle: warning: instance `{}`: an interrupted `{}` could not be recovered, so its state below may be wrong: {}; fix that, then run `girofle recover`",
-                    r.instance,
-                    r.operation,
-                    r.error.as_deref().unwrap_or("unknown error")
+                    "girofle: warning: {failure}; its state below may be wrong: fix that, then run `girofle recover`"
                 );
             }
             print(ctx, &list, || {

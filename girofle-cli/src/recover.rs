@@ -1,6 +1,6 @@
 //! `girofle recover`
 
-use girofle_core::recovery::RecoveryOutcome;
+use girofle_core::recovery::Recovery;
 use girofle_core::{Error, Result};
 
 use crate::output::{print, with_spinner};
@@ -39,13 +39,8 @@ pub async fn run(ctx: &Ctx) -> Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     });
-    if let Some(failed) = done.iter().find(|r| r.outcome == RecoveryOutcome::Failed) {
-        return Err(Error::Conflict(format!(
-            "instance `{}`: the interrupted `{}` could not be recovered: {}",
-            failed.instance,
-            failed.operation,
-            failed.error.as_deref().unwrap_or("unknown error")
-        )));
+    if let Some(failure) = done.iter().find_map(Recovery::failure) {
+        return Err(Error::Conflict(failure));
     }
     Ok(())
 }

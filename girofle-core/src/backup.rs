@@ -264,6 +264,17 @@ pub struct DamagedBackup {
     pub reason: String,
 }
 
+impl std::fmt::Display for DamagedBackup {
+    /// What a front end warns (it adds how to check the backup again).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "backup `{}` in store `{}` is damaged and not listed: {}; it cannot be restored, restore another one",
+            self.id, self.store, self.reason
+        )
+    }
+}
+
 /// A retention policy.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Retention {

@@ -215,6 +215,22 @@ pub struct Recovery {
     pub error: Option<String>,
 }
 
+impl Recovery {
+    /// When this recovery failed: what could not be recovered and why, naming the
+    /// instance, for a front end to say (the caller adds what to do).
+    #[must_use]
+    pub fn failure(&self) -> Option<String> {
+        (self.outcome == RecoveryOutcome::Failed).then(|| {
+            format!(
+                "instance `{}`: the interrupted `{}` could not be recovered: {}",
+                self.instance,
+                self.operation,
+                self.error.as_deref().unwrap_or("unknown error")
+            )
+        })
+    }
+}
+
 fn ignore_missing(r: Result<()>) -> Result<()> {
     match r {
         Err(Error::NotFound { .. }) => Ok(()),
@@ -279,14 +295,9 @@ impl Girofle {
                 .await
                 .unwrap_or_default(),
         );
-        if let Some(failed) = recoveries
-            .iter()
-            .find(|r| r.outcome == RecoveryOutcome::Failed)
-        {
+        if let Some(failure) = recoveries.iter().find_map(Recovery::failure) {
             return Err(Error::Conflict(format!(
-                "instance `{name}`: an interrupted `{}` could not be recovered ({}); fix that and run `girofle recover`",
-                failed.operation,
-                failed.error.as_deref().unwrap_or("unknown error")
+                "{failure}; fix that and run `girofle recover`"
             )));
         }
         Ok(lock)

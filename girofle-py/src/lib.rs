@@ -26,10 +26,11 @@ use std::time::Duration;
 use girofle_core::address::AddressRequest;
 use girofle_core::archive::Progress;
 use girofle_core::backup::{BackupOptions, ProgressFn, Retention, Strategy};
+use girofle_core::recovery::Recovery;
 use girofle_core::restore::RestoreRequest;
 use girofle_core::schedule::ScheduleOverrides;
 use girofle_core::{CommissionRequest, DecommissionOptions, Error, OpenOptions};
-use pyo3::exceptions::{PyRuntimeError, PyUserWarning, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyUserWarning};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
@@ -250,6 +251,13 @@ fn to_py<T: Serialize>(py: Python<'_>, value: &T) -> PyResult<Py<PyAny>> {
     Ok(pythonize::pythonize(py, value)?.unbind())
 }
 
+/// A `UserWarning` at the caller of the `girofle.Girofle` method (two frames up: the
+/// public wrapper, then its caller).
+fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
+    let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    PyErr::warn(py, py.get_type::<PyUserWarning>().as_any(), &message, 2)
+}
+
 fn invalid(py: Python<'_>, field: &str, message: impl Into<String>) -> PyErr {
     to_py_err(py, Error::invalid(field, message))
 }
@@ -449,7 +457,16 @@ impl PyGirofle {
 
     /// The instances of this root with their state, reconciled with the engine.
     fn list(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.data(py, |g| async move { g.list().await })
+        let (list, recoveries) = self.call(py, &Call::default(), |g| async move {
+            g.list_with_recoveries().await
+        })?;
+        for failure in recoveries.iter().filter_map(Recovery::failure) {
+            warn(
+                py,
+                &format!("{failure}; its state may be wrong: fix that, then call recover()"),
+            )?;
+        }
+        to_py(py, &list)
     }
 
     /// One instance with its state.
@@ -579,12 +596,13 @@ impl PyGirofle {
         // Left out because they cannot be restored: whoever counts on them must know, as
         // the CLI says on stderr.
         for d in &damaged {
-            let message = CString::new(format!(
-                "backup `{}` in store `{}` is damaged and not listed: {}; it cannot be restored, restore another one (verify(\"{}\", store=\"{}\") checks it again)",
-                d.id, d.store, d.reason, d.id, d.store
-            ))
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            PyErr::warn(py, py.get_type::<PyUserWarning>().as_any(), &message, 1)?;
+            warn(
+                py,
+                &format!(
+                    "{d} (verify(\"{}\", store=\"{}\") checks it again)",
+                    d.id, d.store
+                ),
+            )?;
         }
         to_py(py, &list)
     }

@@ -69,6 +69,25 @@ def test_not_found_and_invalid_input(root, g):
     assert g.list() == [] and containers_of(root.path) == []
 
 
+def test_unrecoverable_interruption_is_warned_by_list(root, g):
+    # An intent record nobody can read: recovery fails, list() says so at the caller's
+    # line and leaves the record for the operator.
+    intent = root.path / "run" / "web.intent.json"
+    intent.parent.mkdir(exist_ok=True)
+    intent.write_text("{ not json")
+    with pytest.warns(UserWarning, match="could not be recovered") as caught:
+        assert g.list() == []
+    message = str(caught[0].message)
+    assert "instance `web`" in message and "web.intent.json" in message, message
+    assert "recover()" in message, message
+    assert caught[0].filename == __file__, caught[0].filename
+    assert intent.read_text() == "{ not json"
+    intent.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert g.list() == []
+
+
 def test_file_system_and_backend_errors(root, tmp_path):
     afile = tmp_path / "a-file"
     afile.write_text("")
@@ -149,6 +168,8 @@ def test_conflicts_damage_mismatch_and_failed_commands(root, g):
         assert backup_id not in [b.id for b in g.list_backups(name)]
     message = str(caught[0].message)
     assert f"`{backup_id}` in store `local`" in message and "bytes" in message, message
+    assert f'verify("{backup_id}", store="local")' in message, message
+    assert caught[0].filename == __file__, caught[0].filename
     archive.write_bytes(pristine)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -150,7 +150,9 @@ class Girofle:
         )
 
     def list(self) -> builtins.list[InstanceStatus]:
-        """The instances of this root with their state, reconciled with the engine."""
+        """The instances of this root with their state, reconciled with the engine. An
+        interrupted operation that could not be recovered first gives a
+        :class:`UserWarning` naming the instance and the error (its state may be wrong)."""
         return [InstanceStatus.from_dict(s) for s in self._native.list()]
 
     def show(self, name: str) -> InstanceStatus:
