@@ -215,13 +215,30 @@ fn push_retrying(work: &Path, url: &str, what: &str) {
     }
 }
 
-/// `git ls-remote URL`, sorted.
+/// `git ls-remote URL`, sorted. Tried a second time when the first attempt stalls or
+/// fails, like `push_retrying`: the stand-in's HTTP server has left a request hanging
+/// right after a container restart (a clean-clone CI run of 2026-12-03 stalled the final
+/// ls-remote of the cold-backup fault test, after 20 trials had passed). A second failure
+/// fails the test.
 pub fn ls_remote(url: &str) -> String {
-    let mut c = Command::new("git");
-    c.args(["-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=30"])
-        .args(["ls-remote", url])
-        .env("GIT_TERMINAL_PROMPT", "0");
-    let mut lines: Vec<String> = run(&mut c).lines().map(str::to_string).collect();
+    let command = || {
+        let mut c = Command::new("git");
+        c.args(["-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=30"])
+            .args(["ls-remote", url])
+            .env("GIT_TERMINAL_PROMPT", "0");
+        c
+    };
+    let first = command().output().unwrap();
+    let listed = if first.status.success() {
+        String::from_utf8_lossy(&first.stdout).into_owned()
+    } else {
+        eprintln!(
+            "git ls-remote {url} failed once, retrying: {}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        run(&mut command())
+    };
+    let mut lines: Vec<String> = listed.lines().map(str::to_string).collect();
     lines.sort();
     lines.join("\n")
 }
