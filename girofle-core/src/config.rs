@@ -140,7 +140,7 @@ impl Default for InstanceDefaults {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
-    /// zstd level (1-19).
+    /// zstd level (1-22).
     pub level: i32,
     /// zstd worker threads; 0 = automatic: one per core, none on a machine of one or two
     /// cores (see `CompressionOptions::default`).
