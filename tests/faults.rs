@@ -845,22 +845,14 @@ impl Drop for SmallDisk {
 
 /// Files of a directory tree whose name marks them unfinished (`#digits`, `.tmp`).
 fn unfinished_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let f = e.file_name().to_string_lossy().into_owned();
-                if f.contains('#') || f.contains(".tmp") {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
+    files_under(dir)
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| {
+            let f = p.file_name().unwrap_or_default().to_string_lossy();
+            f.contains('#') || f.contains(".tmp")
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

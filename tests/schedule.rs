@@ -114,6 +114,16 @@ fn runs(t: &TestRoot, name: &str, kind: RunKind) -> Vec<RunRecord> {
         .collect()
 }
 
+/// The backup run `daemon` has under way, once it is recorded (within 20 s).
+fn running_backup(t: &TestRoot, name: &str, daemon: &Daemon) -> RunRecord {
+    wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
+        runs(t, name, RunKind::Backup)
+            .into_iter()
+            .find(|r| r.outcome == RunOutcome::Running)
+    })
+    .unwrap_or_else(|| panic!("no backup started; log:\n{}", daemon.log()))
+}
+
 /// Every backup listed in `store` verifies end to end; returns their ids.
 async fn all_listed_verify(g: &Girofle, name: &str, store: Option<&str>) -> Vec<String> {
     let listed = g.list_backups(Some(name), store).await.unwrap();
@@ -253,12 +263,7 @@ async fn killed_daemon_lists_nothing_invalid_and_sigterm_lets_a_backup_finish() 
     let mut killed = None;
     for attempt in 1..=5 {
         let mut first = Daemon::start(&t, &format!("killed-{attempt}"));
-        let running = wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
-            runs(&t, &name, RunKind::Backup)
-                .into_iter()
-                .find(|r| r.outcome == RunOutcome::Running)
-        })
-        .unwrap_or_else(|| panic!("no backup started; log:\n{}", first.log()));
+        let running = running_backup(&t, &name, &first);
         std::thread::sleep(Duration::from_millis(100));
         first.kill();
         let after = runs(&t, &name, RunKind::Backup);
@@ -299,12 +304,7 @@ async fn killed_daemon_lists_nothing_invalid_and_sigterm_lets_a_backup_finish() 
     all_listed_verify(&g, &name, None).await;
 
     // 3. SIGTERM mid-backup: that backup finishes, verifies, and the daemon exits 0.
-    let in_flight = wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
-        runs(&t, &name, RunKind::Backup)
-            .into_iter()
-            .find(|r| r.outcome == RunOutcome::Running)
-    })
-    .unwrap_or_else(|| panic!("no backup started; log:\n{}", second.log()));
+    let in_flight = running_backup(&t, &name, &second);
     let status = second.terminate(Duration::from_secs(60));
     assert!(status.success(), "exit {status:?}; log:\n{}", second.log());
     let finished = runs(&t, &name, RunKind::Backup)
@@ -324,12 +324,7 @@ async fn killed_daemon_lists_nothing_invalid_and_sigterm_lets_a_backup_finish() 
     // 4. SIGTERM with no grace: the running backup is cancelled and recorded interrupted,
     // the daemon still exits 0, and nothing half-written lists.
     let mut third = Daemon::with_grace(&t, "no-grace", 0);
-    let cut = wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
-        runs(&t, &name, RunKind::Backup)
-            .into_iter()
-            .find(|r| r.outcome == RunOutcome::Running)
-    })
-    .unwrap_or_else(|| panic!("no backup started; log:\n{}", third.log()));
+    let cut = running_backup(&t, &name, &third);
     std::thread::sleep(Duration::from_millis(300));
     let status = third.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}; log:\n{}", third.log());
