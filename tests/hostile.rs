@@ -914,3 +914,313 @@ async fn byte_flips_are_always_detected_and_refused() {
         .await
         .expect("the original verifies");
 }
+
+// --- forged but consistent manifests -----------------------------------------------------
+
+/// Writes `m` as the manifest of backup `id` in the local store of `root`, with a valid
+/// checksum: a forger who can write to the store can always do that.
+fn forge(root: &Path, id: &str, m: &Manifest) {
+    std::fs::write(
+        root.join("backups").join(format!("{id}.manifest")),
+        m.to_bytes().unwrap(),
+    )
+    .unwrap();
+}
+
+/// A copy of a real backup under the id `id`, its manifest changed by `change`.
+fn forged_copy(root: &Path, base: &Manifest, id: &str, change: impl FnOnce(&mut Manifest)) {
+    let backups = root.join("backups");
+    let mut m = base.clone();
+    m.header.id = id.to_string();
+    m.archive.key = format!("{id}.tar.zst");
+    m.index.key = format!("{id}.index");
+    std::fs::create_dir_all(backups.join(id).parent().unwrap()).unwrap();
+    std::fs::copy(
+        backups.join(&base.archive.key),
+        backups.join(&m.archive.key),
+    )
+    .unwrap();
+    std::fs::copy(backups.join(&base.index.key), backups.join(&m.index.key)).unwrap();
+    change(&mut m);
+    forge(root, id, &m);
+}
+
+/// Every field of a manifest that reaches a path, the engine or GitLab is checked, and
+/// the target of a restore is the operator's (the id or --as), never the store's; a
+/// restore never replaces another instance unless asked; setuid bits never come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_manifest_fields_and_names_are_refused() {
+    let image = stand_in("17.5.1");
+    let newer = stand_in("17.6.0");
+    let t = TestRoot::new(&image);
+    // A sentinel beside the root: nothing may appear or change there.
+    let sentinel = t.dir.path().join("sentinel");
+    std::fs::create_dir_all(sentinel.join("x")).unwrap();
+    std::fs::write(sentinel.join("x/keep"), b"keep").unwrap();
+    let g = t.open().await;
+    let src = commission_with_project(&g, &t, "src", 2).await;
+    let other = commission_with_project(&g, &t, "other", 1).await;
+    // A setuid-root program in the data: a forged backup could carry one as well.
+    let planted = t
+        .root
+        .join("instances")
+        .join(&src.name)
+        .join("data/suid-probe");
+    std::fs::write(&planted, b"#!/bin/sh\nid -u\n").unwrap();
+    std::fs::set_permissions(
+        &planted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    let cold = g
+        .backup(
+            &src.name,
+            BackupOptions {
+                strategy: Strategy::Cold,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("cold backup");
+    let online = g
+        .backup(&src.name, BackupOptions::default())
+        .await
+        .expect("online backup");
+    let base = g.manifest(&cold.id, None).await.unwrap();
+    let base_online = g.manifest(&online.id, None).await.unwrap();
+
+    // Each forged copy lives under an id of the source instance.
+    type Change = Box<dyn FnOnce(&mut Manifest)>;
+    let cases: Vec<(&str, bool, Change, &str)> = vec![
+        (
+            "a name that climbs out of the root",
+            false,
+            Box::new(|m: &mut Manifest| m.header.instance.name = "../../x".into()),
+            "names instance",
+        ),
+        (
+            "another instance's name",
+            false,
+            Box::new({
+                let n = other.name.clone();
+                move |m: &mut Manifest| m.header.instance.name = n
+            }),
+            "names instance",
+        ),
+        (
+            "another backup's id",
+            false,
+            Box::new({
+                let id = cold.id.clone();
+                move |m: &mut Manifest| m.header.id = id
+            }),
+            "another backup",
+        ),
+        (
+            "Ruby in the host name",
+            false,
+            Box::new(|m: &mut Manifest| {
+                m.header.instance.hostname = Some("x'; system('touch /tmp/pwned'); '".into())
+            }),
+            "host name",
+        ),
+        (
+            "a label in Girofle's namespace",
+            false,
+            Box::new(|m: &mut Manifest| {
+                m.header
+                    .instance
+                    .labels
+                    .insert("io.girofle.root".into(), "/".into());
+            }),
+            "label",
+        ),
+        (
+            "a version that is not one",
+            false,
+            Box::new(|m: &mut Manifest| m.header.gitlab_version = "17.5.1'; id; '".into()),
+            "GitLab version",
+        ),
+        (
+            "a cold backup called online",
+            false,
+            Box::new(|m: &mut Manifest| m.header.strategy = Strategy::Online),
+            "online backup without",
+        ),
+        (
+            "GitLab's backup id as a path",
+            true,
+            Box::new(|m: &mut Manifest| {
+                m.header.gitlab_backup_id = Some("../../../../tmp/evil".into())
+            }),
+            "GitLab backup id",
+        ),
+        (
+            "an archive size that lies",
+            false,
+            Box::new(|m: &mut Manifest| m.archive.size += 1),
+            "bytes",
+        ),
+    ];
+    let before = snapshot(t.dir.path());
+    let other_before = ls_remote(&other.url);
+    for (i, (what, is_online, change, why)) in cases.into_iter().enumerate() {
+        let id = id_at(&src.name, i);
+        forged_copy(
+            &t.root,
+            if is_online { &base_online } else { &base },
+            &id,
+            change,
+        );
+        // In place (the id's instance exists), as a new name and at the command line.
+        for as_name in [None, Some(format!("forged-{i}"))] {
+            let e = g
+                .restore(RestoreRequest {
+                    id: id.clone(),
+                    as_name: as_name.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect_err(what);
+            assert!(is_corrupt(&e), "{what}: {e:?}");
+            assert!(e.to_string().contains(why), "{what}: {e}");
+            if let Some(n) = &as_name {
+                assert_nothing_created(&g, &t.root, n, what).await;
+            }
+        }
+        let out = t.cli(&["restore", &id]);
+        assert_eq!(out.status.code(), Some(5), "{what}: {out:?}");
+        std::fs::remove_file(t.root.join("backups").join(format!("{id}.manifest"))).unwrap();
+    }
+    assert!(
+        !std::path::Path::new("/tmp/pwned").exists(),
+        "a forged host name ran"
+    );
+    // Nothing outside the root, nothing in it but the forged objects themselves.
+    let after: Vec<_> = snapshot(t.dir.path())
+        .into_iter()
+        .filter(|(p, _)| {
+            let p = p.to_string_lossy();
+            !(p.contains("backups/") && p.contains("/2000"))
+        })
+        .collect();
+    assert!(after == before, "files changed: {:?}", paths(&after));
+    assert_eq!(ls_remote(&src.url), src.refs, "the source instance changed");
+    assert_eq!(
+        ls_remote(&other.url),
+        other_before,
+        "another instance changed"
+    );
+
+    // A version lie GitLab's own record inside the backup gives away: exit 5 before the
+    // instance is touched, even with the image the manifest asks for.
+    let id = id_at(&src.name, 100);
+    forged_copy(&t.root, &base_online, &id, |m| {
+        m.header.gitlab_version = "17.6.0".into()
+    });
+    let out = t.cli(&["restore", &id, "--as", "liar", "--image", &newer]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    assert!(
+        said.contains("backup_information.yml") && said.contains("17.5.1"),
+        "{said}"
+    );
+    assert_nothing_created(&g, &t.root, "liar", "version lie").await;
+
+    // The image and the settings of a manifest are not used: a forged image is never
+    // pulled or run, and settings come from the backup's gitlab.rb.
+    let id = id_at(&src.name, 101);
+    forged_copy(&t.root, &base, &id, |m| {
+        m.header.image = "registry.invalid/pwn:17.5.1-ce.0".into();
+        m.header.instance.image = "registry.invalid/pwn:17.5.1-ce.0".into();
+        m.header
+            .instance
+            .settings
+            .insert("gitlab_rails['x']".into(), "`id`".into());
+    });
+    let copy = unique("copy");
+    let restored = g
+        .restore(RestoreRequest {
+            id: id.clone(),
+            as_name: Some(copy.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("the manifest's image and settings are ignored");
+    assert_eq!(restored.image, image);
+    let record = girofle_core::inventory::InventoryExt::get(g.inventory().as_ref(), &copy)
+        .await
+        .unwrap();
+    assert_eq!(record.image, image);
+    assert!(
+        !record.settings.contains_key("gitlab_rails['x']"),
+        "{record:?}"
+    );
+    assert_eq!(
+        ls_remote(&format!("{}/team/app.git", restored.url)),
+        src.refs
+    );
+    // The setuid program came back without its bit, and the report says so.
+    let back = t.root.join("instances").join(&copy).join("data/suid-probe");
+    let mode = std::fs::metadata(&back).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777,
+        0o755
+    );
+    assert!(
+        restored
+            .modes_stripped
+            .contains(&"data/suid-probe".to_string()),
+        "{restored:?}"
+    );
+
+    // --as an existing instance: refused (exit 4), the instance untouched...
+    let out = t.cli(&["restore", &cold.id, "--as", &other.name]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("--replace"), "{said}");
+    assert_eq!(ls_remote(&other.url), other_before);
+    // ...unless --replace: then it is an in-place restore of that instance.
+    let out = t.cli(&[
+        "--json",
+        "restore",
+        &cold.id,
+        "--as",
+        &other.name,
+        "--replace",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["in_place"], true);
+    assert_eq!(
+        ls_remote(&format!("{}/team/app.git", report["url"].as_str().unwrap())),
+        src.refs
+    );
+
+    // Every command that takes a name refuses one that is not (exit 2), and touches
+    // nothing: `instance rm ../../x --purge` once deleted a directory outside the root.
+    let before = snapshot(t.dir.path());
+    for args in [
+        vec!["instance", "rm", "../../sentinel", "--purge", "--no-backup"],
+        vec!["instance", "show", "../x"],
+        vec!["instance", "stop", "../x"],
+        vec!["instance", "start", "../x"],
+        vec!["instance", "reconfigure", "../x", "--set", "a=1"],
+        vec!["backup", "create", "../x"],
+        vec!["backup", "list", "../x"],
+        vec!["schedule", "set", "../x", "--keep-last", "2"],
+        vec!["restore", &cold.id, "--as", "../x"],
+    ] {
+        let out = t.cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+    assert!(
+        snapshot(t.dir.path()) == before,
+        "a refused name changed files"
+    );
+    assert_eq!(std::fs::read(sentinel.join("x/keep")).unwrap(), b"keep");
+}

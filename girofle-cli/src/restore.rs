@@ -18,10 +18,16 @@ pub struct RestoreArgs {
     /// Store name from girofle.toml (default: local).
     #[arg(long)]
     pub store: Option<String>,
-    /// Restore as a new instance of this name (default: the backup's, in place if it exists).
+    /// Restore as a new instance of this name (default: the instance in the backup id, in
+    /// place if it exists). An existing name is refused unless --replace.
     #[arg(long = "as", value_name = "NEW_NAME")]
     pub as_name: Option<String>,
-    /// Image to run: exactly the backup's GitLab version and edition (default: the backup's image).
+    /// With --as naming an existing instance: restore over it (its data is kept aside
+    /// until the restored instance is healthy).
+    #[arg(long, requires = "as_name")]
+    pub replace: bool,
+    /// Image to run: exactly the backup's GitLab version and edition (default: the
+    /// target's own image, else [instances] image; never the image the backup names).
     #[arg(long)]
     pub image: Option<String>,
     #[arg(long)]
@@ -43,6 +49,7 @@ pub async fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         id: a.id.clone(),
         store: a.store,
         as_name: a.as_name,
+        replace: a.replace,
         image: a.image,
         addresses: AddressRequest {
             ip: a.ip,
@@ -54,6 +61,15 @@ pub async fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         progress: progress_printer("restoring"),
     };
     let r = with_spinner(&format!("restoring {}", a.id), g.restore(request)).await?;
+    for path in &r.modes_stripped {
+        eprintln!("warning: {path} restored without its setuid/setgid/sticky bit");
+    }
+    if r.modes_stripped_count > r.modes_stripped.len() as u64 {
+        eprintln!(
+            "warning: {} more files restored without setuid/setgid/sticky bits",
+            r.modes_stripped_count - r.modes_stripped.len() as u64
+        );
+    }
     print(ctx, &r, || {
         format!(
             "{} restored {} as `{}` at {} ({} files, {:.1} s; gitlab:check and doctor:secrets passed)",

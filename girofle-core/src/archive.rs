@@ -226,7 +226,29 @@ pub struct IndexSummary {
     pub size: u64,
     /// BLAKE3 of the JSON lines, lowercase hex.
     pub blake3: String,
+    /// Files extracted without the setuid, setgid or sticky bit the archive gave them
+    /// (extraction only; at most [`MAX_LISTED_STRIPPED`] paths, then only counted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modes_stripped: Vec<String>,
+    /// How many files had those bits stripped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub modes_stripped_count: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How many stripped paths an extraction lists by name.
+pub const MAX_LISTED_STRIPPED: usize = 100;
+
+/// The bits an extraction never gives a file: setuid, setgid and sticky. A forged archive
+/// could otherwise plant a setuid-root program for any local user to run. Directories
+/// keep setgid (group inheritance, which GitLab's repositories use: `git:git 2770`) and
+/// sticky (a restriction): neither grants anything; a directory's setuid means nothing on
+/// Linux and is dropped too.
+const FILE_PRIVILEGE_BITS: u32 = 0o7000;
+const DIR_PRIVILEGE_BITS: u32 = 0o4000;
 
 impl IndexSummary {
     fn new(t: IndexTotals, size: u64, blake3: String) -> Self {
@@ -239,6 +261,8 @@ impl IndexSummary {
             changed_while_read: t.changed_while_read,
             size,
             blake3,
+            modes_stripped: Vec::new(),
+            modes_stripped_count: 0,
         }
     }
 }
@@ -1207,14 +1231,19 @@ pub fn extract_archive<R: Read + Send>(
     let mut sink = Extractor {
         root: target.to_path_buf(),
         chown: true,
+        stripped: Vec::new(),
+        stripped_count: 0,
     };
-    read_archive(
+    let (header, mut summary) = read_archive(
         input,
         Some(expected),
         expected_archive,
         Some(&mut sink),
         progress,
-    )
+    )?;
+    summary.modes_stripped = sink.stripped;
+    summary.modes_stripped_count = sink.stripped_count;
+    Ok((header, summary))
 }
 
 /// Reads only the first entry, the caller's header document. Cheap: the rest of the
@@ -1453,6 +1482,21 @@ struct Extractor {
     root: PathBuf,
     /// Cleared after the first `EPERM`: owners cannot be restored unless root.
     chown: bool,
+    /// Paths given without their setuid/setgid/sticky bits (the first ones), and a count.
+    stripped: Vec<String>,
+    stripped_count: u64,
+}
+
+impl Extractor {
+    fn strip(&mut self, path: &str, mode: u32, bits: u32) -> u32 {
+        if mode & bits != 0 {
+            self.stripped_count += 1;
+            if self.stripped.len() < MAX_LISTED_STRIPPED {
+                self.stripped.push(path.to_string());
+            }
+        }
+        mode & !bits & 0o7777
+    }
 }
 
 fn prepare_target(target: &Path) -> Result<()> {
@@ -1539,7 +1583,8 @@ impl Extractor {
             let r = std::os::unix::fs::fchown(&file, Some(e.uid), Some(e.gid));
             self.set_owner(r, &path)?;
         }
-        file.set_permissions(fs::Permissions::from_mode(e.mode))
+        let mode = self.strip(&e.path, e.mode, FILE_PRIVILEGE_BITS);
+        file.set_permissions(fs::Permissions::from_mode(mode))
             .ctx("set the mode of", &path)?;
         let t = mtime_of(e.mtime);
         file.set_times(FileTimes::new().set_modified(t).set_accessed(t))
@@ -1555,7 +1600,8 @@ impl Extractor {
             .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
             .open(&path)
             .ctx("open the directory", &path)?;
-        dir.set_permissions(fs::Permissions::from_mode(d.mode))
+        let mode = self.strip(&d.path, d.mode, DIR_PRIVILEGE_BITS);
+        dir.set_permissions(fs::Permissions::from_mode(mode))
             .ctx("set the mode of", &path)?;
         let t = mtime_of(d.mtime);
         dir.set_times(FileTimes::new().set_modified(t).set_accessed(t))
@@ -2715,6 +2761,57 @@ mod tests {
         for d in [src.path().join("data/ro"), target.join("data/ro")] {
             fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
         }
+    }
+
+    #[test]
+    fn extraction_never_gives_setuid_setgid_or_sticky_to_files() {
+        let src = tempfile::tempdir().unwrap();
+        let data = src.path().join("data");
+        fs::create_dir_all(data.join("shared")).unwrap();
+        for (name, mode) in [
+            ("suid", 0o4755),
+            ("sgid", 0o2755),
+            ("sticky", 0o1644),
+            ("plain", 0o755),
+        ] {
+            fs::write(data.join(name), b"#!/bin/sh\nid\n").unwrap();
+            fs::set_permissions(data.join(name), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        // GitLab's repositories directory: setgid on a directory is kept.
+        fs::set_permissions(data.join("shared"), fs::Permissions::from_mode(0o2770)).unwrap();
+        let sources = vec![Source {
+            prefix: "data".into(),
+            dir: data.clone(),
+        }];
+        let (bytes, summary) = write(&sources);
+        // The archive records the modes as they were: only extraction strips them.
+        let index = ArchiveIndex::from_jsonl(&index_bytes(&summary)).unwrap();
+        let suid = index
+            .entries
+            .iter()
+            .find(|e| e.path == "data/suid")
+            .unwrap();
+        assert_eq!(suid.mode, 0o4755);
+
+        let out = tempfile::tempdir().unwrap();
+        let target = out.path().join("t");
+        let (_, got) =
+            extract_archive(&bytes[..], &target, expected(&summary), None, &mut |_| {}).unwrap();
+        let mode = |p: &str| fs::metadata(target.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("data/suid"), 0o755);
+        assert_eq!(mode("data/sgid"), 0o755);
+        assert_eq!(mode("data/sticky"), 0o644);
+        assert_eq!(mode("data/plain"), 0o755);
+        assert_eq!(mode("data/shared"), 0o2770);
+        assert_eq!(
+            got.modes_stripped,
+            vec![
+                "data/sgid".to_string(),
+                "data/sticky".into(),
+                "data/suid".into()
+            ]
+        );
+        assert_eq!(got.modes_stripped_count, 3);
     }
 
     #[test]

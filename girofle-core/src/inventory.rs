@@ -53,6 +53,9 @@ pub trait InventoryExt: Inventory {
     /// # Errors
     /// `NotFound` when no instance has that name.
     async fn get(&self, name: &str) -> Result<InstanceRecord> {
+        // Every command that acts on an instance looks it up here first: a name that is
+        // not one (`../x`) never reaches a path, a lock or the engine.
+        crate::instance::validate_name(name)?;
         self.load()
             .await?
             .instances

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::address::{allocate, AddressRequest};
+use crate::archive::IndexSummary;
 use crate::backup::{extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy};
 use crate::error::{Error, IoContext, Result};
 use crate::fleet::Girofle;
@@ -30,11 +31,15 @@ pub struct RestoreRequest {
     pub id: String,
     /// Store name (default `local`).
     pub store: Option<String>,
-    /// Restore as a new instance of this name (default: the backup's instance, in place
-    /// when it exists).
+    /// Restore as a new instance of this name (default: the instance named in the backup
+    /// id, in place when it exists). An existing instance is refused unless `replace`.
     pub as_name: Option<String>,
-    /// Image to run; default the backup's. Must be exactly the backup's GitLab version
-    /// and edition.
+    /// With `as_name` naming an existing instance: restore over it, in place (its data is
+    /// kept aside until the restored instance is healthy).
+    pub replace: bool,
+    /// Image to run; default the target's own image, else `[instances] image`. Never the
+    /// backup's: a store could name any image. Must be exactly the backup's GitLab
+    /// version and edition.
     pub image: Option<String>,
     pub addresses: AddressRequest,
     pub timeout: Option<Duration>,
@@ -47,6 +52,7 @@ impl std::fmt::Debug for RestoreRequest {
             .field("id", &self.id)
             .field("store", &self.store)
             .field("as_name", &self.as_name)
+            .field("replace", &self.replace)
             .field("image", &self.image)
             .finish()
     }
@@ -64,6 +70,10 @@ pub struct RestoreReport {
     pub files: u64,
     pub bytes: u64,
     pub duration_ms: u64,
+    /// Files restored without the setuid, setgid or sticky bit the backup gave them (the
+    /// first ones; `modes_stripped_count` counts them all).
+    pub modes_stripped: Vec<String>,
+    pub modes_stripped_count: u64,
 }
 
 /// The outcome of a restore drill: whether the backup is valid for its GitLab version.
@@ -104,7 +114,8 @@ impl Girofle {
         self.journaled(
             "restore",
             json!({
-                "id": request.id, "store": request.store, "as": request.as_name, "image": request.image,
+                "id": request.id, "store": request.store, "as": request.as_name,
+                "replace": request.replace, "image": request.image,
                 "ip": request.addresses.ip, "http_port": request.addresses.http_port,
                 "https_port": request.addresses.https_port, "ssh_port": request.addresses.ssh_port,
             }),
@@ -116,21 +127,31 @@ impl Girofle {
 
     async fn restore_inner(&self, request: RestoreRequest) -> Result<RestoreReport> {
         let started = Instant::now();
-        // 1. Arguments and the backup itself.
-        parse_id(&request.id)?;
+        // 1. Arguments and the backup itself. The target is named by the operator (the id
+        // or --as), never by the store: a manifest is only data to check.
+        let (id_name, _) = parse_id(&request.id)?;
         if let Some(n) = &request.as_name {
             instance::validate_name(n)?;
         }
         let store = self.store(request.store.as_deref())?;
         let manifest = read_manifest(&store, &request.id).await?;
-        let target = request
-            .as_name
-            .clone()
-            .unwrap_or_else(|| manifest.header.instance.name.clone());
+        check_manifest_fields(&manifest, &request.id, store.name())?;
+        let target = request.as_name.clone().unwrap_or(id_name);
+        let known = self.inventory.load().await?.instances.get(&target).cloned();
+        if let (Some(as_name), Some(_), false) = (&request.as_name, &known, request.replace) {
+            return Err(Error::already_exists(
+                format!("instance `{as_name}`"),
+                format!(
+                    "--as restores as a new instance; pick a name no instance has, or add --replace to restore `{}` over `{as_name}` (its data is kept aside until the restored one is healthy)",
+                    request.id
+                ),
+            ));
+        }
         let image = request
             .image
             .clone()
-            .unwrap_or_else(|| manifest.header.image.clone());
+            .or_else(|| known.as_ref().map(|r| r.image.clone()))
+            .unwrap_or_else(|| self.config.instances.image.clone());
         check_version(&manifest, &image)?;
         let head = store.head(&manifest.archive.key).await.map_err(|_| {
             Error::corrupt(
@@ -201,11 +222,18 @@ impl Girofle {
         )?;
         let extracted = self
             .extract_to(&store, &manifest, &staging, request.progress.clone())
-            .await;
-        if let Err(e) = extracted {
-            self.settle(intent).await;
-            return Err(e);
-        }
+            .await
+            .and_then(|summary| {
+                check_gitlab_record(&manifest, &staging)?;
+                Ok(summary)
+            });
+        let extracted = match extracted {
+            Ok(summary) => summary,
+            Err(e) => {
+                self.settle(intent).await;
+                return Err(e);
+            }
+        };
 
         // 4. Addresses and the record, in one transaction.
         let engine_ports = self.runtime.published_ports().await?;
@@ -258,10 +286,18 @@ impl Girofle {
                     }
                 };
                 let old = &manifest.header.instance;
-                let hostname = if request.as_name.is_none() {
-                    old.hostname.clone()
-                } else {
-                    None
+                // In place, the instance keeps what the inventory says of it; the same
+                // name back gets the backup's host name and labels (both checked by
+                // `check_manifest_fields`); a new name starts without them.
+                let current = fleet.instances.get(&target);
+                let hostname = match (current, &request.as_name) {
+                    (Some(r), _) => r.hostname.clone(),
+                    (None, None) => old.hostname.clone(),
+                    (None, Some(_)) => None,
+                };
+                let labels = match current {
+                    Some(r) => r.labels.clone(),
+                    None => old.labels.clone(),
                 };
                 let record = InstanceRecord {
                     name: target.clone(),
@@ -270,7 +306,7 @@ impl Girofle {
                     bindings,
                     hostname,
                     settings: instance::managed_settings(&staged_rb),
-                    labels: old.labels.clone(),
+                    labels,
                     created_at: fleet
                         .instances
                         .get(&target)
@@ -340,6 +376,8 @@ impl Girofle {
                     files: manifest.index.files,
                     bytes: manifest.index.bytes,
                     duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    modes_stripped: extracted.modes_stripped,
+                    modes_stripped_count: extracted.modes_stripped_count,
                 })
             }
             Err(e) => {
@@ -358,13 +396,11 @@ impl Girofle {
         manifest: &Manifest,
         staging: &Path,
         progress: Option<ProgressFn>,
-    ) -> Result<()> {
+    ) -> Result<IndexSummary> {
         if let Some(parent) = staging.parent() {
             std::fs::create_dir_all(parent).ctx("create directory", parent)?;
         }
-        extract_from_store(store, &manifest.archive, &manifest.index, staging, progress)
-            .await
-            .map(|_| ())
+        extract_from_store(store, &manifest.archive, &manifest.index, staging, progress).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -462,7 +498,7 @@ impl Girofle {
         };
         let result = self.runtime.exec_ok(&container, &restore).await;
         let _ = std::fs::remove_file(&placed);
-        result?;
+        result.map_err(|e| gitlab_refusal(e, manifest))?;
         self.runtime.stop(&container, self.stop_grace()).await?;
         self.runtime.start(&container).await?;
         self.runtime
@@ -478,15 +514,25 @@ impl Girofle {
     /// # Errors
     /// As `restore`; a drill that ran but found damage is `Corrupt`.
     pub async fn drill(&self, id: &str, store: Option<&str>) -> Result<DrillReport> {
-        parse_id(id)?;
+        let (source, _) = parse_id(id)?;
         let store_handle = self.store(store)?;
         let suffix = format!("{:x}", Utc::now().timestamp_subsec_nanos() % 0xffffff);
         let name = format!("drill-{suffix}");
+        // The image the instance runs now, if it is still in the fleet (else the
+        // configured one): never the one the backup names.
+        let image = self
+            .inventory
+            .load()
+            .await?
+            .instances
+            .get(&source)
+            .map(|r| r.image.clone());
         let restored = self
             .restore(RestoreRequest {
                 id: id.to_string(),
                 store: store.map(str::to_string),
                 as_name: Some(name.clone()),
+                image,
                 ..Default::default()
             })
             .await?;
@@ -599,5 +645,246 @@ fn check_version(manifest: &Manifest, image: &str) -> Result<()> {
             "--image",
             format!("`{image}` has no version tag; use --image {suggestion}"),
         )),
+    }
+}
+
+/// Checks what a manifest says against what the operator asked for, and every field that
+/// reaches the engine or GitLab (names, host name, labels, GitLab's backup id, versions).
+/// A store can hand back anything: a field that is not what Girofle itself writes makes
+/// the backup `Corrupt`, even when its checksum holds.
+fn check_manifest_fields(manifest: &Manifest, id: &str, store: &str) -> Result<()> {
+    let what = || format!("backup `{id}` in store `{store}`");
+    let forged = |why: String| {
+        Error::corrupt(
+            what(),
+            format!("{why}: it was not written by Girofle as it is; use another backup"),
+        )
+    };
+    let h = &manifest.header;
+    if h.id != id {
+        return Err(forged(format!("its manifest is that of backup `{}`", h.id)));
+    }
+    let (id_name, _) = parse_id(id)?;
+    if h.instance.name != id_name {
+        return Err(forged(format!(
+            "its manifest names instance `{}`, its id `{id_name}`",
+            h.instance.name.escape_debug()
+        )));
+    }
+    if let Some(host) = &h.instance.hostname {
+        instance::validate_hostname(host).map_err(|_| {
+            forged(format!(
+                "its host name `{}` is not a DNS name",
+                host.escape_debug()
+            ))
+        })?;
+    }
+    for (k, v) in &h.instance.labels {
+        if !valid_label_key(k) || v.len() > 256 || v.chars().any(char::is_control) {
+            return Err(forged(format!(
+                "its label `{}` is not a label Girofle accepts",
+                k.escape_debug()
+            )));
+        }
+    }
+    if !valid_version(&h.gitlab_version) || !matches!(h.edition.as_str(), "ce" | "ee") {
+        return Err(forged(format!(
+            "its GitLab version `{}` ({}) is not a version like 17.5.1 (ce or ee)",
+            h.gitlab_version.escape_debug(),
+            h.edition.escape_debug()
+        )));
+    }
+    match (&h.gitlab_backup_id, h.strategy) {
+        (Some(gid), Strategy::Online) if valid_gitlab_backup_id(gid) => Ok(()),
+        (Some(gid), Strategy::Online) => Err(forged(format!(
+            "its GitLab backup id `{}` is not one `gitlab-backup create` makes",
+            gid.escape_debug()
+        ))),
+        (None, Strategy::Online) => {
+            Err(forged("an online backup without GitLab's backup id".into()))
+        }
+        (_, Strategy::Cold) => Ok(()),
+    }
+}
+
+/// A container label key: lowercase DNS-like words, not in Girofle's own namespace.
+fn valid_label_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && !k.starts_with("io.girofle")
+        && k.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_' | '/')
+        })
+}
+
+/// `17.5.1`: three numbers.
+fn valid_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 6 && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// `<unix ts>_<YYYY_MM_DD>_<version>` (GitLab's own shape, e.g.
+/// `1732572000_2024_11_25_17.5.1`, an edition suffix allowed): it becomes a file name
+/// and an environment value inside the container.
+fn valid_gitlab_backup_id(gid: &str) -> bool {
+    let mut parts = gid.splitn(5, '_');
+    let numeric = |p: Option<&str>, len: Option<usize>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && len.is_none_or(|l| p.len() == l)
+                && p.chars().all(|c| c.is_ascii_digit())
+        })
+    };
+    numeric(parts.next(), None)
+        && numeric(parts.next(), Some(4))
+        && numeric(parts.next(), Some(2))
+        && numeric(parts.next(), Some(2))
+        && parts.next().is_some_and(|v| {
+            v.len() <= 40
+                && v.starts_with(|c: char| c.is_ascii_digit())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        })
+}
+
+/// An online backup holds GitLab's own record of the version that made it
+/// (`backup_information.yml` in GitLab's tar): it must agree with the manifest, so a
+/// manifest that lies about the version is caught before anything is touched.
+fn check_gitlab_record(manifest: &Manifest, staging: &Path) -> Result<()> {
+    let h = &manifest.header;
+    let Some(gid) = (h.strategy == Strategy::Online)
+        .then_some(h.gitlab_backup_id.as_ref())
+        .flatten()
+    else {
+        return Ok(());
+    };
+    let what = format!("backup `{}`", h.id);
+    let tar_path = staging
+        .join("gitlab-backup")
+        .join(format!("{gid}_gitlab_backup.tar"));
+    let file = std::fs::File::open(&tar_path).map_err(|_| {
+        Error::corrupt(
+            what.clone(),
+            format!("it has no `gitlab-backup/{gid}_gitlab_backup.tar`: GitLab's part of the backup is missing; use another backup"),
+        )
+    })?;
+    let version = gitlab_version_in_tar(file).map_err(|why| {
+        Error::corrupt(
+            what.clone(),
+            format!("GitLab's backup inside it {why}; use another backup"),
+        )
+    })?;
+    if version != h.gitlab_version {
+        return Err(Error::VersionMismatch(format!(
+            "{what}: its manifest says GitLab {}, GitLab's own `backup_information.yml` inside it says {version}; GitLab restores only into exactly the version that made a backup: restore it with --image of GitLab {version} after checking where it came from",
+            h.gitlab_version
+        )));
+    }
+    Ok(())
+}
+
+/// The `:gitlab_version:` of `backup_information.yml` in a `gitlab-backup` tar.
+fn gitlab_version_in_tar(file: std::fs::File) -> std::result::Result<String, String> {
+    use std::io::Read as _;
+    let mut tar = tar::Archive::new(std::io::BufReader::new(file));
+    let entries = tar.entries().map_err(|e| format!("cannot be read ({e})"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("cannot be read ({e})"))?;
+        let path = entry.path_bytes().into_owned();
+        if path != b"backup_information.yml" && path != b"./backup_information.yml" {
+            continue;
+        }
+        let mut text = String::new();
+        entry
+            .by_ref()
+            .take(64 * 1024)
+            .read_to_string(&mut text)
+            .map_err(|_| "has a `backup_information.yml` that is not text".to_string())?;
+        return text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(":gitlab_version:"))
+            .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+            .filter(|v| valid_version(v.split('-').next().unwrap_or(v)))
+            .map(|v| v.split('-').next().unwrap_or(&v).to_string())
+            .ok_or_else(|| "has a `backup_information.yml` without `:gitlab_version:`".into());
+    }
+    Err("has no `backup_information.yml`".into())
+}
+
+/// `gitlab-backup restore` refusing another version says so in its output; that is a
+/// version mismatch (exit 5), not a failed command.
+fn gitlab_refusal(e: Error, manifest: &Manifest) -> Error {
+    match e {
+        Error::Command { ref output, .. } if output.contains("GitLab version mismatch") => {
+            Error::VersionMismatch(format!(
+                "GitLab refused to restore backup `{}`: {}",
+                manifest.header.id,
+                output
+                    .lines()
+                    .find(|l| l.contains("GitLab version mismatch"))
+                    .unwrap_or("GitLab version mismatch")
+                    .trim()
+            ))
+        }
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gitlab_backup_ids_are_gitlabs_shape_only() {
+        for good in ["1732572000_2024_11_25_17.5.1", "1_2026_01_02_17.6.0-ee"] {
+            assert!(valid_gitlab_backup_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../../tmp/x",
+            "1732572000_2024_11_25_17.5.1/../x",
+            "1732572000_2024_11_25_",
+            "x_2024_11_25_17.5.1",
+            "1_2024_1_25_17.5.1",
+            "1_2024_11_25_17.5.1 x",
+            "1_2024_11_25_$(id)",
+        ] {
+            assert!(!valid_gitlab_backup_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_are_three_numbers() {
+        assert!(valid_version("17.5.1"));
+        for bad in ["17.5", "17.5.1.2", "17.5.x", "17.5.1'", "", "1..2"] {
+            assert!(!valid_version(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gitlab_record_version_is_read_from_the_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for (name, body) in [
+            ("db/database.sql.gz", &b"x"[..]),
+            (
+                "backup_information.yml",
+                &b"---\n:db_version: 1\n:gitlab_version: 17.6.0\n"[..],
+            ),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            b.append_data(&mut h, name, body).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let v = gitlab_version_in_tar(std::fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(v, "17.6.0");
     }
 }

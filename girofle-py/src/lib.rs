@@ -702,7 +702,8 @@ impl PyGirofle {
     /// Restores a backup, in place or as a new instance (`as_name`).
     #[pyo3(signature = (
         id, store=None, as_name=None, image=None, ip=None, http_port=None,
-        https_port=None, ssh_port=None, timeout=None, progress=None, cancel=None
+        https_port=None, ssh_port=None, timeout=None, progress=None, cancel=None,
+        replace=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn restore(
@@ -719,12 +720,14 @@ impl PyGirofle {
         timeout: Option<f64>,
         progress: Option<Py<PyAny>>,
         cancel: Option<Bound<'_, Cancel>>,
+        replace: bool,
     ) -> PyResult<Py<PyAny>> {
         let call = Call::new(cancel.as_ref());
         let request = RestoreRequest {
             id,
             store,
             as_name,
+            replace,
             image,
             addresses: addresses_arg(py, ip, http_port, https_port, ssh_port)?,
             timeout: timeout_arg(py, timeout)?,

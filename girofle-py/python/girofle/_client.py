@@ -263,12 +263,14 @@ class Girofle:
         timeout: float | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
+        replace: bool = False,
     ) -> RestoreResult:
-        """Restores a backup, in place or as a new instance (``as_name``)."""
+        """Restores a backup, in place or as a new instance (``as_name``; an existing
+        instance only with ``replace=True``)."""
         return RestoreResult.from_dict(
             self._native.restore(
                 id, store, as_name, image, ip, http_port, https_port, ssh_port, timeout,
-                progress, cancel,
+                progress, cancel, replace,
             )
         )
 
@@ -419,10 +421,11 @@ class Girofle:
         timeout: float | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
+        replace: bool = False,
     ) -> RestoreResult:
         """:meth:`restore` for asyncio (``progress`` is called from a worker thread)."""
         return await _in_executor(
             self.restore, id, store, as_name, image, ip, http_port, https_port, ssh_port,
-            timeout, progress, cancel=cancel,
+            timeout, progress, cancel=cancel, replace=replace,
         )
 

@@ -104,6 +104,8 @@ class RestoreReport(TypedDict):
     files: int
     bytes: int
     duration_ms: int
+    modes_stripped: list[str]
+    modes_stripped_count: int
 
 class InitResult(TypedDict):
     root: str
@@ -303,6 +305,7 @@ class Girofle:
         timeout: float | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
+        replace: bool = False,
     ) -> RestoreReport: ...
 
     # schedules, state, recovery

@@ -321,6 +321,9 @@ class RestoreResult(Result):
     files: int
     bytes: int
     duration_ms: int
+    modes_stripped: tuple[str, ...] = ()
+    """Files restored without the setuid, setgid or sticky bit the backup gave them."""
+    modes_stripped_count: int = 0
 
 
 @_frozen
