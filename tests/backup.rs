@@ -111,10 +111,11 @@ async fn round_trips_keep_commits_secrets_owners_and_modes() {
         ])
         .output()
         .unwrap();
+    // It exits 0 whatever it finds: the total says.
+    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        out.status.success() && said.contains("Total: 0 row(s) affected"),
+        "{said}"
     );
 
     // The cold backup, restored in place over the running instance: owners and modes of
@@ -256,6 +257,74 @@ async fn damage_and_mismatch_are_refused_and_nothing_is_touched() {
         "a refused restore created an instance"
     );
     assert_eq!(ls_remote(&url), refs);
+}
+
+/// GitLab's checks exit 0 whatever they find: a backup whose gitlab-secrets.json does not
+/// decrypt its database must still be refused, rolled back, and recorded by the drill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_with_the_wrong_secrets_is_refused_and_the_drill_records_it() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let g = t.open().await;
+    let WithProject {
+        name, url, refs, ..
+    } = commission_with_project(&g, &t, "wrongkey", 1).await;
+    // Another key in /etc/gitlab than the one the database was sealed with, as when an
+    // operator backs up /etc/gitlab of the wrong host.
+    let secrets = InstanceDirs::new(&t.root, &name)
+        .config
+        .join("gitlab-secrets.json");
+    let right = std::fs::read(&secrets).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&right).unwrap();
+    doc["gitlab_rails"]["db_key_base"] = serde_json::Value::String("f".repeat(128));
+    std::fs::write(&secrets, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let b = g.backup(&name, online(None)).await.expect("online backup");
+    std::fs::write(&secrets, &right).unwrap();
+
+    // In place: refused (exit 5), quoting GitLab, and the instance is back as it was.
+    let out = t.cli(&["restore", &b.id]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    assert!(
+        said.contains("row(s) affected") && said.contains("InvalidMessage"),
+        "{said}"
+    );
+    assert_eq!(g.show(&name).await.unwrap().state, InstanceState::Running);
+    assert_eq!(ls_remote(&url), refs);
+    assert_eq!(
+        std::fs::read(&secrets).unwrap(),
+        right,
+        "the previous secrets are not back"
+    );
+    // As a new instance: refused, nothing left.
+    let out = t.cli(&["restore", &b.id, "--as", "wrongkey-copy"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        g.list().await.unwrap().len(),
+        1,
+        "a refused restore left an instance"
+    );
+
+    // The drill fails and records what GitLab found beside the backup.
+    let e = g.drill(&b.id, None).await.expect_err("the drill must fail");
+    assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+    let recorded: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.root.join("backups").join(format!("{}.drill.json", b.id))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(recorded["secrets_ok"], false, "{recorded}");
+    assert!(recorded["valid_for_version"].is_null(), "{recorded}");
+    assert!(
+        recorded["check_failures"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|l| l.as_str().unwrap().contains("failures: "))),
+        "{recorded}"
+    );
+    assert_eq!(
+        g.list().await.unwrap().len(),
+        1,
+        "the drill left an instance"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

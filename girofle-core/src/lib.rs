@@ -6,6 +6,7 @@
 pub mod address;
 pub mod archive;
 pub mod backup;
+pub mod checks;
 pub mod config;
 pub mod daemon;
 pub mod error;

@@ -8,6 +8,7 @@
 //! GitLab's own checks afterwards. Taking backups is `backup`'s job.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -17,6 +18,7 @@ use serde_json::json;
 use crate::address::{allocate, AddressRequest};
 use crate::archive::IndexSummary;
 use crate::backup::{extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy};
+use crate::checks::GitLabChecks;
 use crate::error::{Error, IoContext, Result};
 use crate::fleet::Girofle;
 use crate::fsutil::sync_filesystem;
@@ -74,6 +76,8 @@ pub struct RestoreReport {
     /// first ones; `modes_stripped_count` counts them all).
     pub modes_stripped: Vec<String>,
     pub modes_stripped_count: u64,
+    /// What `gitlab:check` and `gitlab:doctor:secrets` found (both passed).
+    pub checks: GitLabChecks,
 }
 
 /// The outcome of a restore drill: whether the backup is valid for its GitLab version.
@@ -83,7 +87,12 @@ pub struct DrillReport {
     pub valid_for_version: Option<String>,
     pub repositories: usize,
     pub fsck_clean: bool,
+    /// `gitlab:doctor:secrets` decrypted every row with the backup's secrets.
     pub secrets_ok: bool,
+    /// `gitlab:check` reported no failing check.
+    pub gitlab_check_ok: bool,
+    /// What GitLab's checks printed that failed.
+    pub check_failures: Vec<String>,
     pub checked_at: chrono::DateTime<Utc>,
     pub detail: String,
 }
@@ -111,6 +120,16 @@ impl Girofle {
     /// `AlreadyExists`/`Conflict` when the name or addresses are taken, `Unhealthy` or
     /// `Command` when the restored GitLab fails (the previous state is back then).
     pub async fn restore(&self, request: RestoreRequest) -> Result<RestoreReport> {
+        self.restore_observed(request, &Mutex::new(None)).await
+    }
+
+    /// `restore`, leaving what GitLab's checks found in `checks` when they ran, whether
+    /// they passed or not (the drill records it).
+    async fn restore_observed(
+        &self,
+        request: RestoreRequest,
+        checks: &Mutex<Option<GitLabChecks>>,
+    ) -> Result<RestoreReport> {
         self.journaled(
             "restore",
             json!({
@@ -120,12 +139,16 @@ impl Girofle {
                 "https_port": request.addresses.https_port, "ssh_port": request.addresses.ssh_port,
             }),
             json!({ "image": request.image }),
-            Box::pin(self.restore_inner(request.clone())),
+            Box::pin(self.restore_inner(request.clone(), checks)),
         )
         .await
     }
 
-    async fn restore_inner(&self, request: RestoreRequest) -> Result<RestoreReport> {
+    async fn restore_inner(
+        &self,
+        request: RestoreRequest,
+        checks: &Mutex<Option<GitLabChecks>>,
+    ) -> Result<RestoreReport> {
         let started = Instant::now();
         // 1. Arguments and the backup itself. The target is named by the operator (the id
         // or --as), never by the store: a manifest is only data to check.
@@ -345,6 +368,7 @@ impl Girofle {
                 &staging,
                 &aside,
                 request.timeout,
+                checks,
             )
             .await;
         // Extracted files sit in the page cache until the kernel writes them out: the
@@ -378,6 +402,7 @@ impl Girofle {
                     duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     modes_stripped: extracted.modes_stripped,
                     modes_stripped_count: extracted.modes_stripped_count,
+                    checks: lock(checks).clone().unwrap_or_default(),
                 })
             }
             Err(e) => {
@@ -413,6 +438,7 @@ impl Girofle {
         staging: &Path,
         aside: &Path,
         timeout: Option<Duration>,
+        checks: &Mutex<Option<GitLabChecks>>,
     ) -> Result<()> {
         let container = record.container_name();
         if existing.is_some() {
@@ -444,16 +470,29 @@ impl Girofle {
                 .await?;
         }
         // GitLab's own verdict: the configuration is sane and the secrets decrypt the data.
-        self.runtime
-            .exec_ok(
-                &container,
+        let found = self.gitlab_checks(&container).await?;
+        *lock(checks) = Some(found.clone());
+        found.into_result(&manifest.header.id)
+    }
+
+    /// Runs `gitlab:check` and `gitlab:doctor:secrets` and reads what they print: both
+    /// exit 0 whatever they find.
+    async fn gitlab_checks(&self, container: &str) -> Result<GitLabChecks> {
+        let check = self
+            .runtime
+            .exec(
+                container,
                 &exec(&["gitlab-rake", "gitlab:check", "SANITIZE=true"]),
             )
             .await?;
-        self.runtime
-            .exec_ok(&container, &exec(&["gitlab-rake", "gitlab:doctor:secrets"]))
+        let secrets = self
+            .runtime
+            .exec(container, &exec(&["gitlab-rake", "gitlab:doctor:secrets"]))
             .await?;
-        Ok(())
+        Ok(GitLabChecks::read(
+            (&check.output, check.exit_code),
+            (&secrets.output, secrets.exit_code),
+        ))
     }
 
     /// GitLab's documented restore sequence for Docker, on a freshly booted instance that
@@ -527,15 +566,43 @@ impl Girofle {
             .instances
             .get(&source)
             .map(|r| r.image.clone());
+        let checks = Mutex::new(None);
         let restored = self
-            .restore(RestoreRequest {
-                id: id.to_string(),
-                store: store.map(str::to_string),
-                as_name: Some(name.clone()),
-                image,
-                ..Default::default()
-            })
-            .await?;
+            .restore_observed(
+                RestoreRequest {
+                    id: id.to_string(),
+                    store: store.map(str::to_string),
+                    as_name: Some(name.clone()),
+                    image,
+                    ..Default::default()
+                },
+                &checks,
+            )
+            .await;
+        let found = lock(&checks).take();
+        let restored = match (restored, found) {
+            (Ok(r), _) => r,
+            // GitLab's checks ran and failed: the restore was rolled back, and the drill
+            // records what they found.
+            (Err(e), Some(found)) => {
+                let report = DrillReport {
+                    id: id.to_string(),
+                    valid_for_version: None,
+                    repositories: 0,
+                    fsck_clean: false,
+                    secrets_ok: found.secrets_ok,
+                    gitlab_check_ok: found.check_ok,
+                    check_failures: found.failures,
+                    checked_at: Utc::now(),
+                    detail: e.to_string(),
+                };
+                store_handle
+                    .put_bytes(&format!("{id}.drill.json"), drill_json(&report)?.into())
+                    .await?;
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
         let checked = self.fsck_all(&instance::container_name(&name)).await;
         let _ = self
             .decommission(
@@ -552,14 +619,14 @@ impl Girofle {
             valid_for_version: fsck_clean.then(|| restored.gitlab_version.clone()),
             repositories,
             fsck_clean,
-            secrets_ok: true,
+            secrets_ok: restored.checks.secrets_ok,
+            gitlab_check_ok: restored.checks.check_ok,
+            check_failures: restored.checks.failures.clone(),
             checked_at: Utc::now(),
             detail,
         };
-        let doc = serde_json::to_vec_pretty(&report)
-            .map_err(|e| Error::backend("drill", e.to_string()))?;
         store_handle
-            .put_bytes(&format!("{id}.drill.json"), doc.into())
+            .put_bytes(&format!("{id}.drill.json"), drill_json(&report)?.into())
             .await?;
         if !fsck_clean {
             return Err(Error::corrupt(
@@ -621,6 +688,14 @@ impl Girofle {
         }
         Ok((repos.len(), clean, detail))
     }
+}
+
+fn drill_json(report: &DrillReport) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(report).map_err(|e| Error::backend("drill", e.to_string()))
+}
+
+fn lock(m: &Mutex<Option<GitLabChecks>>) -> MutexGuard<'_, Option<GitLabChecks>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn ignore_missing(e: Error) -> Result<()> {

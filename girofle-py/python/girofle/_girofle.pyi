@@ -80,12 +80,20 @@ class Verified(TypedDict):
     files: int
     bytes: int
 
+class GitLabChecks(TypedDict):
+    check_ok: bool
+    secrets_ok: bool
+    affected_rows: int | None
+    failures: list[str]
+
 class DrillReport(TypedDict):
     id: str
     valid_for_version: str | None
     repositories: int
     fsck_clean: bool
     secrets_ok: bool
+    gitlab_check_ok: bool
+    check_failures: list[str]
     checked_at: str
     detail: str
 
@@ -106,6 +114,7 @@ class RestoreReport(TypedDict):
     duration_ms: int
     modes_stripped: list[str]
     modes_stripped_count: int
+    checks: GitLabChecks
 
 class InitResult(TypedDict):
     root: str

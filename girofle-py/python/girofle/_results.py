@@ -290,6 +290,10 @@ class DrillResult(Result):
     secrets_ok: bool
     checked_at: datetime
     detail: str
+    gitlab_check_ok: bool = False
+    """``gitlab-rake gitlab:check`` reported no failing check."""
+    check_failures: tuple[str, ...] = ()
+    """What GitLab's checks printed that failed."""
 
 
 @_frozen
