@@ -327,6 +327,58 @@ async fn a_backup_with_the_wrong_secrets_is_refused_and_the_drill_records_it() {
     );
 }
 
+/// Old imported histories carry defects Gitaly accepts (a time zone of +51800): the drill
+/// must not call such a backup damaged, and must say what it let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_history_gitaly_accepts_passes_the_drill() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let g = t.open().await;
+    let name = unique("oldtz");
+    let record = g
+        .commission(CommissionRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("commission");
+    let work = t.dir.path().join("oldtz");
+    std::fs::create_dir_all(&work).unwrap();
+    run(git(&work).args(["init", "-q", "-b", "main"]));
+    std::fs::write(work.join("a.txt"), "a\n").unwrap();
+    run(git(&work).args(["add", "."]));
+    run(git(&work).args(["commit", "-q", "-m", "first"]));
+    let tree = run(git(&work).args(["rev-parse", "HEAD^{tree}"]));
+    let parent = run(git(&work).args(["rev-parse", "HEAD"]));
+    let object = format!(
+        "tree {}\nparent {}\nauthor Old <old@example.com> 1000000000 +51800\ncommitter Old <old@example.com> 1000000000 +51800\n\nimported with a bad time zone\n",
+        tree.trim(),
+        parent.trim()
+    );
+    let path = work.join("commit.txt");
+    std::fs::write(&path, object).unwrap();
+    let bad = run(git(&work)
+        .args(["hash-object", "-t", "commit", "-w", "--literally"])
+        .arg(&path));
+    run(git(&work).args(["update-ref", "refs/heads/main", bad.trim()]));
+    // Plain git calls it broken: the test has teeth.
+    let plain = git(&work).args(["fsck", "--full"]).output().unwrap();
+    assert!(
+        !plain.status.success() && String::from_utf8_lossy(&plain.stderr).contains("badTimezone"),
+        "{plain:?}"
+    );
+    let url = format!("{}/team/old.git", record.external_url);
+    run(git(&work).args(["push", "-q", &url, "main"]));
+    let b = g.backup(&name, cold(None)).await.expect("cold backup");
+    let drill = g.drill(&b.id, None).await.expect("the drill passes");
+    assert!(drill.fsck_clean && drill.secrets_ok, "{drill:?}");
+    assert!(
+        drill.detail.contains("badTimezone") && drill.detail.contains("old.git"),
+        "{}",
+        drill.detail
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_and_one_backup_at_a_time() {
     let image = stand_in("17.5.1");
