@@ -175,6 +175,22 @@ async fn fleet_lifecycle_keeps_data_and_books() {
         .await
         .expect("the freed address is usable again");
     assert_eq!(reuse.bindings.http_port, docs.bindings.http_port);
+    // What GitLab asks of its container: 256 MB of /dev/shm, a log that cannot fill the
+    // disk, and the configured time to stop.
+    let out = Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{.HostConfig.ShmSize}} {{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config \"max-size\"}} {{index .HostConfig.LogConfig.Config \"max-file\"}} {{.Config.StopTimeout}}",
+            &reuse.container_name(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "268435456 json-file 50m 3 10",
+        "{out:?}"
+    );
 
     // Journal: one record per operation, and no secret anywhere in it.
     let journal = std::fs::read_to_string(g.journal().path()).unwrap();

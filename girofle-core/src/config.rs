@@ -131,7 +131,9 @@ impl Default for InstanceDefaults {
             image: DEFAULT_IMAGE.to_string(),
             health_timeout_secs: 900,
             health_interval_secs: 1,
-            stop_grace_secs: 30,
+            // `gitlab-ctl stop` takes tens of seconds; killing PostgreSQL mid-shutdown
+            // forces a recovery at the next boot.
+            stop_grace_secs: 120,
         }
     }
 }
@@ -170,7 +172,7 @@ ports = ["20080-20999"]
 image = "gitlab/gitlab-ce:17.5.1-ce.0"
 health_timeout_secs = 900
 health_interval_secs = 1
-stop_grace_secs = 30
+stop_grace_secs = 120      # gitlab-ctl stop takes tens of seconds; a kill mid-shutdown forces PostgreSQL recovery
 
 [backup]
 level = 3

@@ -200,6 +200,7 @@ impl Girofle {
         HealthSettings {
             interval: Duration::from_secs(self.config.instances.health_interval_secs),
             boot_timeout: timeout.unwrap_or(self.boot_timeout()),
+            stop_grace: self.stop_grace(),
         }
     }
 

@@ -281,7 +281,18 @@ impl InstanceDirs {
 pub struct HealthSettings {
     pub interval: Duration,
     pub boot_timeout: Duration,
+    /// How long the engine lets GitLab stop (`gitlab-ctl stop`) before it kills it.
+    pub stop_grace: Duration,
 }
+
+/// `/dev/shm` of an instance: GitLab asks for 256 MB (the engine's 64 MB default breaks
+/// its Prometheus metrics files).
+pub const SHM_SIZE: u64 = 256 * 1024 * 1024;
+/// The container log is capped: the wrapper tails every GitLab log (health probes
+/// included) to stdout, which grows without bound otherwise.
+pub const LOG_MAX_SIZE: &str = "50m";
+/// Log files kept by the engine.
+pub const LOG_MAX_FILES: u32 = 3;
 
 /// `GITLAB_OMNIBUS_CONFIG` for an instance: applied by GitLab at every boot.
 ///
@@ -357,6 +368,10 @@ pub fn container_spec(
             },
         ],
         restart_unless_stopped: true,
+        shm_size: SHM_SIZE,
+        log_max_size: LOG_MAX_SIZE.into(),
+        log_max_files: LOG_MAX_FILES,
+        stop_timeout: health.stop_grace,
         health_check: Some(HealthCheck {
             // The official image's own probe, run far more often than its 60 s default.
             test: vec![

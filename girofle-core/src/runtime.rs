@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::models::{
     ContainerCreateBody, ExecConfig, HealthConfig, HealthStatusEnum, HostConfig,
-    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum,
+    HostConfigLogConfig, PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
@@ -61,6 +61,13 @@ pub struct ContainerSpec {
     pub ports: Vec<PublishedPort>,
     /// Restart unless stopped by hand (the engine's `unless-stopped`).
     pub restart_unless_stopped: bool,
+    /// Size of `/dev/shm` in bytes.
+    pub shm_size: u64,
+    /// The engine's log rotation: size of one file (`50m`) and files kept.
+    pub log_max_size: String,
+    pub log_max_files: u32,
+    /// Grace the engine gives on any stop (`docker stop` by hand, engine shutdown).
+    pub stop_timeout: Duration,
     pub health_check: Option<HealthCheck>,
 }
 
@@ -469,7 +476,16 @@ impl ContainerRuntime for DockerRuntime {
             labels: Some(spec.labels.clone()),
             exposed_ports: Some(exposed),
             healthcheck,
+            stop_timeout: Some(i64::try_from(spec.stop_timeout.as_secs()).unwrap_or(i64::MAX)),
             host_config: Some(HostConfig {
+                shm_size: Some(i64::try_from(spec.shm_size).unwrap_or(i64::MAX)),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), spec.log_max_size.clone()),
+                        ("max-file".to_string(), spec.log_max_files.to_string()),
+                    ])),
+                }),
                 binds: Some(
                     spec.binds
                         .iter()
