@@ -513,3 +513,29 @@ fn garbage_files_and_malformed_arguments_are_refused_clearly() {
     );
     println!("{:<32} {}", "garbage inventory", e.trim());
 }
+
+/// A girofle.toml saved in Latin-1: a configuration error (exit 2) naming the file, the
+/// line and the byte that is not UTF-8, with how to fix it; nothing is changed.
+#[test]
+fn configuration_that_is_not_utf8_names_the_line_and_the_byte() {
+    let (_dir, root) = fresh_root();
+    let config = root.join("girofle.toml");
+    let text = b"[network]\nips = [\"127.0.0.1\"]\n# caf\xe9 au lait\nports = [\"20080-20999\"]\n";
+    std::fs::write(&config, text).unwrap();
+    let before = files(&root);
+    for args in [&["instance", "list"][..], &["backup", "list"], &["init"]] {
+        let out = girofle_at(&root, args);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+        for n in [
+            "girofle.toml line 3",
+            "offset 35 (0xe9",
+            "not UTF-8",
+            "save the file as UTF-8",
+        ] {
+            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+        }
+        assert!(files(&root) == before, "{args:?}: the root changed");
+        println!("{:<32} {}", "not UTF-8", e.trim());
+    }
+}
