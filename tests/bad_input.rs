@@ -539,3 +539,45 @@ fn configuration_that_is_not_utf8_names_the_line_and_the_byte() {
         println!("{:<32} {}", "not UTF-8", e.trim());
     }
 }
+
+/// `--root` naming a file (or a path under one): exit 2, saying it is a file and what to
+/// do, for `init` and for the other commands; the file is left as it was.
+#[test]
+fn a_root_that_is_a_file_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"precious").unwrap();
+    let under = file.join("root");
+    let cases: Vec<(&std::path::Path, Vec<&str>, &str)> = vec![
+        (&file, vec!["init"], "is a file, not a directory"),
+        (
+            &file,
+            vec!["instance", "list"],
+            "is a file, not a directory",
+        ),
+        (&file, vec!["backup", "list"], "is a file, not a directory"),
+        (&file, vec!["status"], "is a file, not a directory"),
+        (&under, vec!["init"], "which is a file, not a directory"),
+        (
+            &under,
+            vec!["schedule", "list"],
+            "which is a file, not a directory",
+        ),
+    ];
+    for (root, args, needle) in cases {
+        let out = girofle_at(root, &args);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+        for n in [
+            needle,
+            "--root",
+            "point --root (or GIROFLE_ROOT) at a directory",
+        ] {
+            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+        }
+        assert!(e.contains(&file.display().to_string()), "{args:?}: {e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        println!("{:<32} {}", format!("{args:?}"), e.trim());
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

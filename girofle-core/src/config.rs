@@ -231,7 +231,9 @@ impl Config {
                     ),
                 ))
             }
-            Err(e) => return Err(Error::io("read", &path, e)),
+            Err(e) => {
+                return Err(root_not_a_directory(root).unwrap_or_else(|| Error::io("read", &path, e)))
+            }
         };
         let text =
             String::from_utf8(bytes).map_err(|e| not_utf8(&path, e.as_bytes(), e.utf8_error()))?;
@@ -347,6 +349,30 @@ impl Config {
         let path = Self::path(root);
         crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600)
     }
+}
+
+/// The error for a root that is (or lies under) something other than a directory, e.g.
+/// `--root /etc/hosts`; `None` when every existing part of the path is a directory.
+pub fn root_not_a_directory(root: &Path) -> Option<Error> {
+    let not_dir = root
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()))?;
+    let what = if not_dir == root {
+        format!("`{}` is a file, not a directory", root.display())
+    } else {
+        format!(
+            "`{}` lies under `{}`, which is a file, not a directory",
+            root.display(),
+            not_dir.display()
+        )
+    };
+    Some(Error::invalid(
+        "root (--root or GIROFLE_ROOT)",
+        format!(
+            "{what}; point --root (or GIROFLE_ROOT) at a directory (default /var/lib/girofle, created by `girofle init`), or move the file away"
+        ),
+    ))
 }
 
 /// The error for a configuration file that is not UTF-8 (`e` says where the bad bytes

@@ -126,9 +126,12 @@ impl Girofle {
     /// inventory. Idempotent. Returns whether a configuration was written.
     ///
     /// # Errors
-    /// `Io` when the root cannot be written, `InvalidInput` when an existing
-    /// configuration is malformed.
+    /// `Io` when the root cannot be written, `InvalidInput` when the root is a file or an
+    /// existing configuration is malformed.
     pub fn init(root: &Path) -> Result<bool> {
+        if let Some(e) = crate::config::root_not_a_directory(root) {
+            return Err(e);
+        }
         for d in ["instances", "backups", "decommissioned", "locks", "staging"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).ctx("create directory", &p)?;
