@@ -235,7 +235,7 @@ impl Girofle {
         F: Future<Output = Result<T>>,
     {
         let started_at = now();
-        let (result, nested_notified) = crate::notify::scoped(op).await;
+        let (result, nested) = crate::notify::scoped(op).await;
         let (outcome, error_kind, error) = match &result {
             Ok(_) => ("ok", None, None),
             Err(e) => ("error", Some(e.kind().to_string()), Some(e.to_string())),
@@ -257,7 +257,7 @@ impl Girofle {
         // A journal that cannot be written must not hide the operation's own result.
         let journaled = self.journal.append(&record, &self.known_secrets());
         // A webhook that is down must not fail the operation: `notify` logs it.
-        crate::notify::after_operation(self, &record, nested_notified).await;
+        crate::notify::after_operation(self, &record, nested).await;
         if let Err(e) = journaled {
             if result.is_ok() {
                 return Err(e);
