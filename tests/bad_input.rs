@@ -581,3 +581,33 @@ fn a_root_that_is_a_file_is_refused_with_what_to_do() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+/// An address pool IP that is not one of this host's (checked by binding a socket on it,
+/// which sends nothing): an invalid configuration (exit 2) naming `[network] ips`, not
+/// "no free port left"; nothing is left behind. Any 127.x.y.z stays valid.
+#[test]
+fn a_pool_ip_of_another_host_is_refused_naming_the_setting() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    t.edit_config(|c| c.network.ips = vec!["8.8.8.8".parse().unwrap()]);
+    let out = t.cli(&["instance", "create", &unique("far")]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    for n in [
+        "[network] ips",
+        "8.8.8.8 is not an address of this host",
+        "girofle.toml",
+    ] {
+        assert!(e.contains(n), "the message lacks `{n}`:\n{e}");
+    }
+    assert!(!e.contains("no free port"), "{e}");
+    assert_nothing_changed(&t);
+    println!("{:<32} {}", "pool IP of another host", e.trim());
+
+    t.edit_config(|c| c.network.ips = vec!["127.0.0.2".parse().unwrap()]);
+    let name = unique("lo2");
+    let out = t.cli(&["--json", "instance", "create", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["bindings"]["ip"], "127.0.0.2", "{r}");
+}

@@ -360,6 +360,7 @@ impl Girofle {
                     &request.addresses,
                     None,
                     None,
+                    self.runtime.is_on_this_host(),
                 )?;
                 let r = InstanceRecord {
                     name: name.clone(),

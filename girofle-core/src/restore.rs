@@ -239,6 +239,7 @@ impl Girofle {
                                 &same,
                                 None,
                                 None,
+                                self.runtime.is_on_this_host(),
                             )
                             .ok()
                         } else {
@@ -253,6 +254,7 @@ impl Girofle {
                                 &request.addresses,
                                 None,
                                 None,
+                                self.runtime.is_on_this_host(),
                             )?,
                         }
                     }
