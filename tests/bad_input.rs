@@ -611,3 +611,66 @@ fn a_pool_ip_of_another_host_is_refused_naming_the_setting() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["bindings"]["ip"], "127.0.0.2", "{r}");
 }
+
+/// Two roots on one engine with the same `[network] ports`, commissioning at once: each
+/// root's inventory cannot see the other's reservations, so the engine refuses a port
+/// now and then ("port is already allocated"); the commission takes the next free
+/// addresses instead of failing with exit 4. Every instance gets ports of its own and
+/// nothing is left behind.
+#[test]
+fn two_roots_sharing_a_port_pool_take_the_next_free_ports() {
+    let image = stand_in("17.5.1");
+    let a = TestRoot::new(&image);
+    let b = TestRoot::new(&image);
+    let ports = format!("{}-{}", a.ports.0, a.ports.1);
+    b.edit_config(|c| c.network.ports = vec![ports.clone()]);
+    let mut children = Vec::new();
+    for t in [&a, &b] {
+        for i in 0..3 {
+            let name = unique(&format!("pool{i}"));
+            let child = std::process::Command::new(girofle_bin())
+                .arg("--root")
+                .arg(&t.root)
+                .args(["--json", "instance", "create", &name])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            children.push((t, name, child));
+        }
+    }
+    let mut taken = std::collections::BTreeSet::new();
+    for (t, name, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for k in ["http_port", "https_port", "ssh_port"] {
+            let p = r["bindings"][k].as_u64().unwrap();
+            assert!(taken.insert(p), "port {p} handed out twice");
+        }
+        // The URL is the one the engine publishes.
+        let shown = t.cli(&["--json", "instance", "show", &name]);
+        let s: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(s["state"], "running", "{s}");
+        assert_eq!(s["url"], r["external_url"], "{s}");
+        let port = docker(None)
+            .args(["port", &format!("girofle-{name}"), "80/tcp"])
+            .output()
+            .unwrap();
+        let port = String::from_utf8_lossy(&port.stdout);
+        assert!(
+            port.trim()
+                .ends_with(&format!(":{}", r["bindings"]["http_port"])),
+            "{name}: the engine publishes {port}"
+        );
+    }
+    for t in [&a, &b] {
+        let out = t.cli(&["--json", "instance", "list"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+        assert_eq!(
+            std::fs::read_dir(t.root.join("instances")).unwrap().count(),
+            3
+        );
+    }
+}

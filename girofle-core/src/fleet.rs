@@ -25,7 +25,9 @@ use crate::instance::{
 use crate::inventory::{unknown_instance, Fleet, Inventory, InventoryExt, SqliteInventory};
 use crate::journal::{self, Journal, Record};
 use crate::recovery::{IntentFile, Operation, Recovery};
-use crate::runtime::{ContainerRuntime, ContainerRuntimeExt, DockerRuntime, ExecSpec, Health};
+use crate::runtime::{
+    ContainerRuntime, ContainerRuntimeExt, DockerRuntime, ExecSpec, Health, PublishedPort,
+};
 
 /// How to open a root.
 #[derive(Clone, Debug, Default)]
@@ -119,6 +121,16 @@ pub struct Decommissioned {
 
 fn now() -> DateTime<Utc> {
     Utc::now()
+}
+
+/// How many times a commission takes other ports when the engine refuses the ones it
+/// chose (see `bring_up_on_free_ports`).
+const PORT_RETRIES: usize = 5;
+
+/// Whether the engine refused to publish a port because something else holds it.
+fn is_port_refused(e: &Error) -> bool {
+    matches!(e, Error::Conflict(m)
+        if m.contains("port is already allocated") || m.contains("address already in use"))
 }
 
 impl Girofle {
@@ -387,7 +399,8 @@ impl Girofle {
                 return Err(e);
             }
         };
-        let brought_up = match self.bring_up(&record, &dirs, request.timeout).await {
+        let (record, brought_up) = self.bring_up_on_free_ports(record, &dirs, &request).await;
+        let brought_up = match brought_up {
             // Settings asked for at creation go into gitlab.rb once GitLab has written it.
             Ok(()) if !record.settings.is_empty() => {
                 self.apply_settings(&record, &record.settings).await
@@ -412,6 +425,82 @@ impl Girofle {
                 // now, recovery does it later.
                 self.settle(intent).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Brings a commissioned record up; when the engine refuses a port it chose (another
+    /// Girofle root on this engine, or any Docker client, took it since the engine's ports
+    /// were read: two roots with one pool), removes the container and takes the next free
+    /// addresses, up to [`PORT_RETRIES`] times. Ports asked for by the operator are not
+    /// changed. Returns the record as it stands (its addresses may be new).
+    async fn bring_up_on_free_ports(
+        &self,
+        mut record: InstanceRecord,
+        dirs: &InstanceDirs,
+        request: &CommissionRequest,
+    ) -> (InstanceRecord, Result<()>) {
+        let asked = &request.addresses;
+        let chosen_by_us =
+            asked.http_port.is_none() && asked.https_port.is_none() && asked.ssh_port.is_none();
+        // What the engine refused so far: kept out of the next choices.
+        let mut refused: Vec<(String, PublishedPort)> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            let e = match self.bring_up(&record, dirs, request.timeout).await {
+                Err(e) if chosen_by_us && attempt < PORT_RETRIES && is_port_refused(&e) => e,
+                other => return (record, other),
+            };
+            attempt += 1;
+            let b = &record.bindings;
+            for port in [b.http_port, b.https_port, b.ssh_port] {
+                refused.push((
+                    "another client of the engine".to_string(),
+                    PublishedPort {
+                        host_ip: b.ip.to_string(),
+                        host_port: port,
+                        container_port: 0,
+                    },
+                ));
+            }
+            let container = record.container_name();
+            if let Err(remove) = self.runtime.remove(&container, true).await {
+                let both = format!(
+                    "{e}; removing container `{container}` to take other ports failed too: {remove}"
+                );
+                return (record, Err(Error::Conflict(both)));
+            }
+            let mut engine_ports = match self.runtime.published_ports().await {
+                Ok(p) => p,
+                Err(other) => return (record, Err(other)),
+            };
+            engine_ports.extend(refused.iter().cloned());
+            let mut next: Option<InstanceRecord> = None;
+            let moved = self
+                .inventory
+                .transact(&mut |fleet: &mut Fleet| {
+                    // Our own reservation holds the refused ports: it is replaced here.
+                    let bindings = allocate(
+                        &self.config.network,
+                        fleet,
+                        &engine_ports,
+                        asked,
+                        None,
+                        None,
+                        self.runtime.is_on_this_host(),
+                    )?;
+                    let mut r = record.clone();
+                    r.external_url = instance::external_url(r.hostname.as_deref(), &bindings);
+                    r.bindings = bindings;
+                    fleet.instances.insert(r.name.clone(), r.clone());
+                    next = Some(r);
+                    Ok(())
+                })
+                .await;
+            match (moved, next) {
+                (Ok(_), Some(r)) => record = r,
+                (Err(other), _) => return (record, Err(other)),
+                (Ok(_), None) => return (record, Err(e)),
             }
         }
     }
