@@ -566,7 +566,13 @@ async fn a_successful_backup_notifies_the_id_it_made() {
 
     // A scheduled run: one document, with the id of the backup the run made.
     let out = t.cli(&[
-        "schedule", "set", &name, "--backup", "*/2 * * * * *", "--copy", "off",
+        "schedule",
+        "set",
+        &name,
+        "--backup",
+        "*/2 * * * * *",
+        "--copy",
+        "off",
     ]);
     assert!(out.status.success(), "{out:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
