@@ -674,3 +674,235 @@ fn two_roots_sharing_a_port_pool_take_the_next_free_ports() {
         );
     }
 }
+
+/// A Girofle root alone on a small tmpfs (tests run as root), with the port range of a
+/// `TestRoot` of its own; its containers are removed and the tmpfs unmounted on drop.
+struct RootOnTmpfs {
+    dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    _ports: TestRoot,
+}
+
+impl RootOnTmpfs {
+    fn new(size_kib: u64, image: &str) -> RootOnTmpfs {
+        let ports = TestRoot::new(image);
+        let dir = tempfile::Builder::new()
+            .prefix("girofle-tmpfs-")
+            .tempdir()
+            .unwrap();
+        run(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(dir.path()));
+        let root = dir.path().join("root");
+        girofle_core::Girofle::init(&root).unwrap();
+        let mut c = girofle_core::config::Config::load(&ports.root).unwrap();
+        c.docker.host = None;
+        c.save(&root).unwrap();
+        RootOnTmpfs {
+            dir,
+            root,
+            _ports: ports,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        girofle_at(&self.root, args)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Fills the file system to its last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[0]);
+        let out = run(std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(self.dir.path()));
+        assert_eq!(out.lines().nth(1).map(str::trim), Some("0"), "{out}");
+    }
+
+    fn remount(&self, how: &str) {
+        run(std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(self.dir.path()));
+    }
+
+    /// The names at the top of the root and every byte of its database and backups:
+    /// what a read must not change.
+    fn state(&self) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = files(&self.root.join("backups"));
+        for e in std::fs::read_dir(&self.root).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = if name.starts_with("inventory.db") {
+                std::fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            out.push((p, bytes));
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for RootOnTmpfs {
+    fn drop(&mut self) {
+        remove_containers_of(&self.root, None);
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// With 0 bytes free on the root's file system, `backup list` (and the other listings)
+/// still answer and write nothing, and `backup prune` — the remedy Girofle suggests —
+/// still deletes; a warning says why. Before, all failed with "disk I/O error": SQLite
+/// could not set up its shared-memory file to open the inventory.
+#[test]
+fn a_full_disk_still_lists_and_prunes_backups() {
+    let image = stand_in("17.5.1");
+    let disk = RootOnTmpfs::new(8 * 1024, &image);
+    let name = unique("full");
+    disk.cli_ok(&["instance", "create", &name]);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            disk.cli_ok(&["backup", "create", &name])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    disk.fill();
+    let before = disk.state();
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["backup", "list", &name],
+        vec!["instance", "list"],
+        vec!["instance", "show", &name],
+        vec!["status"],
+        vec!["schedule", "list"],
+        vec!["metrics"],
+    ];
+    for args in &reads {
+        let out = disk.cli(&[&["--json"][..], args].concat());
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {e}");
+        for n in [
+            "warning",
+            "full file system (0 bytes free)",
+            "girofle backup prune",
+        ] {
+            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+        }
+        assert!(disk.state() == before, "{args:?} wrote on the full disk");
+        println!("{:<32} {}", format!("{args:?}"), e.trim());
+    }
+    let listed = disk.cli_ok(&["backup", "list", &name]);
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+
+    // Pruning frees space, and is journaled once it has (or says it is not).
+    let out = disk.cli(&["--json", "backup", "prune", &name, "--keep-last", "1"]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    let deleted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(deleted, serde_json::json!(ids[..2]), "{e}");
+    let journal = std::fs::read_to_string(disk.root.join("journal.jsonl")).unwrap_or_default();
+    assert!(
+        journal.contains("\"backup-prune\"") || e.contains("`backup-prune` is not journaled"),
+        "{e}"
+    );
+    let listed = disk.cli_ok(&["backup", "list", &name]);
+    assert_eq!(listed[0]["id"], ids[2].as_str(), "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(
+        disk.cli_ok(&["instance", "show", &name])["state"],
+        "running"
+    );
+}
+
+/// A root on a read-only file system: the read-only commands work, warning that nothing
+/// is journaled; the writing ones fail with exit 1 naming the read-only file system.
+/// Before, even `instance list` failed.
+#[test]
+fn a_read_only_root_answers_reads_and_refuses_writes_clearly() {
+    let image = stand_in("17.5.1");
+    let disk = RootOnTmpfs::new(16 * 1024, &image);
+    let name = unique("ro");
+    disk.cli_ok(&["instance", "create", &name]);
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            disk.cli_ok(&["backup", "create", &name])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    disk.remount("ro");
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["instance", "list"],
+        vec!["instance", "show", &name],
+        vec!["backup", "list", &name],
+        vec!["status"],
+        vec!["schedule", "list"],
+        vec!["metrics"],
+    ];
+    for args in &reads {
+        let out = disk.cli(&[&["--json"][..], args].concat());
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {e}");
+        for n in ["warning", "read-only file system", "nothing is journaled"] {
+            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+        }
+        println!("{:<32} {}", format!("{args:?}"), e.trim());
+    }
+    let shown = disk.cli_ok(&["instance", "show", &name]);
+    assert_eq!(shown["state"], "running", "{shown}");
+    let listed = disk.cli_ok(&["backup", "list", &name]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    let writes: Vec<Vec<&str>> = vec![
+        vec!["backup", "create", &name],
+        vec!["backup", "prune", &name, "--keep-last", "1"],
+        vec!["instance", "create", "other"],
+        vec![
+            "instance",
+            "reconfigure",
+            &name,
+            "--set",
+            "gitlab_rails['time_zone']=UTC",
+        ],
+        vec!["schedule", "set", &name, "--backup", "0 * * * *"],
+    ];
+    for args in &writes {
+        let out = disk.cli(args);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {e}");
+        assert!(
+            e.contains("girofle: error") && e.to_lowercase().contains("read-only file system"),
+            "{args:?}: the error does not name the read-only file system:\n{e}"
+        );
+        println!("{:<32} {}", format!("{args:?}"), e.trim());
+    }
+    // Nothing was lost or half-done.
+    disk.remount("rw");
+    let listed = disk.cli_ok(&["backup", "list", &name]);
+    let still: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(still, ids, "{listed}");
+    let list = disk.cli_ok(&["instance", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["state"], "running", "{list}");
+}

@@ -270,10 +270,17 @@ impl Girofle {
         let journaled = self.journal.append(&record, &self.known_secrets());
         // A webhook that is down must not fail the operation: `notify` logs it.
         crate::notify::after_operation(self, &record, nested).await;
-        if let Err(e) = journaled {
-            if result.is_ok() {
-                return Err(e);
+        match journaled {
+            // A full or read-only file system: the operation happened (a prune freeing
+            // space, a verify), and failing it now would misstate its outcome.
+            Err(Error::Io { source, .. }) if crate::fsutil::is_unwritable(&source) => {
+                eprintln!(
+                    "girofle: warning: `{operation}` is not journaled: {}: {source}",
+                    self.journal.path().display()
+                );
             }
+            Err(e) if result.is_ok() => return Err(e),
+            _ => {}
         }
         result
     }
