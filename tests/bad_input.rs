@@ -513,3 +513,396 @@ fn garbage_files_and_malformed_arguments_are_refused_clearly() {
     );
     println!("{:<32} {}", "garbage inventory", e.trim());
 }
+
+/// A girofle.toml saved in Latin-1: a configuration error (exit 2) naming the file, the
+/// line and the byte that is not UTF-8, with how to fix it; nothing is changed.
+#[test]
+fn configuration_that_is_not_utf8_names_the_line_and_the_byte() {
+    let (_dir, root) = fresh_root();
+    let config = root.join("girofle.toml");
+    let text = b"[network]\nips = [\"127.0.0.1\"]\n# caf\xe9 au lait\nports = [\"20080-20999\"]\n";
+    std::fs::write(&config, text).unwrap();
+    let before = files(&root);
+    for args in [&["instance", "list"][..], &["backup", "list"], &["init"]] {
+        let out = girofle_at(&root, args);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+        for n in [
+            "girofle.toml line 3",
+            "offset 35 (0xe9",
+            "not UTF-8",
+            "save the file as UTF-8",
+        ] {
+            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+        }
+        assert!(files(&root) == before, "{args:?}: the root changed");
+        println!("{:<32} {}", "not UTF-8", e.trim());
+    }
+}
+
+/// `--root` naming a file (or a path under one): exit 2, saying it is a file and what to
+/// do, for `init` and for the other commands; the file is left as it was.
+#[test]
+fn a_root_that_is_a_file_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"precious").unwrap();
+    let under = file.join("root");
+    let cases: Vec<(&std::path::Path, Vec<&str>, &str)> = vec![
+        (&file, vec!["init"], "is a file, not a directory"),
+        (
+            &file,
+            vec!["instance", "list"],
+            "is a file, not a directory",
+        ),
+        (&file, vec!["backup", "list"], "is a file, not a directory"),
+        (&file, vec!["status"], "is a file, not a directory"),
+        (&under, vec!["init"], "which is a file, not a directory"),
+        (
+            &under,
+            vec!["schedule", "list"],
+            "which is a file, not a directory",
+        ),
+    ];
+    for (root, args, needle) in cases {
+        let out = girofle_at(root, &args);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+        for n in [
+            needle,
+            "--root",
+            "point --root (or GIROFLE_ROOT) at a directory",
+        ] {
+            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+        }
+        assert!(e.contains(&file.display().to_string()), "{args:?}: {e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        println!("{:<32} {}", format!("{args:?}"), e.trim());
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+/// An address pool IP that is not one of this host's (checked by binding a socket on it,
+/// which sends nothing): an invalid configuration (exit 2) naming `[network] ips`, not
+/// "no free port left"; nothing is left behind. Any 127.x.y.z stays valid.
+#[test]
+fn a_pool_ip_of_another_host_is_refused_naming_the_setting() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    t.edit_config(|c| c.network.ips = vec!["8.8.8.8".parse().unwrap()]);
+    let out = t.cli(&["instance", "create", &unique("far")]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    for n in [
+        "[network] ips",
+        "8.8.8.8 is not an address of this host",
+        "girofle.toml",
+    ] {
+        assert!(e.contains(n), "the message lacks `{n}`:\n{e}");
+    }
+    assert!(!e.contains("no free port"), "{e}");
+    assert_nothing_changed(&t);
+    println!("{:<32} {}", "pool IP of another host", e.trim());
+
+    t.edit_config(|c| c.network.ips = vec!["127.0.0.2".parse().unwrap()]);
+    let name = unique("lo2");
+    let out = t.cli(&["--json", "instance", "create", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["bindings"]["ip"], "127.0.0.2", "{r}");
+}
+
+/// Two roots on one engine with the same `[network] ports`, commissioning at once: each
+/// root's inventory cannot see the other's reservations, so the engine refuses a port
+/// now and then ("port is already allocated"); the commission takes the next free
+/// addresses instead of failing with exit 4. Every instance gets ports of its own and
+/// nothing is left behind.
+#[test]
+fn two_roots_sharing_a_port_pool_take_the_next_free_ports() {
+    let image = stand_in("17.5.1");
+    let a = TestRoot::new(&image);
+    let b = TestRoot::new(&image);
+    let ports = format!("{}-{}", a.ports.0, a.ports.1);
+    b.edit_config(|c| c.network.ports = vec![ports.clone()]);
+    let mut children = Vec::new();
+    for t in [&a, &b] {
+        for i in 0..3 {
+            let name = unique(&format!("pool{i}"));
+            let child = std::process::Command::new(girofle_bin())
+                .arg("--root")
+                .arg(&t.root)
+                .args(["--json", "instance", "create", &name])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            children.push((t, name, child));
+        }
+    }
+    let mut taken = std::collections::BTreeSet::new();
+    for (t, name, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for k in ["http_port", "https_port", "ssh_port"] {
+            let p = r["bindings"][k].as_u64().unwrap();
+            assert!(taken.insert(p), "port {p} handed out twice");
+        }
+        // The URL is the one the engine publishes.
+        let shown = t.cli(&["--json", "instance", "show", &name]);
+        let s: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(s["state"], "running", "{s}");
+        assert_eq!(s["url"], r["external_url"], "{s}");
+        let port = docker(None)
+            .args(["port", &format!("girofle-{name}"), "80/tcp"])
+            .output()
+            .unwrap();
+        let port = String::from_utf8_lossy(&port.stdout);
+        assert!(
+            port.trim()
+                .ends_with(&format!(":{}", r["bindings"]["http_port"])),
+            "{name}: the engine publishes {port}"
+        );
+    }
+    for t in [&a, &b] {
+        let out = t.cli(&["--json", "instance", "list"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+        assert_eq!(
+            std::fs::read_dir(t.root.join("instances")).unwrap().count(),
+            3
+        );
+    }
+}
+
+/// A Girofle root alone on a small tmpfs (tests run as root), with the port range of a
+/// `TestRoot` of its own; its containers are removed and the tmpfs unmounted on drop.
+struct RootOnTmpfs {
+    dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    _ports: TestRoot,
+}
+
+impl RootOnTmpfs {
+    fn new(size_kib: u64, image: &str) -> RootOnTmpfs {
+        let ports = TestRoot::new(image);
+        let dir = tempfile::Builder::new()
+            .prefix("girofle-tmpfs-")
+            .tempdir()
+            .unwrap();
+        run(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(dir.path()));
+        let root = dir.path().join("root");
+        girofle_core::Girofle::init(&root).unwrap();
+        let mut c = girofle_core::config::Config::load(&ports.root).unwrap();
+        c.docker.host = None;
+        c.save(&root).unwrap();
+        RootOnTmpfs {
+            dir,
+            root,
+            _ports: ports,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        girofle_at(&self.root, args)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Fills the file system to its last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[0]);
+        let out = run(std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(self.dir.path()));
+        assert_eq!(out.lines().nth(1).map(str::trim), Some("0"), "{out}");
+    }
+
+    fn remount(&self, how: &str) {
+        run(std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(self.dir.path()));
+    }
+
+    /// The names at the top of the root and every byte of its database and backups:
+    /// what a read must not change.
+    fn state(&self) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = files(&self.root.join("backups"));
+        for e in std::fs::read_dir(&self.root).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = if name.starts_with("inventory.db") {
+                std::fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            out.push((p, bytes));
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for RootOnTmpfs {
+    fn drop(&mut self) {
+        remove_containers_of(&self.root, None);
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// With 0 bytes free on the root's file system, `backup list` (and the other listings)
+/// still answer and write nothing, and `backup prune` — the remedy Girofle suggests —
+/// still deletes; a warning says why. Before, all failed with "disk I/O error": SQLite
+/// could not set up its shared-memory file to open the inventory.
+#[test]
+fn a_full_disk_still_lists_and_prunes_backups() {
+    let image = stand_in("17.5.1");
+    let disk = RootOnTmpfs::new(8 * 1024, &image);
+    let name = unique("full");
+    disk.cli_ok(&["instance", "create", &name]);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            disk.cli_ok(&["backup", "create", &name])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    disk.fill();
+    let before = disk.state();
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["backup", "list", &name],
+        vec!["instance", "list"],
+        vec!["instance", "show", &name],
+        vec!["status"],
+        vec!["schedule", "list"],
+        vec!["metrics"],
+    ];
+    for args in &reads {
+        let out = disk.cli(&[&["--json"][..], args].concat());
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {e}");
+        for n in [
+            "warning",
+            "full file system (0 bytes free)",
+            "girofle backup prune",
+        ] {
+            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+        }
+        assert!(disk.state() == before, "{args:?} wrote on the full disk");
+        println!("{:<32} {}", format!("{args:?}"), e.trim());
+    }
+    let listed = disk.cli_ok(&["backup", "list", &name]);
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+
+    // Pruning frees space, and is journaled once it has (or says it is not).
+    let out = disk.cli(&["--json", "backup", "prune", &name, "--keep-last", "1"]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    let deleted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(deleted, serde_json::json!(ids[..2]), "{e}");
+    let journal = std::fs::read_to_string(disk.root.join("journal.jsonl")).unwrap_or_default();
+    assert!(
+        journal.contains("\"backup-prune\"") || e.contains("`backup-prune` is not journaled"),
+        "{e}"
+    );
+    let listed = disk.cli_ok(&["backup", "list", &name]);
+    assert_eq!(listed[0]["id"], ids[2].as_str(), "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(
+        disk.cli_ok(&["instance", "show", &name])["state"],
+        "running"
+    );
+}
+
+/// A root on a read-only file system: the read-only commands work, warning that nothing
+/// is journaled; the writing ones fail with exit 1 naming the read-only file system.
+/// Before, even `instance list` failed.
+#[test]
+fn a_read_only_root_answers_reads_and_refuses_writes_clearly() {
+    let image = stand_in("17.5.1");
+    let disk = RootOnTmpfs::new(16 * 1024, &image);
+    let name = unique("ro");
+    disk.cli_ok(&["instance", "create", &name]);
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            disk.cli_ok(&["backup", "create", &name])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    disk.remount("ro");
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["instance", "list"],
+        vec!["instance", "show", &name],
+        vec!["backup", "list", &name],
+        vec!["status"],
+        vec!["schedule", "list"],
+        vec!["metrics"],
+    ];
+    for args in &reads {
+        let out = disk.cli(&[&["--json"][..], args].concat());
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {e}");
+        for n in ["warning", "read-only file system", "nothing is journaled"] {
+            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+        }
+        println!("{:<32} {}", format!("{args:?}"), e.trim());
+    }
+    let shown = disk.cli_ok(&["instance", "show", &name]);
+    assert_eq!(shown["state"], "running", "{shown}");
+    let listed = disk.cli_ok(&["backup", "list", &name]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    let writes: Vec<Vec<&str>> = vec![
+        vec!["backup", "create", &name],
+        vec!["backup", "prune", &name, "--keep-last", "1"],
+        vec!["instance", "create", "other"],
+        vec![
+            "instance",
+            "reconfigure",
+            &name,
+            "--set",
+            "gitlab_rails['time_zone']=UTC",
+        ],
+        vec!["schedule", "set", &name, "--backup", "0 * * * *"],
+    ];
+    for args in &writes {
+        let out = disk.cli(args);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {e}");
+        assert!(
+            e.contains("girofle: error") && e.to_lowercase().contains("read-only file system"),
+            "{args:?}: the error does not name the read-only file system:\n{e}"
+        );
+        println!("{:<32} {}", format!("{args:?}"), e.trim());
+    }
+    // Nothing was lost or half-done.
+    disk.remount("rw");
+    let listed = disk.cli_ok(&["backup", "list", &name]);
+    let still: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(still, ids, "{listed}");
+    let list = disk.cli_ok(&["instance", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["state"], "running", "{list}");
+}

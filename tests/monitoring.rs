@@ -532,3 +532,63 @@ async fn prometheus_scrapes_backup_freshness_and_failures_reach_the_webhook() {
         "no colours off a terminal:\n{text}"
     );
 }
+
+/// With `[notify] on_success = true`, the document of a successful backup carries the id
+/// of the backup it made (it was null: a backup's arguments cannot hold an id chosen
+/// while it runs), by hand and from a scheduled run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_backup_notifies_the_id_it_made() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let (hook_port, mut hook) = webhook_receiver().await;
+    t.edit_config(|c| {
+        c.notify.webhook_url = Some(format!("http://127.0.0.1:{hook_port}/hooks/girofle"));
+        c.notify.on_success = true;
+    });
+    let g = t.open().await;
+    let name = unique("okid");
+    g.commission(CommissionRequest {
+        name: name.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("commission");
+    let out = t.cli(&["--json", "backup", "create", &name]);
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{e}");
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let docs = drain(&mut hook, Duration::from_secs(3)).await;
+    assert_eq!(docs.len(), 1, "one backup, one document: {docs:?}");
+    assert_eq!(docs[0]["operation"], "backup");
+    assert_eq!(docs[0]["event"], "operation_succeeded");
+    assert_eq!(docs[0]["instance"], name.as_str());
+    assert_eq!(docs[0]["backup_id"], made["id"], "{}", docs[0]);
+
+    // A scheduled run: one document, with the id of the backup the run made.
+    let out = t.cli(&[
+        "schedule",
+        "set",
+        &name,
+        "--backup",
+        "*/2 * * * * *",
+        "--copy",
+        "off",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = t.cli(&["schedule", "run-due"]);
+    assert!(out.status.success(), "{out:?}");
+    let docs = drain(&mut hook, Duration::from_secs(3)).await;
+    let ids: Vec<String> = g
+        .list_backups(Some(&name), None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .filter(|id| made["id"] != id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "the scheduled run made one backup: {ids:?}");
+    assert_eq!(docs.len(), 1, "one run, one document: {docs:?}");
+    assert_eq!(docs[0]["event"], "operation_succeeded");
+    assert_eq!(docs[0]["backup_id"], ids[0].as_str(), "{}", docs[0]);
+}

@@ -31,6 +31,7 @@ fn holder(
     except_instance: Option<&str>,
     engine_ports: &[(String, PublishedPort)],
     except_container: Option<&str>,
+    probe_host: bool,
 ) -> Option<String> {
     for r in fleet.instances.values() {
         if Some(r.name.as_str()) == except_instance {
@@ -52,10 +53,31 @@ fn holder(
             return Some(format!("container `{container}`"));
         }
     }
-    if except_container.is_none() && TcpListener::bind(SocketAddr::new(ip, port)).is_err() {
+    if probe_host && TcpListener::bind(SocketAddr::new(ip, port)).is_err() {
         return Some("another process on this host".to_string());
     }
     None
+}
+
+/// Checks that `ip` is an address of this host, by binding a socket on it (port 0: any
+/// free one), which sends nothing on the network. All of 127.0.0.0/8 is local on Linux.
+///
+/// # Errors
+/// `InvalidInput` naming `[network] ips` (or `--ip` when it was asked for).
+fn check_on_this_host(ip: IpAddr, asked: bool) -> Result<()> {
+    match TcpListener::bind(SocketAddr::new(ip, 0)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            let field = if asked { "--ip" } else { "[network] ips" };
+            Err(Error::invalid(
+                field,
+                format!(
+                    "{ip} is not an address of this host, so the Docker engine here cannot publish ports on it; list an address of one of this host's interfaces (`ip -brief address`) in [network] ips of girofle.toml, e.g. 127.0.0.1"
+                ),
+            ))
+        }
+        // Anything else (e.g. no permission) is left to the per-port probe.
+        _ => Ok(()),
+    }
 }
 
 /// Chooses or checks the bindings of an instance.
@@ -64,9 +86,16 @@ fn holder(
 /// may be reused (a restore in place); the host bind probe is skipped then, since its own
 /// container may hold them.
 ///
+/// `engine_on_this_host` says whether the engine runs here (see
+/// [`ContainerRuntime::is_on_this_host`](crate::runtime::ContainerRuntime::is_on_this_host)).
+/// Only then are the IP and the ports probed on this host: the addresses of an engine on
+/// another host are that host's, which this one cannot check (its published ports still
+/// are, and the engine refuses a port taken there).
+///
 /// # Errors
-/// `InvalidInput` when an asked address is outside the pool (naming the setting to change),
-/// `Conflict` naming the holder when it is taken, `Conflict` when the pool is exhausted.
+/// `InvalidInput` when an asked address is outside the pool (naming the setting to change)
+/// or the IP is not an address of this host, `Conflict` naming the holder when it is
+/// taken, `Conflict` when the pool is exhausted.
 pub fn allocate(
     pool: &NetworkConfig,
     fleet: &Fleet,
@@ -74,6 +103,7 @@ pub fn allocate(
     request: &AddressRequest,
     except_instance: Option<&str>,
     except_container: Option<&str>,
+    engine_on_this_host: bool,
 ) -> Result<Bindings> {
     let ranges = pool.port_ranges()?;
     let ip = match request.ip {
@@ -89,6 +119,10 @@ pub fn allocate(
         Some(ip) => ip,
         None => pool.ips[0],
     };
+    let probe_host = engine_on_this_host && except_container.is_none();
+    if engine_on_this_host {
+        check_on_this_host(ip, request.ip.is_some())?;
+    }
     let mut chosen: Vec<u16> = Vec::new();
     let asked = [
         ("--http-port", request.http_port),
@@ -119,6 +153,7 @@ pub fn allocate(
                 except_instance,
                 engine_ports,
                 except_container,
+                probe_host,
             ) {
                 return Err(Error::Conflict(format!(
                     "port {ip}:{port} is already in use by {h}; pick another with {flag} or free it"
@@ -143,6 +178,7 @@ pub fn allocate(
                     except_instance,
                     engine_ports,
                     except_container,
+                    probe_host,
                 )
                 .is_none()
                 {
@@ -208,6 +244,7 @@ mod tests {
             &AddressRequest::default(),
             None,
             None,
+            true,
         )
         .unwrap();
         assert_eq!(
@@ -224,6 +261,7 @@ mod tests {
             },
             None,
             None,
+            true,
         )
         .unwrap_err();
         assert!(e.to_string().contains("container `web`"), "{e}");
@@ -237,6 +275,7 @@ mod tests {
             },
             None,
             None,
+            true,
         )
         .unwrap_err();
         assert!(e.to_string().contains("outside Girofle's pool"), "{e}");
@@ -250,9 +289,33 @@ mod tests {
             },
             None,
             None,
+            true,
         )
         .unwrap_err();
         assert!(e.to_string().contains("not in Girofle's pool"), "{e}");
+    }
+
+    #[test]
+    fn an_ip_of_another_host_is_refused_only_for_a_local_engine() {
+        let (a, b) = free_range();
+        let mut p = pool(&format!("{a}-{b}"));
+        // Binding a socket sends nothing: 8.8.8.8 is never contacted.
+        p.ips = vec!["8.8.8.8".parse().unwrap()];
+        let req = AddressRequest::default();
+        let e = allocate(&p, &Fleet::default(), &[], &req, None, None, true).unwrap_err();
+        assert_eq!(e.kind(), "invalid_input", "{e}");
+        assert!(
+            e.to_string().contains("[network] ips")
+                && e.to_string()
+                    .contains("8.8.8.8 is not an address of this host"),
+            "{e}"
+        );
+        // An engine on another host publishes on that host's addresses: nothing to probe.
+        let got = allocate(&p, &Fleet::default(), &[], &req, None, None, false).unwrap();
+        assert_eq!((got.ip, got.http_port), (p.ips[0], a));
+        // All of 127.0.0.0/8 is this host's.
+        p.ips = vec!["127.0.0.5".parse().unwrap()];
+        allocate(&p, &Fleet::default(), &[], &req, None, None, true).unwrap();
     }
 
     #[test]
@@ -266,6 +329,7 @@ mod tests {
             &AddressRequest::default(),
             None,
             None,
+            true,
         )
         .unwrap_err();
         assert!(e.to_string().contains("no free port left"), "{e}");

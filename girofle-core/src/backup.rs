@@ -891,6 +891,7 @@ impl Girofle {
             self.settle(intent).await;
             return Err(e);
         }
+        crate::notify::made_backup(&id);
         intent.finish()?;
         Ok(BackupReport {
             id,

@@ -219,11 +219,11 @@ impl Config {
     ///
     /// # Errors
     /// `NotFound` when the root was never initialised, `InvalidInput` naming the line and
-    /// key of a malformed setting.
+    /// key of a malformed setting, or the line and byte where the file is not UTF-8.
     pub fn load(root: &Path) -> Result<Config> {
         let path = Self::path(root);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::not_found(
                     format!("Girofle configuration `{}`", path.display()),
@@ -233,8 +233,12 @@ impl Config {
                     ),
                 ))
             }
-            Err(e) => return Err(Error::io("read", path, e)),
+            Err(e) => {
+                return Err(root_not_a_directory(root).unwrap_or_else(|| Error::io("read", &path, e)))
+            }
         };
+        let text =
+            String::from_utf8(bytes).map_err(|e| not_utf8(&path, e.as_bytes(), e.utf8_error()))?;
         Self::parse(&text, &path)
     }
 
@@ -347,6 +351,49 @@ impl Config {
         let path = Self::path(root);
         crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600)
     }
+}
+
+/// The error for a root that is (or lies under) something other than a directory, e.g.
+/// `--root /etc/hosts`; `None` when every existing part of the path is a directory.
+pub fn root_not_a_directory(root: &Path) -> Option<Error> {
+    let not_dir = root
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()))?;
+    let what = if not_dir == root {
+        format!("`{}` is a file, not a directory", root.display())
+    } else {
+        format!(
+            "`{}` lies under `{}`, which is a file, not a directory",
+            root.display(),
+            not_dir.display()
+        )
+    };
+    Some(Error::invalid(
+        "root (--root or GIROFLE_ROOT)",
+        format!(
+            "{what}; point --root (or GIROFLE_ROOT) at a directory (default /var/lib/girofle, created by `girofle init`), or move the file away"
+        ),
+    ))
+}
+
+/// The error for a configuration file that is not UTF-8 (`e` says where the bad bytes
+/// start): TOML is UTF-8 only, and an editor saving in Latin-1 is the usual cause.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> Error {
+    let at = e.valid_up_to();
+    let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = bytes[..at]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = at - line_start + 1;
+    Error::invalid(
+        format!("{} line {line}", path.display()),
+        format!(
+            "the byte at offset {at} (0x{:02x}, byte {column} of the line) is not UTF-8; TOML must be UTF-8: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or retype that character",
+            bytes[at]
+        ),
+    )
 }
 
 /// What a key of girofle.toml takes, for errors about its value.

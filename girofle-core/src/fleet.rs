@@ -25,7 +25,9 @@ use crate::instance::{
 use crate::inventory::{unknown_instance, Fleet, Inventory, InventoryExt, SqliteInventory};
 use crate::journal::{self, Journal, Record};
 use crate::recovery::{IntentFile, Operation, Recovery};
-use crate::runtime::{ContainerRuntime, ContainerRuntimeExt, DockerRuntime, ExecSpec, Health};
+use crate::runtime::{
+    ContainerRuntime, ContainerRuntimeExt, DockerRuntime, ExecSpec, Health, PublishedPort,
+};
 
 /// How to open a root.
 #[derive(Clone, Debug, Default)]
@@ -121,14 +123,27 @@ fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// How many times a commission takes other ports when the engine refuses the ones it
+/// chose (see `bring_up_on_free_ports`).
+const PORT_RETRIES: usize = 5;
+
+/// Whether the engine refused to publish a port because something else holds it.
+fn is_port_refused(e: &Error) -> bool {
+    matches!(e, Error::Conflict(m)
+        if m.contains("port is already allocated") || m.contains("address already in use"))
+}
+
 impl Girofle {
     /// Prepares a root: directories, default `girofle.toml` (unless present) and the
     /// inventory. Idempotent. Returns whether a configuration was written.
     ///
     /// # Errors
-    /// `Io` when the root cannot be written, `InvalidInput` when an existing
-    /// configuration is malformed.
+    /// `Io` when the root cannot be written, `InvalidInput` when the root is a file or an
+    /// existing configuration is malformed.
     pub fn init(root: &Path) -> Result<bool> {
+        if let Some(e) = crate::config::root_not_a_directory(root) {
+            return Err(e);
+        }
         for d in ["instances", "backups", "decommissioned", "locks", "staging"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).ctx("create directory", &p)?;
@@ -233,7 +248,7 @@ impl Girofle {
         F: Future<Output = Result<T>>,
     {
         let started_at = now();
-        let (result, nested_notified) = crate::notify::scoped(op).await;
+        let (result, nested) = crate::notify::scoped(op).await;
         let (outcome, error_kind, error) = match &result {
             Ok(_) => ("ok", None, None),
             Err(e) => ("error", Some(e.kind().to_string()), Some(e.to_string())),
@@ -255,11 +270,18 @@ impl Girofle {
         // A journal that cannot be written must not hide the operation's own result.
         let journaled = self.journal.append(&record, &self.known_secrets());
         // A webhook that is down must not fail the operation: `notify` logs it.
-        crate::notify::after_operation(self, &record, nested_notified).await;
-        if let Err(e) = journaled {
-            if result.is_ok() {
-                return Err(e);
+        crate::notify::after_operation(self, &record, nested).await;
+        match journaled {
+            // A full or read-only file system: the operation happened (a prune freeing
+            // space, a verify), and failing it now would misstate its outcome.
+            Err(Error::Io { source, .. }) if crate::fsutil::is_unwritable(&source) => {
+                eprintln!(
+                    "girofle: warning: `{operation}` is not journaled: {}: {source}",
+                    self.journal.path().display()
+                );
             }
+            Err(e) if result.is_ok() => return Err(e),
+            _ => {}
         }
         result
     }
@@ -358,6 +380,7 @@ impl Girofle {
                     &request.addresses,
                     None,
                     None,
+                    self.runtime.is_on_this_host(),
                 )?;
                 let r = InstanceRecord {
                     name: name.clone(),
@@ -384,7 +407,8 @@ impl Girofle {
                 return Err(e);
             }
         };
-        let brought_up = match self.bring_up(&record, &dirs, request.timeout).await {
+        let (record, brought_up) = self.bring_up_on_free_ports(record, &dirs, &request).await;
+        let brought_up = match brought_up {
             // Settings asked for at creation go into gitlab.rb once GitLab has written it.
             Ok(()) if !record.settings.is_empty() => {
                 self.apply_settings(&record, &record.settings).await
@@ -409,6 +433,82 @@ impl Girofle {
                 // now, recovery does it later.
                 self.settle(intent).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Brings a commissioned record up; when the engine refuses a port it chose (another
+    /// Girofle root on this engine, or any Docker client, took it since the engine's ports
+    /// were read: two roots with one pool), removes the container and takes the next free
+    /// addresses, up to [`PORT_RETRIES`] times. Ports asked for by the operator are not
+    /// changed. Returns the record as it stands (its addresses may be new).
+    async fn bring_up_on_free_ports(
+        &self,
+        mut record: InstanceRecord,
+        dirs: &InstanceDirs,
+        request: &CommissionRequest,
+    ) -> (InstanceRecord, Result<()>) {
+        let asked = &request.addresses;
+        let chosen_by_us =
+            asked.http_port.is_none() && asked.https_port.is_none() && asked.ssh_port.is_none();
+        // What the engine refused so far: kept out of the next choices.
+        let mut refused: Vec<(String, PublishedPort)> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            let e = match self.bring_up(&record, dirs, request.timeout).await {
+                Err(e) if chosen_by_us && attempt < PORT_RETRIES && is_port_refused(&e) => e,
+                other => return (record, other),
+            };
+            attempt += 1;
+            let b = &record.bindings;
+            for port in [b.http_port, b.https_port, b.ssh_port] {
+                refused.push((
+                    "another client of the engine".to_string(),
+                    PublishedPort {
+                        host_ip: b.ip.to_string(),
+                        host_port: port,
+                        container_port: 0,
+                    },
+                ));
+            }
+            let container = record.container_name();
+            if let Err(remove) = self.runtime.remove(&container, true).await {
+                let both = format!(
+                    "{e}; removing container `{container}` to take other ports failed too: {remove}"
+                );
+                return (record, Err(Error::Conflict(both)));
+            }
+            let mut engine_ports = match self.runtime.published_ports().await {
+                Ok(p) => p,
+                Err(other) => return (record, Err(other)),
+            };
+            engine_ports.extend(refused.iter().cloned());
+            let mut next: Option<InstanceRecord> = None;
+            let moved = self
+                .inventory
+                .transact(&mut |fleet: &mut Fleet| {
+                    // Our own reservation holds the refused ports: it is replaced here.
+                    let bindings = allocate(
+                        &self.config.network,
+                        fleet,
+                        &engine_ports,
+                        asked,
+                        None,
+                        None,
+                        self.runtime.is_on_this_host(),
+                    )?;
+                    let mut r = record.clone();
+                    r.external_url = instance::external_url(r.hostname.as_deref(), &bindings);
+                    r.bindings = bindings;
+                    fleet.instances.insert(r.name.clone(), r.clone());
+                    next = Some(r);
+                    Ok(())
+                })
+                .await;
+            match (moved, next) {
+                (Ok(_), Some(r)) => record = r,
+                (Err(other), _) => return (record, Err(other)),
+                (Ok(_), None) => return (record, Err(e)),
             }
         }
     }

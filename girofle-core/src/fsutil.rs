@@ -63,3 +63,53 @@ pub fn sync_filesystem(dir: &Path) -> Result<()> {
         d.sync_all().ctx("sync directory", dir)
     }
 }
+
+/// Why a file system takes no writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unwritable {
+    /// Mounted read-only.
+    ReadOnly,
+    /// No byte left for Girofle.
+    Full,
+}
+
+impl Unwritable {
+    /// What to do about it.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Unwritable::ReadOnly => "remount it read-write",
+            Unwritable::Full => "free space (`girofle backup prune` deletes old backups)",
+        }
+    }
+}
+
+impl std::fmt::Display for Unwritable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unwritable::ReadOnly => "is on a read-only file system",
+            Unwritable::Full => "is on a full file system (0 bytes free)",
+        })
+    }
+}
+
+/// Why nothing can be written under `dir`, when its file system says so. `None` when
+/// it takes writes (or cannot be asked).
+pub fn unwritable_because(dir: &Path) -> Option<Unwritable> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    if s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        Some(Unwritable::ReadOnly)
+    } else if s.f_bavail == 0 {
+        Some(Unwritable::Full)
+    } else {
+        None
+    }
+}
+
+/// Whether an I/O error means the file system takes no writes: read-only, full, or over
+/// quota.
+pub fn is_unwritable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EROFS) | Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    )
+}

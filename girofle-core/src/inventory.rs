@@ -82,7 +82,42 @@ pub struct SqliteInventory {
 
 const SQLITE: &str = "inventory database";
 
+/// Whether an SQLite error may come from a file system that takes no writes.
+fn maybe_unwritable(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(
+        f.code,
+        rusqlite::ErrorCode::ReadOnly
+            | rusqlite::ErrorCode::DiskFull
+            | rusqlite::ErrorCode::SystemIoFailure
+            | rusqlite::ErrorCode::CannotOpen
+    ))
+}
+
+/// Why the file system of `path` takes no writes, if that is the case.
+fn unwritable_because(path: &Path) -> Option<crate::fsutil::Unwritable> {
+    crate::fsutil::unwritable_because(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The error for a write the file system of the database refused, naming why (read-only,
+/// full) and what to do; `None` when that is not what happened.
+pub(crate) fn unwritable_db_err(backend: &str, path: &Path, e: &rusqlite::Error) -> Option<Error> {
+    let why = maybe_unwritable(e)
+        .then(|| unwritable_because(path))
+        .flatten()?;
+    Some(Error::backend(
+        backend,
+        format!(
+            "{}: {e}: it {why}; commands that change anything need it writable: {}",
+            path.display(),
+            why.remedy()
+        ),
+    ))
+}
+
 fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    if let Some(unwritable) = unwritable_db_err(SQLITE, path, &e) {
+        return unwritable;
+    }
     if let rusqlite::Error::SqliteFailure(f, _) = &e {
         if matches!(
             f.code,
@@ -120,8 +155,75 @@ pub(crate) fn connect_db(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens a connection to Girofle's database file for reading. Like [`connect_db`]; but
+/// when the file system takes no writes (read-only, or full: SQLite cannot even set up
+/// its shared-memory file then) the database is opened read-only instead, with a warning
+/// on stderr, so that listings, `status` and `backup prune` (the remedy for a full disk)
+/// still work. Writes through such a connection fail, naming the cause.
+pub(crate) fn connect_db_to_read(path: &Path) -> Result<Connection> {
+    // Asked before opening: on such a file system a read-write open that fails still
+    // leaves files behind.
+    if let Some(why) = unwritable_because(path) {
+        if let Some(conn) = open_read_only(path) {
+            warn_read_only(path, why);
+            return Ok(conn);
+        }
+    }
+    connect_db(path)
+}
+
+/// The database opened read-only, creating no file.
+fn open_read_only(path: &Path) -> Option<Connection> {
+    let uri = url::Url::from_file_path(std::path::absolute(path).ok()?).ok()?;
+    let open = |query: &str| {
+        let mut u = uri.clone();
+        u.set_query(Some(query));
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        Connection::open_with_flags(u.as_str(), flags)
+    };
+    let beside = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p).exists()
+    };
+    // A live writer's WAL and its -shm are read through `mode=ro`. Without them there is
+    // nothing in a WAL to read, and `immutable=1` reads the database file alone, where
+    // `mode=ro` would create both files (and fail on a full disk). A WAL left without
+    // its -shm by a crash is not read: the next read-write open recovers it.
+    if beside("-wal") && beside("-shm") {
+        let live = open("mode=ro").and_then(|c| {
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+                .map(|()| c)
+        });
+        if let Ok(conn) = live {
+            return Some(conn);
+        }
+    }
+    open("mode=ro&immutable=1").ok()
+}
+
+/// Says once per process that the root is being read without writing.
+fn warn_read_only(path: &Path, why: crate::fsutil::Unwritable) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let journal = match why {
+            crate::fsutil::Unwritable::ReadOnly => "nothing is journaled",
+            crate::fsutil::Unwritable::Full => "an operation that cannot be journaled says so",
+        };
+        eprintln!(
+            "girofle: warning: `{}` {why}: Girofle reads its inventory without writing; {journal}, and commands that change the fleet fail until you {}",
+            dir.display(),
+            why.remedy()
+        );
+    });
+}
+
 impl SqliteInventory {
-    /// Opens (creating if needed) the database at `path`, mode 0600.
+    /// Opens (creating if needed) the database at `path`, mode 0600. On a file system
+    /// that takes no writes, an existing database is opened read-only (see
+    /// [`connect_db_to_read`]).
     ///
     /// # Errors
     /// `Backend` when the file cannot be opened or migrated.
@@ -129,7 +231,7 @@ impl SqliteInventory {
         let inv = SqliteInventory {
             path: path.to_path_buf(),
         };
-        let conn = inv.connect()?;
+        let conn = connect_db_to_read(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
@@ -170,7 +272,7 @@ impl SqliteInventory {
     /// # Errors
     /// `Backend` when the database fails.
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        let conn = self.connect()?;
+        let conn = connect_db_to_read(&self.path)?;
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
             .map_err(|e| db_err(&self.path, e))
@@ -180,7 +282,7 @@ impl SqliteInventory {
 #[async_trait]
 impl Inventory for SqliteInventory {
     async fn load(&self) -> Result<Fleet> {
-        let conn = self.connect()?;
+        let conn = connect_db_to_read(&self.path)?;
         self.read(&conn)
     }
 

@@ -190,7 +190,12 @@ impl Journal {
             .open(&self.path)
             .ctx("open journal", &self.path)?;
         f.lock_exclusive().ctx("lock journal", &self.path)?;
+        let end = f.metadata().map(|m| m.len());
         let r = f.write_all(line.as_bytes()).and_then(|_| f.sync_data());
+        if let (Err(_), Ok(end)) = (&r, end) {
+            // A disk that fills mid-line must not leave half a record: cut it off.
+            let _ = f.set_len(end);
+        }
         let _ = FileExt::unlock(&f);
         r.ctx("append to journal", &self.path)
     }

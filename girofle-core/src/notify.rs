@@ -8,7 +8,7 @@
 //! `Girofle::journaled` calls [`after_operation`] once per operation, and a notification
 //! that cannot be delivered is logged to stderr, never failing the operation.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::time::Duration;
 
@@ -82,26 +82,62 @@ tokio::task_local! {
     static SENT: Cell<bool>;
 }
 
-/// Runs an operation's future, telling whether a nested operation sent a notification.
-pub(crate) async fn scoped<F: Future>(op: F) -> (F::Output, bool) {
-    SENT.scope(Cell::new(false), async move {
-        let out = op.await;
-        (out, SENT.with(Cell::get))
-    })
-    .await
+tokio::task_local! {
+    /// The id of the backup the current operation made (set by the backup itself, or
+    /// passed up from a nested one): a backup's arguments cannot hold it, since it is
+    /// chosen while it runs, and a scheduled run's document must carry it too.
+    static MADE: RefCell<Option<String>>;
+}
+
+/// What the operations nested in one told it.
+#[derive(Debug, Default)]
+pub(crate) struct Nested {
+    /// A nested operation already sent a notification.
+    pub sent: bool,
+    /// The id of the backup made.
+    pub backup_id: Option<String>,
+}
+
+/// Runs an operation's future, telling whether a nested operation sent a notification
+/// and which backup was made (also passed up to the enclosing operation, if any: a
+/// scheduled run learns the id of the backup it made).
+pub(crate) async fn scoped<F: Future>(op: F) -> (F::Output, Nested) {
+    let (out, nested) = SENT
+        .scope(Cell::new(false), async move {
+            MADE.scope(RefCell::new(None), async move {
+                let out = op.await;
+                let nested = Nested {
+                    sent: SENT.with(Cell::get),
+                    backup_id: MADE.with(|m| m.borrow().clone()),
+                };
+                (out, nested)
+            })
+            .await
+        })
+        .await;
+    if let Some(id) = &nested.backup_id {
+        made_backup(id);
+    }
+    (out, nested)
+}
+
+/// Records that the current operation made backup `id` (for its notification).
+pub(crate) fn made_backup(id: &str) {
+    let _ = MADE.try_with(|m| *m.borrow_mut() = Some(id.to_string()));
 }
 
 /// Called by `Girofle::journaled` once an operation has ended (with its record before
 /// redaction): sends the document when the operation is one that is notified, and logs a
 /// failed delivery to stderr.
-pub(crate) async fn after_operation(g: &Girofle, record: &Record, nested_sent: bool) {
+pub(crate) async fn after_operation(g: &Girofle, record: &Record, nested: Nested) {
     let config = &g.config.notify;
+    let nested_sent = nested.sent;
     let wanted = config.webhook_url.is_some()
         && NOTIFIED_OPERATIONS.contains(&record.operation.as_str())
         && (record.outcome != "ok" || config.on_success)
         && !nested_sent;
     if wanted {
-        let doc = document(record, &g.known_secrets());
+        let doc = document(record, nested.backup_id.as_deref(), &g.known_secrets());
         if let Err(e) = send(g, &doc).await {
             eprintln!(
                 "girofle: warning: the {} notification of `{}` was not delivered: {e}",
@@ -115,10 +151,15 @@ pub(crate) async fn after_operation(g: &Girofle, record: &Record, nested_sent: b
 }
 
 /// The document sent for an operation: no arguments beyond the instance, backup id and
-/// store names, and an error message scrubbed of secrets.
-pub fn document(record: &Record, secrets: &[String]) -> Value {
+/// store names, and an error message scrubbed of secrets. `made` is the id of the backup
+/// the operation made, if any (its arguments hold the id of a backup it only read).
+pub fn document(record: &Record, made: Option<&str>, secrets: &[String]) -> Value {
     let args = &record.arguments;
-    let backup_id = args.get("id").and_then(Value::as_str).map(str::to_string);
+    let backup_id = args
+        .get("id")
+        .and_then(Value::as_str)
+        .or(made)
+        .map(str::to_string);
     let instance = args
         .get("name")
         .and_then(Value::as_str)
@@ -310,7 +351,7 @@ mod tests {
             "error",
             Some("s3://key:pw-12345@bucket refused secret s3cr3t-value"),
         );
-        let doc = document(&r, &["s3cr3t-value".to_string()]);
+        let doc = document(&r, None, &["s3cr3t-value".to_string()]);
         let text = doc.to_string();
         assert_eq!(doc["instance"], "web");
         assert_eq!(doc["backup_id"], "web/20261125T220000Z");
@@ -320,6 +361,32 @@ mod tests {
             !text.contains("s3cr3t-value") && !text.contains("pw-12345"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_backup_made_reaches_the_enclosing_operations() {
+        let (id, outer) = scoped(async {
+            let ((), inner) = scoped(async { made_backup("web/20261125T220000Z") }).await;
+            inner.backup_id
+        })
+        .await;
+        assert_eq!(id.as_deref(), Some("web/20261125T220000Z"));
+        assert_eq!(outer.backup_id.as_deref(), Some("web/20261125T220000Z"));
+        let (_, quiet) = scoped(async {}).await;
+        assert_eq!(quiet.backup_id, None);
+        // Outside any operation it is a no-op.
+        made_backup("web/20261125T220000Z");
+        let doc = document(&record("ok", None), Some("other/20261125T220000Z"), &[]);
+        assert_eq!(
+            doc["backup_id"], "web/20261125T220000Z",
+            "a read backup's id wins"
+        );
+        let mut r = record("ok", None);
+        r.operation = "backup".into();
+        r.arguments = json!({ "name": "web", "store": null });
+        let doc = document(&r, Some("web/20261125T230000Z"), &[]);
+        assert_eq!(doc["backup_id"], "web/20261125T230000Z");
+        assert_eq!(doc["instance"], "web");
     }
 
     #[tokio::test]

@@ -290,6 +290,7 @@ impl Girofle {
                                 &same,
                                 None,
                                 None,
+                                self.runtime.is_on_this_host(),
                             )
                             .ok()
                         } else {
@@ -304,6 +305,7 @@ impl Girofle {
                                 &request.addresses,
                                 None,
                                 None,
+                                self.runtime.is_on_this_host(),
                             )?,
                         }
                     }

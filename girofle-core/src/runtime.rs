@@ -194,6 +194,12 @@ pub trait ContainerRuntime: Debug + Send + Sync + 'static {
     /// # Errors
     /// `NotFound` when the registry cannot give it.
     async fn pull(&self, image: &str) -> Result<()>;
+
+    /// Whether the engine runs on this host, so that the addresses it publishes on are
+    /// this host's (checked by binding a socket). True unless the runtime knows better.
+    fn is_on_this_host(&self) -> bool {
+        true
+    }
 }
 
 /// Conveniences on top of [`ContainerRuntime`].
@@ -704,6 +710,20 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if status_code(&e) == Some(404) => Ok(false),
             Err(e) => Err(lift(e, &format!("inspect image `{image}`"))),
         }
+    }
+
+    /// A unix socket is an engine on this host; so is a TCP address on loopback. Any
+    /// other TCP address may be another machine, whose interfaces this one cannot see.
+    fn is_on_this_host(&self) -> bool {
+        if self.host.starts_with("unix://") {
+            return true;
+        }
+        url::Url::parse(&self.host).is_ok_and(|u| match u.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        })
     }
 
     async fn pull(&self, image: &str) -> Result<()> {

@@ -566,6 +566,9 @@ pub struct ScheduleBook {
 const BOOK: &str = "schedule book";
 
 fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    if let Some(unwritable) = crate::inventory::unwritable_db_err(BOOK, path, &e) {
+        return unwritable;
+    }
     Error::backend(
         BOOK,
         format!(
@@ -626,19 +629,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-impl ScheduleBook {
-    /// Opens the book in the database at `path` (the root's `inventory.db`), creating its
-    /// tables when needed.
-    ///
-    /// # Errors
-    /// `Backend` when the database cannot be opened or migrated.
-    pub fn open(path: &Path) -> Result<Self> {
-        let book = ScheduleBook {
-            path: path.to_path_buf(),
-        };
-        let conn = book.connect()?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS schedules (
+/// The book's tables, in the root's `inventory.db`.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS schedules (
                  instance TEXT PRIMARY KEY,
                  schedule TEXT NOT NULL,
                  updated_at TEXT NOT NULL);
@@ -662,20 +654,54 @@ impl ScheduleBook {
              CREATE INDEX IF NOT EXISTS schedule_runs_by_slot
                  ON schedule_runs (instance, kind, slot);
              CREATE INDEX IF NOT EXISTS schedule_runs_by_outcome
-                 ON schedule_runs (outcome);",
-        )
-        .map_err(|e| db_err(path, e))?;
+                 ON schedule_runs (outcome);";
+
+impl ScheduleBook {
+    /// Opens the book in the database at `path` (the root's `inventory.db`), creating its
+    /// tables when needed.
+    ///
+    /// # Errors
+    /// `Backend` when the database cannot be opened or migrated.
+    pub fn open(path: &Path) -> Result<Self> {
+        let book = ScheduleBook {
+            path: path.to_path_buf(),
+        };
+        let conn = book.connect()?;
+        // Read-only (the file system takes no writes): `connect` saw to the tables.
+        if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            conn.execute_batch(SCHEMA).map_err(|e| db_err(path, e))?;
+        }
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         Ok(book)
     }
 
+    /// A connection for reading: read-only when the file system takes no writes. A
+    /// read-only database that never had a schedule gets the book's tables as empty
+    /// temporary ones (in this connection only), so that it reads as "no schedule".
     fn connect(&self) -> Result<Connection> {
-        crate::inventory::connect_db(&self.path)
+        let conn = crate::inventory::connect_db_to_read(&self.path)?;
+        let read_only = conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(|e| db_err(&self.path, e))?;
+        if read_only {
+            let has_book: bool = conn
+                .query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'schedule_runs'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| db_err(&self.path, e))?;
+            if !has_book {
+                conn.execute_batch(&SCHEMA.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+                    .map_err(|e| db_err(&self.path, e))?;
+            }
+        }
+        Ok(conn)
     }
 
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.connect()?;
+        let mut conn = crate::inventory::connect_db(&self.path)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| db_err(&self.path, e))?;

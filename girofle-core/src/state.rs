@@ -526,6 +526,9 @@ pub async fn export(root: &Path, file: &Path) -> Result<StateReport> {
 /// `Corrupt` for a damaged file, `VersionMismatch` for a newer state format,
 /// `InvalidInput` when its configuration does not parse here, `NotFound` for no file.
 pub async fn import(root: &Path, file: &Path, force: bool) -> Result<StateReport> {
+    if let Some(e) = crate::config::root_not_a_directory(root) {
+        return Err(e);
+    }
     let root = std::path::absolute(root).ctx("resolve", root)?;
     let file = std::path::absolute(file).ctx("resolve", file)?;
     let started = Utc::now();
