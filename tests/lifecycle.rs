@@ -108,6 +108,30 @@ async fn fleet_lifecycle_keeps_data_and_books() {
     );
     let untouched: String = before.lines().take(5).collect::<Vec<_>>().join("\n");
     assert!(after.starts_with(&untouched));
+    // A top-level setting is a method call: as `name = value` GitLab would accept it and
+    // set nothing.
+    g.reconfigure(
+        &web.name,
+        &["registry_external_url=https://registry.example.com".into()],
+        &[],
+    )
+    .await
+    .unwrap();
+    let after = std::fs::read_to_string(&rb).unwrap();
+    assert!(
+        after.contains("\nregistry_external_url 'https://registry.example.com'\n"),
+        "{after}"
+    );
+    let applied = std::fs::read_to_string(
+        InstanceDirs::new(&t.root, &web.name)
+            .data
+            .join("etc/effective-settings.json"),
+    )
+    .unwrap();
+    assert!(
+        applied.contains("https://registry.example.com"),
+        "GitLab did not apply the top-level setting: {applied}"
+    );
     assert_eq!(
         g.show(&web.name).await.unwrap().state,
         InstanceState::Running
@@ -204,7 +228,7 @@ async fn fleet_lifecycle_keeps_data_and_books() {
         .collect();
     let count = |op: &str| ops.iter().filter(|o| o.as_str() == op).count();
     assert_eq!(count("commission"), 4, "{ops:?}");
-    assert_eq!(count("reconfigure"), 2, "{ops:?}");
+    assert_eq!(count("reconfigure"), 3, "{ops:?}");
     assert_eq!(count("decommission"), 1, "{ops:?}");
     assert_eq!(count("stop"), 1, "{ops:?}");
     assert_eq!(count("start"), 2, "{ops:?}");

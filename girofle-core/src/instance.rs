@@ -396,13 +396,25 @@ pub const MANAGED_BEGIN: &str =
 /// End marker.
 pub const MANAGED_END: &str = "# END girofle managed settings";
 
+/// One setting as a `gitlab.rb` line. Top-level settings are method calls
+/// (`registry_external_url 'https://…'`): `registry_external_url = '…'` would be a Ruby
+/// local variable that GitLab accepts and ignores.
+fn setting_line(key: &str, value: &str) -> String {
+    if key.contains('[') {
+        format!("{key} = {value}")
+    } else {
+        format!("{key} {value}")
+    }
+}
+
 /// Replaces (or appends) the managed block of a `gitlab.rb` text; the rest is untouched.
 pub fn render_gitlab_rb(current: &str, settings: &BTreeMap<String, String>) -> String {
     let mut block = String::new();
     block.push_str(MANAGED_BEGIN);
     block.push('\n');
     for (k, v) in settings {
-        block.push_str(&format!("{k} = {v}\n"));
+        block.push_str(&setting_line(k, v));
+        block.push('\n');
     }
     block.push_str(MANAGED_END);
     block.push('\n');
@@ -430,7 +442,19 @@ pub fn managed_settings(text: &str) -> BTreeMap<String, String> {
     if let (Some(b), Some(e)) = (text.find(MANAGED_BEGIN), text.find(MANAGED_END)) {
         if e > b {
             for line in text[b + MANAGED_BEGIN.len()..e].lines() {
-                if let Some((k, v)) = line.split_once(" = ") {
+                let line = line.trim();
+                // `key['x'] = value`, or a top-level `key value` (written by earlier
+                // Girofles as `key = value`, which is read back the same).
+                let head = line
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(line.len());
+                let pair = if line[head..].starts_with('[') {
+                    line.split_once(" = ")
+                } else {
+                    let v = line[head..].trim_start();
+                    (head > 0).then(|| (&line[..head], v.strip_prefix("= ").unwrap_or(v)))
+                };
+                if let Some((k, v)) = pair {
                     out.insert(k.trim().to_string(), v.trim().to_string());
                 }
             }
@@ -491,7 +515,31 @@ mod tests {
     fn managed_block_replaced_rest_untouched() {
         let mut s = BTreeMap::new();
         s.insert("a['b']".to_string(), "1".to_string());
+        s.insert(
+            "registry_external_url".to_string(),
+            "'https://r.example.com'".to_string(),
+        );
+        s.insert("gitlab_rails['time_zone']".to_string(), "'UTC'".to_string());
         let first = render_gitlab_rb("# top\nfoo 'bar'\n", &s);
+        // Top-level settings are method calls; the others assignments.
+        assert!(
+            first.contains("\nregistry_external_url 'https://r.example.com'\n"),
+            "{first}"
+        );
+        assert!(
+            first.contains("\ngitlab_rails['time_zone'] = 'UTC'\n"),
+            "{first}"
+        );
+        // What earlier Girofles wrote reads back the same.
+        let old = format!(
+            "{MANAGED_BEGIN}\nregistry_external_url = 'https://r.example.com'\n{MANAGED_END}\n"
+        );
+        assert_eq!(
+            managed_settings(&old)
+                .get("registry_external_url")
+                .map(String::as_str),
+            Some("'https://r.example.com'")
+        );
         assert!(first.starts_with("# top\nfoo 'bar'\n# BEGIN"));
         s.insert("a['c']".to_string(), "2".to_string());
         let second = render_gitlab_rb(&format!("{first}# tail\n"), &s);

@@ -416,6 +416,9 @@ class LiteralParser:
 
 
 TOP_RE = re.compile(r"^([a-z_][a-z0-9_]*)\s*\(?\s*(['\"].*?)\s*\)?$", re.S)
+# `name = value` with no brackets is, in Ruby, a local variable assignment: accepted, and
+# it sets nothing (gitlab-contract.md: top-level settings are method calls).
+ASSIGN_RE = re.compile(r"^([a-z_][a-z0-9_]*)\s*=(?!=)\s*(.+)$", re.S)
 KEY_RE = re.compile(r"^([a-z_][a-z0-9_]*)((?:\[\s*(?:'[^']*'|\"[^\"]*\"|:[A-Za-z_]\w*)\s*\]){1,2})\s*=(?!=)\s*(.+)$", re.S)
 
 
@@ -434,6 +437,10 @@ def parse_config(text, source, settings):
                     if not isinstance(node, dict):
                         raise ValueError("undefined method `[]=' for %r" % node)
                 node[keys[-1]] = value
+                continue
+            m = ASSIGN_RE.match(stmt)
+            if m:
+                LiteralParser(m.group(2)).parse_all()
                 continue
             m = TOP_RE.match(stmt)
             if m:
