@@ -239,3 +239,77 @@ async fn fleet_lifecycle_keeps_data_and_books() {
     assert_eq!(listed.as_array().unwrap().len(), 3);
     assert!(!String::from_utf8_lossy(&out.stdout).contains(SECRET));
 }
+
+/// The settings Girofle owns hold (gitlab.rb is read after GITLAB_OMNIBUS_CONFIG and
+/// wins, so they are written at its end), `--set` cannot move them, an edit that does is
+/// reported, and settings given at create are in place before GitLab's first boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_hold_and_settings_precede_the_first_boot() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let name = unique("pins");
+    let out = t.cli(&[
+        "--json",
+        "instance",
+        "create",
+        &name,
+        "--set",
+        "gitlab_rails['time_zone']=Europe/Paris",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dirs = InstanceDirs::new(&t.root, &name);
+    let rb = std::fs::read_to_string(dirs.config.join("gitlab.rb")).unwrap();
+    // GitLab's template, then Girofle's block: the setting, then the pins, last.
+    assert!(rb.starts_with("## GitLab configuration settings"), "{rb}");
+    let tz = rb
+        .find("gitlab_rails['time_zone'] = 'Europe/Paris'")
+        .expect("setting");
+    let pin = rb.find("nginx['listen_port'] = 80").expect("pin");
+    assert!(tz < pin, "{rb}");
+    // GitLab booted with it: no reconfigure was needed after the first boot.
+    let applied = std::fs::read_to_string(dirs.data.join("etc/effective-settings.json")).unwrap();
+    assert!(applied.contains("Europe/Paris"), "{applied}");
+
+    // A pinned setting cannot be set.
+    for key in ["nginx['listen_port']=8080", "external_url=http://elsewhere"] {
+        let out = t.cli(&["instance", "reconfigure", &name, "--set", key]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {said}");
+        assert!(said.contains("Girofle's"), "{said}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dirs.config.join("gitlab.rb")).unwrap(),
+        rb,
+        "a refused setting changed gitlab.rb"
+    );
+    let out = t.cli(&[
+        "instance",
+        "create",
+        &unique("pins"),
+        "--set",
+        "nginx['listen_port']=8080",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // An operator's edit after the block moves nginx: show and list say so.
+    std::fs::write(
+        dirs.config.join("gitlab.rb"),
+        format!("{rb}nginx['listen_port'] = 8080\n"),
+    )
+    .unwrap();
+    for args in [vec!["instance", "show", &name], vec!["instance", "list"]] {
+        let out = t.cli(&args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{said}");
+        assert!(
+            said.contains("nginx['listen_port'] = 8080") && said.contains(&name),
+            "{args:?}: {said}"
+        );
+    }
+    let out = t.cli(&["--json", "instance", "show", &name]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["pin_overrides"][0], "nginx['listen_port'] = 8080");
+}

@@ -129,6 +129,9 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
                     "girofle: warning: {failure}; its state below may be wrong: fix that, then run `girofle recover`"
                 );
             }
+            for s in &list {
+                warn_pin_overrides(s);
+            }
             print(ctx, &list, || {
                 let mut out = format!("{:<24} {:<13} {:<36} URL", "NAME", "STATE", "IMAGE");
                 for s in &list {
@@ -145,6 +148,7 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
         }
         InstanceCommand::Show { name } => {
             let s = g.show(&name).await?;
+            warn_pin_overrides(&s);
             print(ctx, &s, || {
                 let mut out = format!(
                     "name:      {}\nstate:     {}\ncontainer: {}\nimage:     {}",
@@ -217,4 +221,14 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Says which lines of an instance's gitlab.rb override the settings Girofle owns.
+fn warn_pin_overrides(s: &girofle_core::InstanceStatus) {
+    for line in &s.pin_overrides {
+        eprintln!(
+            "girofle: warning: instance `{}`: its gitlab.rb sets `{line}` after Girofle's managed block, which overrides the address Girofle gave it (GitLab may not answer on its published port); remove that line and run `girofle instance restart {}`",
+            s.name, s.name
+        );
+    }
 }

@@ -98,6 +98,9 @@ pub struct InstanceStatus {
     pub url: Option<String>,
     /// The inventory record (absent for `unknown` containers).
     pub record: Option<InstanceRecord>,
+    /// Lines of the instance's gitlab.rb that override the settings Girofle owns
+    /// (`instance::pin_overrides`): GitLab may not answer on its published addresses.
+    pub pin_overrides: Vec<String>,
 }
 
 /// Options of a decommission.
@@ -337,6 +340,7 @@ impl Girofle {
         let mut settings = BTreeMap::new();
         for s in &request.settings {
             let (k, v) = instance::parse_setting(s)?;
+            instance::refuse_pinned(&k)?;
             settings.insert(k, v);
         }
         if instance::image_version(&image).is_none() {
@@ -407,14 +411,9 @@ impl Girofle {
                 return Err(e);
             }
         };
+        // The settings asked for are in gitlab.rb before the first boot (`bring_up`), so
+        // `initial_*` settings act at GitLab's first seeding, and no reconfigure follows.
         let (record, brought_up) = self.bring_up_on_free_ports(record, &dirs, &request).await;
-        let brought_up = match brought_up {
-            // Settings asked for at creation go into gitlab.rb once GitLab has written it.
-            Ok(()) if !record.settings.is_empty() => {
-                self.apply_settings(&record, &record.settings).await
-            }
-            other => other,
-        };
         match brought_up {
             Ok(()) => {
                 let mut active = record.clone();
@@ -556,10 +555,52 @@ impl Girofle {
         let health = self.health(timeout);
         let spec = container_spec(&self.root, record, dirs, health);
         self.runtime.create(&spec).await?;
+        self.prepare_gitlab_rb(record, dirs, &spec.name).await?;
         self.runtime.start(&spec.name).await?;
         self.runtime
             .wait_healthy(&spec.name, health.boot_timeout)
             .await
+    }
+
+    /// Puts gitlab.rb in place before the container starts: GitLab's own template (read
+    /// from the image) when there is none yet, then Girofle's managed block with the
+    /// record's settings and pins. GitLab's first boot then seeds with them (the
+    /// `initial_*` settings act only then), and a restored gitlab.rb gets this instance's
+    /// addresses, not the ones of the instance it came from.
+    async fn prepare_gitlab_rb(
+        &self,
+        record: &InstanceRecord,
+        dirs: &InstanceDirs,
+        container: &str,
+    ) -> Result<()> {
+        let rb = dirs.config.join("gitlab.rb");
+        let current = match std::fs::read_to_string(&rb) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match self
+                    .runtime
+                    .read_file(container, instance::GITLAB_RB_TEMPLATE, 4 << 20)
+                    .await?
+                {
+                    Some(t) => String::from_utf8_lossy(&t).into_owned(),
+                    None => format!(
+                        "## GitLab configuration (written by Girofle: the image `{}` has no {})\n",
+                        record.image,
+                        instance::GITLAB_RB_TEMPLATE
+                    ),
+                }
+            }
+            Err(e) => return Err(Error::io("read", &rb, e)),
+        };
+        let next = render_gitlab_rb(
+            &current,
+            &record.settings,
+            &instance::pinned_settings(record),
+        );
+        if next != current {
+            crate::fsutil::write_atomic(&rb, next.as_bytes(), 0o600)?;
+        }
+        Ok(())
     }
 
     /// The instances of this root, reconciled with what the engine really has.
@@ -609,6 +650,13 @@ impl Girofle {
                 image: record.image.clone(),
                 url: Some(record.external_url.clone()),
                 record: Some(record.redacted()),
+                pin_overrides: std::fs::read_to_string(
+                    InstanceDirs::new(&self.root, &record.name)
+                        .config
+                        .join("gitlab.rb"),
+                )
+                .map(|t| instance::pin_overrides(&t))
+                .unwrap_or_default(),
             });
         }
         for c in &containers {
@@ -625,6 +673,7 @@ impl Girofle {
                     image: c.image.clone(),
                     url: None,
                     record: None,
+                    pin_overrides: Vec::new(),
                 });
             }
         }
@@ -749,6 +798,9 @@ impl Girofle {
             .iter()
             .map(|s| instance::parse_setting(s))
             .collect::<Result<Vec<_>>>()?;
+        for (k, _) in &parsed {
+            instance::refuse_pinned(k)?;
+        }
         let _lock = self.lock_instance(&record.name, "reconfigure").await?;
         // Read again under the lock: another process may have changed the settings since,
         // and taking the lock may have just recovered an interrupted operation.
@@ -782,7 +834,11 @@ impl Girofle {
             },
             "applying",
         )?;
-        let next = render_gitlab_rb(&previous, &updated.settings);
+        let next = render_gitlab_rb(
+            &previous,
+            &updated.settings,
+            &instance::pinned_settings(&updated),
+        );
         let applied = match self
             .write_gitlab_rb(&record, &rb, &previous, &next, Some(&mut intent))
             .await
@@ -801,20 +857,6 @@ impl Girofle {
             }
         }
         Ok(updated.redacted())
-    }
-
-    /// Writes `settings` into the managed block of the instance's gitlab.rb, runs
-    /// `gitlab-ctl reconfigure` and waits healthy; puts the previous file back (and
-    /// reconfigures again) when GitLab refuses. The caller holds the instance lock.
-    async fn apply_settings(
-        &self,
-        record: &InstanceRecord,
-        settings: &BTreeMap<String, String>,
-    ) -> Result<()> {
-        let (rb, previous) = self.read_gitlab_rb(record).await?;
-        let next = render_gitlab_rb(&previous, settings);
-        self.write_gitlab_rb(record, &rb, &previous, &next, None)
-            .await
     }
 
     /// Waits until GitLab has booted (it writes gitlab.rb then), and reads gitlab.rb:

@@ -407,14 +407,107 @@ fn setting_line(key: &str, value: &str) -> String {
     }
 }
 
+/// The settings Girofle owns: the external URL, the port nginx listens on inside the
+/// container (the one published) and the SSH port GitLab shows. Set by `--set`, a user's
+/// edit or another instance's restored gitlab.rb, they would move GitLab off its
+/// published addresses while its health check (which follows nginx's port) stays green.
+pub const PINNED_KEYS: [&str; 4] = [
+    "external_url",
+    "nginx['listen_port']",
+    "nginx['listen_https']",
+    "gitlab_rails['gitlab_shell_ssh_port']",
+];
+
+/// Where the official image keeps the gitlab.rb template its wrapper copies to
+/// `/etc/gitlab/gitlab.rb` when there is none.
+pub const GITLAB_RB_TEMPLATE: &str = "/opt/gitlab/etc/gitlab.rb.template";
+
+/// The line after which the managed block holds the pinned settings.
+pub const PINS_MARK: &str =
+    "# pinned by Girofle (its addresses): gitlab.rb is read after GITLAB_OMNIBUS_CONFIG and wins";
+
+/// The pinned settings of an instance, as (key, Ruby literal): the same as its
+/// `GITLAB_OMNIBUS_CONFIG`, written again at the end of gitlab.rb where they win.
+pub fn pinned_settings(record: &InstanceRecord) -> Vec<(String, String)> {
+    vec![
+        ("external_url".into(), format!("'{}'", record.external_url)),
+        ("nginx['listen_port']".into(), "80".into()),
+        (
+            "gitlab_rails['gitlab_shell_ssh_port']".into(),
+            record.bindings.ssh_port.to_string(),
+        ),
+    ]
+}
+
+/// Refuses a setting Girofle owns, saying how to change it instead.
+///
+/// # Errors
+/// `InvalidInput` naming the key.
+pub fn refuse_pinned(key: &str) -> Result<()> {
+    let norm = key.replace('"', "'").replace(' ', "");
+    if PINNED_KEYS.contains(&norm.as_str()) {
+        return Err(Error::invalid(
+            "--set",
+            format!(
+                "`{key}` is Girofle's: it follows the instance's published addresses, and another value would move GitLab off them; choose the addresses with --hostname, --http-port and --ssh-port at create (or restore --as with new ones)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The lines of a `gitlab.rb` text that set a pinned setting where it wins over
+/// Girofle's: after the managed block (or anywhere when there is none). A top-level
+/// setting counts only as a method call (`external_url 'x'`); `external_url = 'x'` is a
+/// Ruby local variable that sets nothing.
+pub fn pin_overrides(text: &str) -> Vec<String> {
+    let after = match (text.find(MANAGED_BEGIN), text.find(MANAGED_END)) {
+        (Some(b), Some(e)) if e > b => &text[e + MANAGED_END.len()..],
+        _ => text,
+    };
+    after
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter(|line| {
+            let l = line.replace('"', "'").replace(' ', "");
+            PINNED_KEYS.iter().any(|k| {
+                if k.contains('[') {
+                    l.strip_prefix(k)
+                        .is_some_and(|r| r.starts_with('=') && !r.starts_with("=="))
+                } else {
+                    line.strip_prefix(k).is_some_and(|r| {
+                        (r.starts_with(' ') || r.starts_with('(') || r.starts_with('\''))
+                            && !r.trim_start().starts_with('=')
+                    })
+                }
+            })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// Replaces (or appends) the managed block of a `gitlab.rb` text; the rest is untouched.
-pub fn render_gitlab_rb(current: &str, settings: &BTreeMap<String, String>) -> String {
+/// The block holds `settings`, then `pins` (see [`pinned_settings`]) last, where they win.
+pub fn render_gitlab_rb(
+    current: &str,
+    settings: &BTreeMap<String, String>,
+    pins: &[(String, String)],
+) -> String {
     let mut block = String::new();
     block.push_str(MANAGED_BEGIN);
     block.push('\n');
     for (k, v) in settings {
         block.push_str(&setting_line(k, v));
         block.push('\n');
+    }
+    if !pins.is_empty() {
+        block.push_str(PINS_MARK);
+        block.push('\n');
+        for (k, v) in pins {
+            block.push_str(&setting_line(k, v));
+            block.push('\n');
+        }
     }
     block.push_str(MANAGED_END);
     block.push('\n');
@@ -443,6 +536,9 @@ pub fn managed_settings(text: &str) -> BTreeMap<String, String> {
         if e > b {
             for line in text[b + MANAGED_BEGIN.len()..e].lines() {
                 let line = line.trim();
+                if line == PINS_MARK {
+                    break;
+                }
                 // `key['x'] = value`, or a top-level `key value` (written by earlier
                 // Girofles as `key = value`, which is read back the same).
                 let head = line
@@ -520,7 +616,7 @@ mod tests {
             "'https://r.example.com'".to_string(),
         );
         s.insert("gitlab_rails['time_zone']".to_string(), "'UTC'".to_string());
-        let first = render_gitlab_rb("# top\nfoo 'bar'\n", &s);
+        let first = render_gitlab_rb("# top\nfoo 'bar'\n", &s, &[]);
         // Top-level settings are method calls; the others assignments.
         assert!(
             first.contains("\nregistry_external_url 'https://r.example.com'\n"),
@@ -542,7 +638,7 @@ mod tests {
         );
         assert!(first.starts_with("# top\nfoo 'bar'\n# BEGIN"));
         s.insert("a['c']".to_string(), "2".to_string());
-        let second = render_gitlab_rb(&format!("{first}# tail\n"), &s);
+        let second = render_gitlab_rb(&format!("{first}# tail\n"), &s, &[]);
         assert_eq!(second.matches(MANAGED_BEGIN).count(), 1);
         assert!(second.contains("a['c'] = 2\n") && second.ends_with("# tail\n"));
         assert_eq!(managed_settings(&second), s);
@@ -559,5 +655,86 @@ mod tests {
             Some(("17.6.0".into(), "ee".into()))
         );
         assert_eq!(image_version("gitlab/gitlab-ce"), None);
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    fn record() -> InstanceRecord {
+        InstanceRecord {
+            name: "web".into(),
+            image: "gitlab/gitlab-ce:17.5.1-ce.0".into(),
+            bindings: Bindings {
+                ip: "127.0.0.1".parse().unwrap(),
+                http_port: 20080,
+                https_port: 20081,
+                ssh_port: 20082,
+            },
+            hostname: None,
+            external_url: "http://127.0.0.1:20080".into(),
+            settings: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            created_at: Utc::now(),
+            stage: Stage::Active,
+        }
+    }
+
+    #[test]
+    fn pins_come_last_and_are_not_settings() {
+        let mut s = BTreeMap::new();
+        s.insert("gitlab_rails['time_zone']".to_string(), "'UTC'".to_string());
+        let text = render_gitlab_rb("# template\n", &s, &pinned_settings(&record()));
+        let block = &text[text.find(MANAGED_BEGIN).unwrap()..];
+        let tz = block.find("time_zone").unwrap();
+        let url = block
+            .find("\nexternal_url 'http://127.0.0.1:20080'\n")
+            .unwrap();
+        let port = block.find("\nnginx['listen_port'] = 80\n").unwrap();
+        assert!(tz < url && tz < port, "{text}");
+        assert!(block.contains("gitlab_rails['gitlab_shell_ssh_port'] = 20082"));
+        assert_eq!(managed_settings(&text), s);
+        assert!(pin_overrides(&text).is_empty(), "{text}");
+        // Rendering again changes nothing.
+        assert_eq!(
+            render_gitlab_rb(&text, &s, &pinned_settings(&record())),
+            text
+        );
+    }
+
+    #[test]
+    fn overrides_after_the_block_are_found() {
+        let text = render_gitlab_rb(
+            "nginx['listen_port'] = 1\n",
+            &BTreeMap::new(),
+            &pinned_settings(&record()),
+        );
+        // Before the block: Girofle's pins win.
+        assert!(pin_overrides(&text).is_empty());
+        for (line, found) in [
+            ("nginx['listen_port'] = 8080", true),
+            ("nginx[\"listen_port\"]=8080", true),
+            ("external_url 'http://other:80'", true),
+            ("external_url('http://other')", true),
+            ("external_url = 'x'", false),
+            ("# nginx['listen_port'] = 8080", false),
+            ("nginx['listen_port'] == 1", false),
+            ("gitlab_rails['time_zone'] = 'UTC'", false),
+        ] {
+            let t = format!("{text}{line}\n");
+            assert_eq!(!pin_overrides(&t).is_empty(), found, "{line}");
+        }
+        // Without a block, anywhere.
+        assert_eq!(pin_overrides("nginx['listen_port'] = 8080\n").len(), 1);
+    }
+
+    #[test]
+    fn pinned_keys_are_refused_in_set() {
+        for k in PINNED_KEYS {
+            assert!(refuse_pinned(k).is_err(), "{k}");
+        }
+        assert!(refuse_pinned("nginx[\"listen_port\"]").is_err());
+        refuse_pinned("gitlab_rails['time_zone']").unwrap();
     }
 }

@@ -14,9 +14,9 @@ use bollard::models::{
     HostConfigLogConfig, PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -182,6 +182,14 @@ pub trait ContainerRuntime: Debug + Send + Sync + 'static {
     /// # Errors
     /// `NotFound` when the container does not exist.
     async fn logs_tail(&self, name: &str, lines: usize) -> Result<String>;
+
+    /// The content of one regular file of a container (created or running), at most
+    /// `max_bytes`; `None` when the container has no such file.
+    ///
+    /// # Errors
+    /// `NotFound` when the container does not exist, `Backend` when the engine fails or
+    /// the file is larger than `max_bytes`.
+    async fn read_file(&self, name: &str, path: &str, max_bytes: usize) -> Result<Option<Vec<u8>>>;
 
     /// Whether the image is present locally.
     ///
@@ -702,6 +710,52 @@ impl ContainerRuntime for DockerRuntime {
             out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
         Ok(out)
+    }
+
+    async fn read_file(&self, name: &str, path: &str, max_bytes: usize) -> Result<Option<Vec<u8>>> {
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let mut stream = self.docker.download_from_container(name, Some(options));
+        let mut tar_bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => tar_bytes.extend_from_slice(&c),
+                // 404 names the container or the path: a missing container is NotFound,
+                // a missing file is None.
+                Err(e) if status_code(&e) == Some(404) => {
+                    return match self.inspect(name).await? {
+                        Some(_) => Ok(None),
+                        None => Err(Error::not_found(
+                            format!("container `{name}`"),
+                            "it disappeared while Girofle read a file of it",
+                        )),
+                    };
+                }
+                Err(e) => return Err(lift(e, &format!("read `{path}` of container `{name}`"))),
+            }
+            if tar_bytes.len() > max_bytes + 64 * 1024 {
+                return Err(Error::backend(
+                    "docker",
+                    format!("`{path}` of container `{name}` is larger than {max_bytes} bytes"),
+                ));
+            }
+        }
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let entries = archive
+            .entries()
+            .map_err(|e| Error::backend("docker", format!("archive of `{path}`: {e}")))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| Error::backend("docker", format!("archive of `{path}`: {e}")))?;
+            if entry.header().entry_type().is_file() {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut out)
+                    .map_err(|e| Error::backend("docker", format!("archive of `{path}`: {e}")))?;
+                return Ok(Some(out));
+            }
+        }
+        Ok(None)
     }
 
     async fn image_present(&self, image: &str) -> Result<bool> {

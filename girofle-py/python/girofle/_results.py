@@ -216,6 +216,8 @@ class InstanceStatus(Result):
     url: str | None
     record: Instance | None
     """``None`` for ``unknown`` containers (labelled for this root, not in the inventory)."""
+    pin_overrides: tuple[str, ...] = ()
+    """Lines of gitlab.rb that override the addresses Girofle gave the instance."""
 
     @property
     def running(self) -> bool:

@@ -456,15 +456,17 @@ def parse_config(text, source, settings):
 
 
 def compute_settings():
+    # As the official image: GITLAB_OMNIBUS_CONFIG is evaluated first, then gitlab.rb,
+    # whose values win (gitlab-contract.md, "Configuration order").
     settings, sources = {}, []
-    if os.path.exists(GITLAB_RB):
-        with open(GITLAB_RB) as f:
-            parse_config(f.read(), GITLAB_RB, settings)
-        sources.append(GITLAB_RB)
     env = os.environ.get("GITLAB_OMNIBUS_CONFIG", "")
     if env.strip():
         parse_config(env, "GITLAB_OMNIBUS_CONFIG", settings)
         sources.append("GITLAB_OMNIBUS_CONFIG")
+    if os.path.exists(GITLAB_RB):
+        with open(GITLAB_RB) as f:
+            parse_config(f.read(), GITLAB_RB, settings)
+        sources.append(GITLAB_RB)
     return settings, sources
 
 
@@ -516,133 +518,11 @@ def chef_failure(err):
     print("", file=sys.stderr)
 
 
-GITLAB_RB_TEMPLATE = """\
-## GitLab configuration settings
-##! This file is generated during initial installation and **is not** modified
-##! during upgrades.
-##! Check out the latest version of this file to know about the different
-##! settings that can be configured by this file, which may be found at:
-##! https://gitlab.com/gitlab-org/omnibus-gitlab/raw/master/files/gitlab-config-template/gitlab.rb.template
-
-## GitLab TEST STAND-IN (Girofle): this file mimics the real template; it is all comments.
-
-## GitLab URL
-##! URL on which GitLab will be reachable.
-##! For more details on configuring external_url see:
-##! https://docs.gitlab.com/omnibus/settings/configuration.html#configuring-the-external-url-for-gitlab
-##!
-##! Note: During installation/upgrades, the value of the environment variable
-##! EXTERNAL_URL will be used to populate/replace this value.
-##! On AWS EC2 instances, we also attempt to fetch the public hostname/IP
-##! address from AWS. For more details, see:
-##! https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html
-# external_url 'GENERATED_EXTERNAL_URL'
-
-## Roles for multi instance GitLab
-# roles ['redis_sentinel_role', 'redis_master_role']
-
-## Legend
-##! The following notations at the beginning of each line may be used to
-##! differentiate between components of this file and to easily select them using
-##! a regex.
-##! ## Titles, subtitles etc
-##! ##! More information - Description, Docs, Links, Issues etc.
-##! Configuration settings have a single # followed by a single space at the
-##! beginning; Remove them to enable the setting.
-
-################################################################################
-################################################################################
-##                Configuration Settings for GitLab CE and EE                 ##
-################################################################################
-################################################################################
-
-################################################################################
-## gitlab.yml configuration
-##! Docs: https://gitlab.com/gitlab-org/omnibus-gitlab/blob/master/doc/settings/gitlab.yml.md
-################################################################################
-# gitlab_rails['gitlab_ssh_host'] = 'ssh.host_example.com'
-# gitlab_rails['gitlab_ssh_user'] = ''
-# gitlab_rails['time_zone'] = 'UTC'
-# gitlab_rails['gitlab_shell_ssh_port'] = 22
-
-### Monitoring settings
-###! IP whitelist controlling access to monitoring endpoints
-# gitlab_rails['monitoring_whitelist'] = ['127.0.0.0/8', '::1/128']
-
-### Backup Settings
-###! Docs: https://docs.gitlab.com/omnibus/settings/backups.html
-# gitlab_rails['manage_backup_path'] = true
-# gitlab_rails['backup_path'] = "/var/opt/gitlab/backups"
-# gitlab_rails['backup_gitaly_backup_path'] = "/opt/gitlab/embedded/bin/gitaly-backup"
-###! Docs: https://docs.gitlab.com/ee/raketasks/backup_restore.html#backup-archive-permissions
-# gitlab_rails['backup_archive_permissions'] = 0644
-# gitlab_rails['backup_pg_schema'] = 'public'
-###! The duration in seconds to keep backups before they are allowed to be deleted
-# gitlab_rails['backup_keep_time'] = 604800
-# gitlab_rails['backup_upload_connection'] = {
-#   'provider' => 'AWS',
-#   'region' => 'eu-west-1',
-#   'aws_access_key_id' => 'AKIAKIAKI',
-#   'aws_secret_access_key' => 'secret123',
-# }
-# gitlab_rails['backup_upload_remote_directory'] = 'my.s3.bucket'
-
-### Git data
-# git_data_dirs({
-#   "default" => {
-#     "path" => "/mnt/nfs-01/git-data"
-#    }
-# })
-
-################################################################################
-## GitLab NGINX
-##! Docs: https://docs.gitlab.com/omnibus/settings/nginx.html
-################################################################################
-# nginx['enable'] = true
-# nginx['listen_port'] = nil
-# nginx['listen_https'] = nil
-
-################################################################################
-## GitLab Puma
-##! Tweak puma settings.
-################################################################################
-# puma['enable'] = true
-# puma['worker_processes'] = 2
-
-################################################################################
-## GitLab Sidekiq
-################################################################################
-# sidekiq['enable'] = true
-# sidekiq['max_concurrency'] = 20
-
-################################################################################
-## gitlab-shell
-################################################################################
-# gitlab_shell['log_level'] = 'INFO'
-
-################################################################################
-## GitLab PostgreSQL
-################################################################################
-# postgresql['enable'] = true
-# postgresql['shared_buffers'] = "256MB"
-
-################################################################################
-## GitLab Redis
-################################################################################
-# redis['enable'] = true
-
-################################################################################
-## Prometheus
-################################################################################
-# prometheus_monitoring['enable'] = true
-
-################################################################################
-## Let's Encrypt integration
-################################################################################
-# letsencrypt['enable'] = nil
-
-# End of stand-in template.
-"""
+# The template the wrapper copies to /etc/gitlab/gitlab.rb when there is none, where the
+# official image keeps its own (a manager may read it from the image before the first boot).
+GITLAB_RB_TEMPLATE_PATH = "/opt/gitlab/etc/gitlab.rb.template"
+with open(GITLAB_RB_TEMPLATE_PATH) as _f:
+    GITLAB_RB_TEMPLATE = _f.read()
 
 
 # --------------------------------------------------------------------------- first boot
