@@ -122,7 +122,7 @@ impl Girofle {
             instance::validate_name(n)?;
         }
         let store = self.store(request.store.as_deref())?;
-        let manifest = read_manifest(&store, &request.id).await?;
+        let manifest = read_manifest(&store, &request.id, &self.trusted_keys()?).await?;
         let target = request
             .as_name
             .clone()
