@@ -275,12 +275,20 @@ fn header_of(id: &str, image: &str) -> BackupHeader {
     }
 }
 
-/// Writes a backup's three objects into the local store of the root.
+/// Writes a backup's objects into the local store of the root, its manifest signed with
+/// the root's key as Girofle signs it (`m` as written: a `manifest` damaged since fails the
+/// signature as well as the checksum).
 fn plant(root: &Path, m: &Manifest, archive: &[u8], index: &[u8], manifest: &[u8]) {
     let backups = root.join("backups");
+    let signature =
+        girofle_core::signing::sign_manifest(root, &m.header.id, &m.to_bytes().unwrap()).unwrap();
     for (key, bytes) in [
         (m.archive.key.clone(), archive),
         (m.index.key.clone(), index),
+        (
+            format!("{}.manifest.minisig", m.header.id),
+            signature.as_slice(),
+        ),
         (format!("{}.manifest", m.header.id), manifest),
     ] {
         let path = backups.join(key);

@@ -134,6 +134,13 @@ async fn age_reads_what_girofle_encrypted_and_girofle_restores_what_age_encrypte
         AGE_MAGIC
     ));
     let manifest = std::fs::read_to_string(object(&nas_dir, &second.id, "manifest")).unwrap();
+    // Its signature stays in clear too: `minisign -V` checks it without the age key.
+    let signature =
+        std::fs::read_to_string(object(&nas_dir, &second.id, "manifest.minisig")).unwrap();
+    assert!(
+        signature.starts_with("untrusted comment: "),
+        "the signature is not in clear"
+    );
     assert!(
         manifest.contains(&second.id),
         "the manifest is not in clear"
@@ -255,11 +262,13 @@ async fn age_reads_what_girofle_encrypted_and_girofle_restores_what_age_encrypte
             object(&plain_dir, &second.id, ext).display()
         ));
     }
-    std::fs::copy(
-        object(&plain_dir, &second.id, "manifest"),
-        object(&by_age_dir, &second.id, "manifest"),
-    )
-    .unwrap();
+    for ext in ["manifest.minisig", "manifest"] {
+        std::fs::copy(
+            object(&plain_dir, &second.id, ext),
+            object(&by_age_dir, &second.id, ext),
+        )
+        .unwrap();
+    }
     t.edit_config(|c| {
         c.stores.insert(
             "by-age".into(),

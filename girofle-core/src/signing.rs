@@ -484,11 +484,11 @@ impl SignatureCheck {
         let message = match self.signed {
             Signed::Trusted => return None,
             Signed::Unsigned => format!(
-                "it has no signature (`{id}.manifest{SIGNATURE_SUFFIX}`), so nothing shows that a trusted fleet made it (trusted keys: {}); run `{sign}` after checking where it came from",
+                "it has no signature (`{id}.manifest{SIGNATURE_SUFFIX}`), so nothing shows that a trusted fleet made it (trusted keys: {}); to restore it, run {sign} after checking where it came from",
                 trusted.ids()
             ),
             Signed::Untrusted => format!(
-                "{}; add that fleet's public key to `[trust] keys` in girofle.toml, or run `{sign}` after checking where it came from",
+                "{}; add that fleet's public key to `[trust] keys` in girofle.toml, or run {sign} after checking where it came from",
                 self.reason
             ),
             Signed::Bad => format!("{}; use another backup", self.reason),
@@ -723,7 +723,7 @@ mod tests {
         let e = unsigned.refusal(id, "offsite", &trust).unwrap().to_string();
         assert!(
             e.contains(&format!(
-                "`girofle backup sign {id} --store offsite` after checking where it came from"
+                "girofle backup sign {id} --store offsite after checking where it came from"
             )),
             "{e}"
         );
