@@ -388,6 +388,19 @@ impl TrustedKeys {
         Ok(TrustedKeys { keys })
     }
 
+    /// Trusts exactly `keys` (for tools and fuzzing; a fleet's are [`TrustedKeys::load`]).
+    pub fn from_keys(keys: Vec<PublicKey>) -> TrustedKeys {
+        TrustedKeys {
+            keys: keys
+                .into_iter()
+                .map(|key| TrustedKey {
+                    key,
+                    source: "given".into(),
+                })
+                .collect(),
+        }
+    }
+
     /// The keys, the fleet's own first.
     pub fn keys(&self) -> &[TrustedKey] {
         &self.keys
