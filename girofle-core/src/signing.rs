@@ -3,7 +3,7 @@
 //!
 //! A root holds one Ed25519 key pair in minisign's formats, made by `Girofle::init` (or
 //! when an older root is first opened): `keys/signing.key` (the secret key, without a
-//! password, 0600, in a 0700 directory) and `keys/signing.pub` (minisign's `.pub`). Every
+//! password) and `keys/signing.pub` (minisign's `.pub`), 0600 in a 0700 directory. Every
 //! manifest is signed into `<id>.manifest.minisig` with minisign's prehashed `ED`
 //! algorithm (what `minisign -V` checks by default; the trusted comment names the
 //! backup), written before the manifest, which stays a backup's commit point. A backup is
@@ -270,7 +270,8 @@ pub fn ensure_key(root: &Path) -> Result<()> {
     if !public.exists() {
         // From the key on disk: the one that won if another process made one too.
         let key = SigningKey::load(root)?;
-        write_new(&public, key.public.pub_file().as_bytes(), 0o644)?;
+        // 0600 like everything of the root's own: nothing there is for other users.
+        write_new(&public, key.public.pub_file().as_bytes(), 0o600)?;
     }
     Ok(())
 }
@@ -626,7 +627,7 @@ pub(crate) fn import_keys(
     }
     for key in extra.iter().filter(|k| **k != own) {
         let path = trusted_keys_dir(root).join(format!("{}.pub", key.id()));
-        write_new(&path, key.pub_file().as_bytes(), 0o644)?;
+        write_new(&path, key.pub_file().as_bytes(), 0o600)?;
     }
     Ok(KeyImport {
         key_id: own.id(),
@@ -697,10 +698,7 @@ mod tests {
         let manifest = b"{\"id\": \"web/20261125T220000Z\"}\nblake3:00\n";
         let sig = sign_manifest(dir.path(), id, manifest).unwrap();
         let text = String::from_utf8(sig.clone()).unwrap();
-        assert!(
-            text.contains(&format!("trusted comment: timestamp:")),
-            "{text}"
-        );
+        assert!(text.contains("trusted comment: timestamp:"), "{text}");
         assert!(text.contains(&format!("\tbackup:{id}\n")), "{text}");
         let ok = trust.check(id, manifest, Some(&sig));
         assert_eq!(ok.signed, Signed::Trusted, "{}", ok.reason);
