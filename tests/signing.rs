@@ -287,6 +287,25 @@ async fn backups_are_signed_checked_by_minisign_and_refused_when_forged_or_unsig
         g.show(&as_name).await.unwrap().state,
         girofle_core::InstanceState::Running
     );
+
+    // A root without the secret key (kept to verify only) lists and verifies, and
+    // refuses to back up before touching GitLab, naming the key.
+    let secret = t.root.join("keys/signing.key");
+    let kept = std::fs::read(&secret).unwrap();
+    std::fs::remove_file(&secret).unwrap();
+    assert_eq!(listed(&t.root, &name, None, &b.id)["signed"], "trusted");
+    ok(t.cli(&["backup", "verify", &b.id]));
+    let out = t.cli(&["backup", "create", &name, "--strategy", "cold"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("signing key"),
+        "{out:?}"
+    );
+    assert!(
+        !secret.exists(),
+        "a new key was made behind the operator's back"
+    );
+    std::fs::write(&secret, kept).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
