@@ -1123,11 +1123,7 @@ impl Girofle {
                 let store = self.store(store)?;
                 let trust = self.trusted_keys()?;
                 let (manifest, bytes) = fetch_manifest(&store, id).await?;
-                let signature = match store.get_bytes(&signature_key(id)).await {
-                    Ok(b) => Some(b),
-                    Err(Error::NotFound { .. }) => None,
-                    Err(e) => return Err(e),
-                };
+                let signature = fetch_signature(&store, id).await?;
                 let was = trust.check(id, &bytes, signature.as_deref());
                 let report = |key_id: String, signed_now| SignReport {
                     id: id.to_string(),
@@ -1334,21 +1330,26 @@ async fn read_trusted(
     id: &str,
     trust: &TrustedKeys,
 ) -> Result<StoredManifest> {
-    let stored = fetch_manifest(store, id).await?;
-    let signature = match store.get_bytes(&signature_key(id)).await {
-        Ok(b) => Some(b),
-        Err(Error::NotFound { .. }) => None,
-        Err(e) => return Err(e),
-    };
-    let check = trust.check(id, &stored.1, signature.as_deref());
+    let (manifest, bytes) = fetch_manifest(store, id).await?;
+    let signature = fetch_signature(store, id).await?;
+    let check = trust.check(id, &bytes, signature.as_deref());
     if let Some(refused) = check.refusal(id, store.name(), trust) {
         return Err(refused);
     }
     Ok(StoredManifest {
-        manifest: stored.0,
-        bytes: stored.1,
+        manifest,
+        bytes,
         signature,
     })
+}
+
+/// A backup's signature object, `None` when it has none.
+async fn fetch_signature(store: &Arc<dyn BackupStore>, id: &str) -> Result<Option<Bytes>> {
+    match store.get_bytes(&signature_key(id)).await {
+        Ok(b) => Ok(Some(b)),
+        Err(Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads and parses a backup's manifest (checksum and id checked), without looking at
@@ -1447,14 +1448,9 @@ async fn scan_manifests(
         }
         let signature = match trust {
             Some(trust) => {
-                let key = signature_key(id);
                 // One request fewer per unsigned backup: the listing says it has none.
-                let signature = if sizes.contains_key(key.as_str()) {
-                    match store.get_bytes(&key).await {
-                        Ok(b) => Some(b),
-                        Err(Error::NotFound { .. }) => None,
-                        Err(e) => return Err(e),
-                    }
+                let signature = if sizes.contains_key(signature_key(id).as_str()) {
+                    fetch_signature(store, id).await?
                 } else {
                     None
                 };
