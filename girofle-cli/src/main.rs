@@ -51,7 +51,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Prepare a root: directories, default girofle.toml, inventory.
+    /// Prepare a root: directories, default girofle.toml, inventory, the fleet's signing key.
     Init,
     /// Commission, list, change and decommission instances.
     #[command(subcommand, after_help = EXIT_CODES)]
