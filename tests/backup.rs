@@ -462,10 +462,17 @@ async fn retention_and_one_backup_at_a_time() {
             .collect();
         assert_eq!(left, vec![ids[3].clone()]);
     }
-    // Only the newest backup's three objects (archive, index, manifest) are left on S3.
+    // Only the newest backup's four objects (archive, index, signature, manifest) are
+    // left on S3.
     let s3 = g.store(Some("offsite")).unwrap();
     let objects = s3.list(&name).await.unwrap();
-    assert_eq!(objects.len(), 3, "{objects:?}");
+    assert_eq!(objects.len(), 4, "{objects:?}");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.key == format!("{}.manifest.minisig", ids[3])),
+        "{objects:?}"
+    );
 
     // Decommission takes a final backup first.
     let d = g

@@ -386,7 +386,7 @@ async fn sigkill_during_upload() {
             kill_after(&t, &create, rng.below(d_create))
         } else {
             // The copy starts from nothing in the destination each time.
-            for key in ["manifest", "tar.zst", "index"] {
+            for key in ["manifest", "manifest.minisig", "tar.zst", "index"] {
                 let _ = s3.delete(&format!("{}.{key}", local.id)).await;
             }
             verified.remove(&local.id);

@@ -275,12 +275,20 @@ fn header_of(id: &str, image: &str) -> BackupHeader {
     }
 }
 
-/// Writes a backup's three objects into the local store of the root.
+/// Writes a backup's objects into the local store of the root, its manifest signed with
+/// the root's key as Girofle signs it (`m` as written: a `manifest` damaged since fails the
+/// signature as well as the checksum).
 fn plant(root: &Path, m: &Manifest, archive: &[u8], index: &[u8], manifest: &[u8]) {
     let backups = root.join("backups");
+    let signature =
+        girofle_core::signing::sign_manifest(root, &m.header.id, &m.to_bytes().unwrap()).unwrap();
     for (key, bytes) in [
         (m.archive.key.clone(), archive),
         (m.index.key.clone(), index),
+        (
+            format!("{}.manifest.minisig", m.header.id),
+            signature.as_slice(),
+        ),
         (format!("{}.manifest", m.header.id), manifest),
     ] {
         let path = backups.join(key);
@@ -918,13 +926,14 @@ async fn byte_flips_are_always_detected_and_refused() {
 // --- forged but consistent manifests -----------------------------------------------------
 
 /// Writes `m` as the manifest of backup `id` in the local store of `root`, with a valid
-/// checksum: a forger who can write to the store can always do that.
+/// checksum and signed by the fleet's own key: the worst case, a forger who holds the key
+/// (tests/signing.rs covers forgers who do not). Every field is still checked.
 fn forge(root: &Path, id: &str, m: &Manifest) {
-    std::fs::write(
-        root.join("backups").join(format!("{id}.manifest")),
-        m.to_bytes().unwrap(),
-    )
-    .unwrap();
+    let bytes = m.to_bytes().unwrap();
+    let signature = girofle_core::signing::sign_manifest(root, id, &bytes).unwrap();
+    let backups = root.join("backups");
+    std::fs::write(backups.join(format!("{id}.manifest.minisig")), signature).unwrap();
+    std::fs::write(backups.join(format!("{id}.manifest")), bytes).unwrap();
 }
 
 /// A copy of a real backup under the id `id`, its manifest changed by `change`.
@@ -1090,7 +1099,9 @@ async fn forged_manifest_fields_and_names_are_refused() {
         }
         let out = t.cli(&["restore", &id]);
         assert_eq!(out.status.code(), Some(5), "{what}: {out:?}");
-        std::fs::remove_file(t.root.join("backups").join(format!("{id}.manifest"))).unwrap();
+        for suffix in ["manifest", "manifest.minisig"] {
+            std::fs::remove_file(t.root.join("backups").join(format!("{id}.{suffix}"))).unwrap();
+        }
     }
     assert!(
         !std::path::Path::new("/tmp/pwned").exists(),

@@ -35,10 +35,13 @@ async fn restore_on_another_engine_from_s3() {
         .await
         .unwrap();
 
-    // Host B: a fresh root on the second engine, knowing only the store.
+    // Host B: a fresh root on the second engine, knowing only the store and host A's
+    // public key (its backups are signed with A's key).
     let bt = TestRoot::on_engine(&image, Some(second.clone()));
+    let a_key = girofle_core::signing::own_public_key(&a.root).unwrap();
     bt.edit_config(|c| {
         c.stores.insert("offsite".into(), s3_store(&prefix));
+        c.trust.keys = vec![a_key.base64()];
     });
     let gb = bt.open().await;
     assert!(gb

@@ -134,6 +134,13 @@ async fn age_reads_what_girofle_encrypted_and_girofle_restores_what_age_encrypte
         AGE_MAGIC
     ));
     let manifest = std::fs::read_to_string(object(&nas_dir, &second.id, "manifest")).unwrap();
+    // Its signature stays in clear too: `minisign -V` checks it without the age key.
+    let signature =
+        std::fs::read_to_string(object(&nas_dir, &second.id, "manifest.minisig")).unwrap();
+    assert!(
+        signature.starts_with("untrusted comment: "),
+        "the signature is not in clear"
+    );
     assert!(
         manifest.contains(&second.id),
         "the manifest is not in clear"
@@ -255,11 +262,13 @@ async fn age_reads_what_girofle_encrypted_and_girofle_restores_what_age_encrypte
             object(&plain_dir, &second.id, ext).display()
         ));
     }
-    std::fs::copy(
-        object(&plain_dir, &second.id, "manifest"),
-        object(&by_age_dir, &second.id, "manifest"),
-    )
-    .unwrap();
+    for ext in ["manifest.minisig", "manifest"] {
+        std::fs::copy(
+            object(&plain_dir, &second.id, ext),
+            object(&by_age_dir, &second.id, ext),
+        )
+        .unwrap();
+    }
     t.edit_config(|c| {
         c.stores.insert(
             "by-age".into(),
@@ -523,6 +532,15 @@ async fn no_secret_leaks_and_secret_files_are_private() {
         ("S3 secret key".into(), secret_key.clone()),
         ("wrong S3 secret".into(), "Wrong-planted-secret-55aa".into()),
         ("age identity".into(), identity.clone()),
+        (
+            "signing key".into(),
+            std::fs::read_to_string(t.root.join("keys/signing.key"))
+                .unwrap()
+                .lines()
+                .nth(1)
+                .unwrap()
+                .to_string(),
+        ),
     ];
     let parsed: serde_json::Value = serde_json::from_str(&secrets_json).unwrap();
     let mut stack = vec![parsed];
@@ -593,6 +611,7 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     );
     outputs.ok(&t, &["schedule", "list"]);
     outputs.ok(&t, &["status"]);
+    outputs.ok(&t, &["key", "show"]);
     outputs.ok(&t, &["metrics"]);
     let textfile = t.dir.path().join("girofle.prom");
     outputs.once_ok(&t, &["metrics", "--textfile", textfile.to_str().unwrap()]);
@@ -636,6 +655,10 @@ async fn no_secret_leaks_and_secret_files_are_private() {
         {
             continue;
         }
+        if rel == Path::new("keys/signing.key") {
+            // The fleet's signing key itself (0600, checked below).
+            continue;
+        }
         if rel == Path::new("girofle.toml") || rel.starts_with("inventory.db") {
             // The configuration holds the S3 keys by design; the inventory holds the
             // instances' settings (the source of gitlab.rb). Both are 0600, checked below.
@@ -647,11 +670,18 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     let mut leaks = Vec::new();
     for (what, text) in &outputs.texts {
         for (kind, secret) in &planted {
-            // The state export carries girofle.toml (the S3 keys) and the inventory (the
-            // settings) by design, as a 0600 file; never the age key or GitLab's secrets.
+            // The state export carries girofle.toml (the S3 keys), the inventory (the
+            // settings) and the signing key by design, as a 0600 file; never the age key
+            // or GitLab's secrets.
             let by_design = what == "state export"
-                && ["S3 secret key", "wrong S3 secret", "root password", "token"]
-                    .contains(&kind.as_str());
+                && [
+                    "S3 secret key",
+                    "wrong S3 secret",
+                    "root password",
+                    "token",
+                    "signing key",
+                ]
+                .contains(&kind.as_str());
             if !by_design && text.contains(secret.as_str()) {
                 leaks.push(format!("{kind} in {what}"));
             }

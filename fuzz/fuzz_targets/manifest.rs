@@ -1,5 +1,6 @@
 //! Fuzzes the parsers of what sits beside an archive in a store: the manifest
-//! (`Manifest::from_bytes`, checksum trailer and JSON), the index's JSON lines
+//! (`Manifest::from_bytes`, checksum trailer and JSON), its signature (minisign's
+//! `.minisig`, `TrustedKeys::check`) and public keys, the index's JSON lines
 //! (`ArchiveIndex::from_jsonl`) and backup ids. Nothing may panic, and what parses must
 //! write back to bytes that parse to the same value.
 
@@ -7,6 +8,7 @@
 
 use girofle_core::archive::ArchiveIndex;
 use girofle_core::backup::{parse_id, Manifest};
+use girofle_core::signing::{PublicKey, Signed, TrustedKeys};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,6 +20,22 @@ fuzz_target!(|data: &[u8]| {
         let bytes = m.to_bytes().expect("a parsed manifest serializes");
         let again = Manifest::from_bytes("written back", &bytes).expect("what was written parses");
         assert_eq!(again, m);
+    }
+
+    // A signature object as a store may hand it back: never trusted, never a panic.
+    let key = PublicKey::parse("RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3")
+        .expect("minisign's example key parses");
+    let trust = TrustedKeys::from_keys(vec![key]);
+    let check = trust.check("web/20261125T220000Z", b"a manifest", Some(data));
+    assert_ne!(
+        check.signed,
+        Signed::Trusted,
+        "a forged signature was trusted"
+    );
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(k) = PublicKey::parse(text) {
+            assert_eq!(PublicKey::parse(&k.pub_file()).expect("written back"), k);
+        }
     }
 
     if let Ok(index) = ArchiveIndex::from_jsonl(data) {

@@ -23,7 +23,8 @@ pub enum BackupCommand {
         #[arg(long)]
         no_logs: bool,
     },
-    /// List complete backups (of one instance, or all), oldest first.
+    /// List complete backups (of one instance, or all), oldest first; SIGNED says whether a
+    /// trusted key signed each (only those restore).
     List {
         name: Option<String>,
         #[arg(long)]
@@ -46,6 +47,14 @@ pub enum BackupCommand {
         store: Option<String>,
         #[arg(long)]
         to: String,
+    },
+    /// Sign a backup with the fleet's key (one made before backups were signed, or by a
+    /// fleet this one does not trust), after checking every hash; a damaged one is
+    /// refused (exit 5). Check where it came from first.
+    Sign {
+        id: String,
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Delete backups a retention policy does not keep (the newest is always kept).
     Prune {
@@ -105,17 +114,18 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
             }
             print(ctx, &list, || {
                 let mut out = format!(
-                    "{:<40} {:<8} {:<8} {:>10} {:>10}",
-                    "ID", "STRATEGY", "GITLAB", "FILES", "MB"
+                    "{:<40} {:<8} {:<8} {:>10} {:>10}  {}",
+                    "ID", "STRATEGY", "GITLAB", "FILES", "MB", "SIGNED"
                 );
                 for b in &list {
                     out.push_str(&format!(
-                        "\n{:<40} {:<8} {:<8} {:>10} {:>10.1}",
+                        "\n{:<40} {:<8} {:<8} {:>10} {:>10.1}  {}",
                         b.id,
                         format!("{:?}", b.strategy).to_lowercase(),
                         b.gitlab_version,
                         b.files,
-                        b.archive_size as f64 / 1e6
+                        b.archive_size as f64 / 1e6,
+                        b.signed
                     ));
                 }
                 out
@@ -163,6 +173,26 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
                     )
                 },
             );
+        }
+        BackupCommand::Sign { id, store } => {
+            let r = with_spinner(
+                &format!("checking and signing {id}"),
+                g.sign_backup(&id, store.as_deref()),
+            )
+            .await?;
+            print(ctx, &r, || {
+                if r.signed_now {
+                    format!(
+                        "{} in store `{}`: every hash matches; signed with key {} (it was {})",
+                        r.id, r.store, r.key_id, r.was
+                    )
+                } else {
+                    format!(
+                        "{} in store `{}` is already signed by trusted key {}: nothing changed",
+                        r.id, r.store, r.key_id
+                    )
+                }
+            });
         }
         BackupCommand::Prune {
             name,

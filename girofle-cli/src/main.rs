@@ -3,6 +3,7 @@
 mod backup;
 mod daemon;
 mod instance;
+mod key;
 mod metrics;
 mod output;
 mod recover;
@@ -50,7 +51,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Prepare a root: directories, default girofle.toml, inventory.
+    /// Prepare a root: directories, default girofle.toml, inventory, the fleet's signing key.
     Init,
     /// Commission, list, change and decommission instances.
     #[command(subcommand, after_help = EXIT_CODES)]
@@ -79,6 +80,9 @@ enum Command {
     /// The fleet on one screen: states, age of the newest backup per store, overdue ones.
     #[command(after_help = EXIT_CODES)]
     Status,
+    /// The fleet's signing key (every backup's manifest is signed with it): show it.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Key(key::KeyCommand),
 }
 
 /// What every subcommand gets.
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
             Command::Metrics(a) => metrics::run(&ctx, a).await,
             Command::Status => status::run(&ctx).await,
             Command::Recover => recover::run(&ctx).await,
+            Command::Key(c) => key::run(&ctx, c).await,
         }
     });
     match result {

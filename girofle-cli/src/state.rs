@@ -40,7 +40,7 @@ pub async fn run(ctx: &Ctx, command: StateCommand) -> Result<()> {
         StateCommand::Import { file, force } => {
             let r = state::import(&ctx.root, &file, force).await?;
             print(ctx, &r, || {
-                format!(
+                let mut out = format!(
                     "imported {} instance(s) ({}) into {}; {} new journal line(s){}",
                     r.instances.len(),
                     r.instances.join(", "),
@@ -51,7 +51,14 @@ pub async fn run(ctx: &Ctx, command: StateCommand) -> Result<()> {
                     } else {
                         ""
                     }
-                )
+                );
+                if let Some(k) = &r.trusted_imported_key {
+                    out.push_str(&format!(
+                        "; this root keeps its own signing key {} and now trusts the state's key {k}",
+                        r.signing_key.as_deref().unwrap_or("?")
+                    ));
+                }
+                out
             });
         }
     }

@@ -6,8 +6,12 @@
 //! the same bytes as the archive's last entry, read as a stream beside the archive) and
 //! `<instance>/<ts>.manifest` (a small document: the header, the archive's and the index's
 //! sizes and hashes, the totals; written last, so a listing never shows a backup whose
-//! archive is incomplete, and cheap to read whatever the number of files). This module
-//! orchestrates the instance, the archive and the store; restoring is `restore`'s job.
+//! archive is incomplete, and cheap to read whatever the number of files). The manifest
+//! is signed with the fleet's key into `<instance>/<ts>.manifest.minisig`, written just
+//! before it (see `signing`); everything that reads a backup to act on it (verify, copy,
+//! restore, drill) goes through [`read_manifest`], which returns only manifests signed by
+//! a trusted key. This module orchestrates the instance, the archive and the store;
+//! restoring is `restore`'s job.
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
@@ -32,6 +36,7 @@ use crate::instance::{self, InstanceDirs, InstanceRecord};
 use crate::inventory::InventoryExt;
 use crate::recovery::{IntentFile, Operation};
 use crate::runtime::{ContainerRuntimeExt, ExecSpec, Health};
+use crate::signing::{SignatureCheck, Signed, TrustedKeys, SIGNATURE_SUFFIX};
 use crate::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
 
 /// The archive format this Girofle writes (and the only one it reads): 2 has the index as
@@ -252,6 +257,25 @@ pub struct BackupEntry {
     pub files: u64,
     pub bytes: u64,
     pub archive_size: u64,
+    /// Whether its manifest is signed by a key this fleet trusts (`trusted`), by another
+    /// key (`untrusted`), not at all (`unsigned`: made before backups were signed), or
+    /// with a signature that does not match it (`bad`). Only `trusted` ones restore.
+    pub signed: Signed,
+    /// The key id of its signature, when it has one.
+    pub key_id: Option<String>,
+}
+
+/// What `backup sign` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SignReport {
+    pub id: String,
+    pub store: String,
+    /// The key id it is signed with now.
+    pub key_id: String,
+    /// Whether it wrote a signature (false: a trusted key had signed it already).
+    pub signed_now: bool,
+    /// How it was signed before.
+    pub was: Signed,
 }
 
 /// A backup a listing leaves out because it cannot be restored as it is: its manifest is
@@ -312,6 +336,10 @@ pub(crate) fn manifest_key(id: &str) -> String {
 
 pub(crate) fn index_key(id: &str) -> String {
     format!("{id}{INDEX_SUFFIX}")
+}
+
+pub(crate) fn signature_key(id: &str) -> String {
+    format!("{id}{MANIFEST_SUFFIX}{SIGNATURE_SUFFIX}")
 }
 
 /// Forwards a store's stream into a bounded channel, for a blocking reader. Returns the
@@ -690,6 +718,8 @@ impl Girofle {
         options: BackupOptions,
     ) -> Result<BackupReport> {
         let store = self.store(options.store.as_deref())?;
+        // Before GitLab is touched: a backup that could not be signed is of no use.
+        let signer = crate::signing::SigningKey::load(&self.root)?;
         let _lock = self.lock_instance(&record.name, "backup").await?;
         let container = record.container_name();
         let info = self.runtime.inspect(&container).await?;
@@ -878,12 +908,23 @@ impl Girofle {
         let mut manifest = manifest;
         manifest.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         manifest.downtime_ms = downtime.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        // The manifest goes last: only now does the backup list.
-        let written = match manifest.to_bytes() {
-            Ok(bytes) => {
-                store
-                    .put_bytes(&manifest_key(&id), Bytes::from(bytes))
+        // The signature, then the manifest last: only now does the backup list.
+        let written = match manifest
+            .to_bytes()
+            .and_then(|bytes| Ok((signer.sign(&id, &bytes)?, bytes)))
+        {
+            Ok((signature, bytes)) => {
+                match store
+                    .put_bytes(&signature_key(&id), Bytes::from(signature))
                     .await
+                {
+                    Ok(()) => {
+                        store
+                            .put_bytes(&manifest_key(&id), Bytes::from(bytes))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
@@ -936,19 +977,21 @@ impl Girofle {
         })
     }
 
-    /// Reads and checks a backup's manifest.
+    /// Reads and checks a backup's manifest and its signature.
     ///
     /// # Errors
-    /// `NotFound` when there is no such backup, `Corrupt` when the manifest is damaged.
+    /// `NotFound` when there is no such backup, `Corrupt` when the manifest is damaged or
+    /// not signed by a trusted key.
     pub async fn manifest(&self, id: &str, store: Option<&str>) -> Result<Manifest> {
         parse_id(id)?;
         let store = self.store(store)?;
-        read_manifest(&store, id).await
+        read_manifest(&store, id, &self.trusted_keys()?).await
     }
 
     /// The backups in a store (of one instance, or all), oldest first. A backup whose
     /// manifest is damaged, or whose archive is missing or of the wrong size, is not
-    /// listed.
+    /// listed. Unsigned and untrusted ones are, saying so (`signed`); only trusted ones
+    /// restore. Needs no secret key.
     ///
     /// # Errors
     /// `NotFound` for an unknown store, `Backend` when it cannot be listed.
@@ -974,11 +1017,12 @@ impl Girofle {
             instance::validate_name(n)?;
         }
         let store = self.store(store)?;
-        let scan = scan_manifests(&store, name).await?;
+        let trust = self.trusted_keys()?;
+        let scan = scan_manifests(&store, name, Some(&trust)).await?;
         let entries = scan
             .manifests
             .into_iter()
-            .map(|m| BackupEntry {
+            .map(|(m, signature)| BackupEntry {
                 id: m.header.id.clone(),
                 store: store.name().to_string(),
                 instance: m.header.instance.name.clone(),
@@ -989,6 +1033,8 @@ impl Girofle {
                 files: m.index.files,
                 bytes: m.index.bytes,
                 archive_size: m.archive.size,
+                signed: signature.as_ref().map_or(Signed::Unsigned, |s| s.signed),
+                key_id: signature.and_then(|s| s.key_id),
             })
             .collect();
         Ok((entries, scan.damaged))
@@ -1008,7 +1054,7 @@ impl Girofle {
             async {
                 parse_id(id)?;
                 let store = self.store(store)?;
-                let manifest = read_manifest(&store, id).await?;
+                let manifest = read_manifest(&store, id, &self.trusted_keys()?).await?;
                 verify_in_store(&store, &manifest.archive, &manifest.index).await?;
                 Ok(manifest)
             },
@@ -1017,11 +1063,12 @@ impl Girofle {
     }
 
     /// Copies a backup to another store, archive first (its hash checked on the way),
-    /// manifest last.
+    /// then its signature, manifest last (the same bytes: the signature still matches).
     ///
     /// # Errors
     /// `Corrupt` when the source archive does not match its manifest (nothing is left at
-    /// the destination), `NotFound` for an unknown backup or store.
+    /// the destination) or the backup is not signed by a trusted key, `NotFound` for an
+    /// unknown backup or store.
     pub async fn copy_backup(&self, id: &str, from: Option<&str>, to: &str) -> Result<Manifest> {
         let from_name = from.map(str::to_string);
         self.journaled(
@@ -1038,7 +1085,8 @@ impl Girofle {
                         "the destination is the source store",
                     ));
                 }
-                let manifest = read_manifest(&source, id).await?;
+                let stored = read_trusted(&source, id, &self.trusted_keys()?).await?;
+                let manifest = stored.manifest;
                 let what = format!("backup `{id}` in store `{}`", source.name());
                 copy_checked(&source, &dest, &manifest.archive, &what, "archive").await?;
                 let index = ArchiveRef {
@@ -1047,9 +1095,61 @@ impl Girofle {
                     blake3: manifest.index.blake3.clone(),
                 };
                 copy_checked(&source, &dest, &index, &what, "index").await?;
-                dest.put_bytes(&manifest_key(id), Bytes::from(manifest.to_bytes()?))
-                    .await?;
+                if let Some(signature) = stored.signature {
+                    dest.put_bytes(&signature_key(id), signature).await?;
+                }
+                dest.put_bytes(&manifest_key(id), stored.bytes).await?;
                 Ok(manifest)
+            },
+        )
+        .await
+    }
+
+    /// Signs a backup with the fleet's key: one made before backups were signed, or one
+    /// signed by a key this fleet does not trust, once the operator has checked where it
+    /// came from. Checks it end to end first (every hash, as `verify`) and refuses a
+    /// damaged one; a backup a trusted key signed already is left as it is.
+    ///
+    /// # Errors
+    /// `Corrupt` when the backup is damaged (no signature is written), `NotFound` for an
+    /// unknown backup or store, or when this root has no secret key.
+    pub async fn sign_backup(&self, id: &str, store: Option<&str>) -> Result<SignReport> {
+        let store_name = store.map(str::to_string);
+        self.journaled(
+            "backup-sign",
+            json!({ "id": id, "store": store_name }),
+            json!({}),
+            async {
+                parse_id(id)?;
+                let store = self.store(store)?;
+                let trust = self.trusted_keys()?;
+                let (manifest, bytes) = fetch_manifest(&store, id).await?;
+                let signature = fetch_signature(&store, id).await?;
+                let was = trust.check(id, &bytes, signature.as_deref());
+                let report = |key_id: String, signed_now| SignReport {
+                    id: id.to_string(),
+                    store: store.name().to_string(),
+                    key_id,
+                    signed_now,
+                    was: was.signed,
+                };
+                if was.signed == Signed::Trusted {
+                    return Ok(report(was.key_id.clone().unwrap_or_default(), false));
+                }
+                let signer = crate::signing::SigningKey::load(&self.root)?;
+                verify_in_store(&store, &manifest.archive, &manifest.index)
+                    .await
+                    .map_err(|e| match e {
+                        Error::Corrupt { what, message } => {
+                            Error::corrupt(what, format!("{message}; it was not signed"))
+                        }
+                        e => e,
+                    })?;
+                let signature = signer.sign(id, &bytes)?;
+                store
+                    .put_bytes(&signature_key(id), Bytes::from(signature))
+                    .await?;
+                Ok(report(signer.public_key().id(), true))
             },
         )
         .await
@@ -1104,6 +1204,7 @@ impl Girofle {
                         store.delete(&manifest_key(&m.header.id)).await?;
                         store.delete(&m.archive.key).await?;
                         store.delete(&m.index.key).await?;
+                        store.delete(&signature_key(&m.header.id)).await?;
                         deleted.push(m.header.id.clone());
                     }
                 }
@@ -1202,7 +1303,59 @@ pub fn retained(times: &[DateTime<Utc>], policy: Retention) -> BTreeSet<usize> {
     keep
 }
 
-pub(crate) async fn read_manifest(store: &Arc<dyn BackupStore>, id: &str) -> Result<Manifest> {
+/// A manifest as a store holds it: parsed, its bytes (what the signature covers) and its
+/// signature object.
+struct StoredManifest {
+    manifest: Manifest,
+    bytes: Bytes,
+    signature: Option<Bytes>,
+}
+
+/// Reads a backup's manifest and checks that a trusted key signed it: what everything
+/// that acts on a backup (verify, copy, restore, drill) reads it with.
+///
+/// # Errors
+/// `NotFound` when there is no such backup; `Corrupt` when the manifest is damaged, or
+/// unsigned, or signed by a key that is not trusted, or its signature does not match it
+/// (naming the backup, the store and the key id, and what to do).
+pub(crate) async fn read_manifest(
+    store: &Arc<dyn BackupStore>,
+    id: &str,
+    trust: &TrustedKeys,
+) -> Result<Manifest> {
+    Ok(read_trusted(store, id, trust).await?.manifest)
+}
+
+async fn read_trusted(
+    store: &Arc<dyn BackupStore>,
+    id: &str,
+    trust: &TrustedKeys,
+) -> Result<StoredManifest> {
+    let (manifest, bytes) = fetch_manifest(store, id).await?;
+    let signature = fetch_signature(store, id).await?;
+    let check = trust.check(id, &bytes, signature.as_deref());
+    if let Some(refused) = check.refusal(id, store.name(), trust) {
+        return Err(refused);
+    }
+    Ok(StoredManifest {
+        manifest,
+        bytes,
+        signature,
+    })
+}
+
+/// A backup's signature object, `None` when it has none.
+async fn fetch_signature(store: &Arc<dyn BackupStore>, id: &str) -> Result<Option<Bytes>> {
+    match store.get_bytes(&signature_key(id)).await {
+        Ok(b) => Ok(Some(b)),
+        Err(Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads and parses a backup's manifest (checksum and id checked), without looking at
+/// its signature: for listings and pruning only.
+async fn fetch_manifest(store: &Arc<dyn BackupStore>, id: &str) -> Result<(Manifest, Bytes)> {
     let what = format!("backup `{id}` in store `{}`", store.name());
     let bytes = match store.get_bytes(&manifest_key(id)).await {
         Ok(b) => b,
@@ -1221,20 +1374,30 @@ pub(crate) async fn read_manifest(store: &Arc<dyn BackupStore>, id: &str) -> Res
     if manifest.header.id != id {
         return Err(Error::corrupt(what, "the manifest names another backup"));
     }
-    Ok(manifest)
+    Ok((manifest, bytes))
 }
 
-/// The manifests of a store, and the backups left out as damaged.
+/// The manifests of a store with what their signatures are (when asked), and the backups
+/// left out as damaged.
 struct ManifestScan {
-    manifests: Vec<Manifest>,
+    manifests: Vec<(Manifest, Option<SignatureCheck>)>,
     damaged: Vec<DamagedBackup>,
 }
 
 async fn list_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Result<Vec<Manifest>> {
-    Ok(scan_manifests(store, name).await?.manifests)
+    Ok(scan_manifests(store, name, None)
+        .await?
+        .manifests
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect())
 }
 
-async fn scan_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Result<ManifestScan> {
+async fn scan_manifests(
+    store: &Arc<dyn BackupStore>,
+    name: Option<&str>,
+    trust: Option<&TrustedKeys>,
+) -> Result<ManifestScan> {
     let objects = store.list(name.unwrap_or("")).await?;
     let sizes: std::collections::HashMap<&str, u64> =
         objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
@@ -1257,7 +1420,7 @@ async fn scan_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Res
         if parse_id(id).is_err() {
             continue;
         }
-        let m = match read_manifest(store, id).await {
+        let (m, bytes) = match fetch_manifest(store, id).await {
             Ok(m) => m,
             // Deleted since the listing (a prune deletes the manifest first).
             Err(Error::NotFound { .. }) => continue,
@@ -1280,13 +1443,25 @@ async fn scan_manifests(store: &Arc<dyn BackupStore>, name: Option<&str>) -> Res
                 Some(_) => {}
             }
         }
-        if wrong.is_empty() {
-            manifests.push(m);
-        } else {
+        if !wrong.is_empty() {
             damaged(id, wrong.join("; "));
+            continue;
         }
+        let signature = match trust {
+            Some(trust) => {
+                // One request fewer per unsigned backup: the listing says it has none.
+                let signature = if sizes.contains_key(signature_key(id).as_str()) {
+                    fetch_signature(store, id).await?
+                } else {
+                    None
+                };
+                Some(trust.check(id, &bytes, signature.as_deref()))
+            }
+            None => None,
+        };
+        manifests.push((m, signature));
     }
-    manifests.sort_by_key(|m| m.header.created_at);
+    manifests.sort_by_key(|(m, _)| m.header.created_at);
     scan.manifests = manifests;
     Ok(scan)
 }

@@ -43,6 +43,19 @@ pub struct Config {
     /// Where failure (and optionally success) notifications go.
     #[serde(default)]
     pub notify: crate::notify::NotifyConfig,
+    /// Keys whose signed backups this fleet trusts besides its own.
+    #[serde(default)]
+    pub trust: TrustConfig,
+}
+
+/// `[trust]`: the public keys of other fleets whose backups this one restores.
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// minisign public keys (`RWQ...`: the second line of `girofle key show` on the fleet
+    /// that signed).
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// The addresses Girofle may hand out: nothing outside them is ever used.
@@ -197,6 +210,12 @@ threads = 0
 # webhook_url = "http://127.0.0.1:8080/hooks/girofle"   # a JSON document per failed run
 # on_success = false
 
+[trust]
+# Backups are signed with this fleet's key (<root>/keys/signing.key; `girofle key show`).
+# Public keys of other fleets whose signed backups this one restores too (the second line
+# of `girofle key show` run there):
+# keys = ["RWQ..."]
+
 # Remote stores for backups, by name:
 # [stores.offsite]
 # url = "s3://my-bucket/girofle"
@@ -324,6 +343,17 @@ impl Config {
         if let Some(u) = &self.notify.webhook_url {
             validate_http_url("notify.webhook_url", u)?;
         }
+        for (i, key) in self.trust.keys.iter().enumerate() {
+            crate::signing::PublicKey::parse(key).map_err(|m| {
+                Error::invalid(
+                    "trust.keys",
+                    format!(
+                        "entry {}: {m}; paste the second line of `girofle key show` run on the fleet to trust",
+                        i + 1
+                    ),
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -414,6 +444,7 @@ fn expected_value(key: &str) -> Option<&'static str> {
         "metrics.listen" => "an address string \"IP:PORT\", e.g. \"127.0.0.1:9531\"",
         "notify.webhook_url" => "a string \"http://HOST:PORT/PATH\"",
         "notify.on_success" => "true or false",
+        "trust.keys" => "a list of minisign public keys as strings, e.g. keys = [\"RWQ...\"]",
         _ if key.starts_with("stores.") && last == "url" => {
             "a string \"s3://BUCKET/PREFIX\" or \"file:///ABSOLUTE/PATH\""
         }
@@ -610,6 +641,23 @@ mod tests {
                 || e.to_string().contains("g.toml line 1: TOML syntax"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn trusted_keys_are_checked_and_named() {
+        let e = Config::parse("[trust]\nkeys = [\"RWQnope\"]\n", Path::new("g.toml")).unwrap_err();
+        assert_eq!(e.kind(), "invalid_input");
+        let m = e.to_string();
+        assert!(
+            m.contains("`trust.keys` (g.toml line 2)") && m.contains("girofle key show"),
+            "{m}"
+        );
+        let c = Config::parse(
+            "[trust]\nkeys = [\"RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\"]\n",
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.trust.keys.len(), 1);
     }
 
     #[test]

@@ -137,8 +137,8 @@ fn is_port_refused(e: &Error) -> bool {
 }
 
 impl Girofle {
-    /// Prepares a root: directories, default `girofle.toml` (unless present) and the
-    /// inventory. Idempotent. Returns whether a configuration was written.
+    /// Prepares a root: directories, default `girofle.toml` (unless present), the
+    /// inventory and the fleet's signing key (`keys/`). Idempotent. Returns whether a configuration was written.
     ///
     /// # Errors
     /// `Io` when the root cannot be written, `InvalidInput` when the root is a file or an
@@ -154,6 +154,8 @@ impl Girofle {
         let wrote = Config::write_default(root)?;
         Config::load(root)?;
         SqliteInventory::open(&root.join("inventory.db"))?;
+        // The fleet's signing key: every backup's manifest is signed with it.
+        crate::signing::ensure_key(root)?;
         Ok(wrote)
     }
 
@@ -180,6 +182,8 @@ impl Girofle {
     ) -> Result<Self> {
         let root = std::path::absolute(root).ctx("resolve", root)?;
         let inventory = Arc::new(SqliteInventory::open(&root.join("inventory.db"))?);
+        // A root made before backups were signed gets its key on first open.
+        crate::signing::ensure_key(&root)?;
         Ok(Girofle {
             journal: Journal::new(&root),
             root,

@@ -22,6 +22,7 @@ pub mod recovery;
 pub mod restore;
 pub mod runtime;
 pub mod schedule;
+pub mod signing;
 pub mod state;
 pub mod status;
 pub mod store;

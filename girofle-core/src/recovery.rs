@@ -782,7 +782,11 @@ impl Girofle {
                 return None;
             }
             let mut removed = Vec::new();
-            for key in [crate::backup::archive_key(id), crate::backup::index_key(id)] {
+            for key in [
+                crate::backup::archive_key(id),
+                crate::backup::index_key(id),
+                crate::backup::signature_key(id),
+            ] {
                 if store.head(&key).await.is_ok() && store.delete(&key).await.is_ok() {
                     removed.push(key);
                 }

@@ -157,7 +157,7 @@ impl Girofle {
             instance::validate_name(n)?;
         }
         let store = self.store(request.store.as_deref())?;
-        let manifest = read_manifest(&store, &request.id).await?;
+        let manifest = read_manifest(&store, &request.id, &self.trusted_keys()?).await?;
         check_manifest_fields(&manifest, &request.id, store.name())?;
         let target = request.as_name.clone().unwrap_or(id_name);
         let known = self.inventory.load().await?.instances.get(&target).cloned();

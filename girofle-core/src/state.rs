@@ -5,7 +5,8 @@
 //! The file is one zstd frame (with its checksum) holding a tar of: `state.json` (kind,
 //! format version, Girofle version, host, time, size and BLAKE3 of every other entry),
 //! `girofle.toml`, `inventory.db` (a consistent snapshot taken with `VACUUM INTO`, so a
-//! concurrent writer cannot tear it) and `journal.jsonl`. It is written atomically, mode
+//! concurrent writer cannot tear it), `journal.jsonl`, and the fleet's signing key
+//! (`keys/signing.key`, with the `keys/trusted/*.pub` it trusts; see `signing`). It is written atomically, mode
 //! 0600: it holds the stores' credentials. Import checks everything before touching the
 //! root, refuses to replace an inventory that differs from the state's unless forced,
 //! copies the database in with SQLite's online backup API (other processes see the old or
@@ -40,6 +41,9 @@ const HEADER: &str = "state.json";
 const INVENTORY: &str = "inventory.db";
 const JOURNAL: &str = "journal.jsonl";
 const ENTRIES: [&str; 3] = [CONFIG_FILE, INVENTORY, JOURNAL];
+/// The entry of the fleet's secret key, and the prefix of its trusted keys' entries.
+const SIGNING_KEY: &str = "keys/signing.key";
+const TRUSTED_KEYS: &str = "keys/trusted/";
 
 /// Size and hash of one entry.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -78,6 +82,12 @@ pub struct StateReport {
     pub replaced: bool,
     /// Size of the state file.
     pub bytes: u64,
+    /// The root's signing key id (after an import: its own when it had one, else the
+    /// state's).
+    pub signing_key: Option<String>,
+    /// The state's key id when the root kept a key of its own and now trusts the state's
+    /// (`keys/trusted/<id>.pub`).
+    pub trusted_imported_key: Option<String>,
 }
 
 fn digest(data: &[u8]) -> EntryDigest {
@@ -192,11 +202,42 @@ fn export_blocking(root: &Path, file: &Path) -> Result<StateReport> {
     let fleet = read_fleet(&scratch.0)?;
     drop(scratch);
     let journal_bytes = read_journal(&root.join(JOURNAL))?;
-    let entries: [(&str, &[u8]); 3] = [
-        (CONFIG_FILE, &config),
-        (INVENTORY, &inventory),
-        (JOURNAL, &journal_bytes),
-    ];
+    // The signing key goes along: backups made on the new host are signed by the same
+    // fleet, and the old ones stay trusted.
+    crate::signing::ensure_key(root)?;
+    let key_id = crate::signing::own_public_key(root)?.id();
+    let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
+    let secret = crate::signing::secret_key_path(root);
+    if secret.exists() {
+        keys.push((
+            SIGNING_KEY.to_string(),
+            std::fs::read(&secret).ctx("read", &secret)?,
+        ));
+    }
+    let trusted_dir = crate::signing::trusted_keys_dir(root);
+    if let Ok(dir) = std::fs::read_dir(&trusted_dir) {
+        let mut names: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".pub") && !n.starts_with('.'))
+            .collect();
+        names.sort();
+        for n in names {
+            let path = trusted_dir.join(&n);
+            keys.push((
+                format!("{TRUSTED_KEYS}{n}"),
+                std::fs::read(&path).ctx("read", &path)?,
+            ));
+        }
+    }
+    let entries: Vec<(&str, &[u8])> = [
+        (CONFIG_FILE, config.as_slice()),
+        (INVENTORY, inventory.as_slice()),
+        (JOURNAL, journal_bytes.as_slice()),
+    ]
+    .into_iter()
+    .chain(keys.iter().map(|(n, d)| (n.as_str(), d.as_slice())))
+    .collect();
     let header = StateHeader {
         kind: KIND.to_string(),
         format_version: STATE_FORMAT_VERSION,
@@ -242,6 +283,8 @@ fn export_blocking(root: &Path, file: &Path) -> Result<StateReport> {
         journal_lines_added: 0,
         replaced: false,
         bytes: bytes.len() as u64,
+        signing_key: Some(key_id),
+        trusted_imported_key: None,
     })
 }
 
@@ -326,6 +369,17 @@ fn load(file: &Path) -> Result<Loaded> {
             .ok_or_else(|| damaged(format!("`{name}` is missing")))?;
         if header.files.get(name) != Some(&digest(data)) {
             return Err(damaged(format!("`{name}` does not match its hash")));
+        }
+    }
+    // The keys (older states have none): each one the header lists, whole.
+    for (name, expected) in &header.files {
+        if ENTRIES.contains(&name.as_str()) {
+            continue;
+        }
+        match files.get(name) {
+            Some(data) if digest(data) == *expected => {}
+            Some(_) => return Err(damaged(format!("`{name}` does not match its hash"))),
+            None => return Err(damaged(format!("`{name}` is missing"))),
         }
     }
     Ok(Loaded {
@@ -418,6 +472,19 @@ fn import_blocking(root: &Path, file: &Path, force: bool) -> Result<StateReport>
         )
     })?;
     Config::parse(&text, Path::new("girofle.toml (in the state file)"))?;
+    let listed = |name: &str| loaded.header.files.contains_key(name);
+    let trusted_keys: Vec<&[u8]> = loaded
+        .files
+        .iter()
+        .filter(|(n, _)| n.starts_with(TRUSTED_KEYS) && listed(n))
+        .map(|(_, d)| d.as_slice())
+        .collect();
+    let secret_key = loaded
+        .files
+        .get(SIGNING_KEY)
+        .filter(|_| listed(SIGNING_KEY))
+        .map(Vec::as_slice);
+    crate::signing::check_state_keys(secret_key, &trusted_keys)?;
     for d in ["instances", "backups", "decommissioned", "locks", "staging"] {
         let p = root.join(d);
         std::fs::create_dir_all(&p).ctx("create directory", &p)?;
@@ -445,6 +512,7 @@ fn import_blocking(root: &Path, file: &Path, force: bool) -> Result<StateReport>
     restore_database(&scratch.0, &db_path)?;
     drop(scratch);
     let added = merge_journal(&root.join(JOURNAL), &loaded.files[JOURNAL])?;
+    let keys = crate::signing::import_keys(root, secret_key, &trusted_keys)?;
     // Tables a newer schema adds on open (and the inventory's own) are there afterwards.
     Girofle::init(root)?;
     Ok(StateReport {
@@ -459,6 +527,8 @@ fn import_blocking(root: &Path, file: &Path, force: bool) -> Result<StateReport>
         journal_lines_added: added,
         replaced: differs,
         bytes: loaded.bytes,
+        signing_key: Some(keys.key_id),
+        trusted_imported_key: keys.trusted_imported_key,
     })
 }
 

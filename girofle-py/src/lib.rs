@@ -678,6 +678,30 @@ impl PyGirofle {
         )
     }
 
+    /// Signs a backup with the fleet's key (`girofle backup sign`): one made before
+    /// backups were signed, or by a fleet this one does not trust, once checked end to
+    /// end; a damaged one raises `CorruptError`. A backup a trusted key signed already is
+    /// left as it is. Check where it came from first.
+    #[pyo3(signature = (id, store=None))]
+    fn sign_backup(
+        &self,
+        py: Python<'_>,
+        id: String,
+        store: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
+        self.data(
+            py,
+            |g| async move { g.sign_backup(&id, store.as_deref()).await },
+        )
+    }
+
+    /// The fleet's public key (`girofle key show`): its key id, the base64 line another
+    /// fleet's `[trust] keys` takes, minisign's `.pub` text, and the keys this fleet
+    /// trusts.
+    fn public_key(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.data(py, |g| async move { g.public_key() })
+    }
+
     /// Deletes the backups a retention policy does not keep; returns their ids.
     #[pyo3(signature = (name=None, store=None, keep_last=0, keep_daily=0, keep_weekly=0))]
     fn prune(

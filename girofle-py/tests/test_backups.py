@@ -92,3 +92,29 @@ def test_backup_verify_copy_prune_restore_as_new_name(make_root, tmp_path):
     secrets = Path(root.path, "instances", copy, "config", "gitlab-secrets.json")
     original = Path(root.path, "instances", name, "config", "gitlab-secrets.json")
     assert secrets.read_bytes() == original.read_bytes(), "secrets not restored"
+
+
+def test_backups_are_signed_and_unsigned_ones_signed_on_request(make_root):
+    root = make_root()
+    g = root.open()
+    name = unique("sig")
+    g.create(name)
+    b = g.backup(name, strategy="cold", no_logs=True)
+    key = g.public_key()
+    assert isinstance(key, girofle.KeyInfo) and len(key.key_id) == 16
+    assert key.pub_file.splitlines()[1] == key.public_key
+    assert key.trusted[0].key_id == key.key_id and key.trusted[0].source == "own key"
+    [entry] = g.list_backups(name)
+    assert (entry.signed, entry.key_id) == ("trusted", key.key_id)
+
+    # Unsigned (as before backups were signed): listed so, refused with the hint.
+    (root.path / "backups" / f"{b.id}.manifest.minisig").unlink()
+    assert g.list_backups(name)[0].signed == "unsigned"
+    with pytest.raises(girofle.CorruptError, match="after checking where it came from"):
+        g.verify(b.id)
+    signed = g.sign_backup(b.id)
+    assert signed == girofle.SignResult(
+        id=b.id, store="local", key_id=key.key_id, signed_now=True, was="unsigned"
+    )
+    assert g.sign_backup(b.id).signed_now is False, "signing twice changed something"
+    assert g.verify(b.id).ok

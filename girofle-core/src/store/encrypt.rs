@@ -8,8 +8,9 @@
 //! work streams through bounded channels on the blocking pool, so memory stays flat
 //! whatever the size.
 //!
-//! Manifests stay in clear: they hold no secret (the instance's secret settings are
-//! redacted in them, see [`crate::instance::InstanceRecord::redacted`]), and listing,
+//! Manifests and their signatures (`.manifest.minisig`) stay in clear: they hold no
+//! secret (the instance's secret settings are redacted in them, see
+//! [`crate::instance::InstanceRecord::redacted`]), and listing,
 //! pruning, copying and watching a store must work on a host that holds only the public
 //! keys. Their checksum covers the hashes of the plaintext archive and index, so a
 //! restore still proves that what it decrypted is what was backed up.
@@ -50,7 +51,7 @@ const HEADER_GUESS: u64 = 4096;
 /// Size of the plaintext chunks handed out by reads.
 const READ_CHUNK: usize = 1024 * 1024;
 /// Keys that stay in clear (see the module doc).
-const CLEAR_SUFFIXES: &[&str] = &[".manifest", ".drill.json"];
+const CLEAR_SUFFIXES: &[&str] = &[".manifest", ".manifest.minisig", ".drill.json"];
 
 /// The age settings of one store, checked.
 #[derive(Clone)]

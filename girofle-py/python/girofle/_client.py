@@ -31,11 +31,13 @@ from ._results import (
     InitResult,
     Instance,
     InstanceStatus,
+    KeyInfo,
     PruneResult,
     Recovery,
     RestoreResult,
     Schedule,
     ScheduleStatus,
+    SignResult,
     StateReport,
     Strategy,
     VerifyResult,
@@ -237,6 +239,16 @@ class Girofle:
         """Copies a backup from ``store`` (default ``local``) to store ``to``, hash
         checked."""
         return CopyResult.from_dict(self._native.copy_backup(id, to, store, cancel))
+
+    def sign_backup(self, id: str, store: str | None = None) -> SignResult:
+        """Signs a backup with the fleet's key (``girofle backup sign``) after checking it
+        end to end: one made before backups were signed, or by a fleet this one does not
+        trust. Check where it came from first. A damaged one raises ``CorruptError``."""
+        return SignResult.from_dict(self._native.sign_backup(id, store))
+
+    def public_key(self) -> KeyInfo:
+        """The fleet's public key (``girofle key show``) and the keys it trusts."""
+        return KeyInfo.from_dict(self._native.public_key())
 
     def prune(
         self,

@@ -62,6 +62,8 @@ class BackupReport(TypedDict):
     duration_ms: int
     downtime_ms: int | None
 
+Signed = Literal["trusted", "unsigned", "untrusted", "bad"]
+
 class BackupEntry(TypedDict):
     id: str
     store: str
@@ -73,6 +75,29 @@ class BackupEntry(TypedDict):
     files: int
     bytes: int
     archive_size: int
+    signed: Signed
+    """Only ``trusted`` backups verify, copy and restore."""
+    key_id: str | None
+
+class SignReport(TypedDict):
+    id: str
+    store: str
+    key_id: str
+    signed_now: bool
+    was: Signed
+
+class TrustedKey(TypedDict):
+    key_id: str
+    public_key: str
+    source: str
+
+class KeyInfo(TypedDict):
+    key_id: str
+    public_key: str
+    pub_file: str
+    """minisign's ``.pub`` text (what ``girofle key show`` prints)."""
+    path: str
+    trusted: list[TrustedKey]
 
 class Verified(TypedDict):
     id: str
@@ -168,6 +193,8 @@ class StateReport(TypedDict):
     journal_lines_added: int
     replaced: bool
     bytes: int
+    signing_key: str | None
+    trusted_imported_key: str | None
 
 class Recovery(TypedDict):
     instance: str
@@ -301,6 +328,8 @@ class Girofle:
         keep_daily: int = 0,
         keep_weekly: int = 0,
     ) -> list[str]: ...
+    def sign_backup(self, id: str, store: str | None = None) -> SignReport: ...
+    def public_key(self) -> KeyInfo: ...
     def restore(
         self,
         id: str,

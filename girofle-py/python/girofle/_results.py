@@ -31,6 +31,7 @@ __all__ = [
     "Instance",
     "InstanceState",
     "InstanceStatus",
+    "KeyInfo",
     "PruneResult",
     "Recovery",
     "RestoreResult",
@@ -39,8 +40,11 @@ __all__ = [
     "RunRecord",
     "Schedule",
     "ScheduleStatus",
+    "SignResult",
+    "Signed",
     "StateReport",
     "Strategy",
+    "TrustedKey",
     "VerifyResult",
 ]
 
@@ -49,6 +53,7 @@ V = TypeVar("V")
 R = TypeVar("R", bound="Result")
 
 Strategy = Literal["online", "cold"]
+Signed = Literal["trusted", "unsigned", "untrusted", "bad"]
 InstanceState = Literal[
     "running", "starting", "unhealthy", "stopped", "missing", "unknown", "commissioning"
 ]
@@ -269,6 +274,43 @@ class BackupEntry(Result):
     files: int
     bytes: int
     archive_size: int
+    signed: Signed
+    """Whether a key this fleet trusts signed it; only ``trusted`` ones restore."""
+    key_id: str | None
+
+
+@_frozen
+class SignResult(Result):
+    """What :meth:`Girofle.sign_backup` did."""
+
+    id: str
+    store: str
+    key_id: str
+    signed_now: bool
+    """False when a trusted key had signed it already (nothing changed)."""
+    was: Signed
+
+
+@_frozen
+class TrustedKey(Result):
+    """A key backups may be signed by."""
+
+    key_id: str
+    public_key: str
+    source: str
+
+
+@_frozen
+class KeyInfo(Result):
+    """The fleet's public key (:meth:`Girofle.public_key`, ``girofle key show``)."""
+
+    key_id: str
+    public_key: str
+    """The base64 line another fleet's ``[trust] keys`` takes."""
+    pub_file: str
+    """minisign's ``.pub`` text: ``minisign -V -p FILE`` reads it."""
+    path: str
+    trusted: tuple[TrustedKey, ...]
 
 
 @_frozen
@@ -401,6 +443,8 @@ class StateReport(Result):
     journal_lines_added: int
     replaced: bool
     bytes: int
+    signing_key: str | None
+    trusted_imported_key: str | None
 
 
 @_frozen
