@@ -7,7 +7,7 @@
 //! written. It does not decide what an operation is; callers record them.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -108,8 +108,9 @@ pub fn redact(value: &Value) -> Value {
         ),
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
         Value::String(s) => {
-            if let Some((k, _)) = s.split_once('=') {
-                if is_secret_key(k) {
+            if let Some((k, v)) = s.split_once('=') {
+                // A fingerprint (`--set` arguments) tells nothing without the fleet's key.
+                if is_secret_key(k) && !v.starts_with(crate::fingerprint::PREFIX) {
                     return Value::String(format!("{k}={REDACTED}"));
                 }
             }
@@ -189,6 +190,10 @@ impl Journal {
             .mode(0o600)
             .open(&self.path)
             .ctx("open journal", &self.path)?;
+        // A journal written by an older Girofle may be readable by others.
+        if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
         f.lock_exclusive().ctx("lock journal", &self.path)?;
         let r = f.write_all(line.as_bytes()).and_then(|_| f.sync_data());
         let _ = FileExt::unlock(&f);
@@ -246,7 +251,6 @@ mod tests {
 
     #[test]
     fn append_and_read_back_mode_0600() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path());
         let now = Utc::now();
