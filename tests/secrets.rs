@@ -601,7 +601,11 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     // Values that are not one Ruby literal are refused (exit 2) saying where, without
     // echoing the value, and gitlab.rb is untouched; so is a value GitLab refuses, whose
     // output repeats it.
-    let rb_path = t.root.join("instances").join(&name).join("config/gitlab.rb");
+    let rb_path = t
+        .root
+        .join("instances")
+        .join(&name)
+        .join("config/gitlab.rb");
     let rb_before = std::fs::read(&rb_path).unwrap();
     for value in [
         format!("'{refused}'; system('touch /tmp/girofle-pwned')"),
@@ -748,7 +752,10 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     // The backups' manifests and indexes (local store, and the S3 one's manifest read
     // raw): keys and fingerprints, paths and hashes, never a value.
     for path in files_under(&root.join("backups")) {
-        if path.extension().is_some_and(|e| e == "manifest" || e == "index") {
+        if path
+            .extension()
+            .is_some_and(|e| e == "manifest" || e == "index")
+        {
             let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
             outputs.add(format!("file {}", path.display()), text);
         }
@@ -757,8 +764,7 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     let manifest = raw.get_bytes(&format!("{id}.manifest")).await.unwrap();
     let manifest = String::from_utf8_lossy(&manifest).into_owned();
     assert!(
-        manifest.contains("gitlab_rails['otp_key_base']")
-            && manifest.contains("\"blake3-keyed:"),
+        manifest.contains("gitlab_rails['otp_key_base']") && manifest.contains("\"blake3-keyed:"),
         "the manifest does not keep the settings' keys and fingerprints: {manifest}"
     );
     outputs.add("S3 manifest", manifest);
@@ -829,7 +835,10 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     let settings = revealed(&name);
     let text = settings.to_string();
     for value in [root_password, token, aws, ldap, otp, display] {
-        assert!(text.contains(value), "--reveal does not show {value}: {text}");
+        assert!(
+            text.contains(value),
+            "--reveal does not show {value}: {text}"
+        );
     }
     assert_eq!(
         revealed(&copy),
@@ -844,7 +853,9 @@ async fn no_secret_leaks_and_secret_files_are_private() {
         hidden.contains("gitlab_rails['otp_key_base'] = [REDACTED]"),
         "{hidden}"
     );
-    let records = girofle_core::journal::Journal::new(root).read_all().unwrap();
+    let records = girofle_core::journal::Journal::new(root)
+        .read_all()
+        .unwrap();
     let reveals: Vec<_> = records.iter().filter(|r| r.operation == "reveal").collect();
     assert_eq!(reveals.len(), 3, "each --reveal is journaled");
     let journal = std::fs::read_to_string(root.join("journal.jsonl")).unwrap();
@@ -873,7 +884,12 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     }
     for instance in [&name, &copy] {
         for file in ["gitlab.rb", "gitlab-secrets.json"] {
-            private.push(root.join("instances").join(instance).join("config").join(file));
+            private.push(
+                root.join("instances")
+                    .join(instance)
+                    .join("config")
+                    .join(file),
+            );
         }
     }
     for path in &private {

@@ -129,7 +129,10 @@ mod tests {
         let b = FingerprintKey::of_root(dir.path()).unwrap();
         let fp = a.fingerprint("'PLANTED'");
         assert_eq!(fp, b.fingerprint("'PLANTED'"));
-        assert!(fp.starts_with(PREFIX) && fp.len() == PREFIX.len() + 16, "{fp}");
+        assert!(
+            fp.starts_with(PREFIX) && fp.len() == PREFIX.len() + 16,
+            "{fp}"
+        );
         assert_ne!(fp, a.fingerprint("'PLANTEd'"));
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join(KEY_FILE)), 0o600);

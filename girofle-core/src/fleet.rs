@@ -275,9 +275,9 @@ impl Girofle {
     /// Every texts of the instances' settings an error message must not show.
     pub(crate) async fn setting_secrets(&self) -> Vec<String> {
         match self.inventory.load().await {
-            Ok(fleet) => instance::setting_values(
-                fleet.instances.values().flat_map(|r| r.settings.values()),
-            ),
+            Ok(fleet) => {
+                instance::setting_values(fleet.instances.values().flat_map(|r| r.settings.values()))
+            }
             Err(_) => Vec::new(),
         }
     }

@@ -200,7 +200,10 @@ pub fn parse_setting(text: &str) -> Result<(String, String)> {
         ));
     }
     let value = value.trim_matches([' ', '\t']);
-    Ok((key.to_string(), setting_literal(value).map_err(|e| Error::invalid("--set", format!("`{key}`: {e}")))?))
+    Ok((
+        key.to_string(),
+        setting_literal(value).map_err(|e| Error::invalid("--set", format!("`{key}`: {e}")))?,
+    ))
 }
 
 /// A setting's value as stored: the literal as given, or a bare word quoted.
@@ -570,9 +573,15 @@ mod tests {
             stage: Stage::Active,
         };
         let shown = serde_json::to_string(&r.redacted()).unwrap();
-        assert!(!shown.contains("PLANTED") && shown.contains("otp_key_base"), "{shown}");
+        assert!(
+            !shown.contains("PLANTED") && shown.contains("otp_key_base"),
+            "{shown}"
+        );
         let kept = serde_json::to_string(&r.fingerprinted(&key)).unwrap();
-        assert!(!kept.contains("PLANTED") && kept.contains("blake3-keyed:"), "{kept}");
+        assert!(
+            !kept.contains("PLANTED") && kept.contains("blake3-keyed:"),
+            "{kept}"
+        );
         assert!(setting_values(r.settings.values()).contains(&"PLANTED-otp".to_string()));
     }
 

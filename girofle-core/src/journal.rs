@@ -191,7 +191,9 @@ impl Journal {
             .open(&self.path)
             .ctx("open journal", &self.path)?;
         // A journal written by an older Girofle may be readable by others.
-        if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        if f.metadata()
+            .is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+        {
             let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
         }
         f.lock_exclusive().ctx("lock journal", &self.path)?;

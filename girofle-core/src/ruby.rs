@@ -284,7 +284,11 @@ impl Parser {
                 self.pos += 1;
             }
             let hex: String = self.chars[start..self.pos].iter().collect();
-            let ok_len = if braced { !hex.is_empty() } else { hex.len() == 4 };
+            let ok_len = if braced {
+                !hex.is_empty()
+            } else {
+                hex.len() == 4
+            };
             if braced && self.peek() == Some('}') {
                 self.pos += 1;
             } else if braced {
@@ -337,7 +341,9 @@ impl Parser {
         if self.peek().is_some_and(is_ident) {
             return Err(self.error("a number runs into a name: quote it as a 'string'"));
         }
-        Ok(Literal::Number(self.chars[start..self.pos].iter().collect()))
+        Ok(Literal::Number(
+            self.chars[start..self.pos].iter().collect(),
+        ))
     }
 
     fn symbol(&mut self) -> Result<Literal, ParseError> {
@@ -448,7 +454,10 @@ mod tests {
     fn literals_parse() {
         assert_eq!(parse("'UTC'").unwrap(), s("UTC"));
         assert_eq!(parse(r"'it\'s \d'").unwrap(), s(r"it's \d"));
-        assert_eq!(parse(r#""a\tb\u00e9\u{1F600}\#{x}""#).unwrap(), s("a\tbé😀#{x}"));
+        assert_eq!(
+            parse(r#""a\tb\u00e9\u{1F600}\#{x}""#).unwrap(),
+            s("a\tbé😀#{x}")
+        );
         assert_eq!(parse(" 8080 ").unwrap(), Literal::Number("8080".into()));
         assert_eq!(parse("-1_000").unwrap(), Literal::Number("-1_000".into()));
         assert_eq!(parse("1.5e-3").unwrap(), Literal::Number("1.5e-3".into()));
@@ -532,10 +541,19 @@ mod tests {
 
     #[test]
     fn bare_words_and_quoting() {
-        for w in ["UTC", "Europe/Paris", "smtp.example.com", "a@b.c", "__END__", "x-1"] {
+        for w in [
+            "UTC",
+            "Europe/Paris",
+            "smtp.example.com",
+            "a@b.c",
+            "__END__",
+            "x-1",
+        ] {
             assert!(is_bare_word(w), "{w}");
         }
-        for w in ["true", "nil", "1a", "a b", "it's", "a;b", "a`b", "a#b", "'a'", "a(b)", ""] {
+        for w in [
+            "true", "nil", "1a", "a b", "it's", "a;b", "a`b", "a#b", "'a'", "a(b)", "",
+        ] {
             assert!(!is_bare_word(w), "{w}");
         }
         assert_eq!(quote(r"it's \ "), r"'it\'s \\ '");
