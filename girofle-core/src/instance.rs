@@ -586,6 +586,30 @@ mod tests {
     }
 
     #[test]
+    fn errors_are_scrubbed_of_whole_values_and_nested_strings() {
+        let values = setting_values(
+            [
+                "{'main' => {'password' => 'PLANTED-ldap', 'port' => 3890}}".to_string(),
+                "8080".to_string(),
+                "'UTC'".to_string(),
+            ]
+            .iter(),
+        );
+        let e = Error::Command {
+            container: "c".into(),
+            command: "gitlab-ctl reconfigure".into(),
+            exit_code: 1,
+            output: "line 3: x = {'main' => {'password' => 'PLANTED-ldap', 'port' => 3890}}; password PLANTED-ldap; port 8080".into(),
+        }
+        .scrubbed(&values);
+        let text = e.to_string();
+        assert!(!text.contains("PLANTED"), "{text}");
+        // Numbers are no secret: a port stays readable.
+        assert!(text.contains("port 8080"), "{text}");
+        assert!(matches!(e, Error::Command { exit_code: 1, .. }));
+    }
+
+    #[test]
     fn image_versions() {
         assert_eq!(
             image_version("gitlab/gitlab-ce:17.5.1-ce.0"),
