@@ -4,7 +4,8 @@
 //!
 //! Responsible for writing records that never hold a secret: values under secret-looking
 //! keys, credentials in URLs and known secret values are redacted before anything is
-//! written. It does not decide what an operation is; callers record them.
+//! written. It does not decide what an operation is; callers record them, and record
+//! `--set` settings as their keys and fingerprints ([`crate::fingerprint`]), never values.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -131,6 +132,45 @@ pub fn scrub_known(text: &str, secrets: &[String]) -> String {
     out
 }
 
+/// A journal's text with the values of `--set` settings that Girofle versions before the
+/// fingerprints wrote in clear (`"set": ["KEY=VALUE"]`) replaced by their fingerprints;
+/// every other line is kept byte for byte. Used where a journal leaves the root (the
+/// state export) and to compare lines on import.
+pub fn fingerprint_old_settings(text: &[u8], key: &crate::fingerprint::FingerprintKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        match fingerprint_line(line, key) {
+            Some(new) => out.extend_from_slice(&new),
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
+}
+
+fn fingerprint_line(line: &[u8], key: &crate::fingerprint::FingerprintKey) -> Option<Vec<u8>> {
+    let mut record: Record = serde_json::from_slice(line.trim_ascii_end()).ok()?;
+    let set = record.arguments.get_mut("set")?.as_array_mut()?;
+    let mut changed = false;
+    for item in set.iter_mut() {
+        let Some(text) = item.as_str() else { continue };
+        let value = text.split_once('=').map_or(text, |(_, v)| v).trim();
+        if value.starts_with(crate::fingerprint::PREFIX) || value == REDACTED {
+            continue;
+        }
+        let fingerprinted = key.settings_texts(&[text.to_string()]);
+        *item = Value::String(fingerprinted.into_iter().next()?);
+        changed = true;
+    }
+    if !changed {
+        return None;
+    }
+    let mut bytes = serde_json::to_vec(&record).ok()?;
+    if line.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    Some(bytes)
+}
+
 /// The user running Girofle.
 pub fn current_user() -> String {
     std::env::var("SUDO_USER")
@@ -249,6 +289,48 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("time_zone") && text.contains("UTC") && text.contains("web"));
+    }
+
+    #[test]
+    fn old_settings_values_become_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::fingerprint::FingerprintKey::of_root(dir.path()).unwrap();
+        let now = Utc::now();
+        let rec = |set: Value| Record {
+            operation: "reconfigure".into(),
+            arguments: json!({ "name": "a", "set": set }),
+            user: "u".into(),
+            host: "h".into(),
+            pid: 1,
+            girofle_version: "0".into(),
+            versions: json!({}),
+            started_at: now,
+            ended_at: now,
+            outcome: "ok".into(),
+            error_kind: None,
+            error: None,
+        };
+        let old = rec(json!([
+            "x['otp_key_base']='PLANTED-old'",
+            "x['password']=[REDACTED]"
+        ]));
+        let other = rec(json!([]));
+        let text = format!(
+            "{}\n{}\n",
+            serde_json::to_string(&old).unwrap(),
+            serde_json::to_string(&other).unwrap()
+        );
+        let new = fingerprint_old_settings(text.as_bytes(), &key);
+        let new = String::from_utf8(new).unwrap();
+        assert!(!new.contains("PLANTED"), "{new}");
+        assert!(new.contains("x['otp_key_base']=blake3-keyed:"), "{new}");
+        assert!(new.contains("x['password']=[REDACTED]"), "{new}");
+        assert!(new.ends_with(&format!("{}\n", serde_json::to_string(&other).unwrap())));
+        // Once done, nothing changes.
+        assert_eq!(
+            fingerprint_old_settings(new.as_bytes(), &key),
+            new.as_bytes()
+        );
     }
 
     #[test]
