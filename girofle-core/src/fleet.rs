@@ -155,16 +155,23 @@ fn make_root_private(root: &Path) -> Result<()> {
 /// Makes the files of an instance's configuration that hold its settings and secrets
 /// (`gitlab.rb`, `gitlab-secrets.json`) 0600, when they exist.
 fn make_config_private(dirs: &InstanceDirs) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     for name in ["gitlab.rb", "gitlab-secrets.json"] {
         let path = dirs.config.join(name);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() && m.permissions().mode() & 0o077 != 0 => {
-                let mode = m.permissions().mode() & 0o7700;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                    .ctx("make private", &path)?;
-            }
-            _ => {}
+        // Through a descriptor opened without following symlinks: the container may
+        // swap the file for a link to a host file between a check and a chmod by path.
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        else {
+            continue;
+        };
+        let meta = file.metadata().ctx("read", &path)?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            let mode = meta.permissions().mode() & 0o7700;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .ctx("make private", &path)?;
         }
     }
     Ok(())

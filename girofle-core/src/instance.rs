@@ -323,7 +323,9 @@ pub struct HealthSettings {
     pub boot_timeout: Duration,
 }
 
-/// `GITLAB_OMNIBUS_CONFIG` for an instance: applied by GitLab at every boot.
+/// `GITLAB_OMNIBUS_CONFIG` for an instance: applied by GitLab at every boot. It holds
+/// addresses only, never a managed setting: `docker inspect` shows the environment to
+/// whoever may talk to the engine (the settings live in gitlab.rb, 0600).
 ///
 /// GitLab's nginx listens on the port of `external_url` unless told otherwise; the
 /// container publishes port 80, so nginx is pinned there (the host port differs).
