@@ -2,11 +2,15 @@
 //! server and Debian's `age` tools: backups encrypted at rest with age (the `age` command
 //! decrypts what Girofle wrote, Girofle restores what `age` encrypted, a missing or wrong
 //! key fails clearly and touches nothing); no planted secret in any output, journal, log,
-//! metric or state export of a realistic CLI session; secret-holding files are 0600.
+//! metric, webhook or state export of a realistic CLI session, setting values nested in
+//! Ruby hashes or under innocent keys included; secret-holding files are 0600 and the
+//! root 0700.
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 use girofle_core::backup::{BackupOptions, Retention};
 use girofle_core::restore::RestoreRequest;
@@ -455,6 +459,46 @@ fn zstd_text(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A webhook receiver on loopback: every request it gets (head and body) lands in the
+/// list, answered 200.
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let list = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            list.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&data).into_owned());
+        }
+    });
+    (port, received)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_leaks_and_secret_files_are_private() {
     let t = TestRoot::new(&stand_in("17.5.1"));
@@ -473,7 +517,10 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     let offsite = s3_store(&prefix);
     let access_key = offsite.access_key_id.clone().unwrap();
     let secret_key = offsite.secret_access_key.clone().unwrap();
+    let (hook_port, webhooks) = webhook_receiver();
     t.edit_config(|c| {
+        c.notify.webhook_url = Some(format!("http://127.0.0.1:{hook_port}/hooks/girofle"));
+        c.notify.on_success = true;
         c.stores.insert(
             "offsite".into(),
             StoreConfig {
@@ -792,6 +839,17 @@ async fn no_secret_leaks_and_secret_files_are_private() {
                 String::from_utf8_lossy(&logs.stderr)
             ),
         );
+    }
+
+    // Every webhook document (successes too).
+    let sent = webhooks.lock().unwrap().clone();
+    assert!(
+        sent.iter().any(|w| w.contains("\"operation\":\"backup\""))
+            && sent.iter().any(|w| w.contains("\"outcome\":\"error\"")),
+        "the webhook got no backup or no failure: {sent:?}"
+    );
+    for (i, w) in sent.into_iter().enumerate() {
+        outputs.add(format!("webhook {i}"), w);
     }
 
     // The journal keeps each setting's key and a fingerprint of its value.
