@@ -279,7 +279,8 @@ impl Girofle {
             .collect()
     }
 
-    /// Every texts of the instances' settings an error message must not show.
+    /// The values of every instance's settings (and the strings inside them), which an
+    /// error message must not show.
     pub(crate) async fn setting_secrets(&self) -> Vec<String> {
         match self.inventory.load().await {
             Ok(fleet) => {
