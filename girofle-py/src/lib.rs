@@ -263,7 +263,8 @@ fn invalid(py: Python<'_>, field: &str, message: impl Into<String>) -> PyErr {
 }
 
 /// `KEY=VALUE` settings from a list of strings, or from a dict whose values are Ruby
-/// literals or plain strings (`True`/`False`/`None` and numbers become Ruby's).
+/// literals or bare words (`True`/`False`/`None` and numbers become Ruby's); core
+/// refuses anything else, as for `--set`.
 fn settings_arg(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
     let Some(value) = value else {
         return Ok(Vec::new());
