@@ -53,6 +53,15 @@ fn wrong_input_is_refused_cleanly() {
             "KEY=VALUE",
         ),
         (
+            vec![
+                "ok".into(),
+                "--set".into(),
+                "gitlab_rails['time_zone']='UTC'; system('id')".into(),
+            ],
+            2,
+            "not one Ruby literal (at character 6",
+        ),
+        (
             vec!["ok".into(), "--hostname".into(), "bad host".into()],
             2,
             "host name",

@@ -351,7 +351,7 @@ async fn the_daemon_and_a_person_at_the_cli_lose_no_update() {
         .map(|i| i["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, [busy.clone(), kept.clone()].into_iter().collect());
-    let record = g.show(&busy).await.unwrap().record.unwrap();
+    let record = g.show_revealed(&busy).await.unwrap().record.unwrap();
     assert_eq!(
         record
             .settings

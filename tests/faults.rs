@@ -558,7 +558,7 @@ async fn sigkill_during_reconfigure() {
         });
         // What the inventory records...
         let show = girofle(&t)
-            .args(["--json", "instance", "show", &p.name])
+            .args(["--json", "instance", "show", &p.name, "--reveal"])
             .output()
             .unwrap();
         let recorded = json(&show)["record"]["settings"][key]

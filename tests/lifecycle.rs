@@ -136,9 +136,10 @@ async fn fleet_lifecycle_keeps_data_and_books() {
         g.show(&web.name).await.unwrap().state,
         InstanceState::Running
     );
-    // A setting GitLab refuses: error, the previous file back, still healthy.
+    // A setting GitLab refuses (a literal Girofle accepts, on a key three levels deep,
+    // which GitLab cannot assign): error, the previous file back, still healthy.
     let e = g
-        .reconfigure(&web.name, &["gitlab_rails['x']=[1,,]".into()], &[])
+        .reconfigure(&web.name, &["gitlab_rails['x']['y']['z']=1".into()], &[])
         .await;
     if let Ok(r) = &e {
         panic!("GitLab accepted a broken setting: {r:?}");

@@ -2,11 +2,15 @@
 //! server and Debian's `age` tools: backups encrypted at rest with age (the `age` command
 //! decrypts what Girofle wrote, Girofle restores what `age` encrypted, a missing or wrong
 //! key fails clearly and touches nothing); no planted secret in any output, journal, log,
-//! metric or state export of a realistic CLI session; secret-holding files are 0600.
+//! metric, webhook or state export of a realistic CLI session, setting values nested in
+//! Ruby hashes or under innocent keys included; secret-holding files are 0600 and the
+//! root 0700.
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 use girofle_core::backup::{BackupOptions, Retention};
 use girofle_core::restore::RestoreRequest;
@@ -464,6 +468,46 @@ fn zstd_text(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A webhook receiver on loopback: every request it gets (head and body) lands in the
+/// list, answered 200.
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let list = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            list.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&data).into_owned());
+        }
+    });
+    (port, received)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_leaks_and_secret_files_are_private() {
     let t = TestRoot::new(&stand_in("17.5.1"));
@@ -482,7 +526,10 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     let offsite = s3_store(&prefix);
     let access_key = offsite.access_key_id.clone().unwrap();
     let secret_key = offsite.secret_access_key.clone().unwrap();
+    let (hook_port, webhooks) = webhook_receiver();
     t.edit_config(|c| {
+        c.notify.webhook_url = Some(format!("http://127.0.0.1:{hook_port}/hooks/girofle"));
+        c.notify.on_success = true;
         c.stores.insert(
             "offsite".into(),
             StoreConfig {
@@ -505,6 +552,22 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     let copy = unique("leakcopy");
     let set_password = format!("gitlab_rails['initial_root_password']={root_password}");
     let set_token = format!("gitlab_rails['initial_shared_runners_registration_token']={token}");
+    // Secrets whose key does not look secret: nested in a Ruby hash, in a hash in a hash
+    // beside an array, under innocent keys; given to create and to reconfigure.
+    let smtp = "PLANTED-smtp-5b0c1e77";
+    let aws = "PLANTED-aws-8d2a90f1";
+    let ldap = "PLANTED-ldap-3e7f6a12";
+    let otp = "PLANTED-otp-c4d9e0b3";
+    let display = "PLANTED-display-71fa28ce";
+    let refused = "PLANTED-refused-0a9b8c7d";
+    let refused_by_gitlab = "PLANTED-gitlabrefused-6e5d4c3b";
+    let set_smtp = format!("gitlab_rails['smtp_password']={smtp}");
+    let set_aws = format!(
+        "gitlab_rails['object_store']['connection']={{'provider' => 'AWS', 'aws_secret_access_key' => '{aws}'}}"
+    );
+    let set_ldap = format!(
+        "gitlab_rails['ldap_servers']={{'main' => {{'password' => '{ldap}', 'hosts' => ['a', 'b']}}}}"
+    );
     outputs.once_ok(
         &t,
         &[
@@ -516,6 +579,12 @@ async fn no_secret_leaks_and_secret_files_are_private() {
             &set_password,
             "--set",
             &set_token,
+            "--set",
+            &set_smtp,
+            "--set",
+            &set_aws,
+            "--set",
+            &set_ldap,
         ],
     );
     let secrets_json = std::fs::read_to_string(
@@ -529,6 +598,13 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     let mut planted: Vec<(String, String)> = vec![
         ("root password".into(), root_password.into()),
         ("token".into(), token.into()),
+        ("setting smtp_password".into(), smtp.into()),
+        ("setting nested in object_store".into(), aws.into()),
+        ("setting nested in ldap_servers".into(), ldap.into()),
+        ("setting otp_key_base".into(), otp.into()),
+        ("setting under an innocent key".into(), display.into()),
+        ("value refused by Girofle".into(), refused.into()),
+        ("value refused by GitLab".into(), refused_by_gitlab.into()),
         ("S3 secret key".into(), secret_key.clone()),
         ("wrong S3 secret".into(), "Wrong-planted-secret-55aa".into()),
         ("age identity".into(), identity.clone()),
@@ -573,6 +649,73 @@ async fn no_secret_leaks_and_secret_files_are_private() {
             &format!("gitlab_rails['smtp_password']={root_password}"),
         ],
     );
+    outputs.once_ok(
+        &t,
+        &[
+            "--json",
+            "instance",
+            "reconfigure",
+            &name,
+            "--set",
+            &format!("gitlab_rails['otp_key_base']='{otp}'"),
+            "--set",
+            &format!("gitlab_rails['gitlab_email_display_name']=\"{display}\""),
+        ],
+    );
+
+    // Values that are not one Ruby literal are refused (exit 2) saying where, without
+    // echoing the value, and gitlab.rb is untouched; so is a value GitLab refuses, whose
+    // output repeats it.
+    let rb_path = t
+        .root
+        .join("instances")
+        .join(&name)
+        .join("config/gitlab.rb");
+    let rb_before = std::fs::read(&rb_path).unwrap();
+    for value in [
+        format!("'{refused}'; system('touch /tmp/girofle-pwned')"),
+        format!("'{refused}' + `id`"),
+        format!("\"#{{`id`}}{refused}\""),
+        format!("[1, {refused}]"),
+        format!("{{'k' => '{refused}'"),
+        format!("'{refused}' # comment"),
+        format!("'{refused}'\n__END__"),
+        format!("%x(id {refused})"),
+    ] {
+        let set = format!("gitlab_rails['time_zone']={value}");
+        let out = outputs.once(&t, &["instance", "reconfigure", &name, "--set", &set]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value:?}: {stderr}");
+        assert!(stderr.contains("at character"), "{value:?}: {stderr}");
+        assert_eq!(std::fs::read(&rb_path).unwrap(), rb_before, "{value:?}");
+    }
+    let refused_name = unique("refused");
+    let out = outputs.once(
+        &t,
+        &[
+            "instance",
+            "create",
+            &refused_name,
+            "--set",
+            &format!("gitlab_rails['time_zone']='{refused}'; exit"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!t.root.join("instances").join(&refused_name).exists());
+    let out = outputs.once(
+        &t,
+        &[
+            "instance",
+            "reconfigure",
+            &name,
+            "--set",
+            &format!("gitlab_rails['x']['y']['z']='{refused_by_gitlab}'"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("GitLab refused"), "{stderr}");
+    assert_eq!(std::fs::read(&rb_path).unwrap(), rb_before);
     let made = outputs.once_ok(
         &t,
         &["--json", "backup", "create", &name, "--store", "offsite"],
@@ -622,6 +765,15 @@ async fn no_secret_leaks_and_secret_files_are_private() {
     let state = t.dir.path().join("girofle.state");
     outputs.once_ok(&t, &["state", "export", state.to_str().unwrap()]);
     outputs.add("state export", zstd_text(&state));
+    for entry in ["journal.jsonl", "state.json"] {
+        outputs.add(
+            format!("state export's {entry}"),
+            sh(&format!(
+                "zstd -d -q -c '{}' | tar -xO {entry}",
+                state.display()
+            )),
+        );
+    }
     // Failures: the wrong credentials, a store that does not exist.
     for args in [
         vec!["backup", "list", name.as_str(), "--store", "badcreds"],
@@ -667,21 +819,86 @@ async fn no_secret_leaks_and_secret_files_are_private() {
         let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
         outputs.add(format!("file {}", rel.display()), text);
     }
+    // The backups' manifests and indexes (local store, and the S3 one's manifest read
+    // raw): keys and fingerprints, paths and hashes, never a value.
+    for path in files_under(&root.join("backups")) {
+        if path
+            .extension()
+            .is_some_and(|e| e == "manifest" || e == "index")
+        {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            outputs.add(format!("file {}", path.display()), text);
+        }
+    }
+    let raw = open_store("raw", &s3_store(&prefix)).unwrap();
+    let manifest = raw.get_bytes(&format!("{id}.manifest")).await.unwrap();
+    let manifest = String::from_utf8_lossy(&manifest).into_owned();
+    assert!(
+        manifest.contains("gitlab_rails['otp_key_base']") && manifest.contains("\"blake3-keyed:"),
+        "the manifest does not keep the settings' keys and fingerprints: {manifest}"
+    );
+    outputs.add("S3 manifest", manifest);
+    // The engine's view of the containers (GITLAB_OMNIBUS_CONFIG, labels) and their logs.
+    for instance in [&name, &copy] {
+        let container = format!("girofle-{instance}");
+        let inspect = Command::new("docker")
+            .args(["inspect", &container])
+            .output()
+            .unwrap();
+        assert!(inspect.status.success(), "docker inspect {container}");
+        outputs.add(
+            format!("docker inspect {container}"),
+            String::from_utf8_lossy(&inspect.stdout),
+        );
+        let logs = Command::new("docker")
+            .args(["logs", &container])
+            .output()
+            .unwrap();
+        outputs.add(
+            format!("docker logs {container}"),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            ),
+        );
+    }
+
+    // Every webhook document (successes too).
+    let sent = webhooks.lock().unwrap().clone();
+    assert!(
+        sent.iter().any(|w| w.contains("\"operation\":\"backup\""))
+            && sent.iter().any(|w| w.contains("\"outcome\":\"error\"")),
+        "the webhook got no backup or no failure: {sent:?}"
+    );
+    for (i, w) in sent.into_iter().enumerate() {
+        outputs.add(format!("webhook {i}"), w);
+    }
+
+    // The journal keeps each setting's key and a fingerprint of its value.
+    let journal = std::fs::read_to_string(root.join("journal.jsonl")).unwrap();
+    assert!(
+        journal.contains("gitlab_rails['otp_key_base']=blake3-keyed:")
+            && journal.contains("gitlab_rails['object_store']['connection']=blake3-keyed:"),
+        "the journal lacks the keys and fingerprints: {journal}"
+    );
+
     let mut leaks = Vec::new();
     for (what, text) in &outputs.texts {
         for (kind, secret) in &planted {
             // The state export carries girofle.toml (the S3 keys), the inventory (the
             // settings) and the signing key by design, as a 0600 file; never the age key
-            // or GitLab's secrets.
+            // or GitLab's secrets, and its journal holds no setting's value.
             let by_design = what == "state export"
-                && [
+                && ([
                     "S3 secret key",
                     "wrong S3 secret",
                     "root password",
                     "token",
                     "signing key",
                 ]
-                .contains(&kind.as_str());
+                .contains(&kind.as_str())
+                    || kind.starts_with("setting "));
             if !by_design && text.contains(secret.as_str()) {
                 leaks.push(format!("{kind} in {what}"));
             }
@@ -693,6 +910,81 @@ async fn no_secret_leaks_and_secret_files_are_private() {
         outputs.texts.len(),
         planted.len()
     );
+
+    // `show --reveal` shows the values (the copy's come from its archive's gitlab.rb, not
+    // from the manifest's fingerprints), and is journaled without them.
+    let revealed = |instance: &str| {
+        let out = t.cli(&["--json", "instance", "show", instance, "--reveal"]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["record"]["settings"].clone()
+    };
+    let settings = revealed(&name);
+    let text = settings.to_string();
+    for value in [root_password, token, aws, ldap, otp, display] {
+        assert!(
+            text.contains(value),
+            "--reveal does not show {value}: {text}"
+        );
+    }
+    assert_eq!(
+        revealed(&copy),
+        settings,
+        "the restored copy's settings differ"
+    );
+    let human = t.cli(&["instance", "show", &name, "--reveal"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains(otp));
+    let hidden = t.cli(&["instance", "show", &name]);
+    let hidden = String::from_utf8_lossy(&hidden.stdout).into_owned();
+    assert!(
+        hidden.contains("gitlab_rails['otp_key_base'] = [REDACTED]"),
+        "{hidden}"
+    );
+    let records = girofle_core::journal::Journal::new(root)
+        .read_all()
+        .unwrap();
+    let reveals: Vec<_> = records.iter().filter(|r| r.operation == "reveal").collect();
+    assert_eq!(reveals.len(), 3, "each --reveal is journaled");
+    let journal = std::fs::read_to_string(root.join("journal.jsonl")).unwrap();
+    for (kind, secret) in &planted {
+        assert!(
+            !journal.contains(secret.as_str()),
+            "{kind} in the journal after --reveal"
+        );
+    }
+
+    // Modes: the root is 0700 (and opening it tightens it again); every file that holds
+    // secrets is 0600, GitLab's gitlab.rb and gitlab-secrets.json included.
+    assert_eq!(mode(root), 0o700, "the root is not private");
+    assert_eq!(mode(&root.join("keys")), 0o700);
+    let mut private = vec![
+        root.join("girofle.toml"),
+        root.join("inventory.db"),
+        root.join("journal.jsonl"),
+    ];
+    private.extend(files_under(&root.join("keys")));
+    for suffix in ["-wal", "-shm"] {
+        let p = root.join(format!("inventory.db{suffix}"));
+        if p.exists() {
+            private.push(p);
+        }
+    }
+    for instance in [&name, &copy] {
+        for file in ["gitlab.rb", "gitlab-secrets.json"] {
+            private.push(
+                root.join("instances")
+                    .join(instance)
+                    .join("config")
+                    .join(file),
+            );
+        }
+    }
+    for path in &private {
+        assert_eq!(mode(path), 0o600, "{} is {:o}", path.display(), mode(path));
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(t.cli(&["instance", "list"]).status.success());
+    assert_eq!(mode(root), 0o700, "opening the root did not tighten it");
 
     // Modes: every file that holds secrets is 0600.
     let mut wrong = Vec::new();

@@ -33,7 +33,9 @@ pub enum InstanceCommand {
         /// Host name used in the external URL.
         #[arg(long)]
         hostname: Option<String>,
-        /// gitlab.rb setting KEY=VALUE (repeatable), e.g. "gitlab_rails['time_zone']=UTC".
+        /// gitlab.rb setting KEY=VALUE (repeatable), e.g. "gitlab_rails['time_zone']=UTC";
+        /// VALUE is one Ruby literal ('string', number, true/false/nil, :symbol, [array],
+        /// {hash}) or a bare word, quoted for you.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
         /// Container label KEY=VALUE (repeatable).
@@ -45,8 +47,13 @@ pub enum InstanceCommand {
     },
     /// List instances with their state (running, starting, unhealthy, stopped, missing, unknown).
     List,
-    /// Show one instance.
-    Show { name: String },
+    /// Show one instance (setting values are shown [REDACTED] unless --reveal).
+    Show {
+        name: String,
+        /// Show the values of the managed settings (the operation is journaled).
+        #[arg(long)]
+        reveal: bool,
+    },
     /// Start an instance (re-creating its container if it was removed) and wait healthy.
     Start { name: String },
     /// Stop an instance.
@@ -146,8 +153,12 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
                 out
             });
         }
-        InstanceCommand::Show { name } => {
-            let s = g.show(&name).await?;
+        InstanceCommand::Show { name, reveal } => {
+            let s = if reveal {
+                g.show_revealed(&name).await?
+            } else {
+                g.show(&name).await?
+            };
             warn_pin_overrides(&s);
             print(ctx, &s, || {
                 let mut out = format!(

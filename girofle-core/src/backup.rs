@@ -86,8 +86,8 @@ pub struct BackupHeader {
     pub format_version: u32,
     /// `<instance>/<UTC timestamp>`.
     pub id: String,
-    /// The instance as the inventory had it (secret settings redacted; `gitlab.rb` in the
-    /// archive holds them).
+    /// The instance as the inventory had it, each setting's value replaced by its keyed
+    /// fingerprint (`gitlab.rb` in the archive holds the values; restore reads them there).
     pub instance: InstanceRecord,
     pub image: String,
     /// GitLab version read from the container (`/opt/gitlab/version-manifest.txt`).
@@ -743,7 +743,7 @@ impl Girofle {
         let mut header = BackupHeader {
             format_version: FORMAT_VERSION,
             id: id.clone(),
-            instance: record.redacted(),
+            instance: record.fingerprinted(&self.fingerprint_key()?),
             image: record.image.clone(),
             gitlab_version: gitlab_version.clone(),
             edition,

@@ -120,6 +120,57 @@ impl Error {
         }
     }
 
+    /// The same error with every text in `secrets` (and URL credentials) replaced by
+    /// `[REDACTED]` in its messages (GitLab's output or logs may repeat a setting's value).
+    pub fn scrubbed(self, secrets: &[String]) -> Self {
+        let s = |t: String| crate::journal::scrub_known(&t, secrets);
+        match self {
+            Error::NotFound { what, hint } => Error::NotFound {
+                what: s(what),
+                hint: s(hint),
+            },
+            Error::AlreadyExists { what, hint } => Error::AlreadyExists {
+                what: s(what),
+                hint: s(hint),
+            },
+            Error::Conflict(m) => Error::Conflict(s(m)),
+            Error::InvalidInput { field, message } => Error::InvalidInput {
+                field,
+                message: s(message),
+            },
+            Error::Unhealthy {
+                message,
+                health_log,
+                logs,
+            } => Error::Unhealthy {
+                message: s(message),
+                health_log: s(health_log),
+                logs: s(logs),
+            },
+            Error::Corrupt { what, message } => Error::Corrupt {
+                what: s(what),
+                message: s(message),
+            },
+            Error::VersionMismatch(m) => Error::VersionMismatch(s(m)),
+            Error::Command {
+                container,
+                command,
+                exit_code,
+                output,
+            } => Error::Command {
+                container,
+                command: s(command),
+                exit_code,
+                output: s(output),
+            },
+            Error::Backend { backend, message } => Error::Backend {
+                backend,
+                message: s(message),
+            },
+            io @ Error::Io { .. } => io,
+        }
+    }
+
     /// A short stable name for the kind of error (used by the CLI's exit codes,
     /// the journal and the Python exception classes).
     pub fn kind(&self) -> &'static str {

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::address::{allocate, AddressRequest};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
+use crate::fingerprint::FingerprintKey;
 use crate::instance::{
     self, container_spec, render_gitlab_rb, HealthSettings, InstanceDirs, InstanceRecord, Stage,
     LABEL_MANAGED, LABEL_ROOT,
@@ -136,6 +137,61 @@ fn is_port_refused(e: &Error) -> bool {
         if m.contains("port is already allocated") || m.contains("address already in use"))
 }
 
+/// The values given as `KEY=VALUE` texts, as an error message must not show them.
+fn given_values(texts: &[String]) -> Vec<String> {
+    let mut raw: Vec<String> = texts
+        .iter()
+        .filter_map(|t| t.split_once('=').map(|(_, v)| v.trim().to_string()))
+        .collect();
+    let parsed: Vec<String> = texts
+        .iter()
+        .filter_map(|t| instance::parse_setting(t).ok().map(|(_, v)| v))
+        .collect();
+    raw.extend(parsed);
+    instance::setting_values(raw.iter())
+}
+
+/// Makes the root 0700: instance data, the configuration and the inventory are
+/// reachable through it by its owner only (dockerd, running as root, needs no more for
+/// the bind mounts). A read-only root is left as it is: its writes fail with their own
+/// message.
+fn make_root_private(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(root).ctx("read", root)?;
+    if meta.permissions().mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    match std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)) {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(()),
+        other => other.ctx("make private (chmod 0700)", root),
+    }
+}
+
+/// Makes the files of an instance's configuration that hold its settings and secrets
+/// (`gitlab.rb`, `gitlab-secrets.json`) 0600, when they exist.
+fn make_config_private(dirs: &InstanceDirs) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    for name in ["gitlab.rb", "gitlab-secrets.json"] {
+        let path = dirs.config.join(name);
+        // Through a descriptor opened without following symlinks: the container may
+        // swap the file for a link to a host file between a check and a chmod by path.
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        else {
+            continue;
+        };
+        let meta = file.metadata().ctx("read", &path)?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            let mode = meta.permissions().mode() & 0o7700;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .ctx("make private", &path)?;
+        }
+    }
+    Ok(())
+}
+
 impl Girofle {
     /// Prepares a root: directories, default `girofle.toml` (unless present), the
     /// inventory and the fleet's signing key (`keys/`). Idempotent. Returns whether a configuration was written.
@@ -151,11 +207,13 @@ impl Girofle {
             let p = root.join(d);
             std::fs::create_dir_all(&p).ctx("create directory", &p)?;
         }
+        make_root_private(root)?;
         let wrote = Config::write_default(root)?;
         Config::load(root)?;
         SqliteInventory::open(&root.join("inventory.db"))?;
         // The fleet's signing key: every backup's manifest is signed with it.
         crate::signing::ensure_key(root)?;
+        FingerprintKey::of_root(root)?;
         Ok(wrote)
     }
 
@@ -181,6 +239,7 @@ impl Girofle {
         runtime: Arc<dyn ContainerRuntime>,
     ) -> Result<Self> {
         let root = std::path::absolute(root).ctx("resolve", root)?;
+        make_root_private(&root)?;
         let inventory = Arc::new(SqliteInventory::open(&root.join("inventory.db"))?);
         // A root made before backups were signed gets its key on first open.
         crate::signing::ensure_key(&root)?;
@@ -243,7 +302,19 @@ impl Girofle {
             .collect()
     }
 
-    /// Runs `op` and appends its journal record, whatever the outcome.
+    /// The values of every instance's settings (and the strings inside them), which an
+    /// error message must not show.
+    pub(crate) async fn setting_secrets(&self) -> Vec<String> {
+        match self.inventory.load().await {
+            Ok(fleet) => {
+                instance::setting_values(fleet.instances.values().flat_map(|r| r.settings.values()))
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Runs `op` and appends its journal record, whatever the outcome. The error, as
+    /// journaled and as returned, holds no store credential and no setting's value.
     pub(crate) async fn journaled<T, F>(
         &self,
         operation: &str,
@@ -256,6 +327,14 @@ impl Girofle {
     {
         let started_at = now();
         let (result, nested) = crate::notify::scoped(op).await;
+        let result = match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let mut secrets = self.known_secrets();
+                secrets.extend(self.setting_secrets().await);
+                Err(e.scrubbed(&secrets))
+            }
+        };
         let (outcome, error_kind, error) = match &result {
             Ok(_) => ("ok", None, None),
             Err(e) => ("error", Some(e.kind().to_string()), Some(e.to_string())),
@@ -319,7 +398,7 @@ impl Girofle {
             "https_port": request.addresses.https_port,
             "ssh_port": request.addresses.ssh_port,
             "hostname": request.hostname,
-            "set": request.settings,
+            "set": self.fingerprint_key()?.settings_texts(&request.settings),
             "labels": request.labels,
             "timeout_secs": request.timeout.map(|t| t.as_secs()),
         });
@@ -327,7 +406,11 @@ impl Girofle {
             "commission",
             arguments,
             Self::versions_of(&image),
-            Box::pin(self.commission_inner(request, image)),
+            Box::pin(async {
+                let values = given_values(&request.settings);
+                let r = self.commission_inner(request, image).await;
+                r.map_err(|e| e.scrubbed(&values))
+            }),
         )
         .await
     }
@@ -556,6 +639,8 @@ impl Girofle {
         for (_, dir, _) in dirs.volumes() {
             std::fs::create_dir_all(dir).ctx("create directory", dir)?;
         }
+        // Restored files keep the archive's modes; GitLab writes its own at first boot.
+        make_config_private(dirs)?;
         let health = self.health(timeout);
         let spec = container_spec(&self.root, record, dirs, health);
         self.runtime.create(&spec).await?;
@@ -563,7 +648,8 @@ impl Girofle {
         self.runtime.start(&spec.name).await?;
         self.runtime
             .wait_healthy(&spec.name, health.boot_timeout)
-            .await
+            .await?;
+        make_config_private(dirs)
     }
 
     /// Puts gitlab.rb in place before the container starts: GitLab's own template (read
@@ -698,6 +784,31 @@ impl Girofle {
             .ok_or_else(|| unknown_instance(name))
     }
 
+    /// [`Girofle::show`] with the settings' values in clear (everywhere else they are
+    /// `[REDACTED]`). Journaled as `reveal`, with the name only.
+    ///
+    /// # Errors
+    /// As [`Girofle::show`].
+    pub async fn show_revealed(&self, name: &str) -> Result<InstanceStatus> {
+        self.journaled("reveal", json!({ "name": name }), json!({}), async {
+            let mut status = self.show(name).await?;
+            let record = self.inventory.get(name).await?;
+            if let Some(r) = status.record.as_mut() {
+                r.settings = record.settings;
+            }
+            Ok(status)
+        })
+        .await
+    }
+
+    /// The fleet's key for fingerprints of setting values (created on first use).
+    ///
+    /// # Errors
+    /// `Io` when it cannot be read or created.
+    pub fn fingerprint_key(&self) -> Result<FingerprintKey> {
+        FingerprintKey::of_root(&self.root)
+    }
+
     /// Starts an instance and waits healthy. A container removed behind Girofle's back is
     /// created again from the inventory (the data directories are untouched).
     ///
@@ -779,9 +890,12 @@ impl Girofle {
         let record = self.inventory.get(name).await?;
         self.journaled(
             "reconfigure",
-            json!({ "name": name, "set": set, "unset": unset }),
+            json!({ "name": name, "set": self.fingerprint_key()?.settings_texts(set), "unset": unset }),
             Self::versions_of(&record.image),
-            self.reconfigure_inner(record.clone(), set, unset),
+            async {
+                let r = self.reconfigure_inner(record.clone(), set, unset).await;
+                r.map_err(|e| e.scrubbed(&given_values(set)))
+            },
         )
         .await
     }

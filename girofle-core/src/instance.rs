@@ -75,14 +75,23 @@ impl InstanceRecord {
         container_name(&self.name)
     }
 
-    /// A copy safe to print or to store in plain metadata: values of secret-looking
-    /// settings (passwords, tokens...) are replaced.
+    /// A copy safe to print: every setting's value is replaced by `[REDACTED]`, whatever
+    /// its key (a secret hides as well under `otp_key_base` or inside a hash as under
+    /// `password`). [`crate::Girofle::show_revealed`] shows them.
     pub fn redacted(&self) -> InstanceRecord {
         let mut r = self.clone();
-        for (k, v) in r.settings.iter_mut() {
-            if crate::journal::is_secret_key(k) {
-                *v = crate::journal::REDACTED.to_string();
-            }
+        for v in r.settings.values_mut() {
+            *v = crate::journal::REDACTED.to_string();
+        }
+        r
+    }
+
+    /// A copy for plain metadata (the backup manifests): every setting's value is
+    /// replaced by its keyed fingerprint, so two manifests tell whether a value changed.
+    pub fn fingerprinted(&self, key: &crate::fingerprint::FingerprintKey) -> InstanceRecord {
+        let mut r = self.clone();
+        for v in r.settings.values_mut() {
+            *v = key.fingerprint(v);
         }
         r
     }
@@ -167,31 +176,76 @@ pub fn validate_hostname(host: &str) -> Result<()> {
 }
 
 /// Parses `KEY=VALUE` into a managed `gitlab.rb` setting. The key is a Ruby setting path
-/// (`external_url`, `gitlab_rails['time_zone']`, `nginx['ssl']['x']`); the value is a Ruby
-/// literal, or a bare word that is then quoted as a string.
+/// (`external_url`, `gitlab_rails['time_zone']`, `nginx['ssl']['x']`); the value is one
+/// Ruby literal ([`crate::ruby`]: GitLab evaluates gitlab.rb, so nothing else may pass),
+/// or a bare word (`UTC`, `Europe/Paris`) that is then quoted as a string.
 ///
 /// # Errors
-/// `InvalidInput` saying what a setting looks like.
+/// `InvalidInput` saying what a setting looks like and, for a value, why and at which
+/// character it is refused; the value itself is never quoted (it may be a secret).
 pub fn parse_setting(text: &str) -> Result<(String, String)> {
-    let bad = |why: &str| {
-        Error::invalid(
-            "--set",
-            format!(
-                "`{text}`: {why}; write KEY=VALUE, e.g. --set \"gitlab_rails['time_zone']=UTC\""
-            ),
-        )
-    };
+    const EXAMPLE: &str = "write KEY=VALUE, e.g. --set \"gitlab_rails['time_zone']=UTC\"";
     // The key may itself hold `=` only inside brackets, which a setting key never does.
-    let (key, value) = text.split_once('=').ok_or_else(|| bad("no `=`"))?;
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(Error::invalid(
+            "--set",
+            format!("a setting has no `=`; {EXAMPLE}"),
+        ));
+    };
     let key = key.trim();
-    let value = value.trim();
     if !valid_key(key) {
-        return Err(bad("the key is not a gitlab.rb setting name"));
+        return Err(Error::invalid(
+            "--set",
+            format!("`{key}` is not a gitlab.rb setting name; {EXAMPLE}"),
+        ));
     }
-    if value.is_empty() || value.contains('\n') {
-        return Err(bad("the value is empty or has a line break"));
+    let value = value.trim_matches([' ', '\t']);
+    Ok((
+        key.to_string(),
+        setting_literal(value).map_err(|e| Error::invalid("--set", format!("`{key}`: {e}")))?,
+    ))
+}
+
+/// A setting's value as stored: the literal as given, or a bare word quoted.
+///
+/// # Errors
+/// `InvalidInput`'s message: why, and at which character, without the value.
+fn setting_literal(value: &str) -> std::result::Result<String, String> {
+    if value.is_empty() {
+        return Err("the value is empty".into());
     }
-    Ok((key.to_string(), ruby_literal(value)))
+    if crate::ruby::is_bare_word(value) {
+        return Ok(crate::ruby::quote(value));
+    }
+    match crate::ruby::parse(value) {
+        Ok(_) => Ok(value.to_string()),
+        Err(e) => Err(format!(
+            "the value is not one Ruby literal ({e}); a value is a 'string', a \"string\" without #{{…}}, a number, true/false/nil, a :symbol, an [array] or a {{'key' => value}} hash of those, or a bare word of letters, digits and _-./:@+,=%~ (quoted for you)"
+        )),
+    }
+}
+
+/// The texts an error message must not show for these settings: each whole value and
+/// the strings and symbols inside it (4 characters or more; a plain number, `true`,
+/// `false` or `nil` is left out).
+pub fn setting_values<'a>(settings: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    use crate::ruby::Literal;
+    let mut out = Vec::new();
+    for v in settings {
+        match crate::ruby::parse(v) {
+            Ok(Literal::Number(_) | Literal::Bool(_) | Literal::Nil) => {}
+            Ok(lit) => {
+                out.push(v.clone());
+                out.extend(lit.leaves());
+            }
+            Err(_) => out.push(v.clone()),
+        }
+    }
+    out.retain(|s| s.len() >= 4);
+    // Longest first: a value is scrubbed whole before its parts.
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
 }
 
 fn valid_key(key: &str) -> bool {
@@ -225,20 +279,6 @@ fn valid_key(key: &str) -> bool {
         rest = &inner[end + 2..];
     }
     true
-}
-
-fn ruby_literal(value: &str) -> String {
-    let is_number = value.parse::<f64>().is_ok();
-    let is_word = matches!(value, "true" | "false" | "nil");
-    let quoted = (value.starts_with('\'') && value.ends_with('\'') && value.len() >= 2)
-        || (value.starts_with('"') && value.ends_with('"') && value.len() >= 2);
-    let composite = (value.starts_with('[') && value.ends_with(']'))
-        || (value.starts_with('{') && value.ends_with('}'));
-    if is_number || is_word || quoted || composite {
-        value.to_string()
-    } else {
-        format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-    }
 }
 
 /// The host directories of one instance under a Girofle root.
@@ -294,7 +334,9 @@ pub const LOG_MAX_SIZE: &str = "50m";
 /// Log files kept by the engine.
 pub const LOG_MAX_FILES: u32 = 3;
 
-/// `GITLAB_OMNIBUS_CONFIG` for an instance: applied by GitLab at every boot.
+/// `GITLAB_OMNIBUS_CONFIG` for an instance: applied by GitLab at every boot. It holds
+/// addresses only, never a managed setting: `docker inspect` shows the environment to
+/// whoever may talk to the engine (the settings live in gitlab.rb, 0600).
 ///
 /// GitLab's nginx listens on the port of `external_url` unless told otherwise; the
 /// container publishes port 80, so nginx is pinned there (the host port differs).
@@ -529,7 +571,9 @@ pub fn render_gitlab_rb(
 }
 
 /// The settings in the managed block of a `gitlab.rb` text (used after a restore, where
-/// the backup's metadata holds the settings redacted but `gitlab.rb` holds them whole).
+/// the backup's metadata holds only fingerprints but `gitlab.rb` holds the values). Only
+/// lines `KEY = LITERAL` that `--set` could have written are taken: the file comes from a
+/// store, and a line carrying code must not become a setting Girofle writes again.
 pub fn managed_settings(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let (Some(b), Some(e)) = (text.find(MANAGED_BEGIN), text.find(MANAGED_END)) {
@@ -551,7 +595,10 @@ pub fn managed_settings(text: &str) -> BTreeMap<String, String> {
                     (head > 0).then(|| (&line[..head], v.strip_prefix("= ").unwrap_or(v)))
                 };
                 if let Some((k, v)) = pair {
-                    out.insert(k.trim().to_string(), v.trim().to_string());
+                    let (k, v) = (k.trim(), v.trim());
+                    if valid_key(k) && crate::ruby::parse(v).is_ok() {
+                        out.insert(k.to_string(), v.to_string());
+                    }
                 }
             }
         }
@@ -594,7 +641,21 @@ mod tests {
             parse_setting("nginx['listen_port'] = 8080").unwrap().1,
             "8080"
         );
-        assert_eq!(parse_setting("x['y']=it's").unwrap().1, "'it\\'s'");
+        assert_eq!(parse_setting("x['y']=\"it's\"").unwrap().1, "\"it's\"");
+        assert_eq!(
+            parse_setting("x['y']={'a' => ['b', 1]}").unwrap().1,
+            "{'a' => ['b', 1]}"
+        );
+        for bad in [
+            "x['y']=it's",
+            "x['y']='a'; system('x'); 'b'",
+            "x['y']=\"#{`id`}\"",
+            "x['y']=[1, foo]",
+        ] {
+            let e = parse_setting(bad).unwrap_err().to_string();
+            assert!(e.contains("at character") && e.contains("x['y']"), "{e}");
+            assert!(!e.contains("system") && !e.contains("foo"), "{e}");
+        }
         for bad in [
             "novalue",
             "Bad['k']=1",
@@ -642,6 +703,71 @@ mod tests {
         assert_eq!(second.matches(MANAGED_BEGIN).count(), 1);
         assert!(second.contains("a['c'] = 2\n") && second.ends_with("# tail\n"));
         assert_eq!(managed_settings(&second), s);
+        // A managed line carrying code is not taken back as a setting.
+        let hostile = second.replace("a['c'] = 2", "a['c'] = 2; system('id')");
+        assert_eq!(managed_settings(&hostile).len(), 1);
+    }
+
+    #[test]
+    fn outputs_redact_every_value_and_manifests_fingerprint_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::fingerprint::FingerprintKey::of_root(dir.path()).unwrap();
+        let mut settings = BTreeMap::new();
+        settings.insert(
+            "gitlab_rails['otp_key_base']".to_string(),
+            "'PLANTED-otp'".to_string(),
+        );
+        let r = InstanceRecord {
+            name: "a".into(),
+            image: "i:1.0.0-ce.0".into(),
+            bindings: Bindings {
+                ip: "127.0.0.1".parse().unwrap(),
+                http_port: 1,
+                https_port: 2,
+                ssh_port: 3,
+            },
+            hostname: None,
+            external_url: "http://127.0.0.1:1".into(),
+            settings,
+            labels: BTreeMap::new(),
+            created_at: Utc::now(),
+            stage: Stage::Active,
+        };
+        let shown = serde_json::to_string(&r.redacted()).unwrap();
+        assert!(
+            !shown.contains("PLANTED") && shown.contains("otp_key_base"),
+            "{shown}"
+        );
+        let kept = serde_json::to_string(&r.fingerprinted(&key)).unwrap();
+        assert!(
+            !kept.contains("PLANTED") && kept.contains("blake3-keyed:"),
+            "{kept}"
+        );
+        assert!(setting_values(r.settings.values()).contains(&"PLANTED-otp".to_string()));
+    }
+
+    #[test]
+    fn errors_are_scrubbed_of_whole_values_and_nested_strings() {
+        let values = setting_values(
+            [
+                "{'main' => {'password' => 'PLANTED-ldap', 'port' => 3890}}".to_string(),
+                "8080".to_string(),
+                "'UTC'".to_string(),
+            ]
+            .iter(),
+        );
+        let e = Error::Command {
+            container: "c".into(),
+            command: "gitlab-ctl reconfigure".into(),
+            exit_code: 1,
+            output: "line 3: x = {'main' => {'password' => 'PLANTED-ldap', 'port' => 3890}}; password PLANTED-ldap; port 8080".into(),
+        }
+        .scrubbed(&values);
+        let text = e.to_string();
+        assert!(!text.contains("PLANTED"), "{text}");
+        // Numbers are no secret: a port stays readable.
+        assert!(text.contains("port 8080"), "{text}");
+        assert!(matches!(e, Error::Command { exit_code: 1, .. }));
     }
 
     #[test]

@@ -228,17 +228,32 @@ impl SqliteInventory {
     /// # Errors
     /// `Backend` when the file cannot be opened or migrated.
     pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let inv = SqliteInventory {
             path: path.to_path_buf(),
         };
+        // Created 0600 before SQLite opens it (when it can be written at all): SQLite gives
+        // its -wal and -shm files the database's mode, and the book holds every setting in
+        // clear.
+        if !path.exists() {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+        }
         let conn = connect_db_to_read(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .map_err(|e| db_err(path, e))?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+        }
         Ok(inv)
     }
 

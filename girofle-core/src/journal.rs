@@ -4,10 +4,11 @@
 //!
 //! Responsible for writing records that never hold a secret: values under secret-looking
 //! keys, credentials in URLs and known secret values are redacted before anything is
-//! written. It does not decide what an operation is; callers record them.
+//! written. It does not decide what an operation is; callers record them, and record
+//! `--set` settings as their keys and fingerprints ([`crate::fingerprint`]), never values.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -108,8 +109,9 @@ pub fn redact(value: &Value) -> Value {
         ),
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
         Value::String(s) => {
-            if let Some((k, _)) = s.split_once('=') {
-                if is_secret_key(k) {
+            if let Some((k, v)) = s.split_once('=') {
+                // A fingerprint (`--set` arguments) tells nothing without the fleet's key.
+                if is_secret_key(k) && !v.starts_with(crate::fingerprint::PREFIX) {
                     return Value::String(format!("{k}={REDACTED}"));
                 }
             }
@@ -128,6 +130,45 @@ pub fn scrub_known(text: &str, secrets: &[String]) -> String {
         }
     }
     out
+}
+
+/// A journal's text with the values of `--set` settings that Girofle versions before the
+/// fingerprints wrote in clear (`"set": ["KEY=VALUE"]`) replaced by their fingerprints;
+/// every other line is kept byte for byte. Used where a journal leaves the root (the
+/// state export) and to compare lines on import.
+pub fn fingerprint_old_settings(text: &[u8], key: &crate::fingerprint::FingerprintKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        match fingerprint_line(line, key) {
+            Some(new) => out.extend_from_slice(&new),
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
+}
+
+fn fingerprint_line(line: &[u8], key: &crate::fingerprint::FingerprintKey) -> Option<Vec<u8>> {
+    let mut record: Record = serde_json::from_slice(line.trim_ascii_end()).ok()?;
+    let set = record.arguments.get_mut("set")?.as_array_mut()?;
+    let mut changed = false;
+    for item in set.iter_mut() {
+        let Some(text) = item.as_str() else { continue };
+        let value = text.split_once('=').map_or(text, |(_, v)| v).trim();
+        if value.starts_with(crate::fingerprint::PREFIX) || value == REDACTED {
+            continue;
+        }
+        let fingerprinted = key.settings_texts(&[text.to_string()]);
+        *item = Value::String(fingerprinted.into_iter().next()?);
+        changed = true;
+    }
+    if !changed {
+        return None;
+    }
+    let mut bytes = serde_json::to_vec(&record).ok()?;
+    if line.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    Some(bytes)
 }
 
 /// The user running Girofle.
@@ -189,6 +230,12 @@ impl Journal {
             .mode(0o600)
             .open(&self.path)
             .ctx("open journal", &self.path)?;
+        // A journal written by an older Girofle may be readable by others.
+        if f.metadata()
+            .is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+        {
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
         f.lock_exclusive().ctx("lock journal", &self.path)?;
         let end = f.metadata().map(|m| m.len());
         let r = f.write_all(line.as_bytes()).and_then(|_| f.sync_data());
@@ -250,8 +297,49 @@ mod tests {
     }
 
     #[test]
+    fn old_settings_values_become_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::fingerprint::FingerprintKey::of_root(dir.path()).unwrap();
+        let now = Utc::now();
+        let rec = |set: Value| Record {
+            operation: "reconfigure".into(),
+            arguments: json!({ "name": "a", "set": set }),
+            user: "u".into(),
+            host: "h".into(),
+            pid: 1,
+            girofle_version: "0".into(),
+            versions: json!({}),
+            started_at: now,
+            ended_at: now,
+            outcome: "ok".into(),
+            error_kind: None,
+            error: None,
+        };
+        let old = rec(json!([
+            "x['otp_key_base']='PLANTED-old'",
+            "x['password']=[REDACTED]"
+        ]));
+        let other = rec(json!([]));
+        let text = format!(
+            "{}\n{}\n",
+            serde_json::to_string(&old).unwrap(),
+            serde_json::to_string(&other).unwrap()
+        );
+        let new = fingerprint_old_settings(text.as_bytes(), &key);
+        let new = String::from_utf8(new).unwrap();
+        assert!(!new.contains("PLANTED"), "{new}");
+        assert!(new.contains("x['otp_key_base']=blake3-keyed:"), "{new}");
+        assert!(new.contains("x['password']=[REDACTED]"), "{new}");
+        assert!(new.ends_with(&format!("{}\n", serde_json::to_string(&other).unwrap())));
+        // Once done, nothing changes.
+        assert_eq!(
+            fingerprint_old_settings(new.as_bytes(), &key),
+            new.as_bytes()
+        );
+    }
+
+    #[test]
     fn append_and_read_back_mode_0600() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path());
         let now = Utc::now();

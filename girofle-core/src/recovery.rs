@@ -385,13 +385,24 @@ impl Girofle {
             "host": intent.host,
             "started_at": intent.started_at,
         });
+        // Settings the inventory may no longer (or not yet) hold: GitLab's output about
+        // them must not reach the journal or the caller.
+        let values = match &intent.op {
+            Operation::Reconfigure { settings, .. } => instance::setting_values(settings.values()),
+            Operation::Decommission { record, .. } => {
+                instance::setting_values(record.settings.values())
+            }
+            Operation::Restore {
+                previous: Some(record),
+                ..
+            } => instance::setting_values(record.settings.values()),
+            _ => Vec::new(),
+        };
         let result = self
-            .journaled(
-                "recover",
-                arguments,
-                json!({}),
-                self.undo(&intent, &mut actions),
-            )
+            .journaled("recover", arguments, json!({}), async {
+                let undone = self.undo(&intent, &mut actions).await;
+                undone.map_err(|e| e.scrubbed(&values))
+            })
             .await;
         let (outcome, error) = match result {
             Ok(outcome) => match remove_intent(&path) {

@@ -28,6 +28,7 @@ use serde_json::json;
 
 use crate::config::{Config, CONFIG_FILE};
 use crate::error::{Error, IoContext, Result};
+use crate::fingerprint::FingerprintKey;
 use crate::fleet::Girofle;
 use crate::instance::InstanceRecord;
 use crate::inventory::Fleet;
@@ -201,7 +202,12 @@ fn export_blocking(root: &Path, file: &Path) -> Result<StateReport> {
     let inventory = std::fs::read(&scratch.0).ctx("read", &scratch.0)?;
     let fleet = read_fleet(&scratch.0)?;
     drop(scratch);
-    let journal_bytes = read_journal(&root.join(JOURNAL))?;
+    // A journal begun by an older Girofle may hold settings' values: they leave as
+    // fingerprints.
+    let journal_bytes = journal::fingerprint_old_settings(
+        &read_journal(&root.join(JOURNAL))?,
+        &FingerprintKey::of_root(root)?,
+    );
     // The signing key goes along: backups made on the new host are signed by the same
     // fleet, and the old ones stay trusted.
     crate::signing::ensure_key(root)?;
@@ -436,7 +442,11 @@ fn merge_journal(path: &Path, imported: &[u8]) -> Result<usize> {
     let result = (|| {
         let mut existing = Vec::new();
         f.read_to_end(&mut existing).ctx("read journal", path)?;
-        let have: HashSet<&[u8]> = existing
+        // Compared as the export wrote them (old settings' values as fingerprints).
+        let root = path.parent().unwrap_or(Path::new("."));
+        let compared =
+            journal::fingerprint_old_settings(&existing, &FingerprintKey::of_root(root)?);
+        let have: HashSet<&[u8]> = compared
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .collect();

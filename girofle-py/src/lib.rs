@@ -263,7 +263,8 @@ fn invalid(py: Python<'_>, field: &str, message: impl Into<String>) -> PyErr {
 }
 
 /// `KEY=VALUE` settings from a list of strings, or from a dict whose values are Ruby
-/// literals or plain strings (`True`/`False`/`None` and numbers become Ruby's).
+/// literals or bare words (`True`/`False`/`None` and numbers become Ruby's); core
+/// refuses anything else, as for `--set`.
 fn settings_arg(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
     let Some(value) = value else {
         return Ok(Vec::new());
@@ -469,9 +470,17 @@ impl PyGirofle {
         to_py(py, &list)
     }
 
-    /// One instance with its state.
-    fn show(&self, py: Python<'_>, name: String) -> PyResult<Py<PyAny>> {
-        self.data(py, |g| async move { g.show(&name).await })
+    /// One instance with its state; setting values are `REDACTED` unless `reveal=True`
+    /// (journaled as `reveal`).
+    #[pyo3(signature = (name, reveal=false))]
+    fn show(&self, py: Python<'_>, name: String, reveal: bool) -> PyResult<Py<PyAny>> {
+        self.data(py, |g| async move {
+            if reveal {
+                g.show_revealed(&name).await
+            } else {
+                g.show(&name).await
+            }
+        })
     }
 
     /// Starts an instance (re-creating a removed container) and waits healthy.
@@ -851,7 +860,8 @@ fn parse_setting(py: Python<'_>, text: &str) -> PyResult<(String, String)> {
     girofle_core::instance::parse_setting(text).map_err(|e| to_py_err(py, e))
 }
 
-/// Whether Girofle treats a setting key as secret (recorded and journaled redacted).
+/// Whether a key looks secret (`password`, `token`...). Every setting's value is shown
+/// redacted whatever its key; this only tells which keys the journal redacted before.
 #[pyfunction]
 fn is_secret_key(key: &str) -> bool {
     girofle_core::journal::is_secret_key(key)

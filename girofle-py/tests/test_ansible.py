@@ -155,12 +155,17 @@ def test_instance_states_are_idempotent(make_root, tmp_path):
     preview = module(tmp_path, "girofle_instance", {**base, "settings": tz}, check=True)
     assert preview["changed"]
     # The default callback prints the diff (--diff) before the result.
+    # Values redacted there, as everywhere Girofle shows settings.
     added = [line for line in preview["_stdout"].splitlines() if line.startswith("+")]
-    assert any("time_zone" in line and "'UTC'" in line for line in added), preview["_stdout"]
+    assert any("time_zone" in line and girofle.REDACTED in line for line in added), preview["_stdout"]
+    assert not any("'UTC'" in line for line in added), preview["_stdout"]
     g = root.open()
     assert "gitlab_rails['time_zone']" not in g.show(name).record.settings
     assert module(tmp_path, "girofle_instance", {**base, "settings": tz})["changed"]
-    assert g.show(name).record.settings["gitlab_rails['time_zone']"] == "'UTC'"
+    assert g.show(name, reveal=True).record.settings["gitlab_rails['time_zone']"] == "'UTC'"
+    # A changed value of an existing key is seen (the module compares revealed values).
+    assert module(tmp_path, "girofle_instance", {**base, "settings": {**tz, "gitlab_rails['time_zone']": "Europe/Paris"}})["changed"]
+    assert module(tmp_path, "girofle_instance", {**base, "settings": tz})["changed"]
     rb = managed_block(root.path / "instances" / name / "config" / "gitlab.rb")
     assert "gitlab_rails['time_zone'] = 'UTC'" in rb and "gitlab_default_theme'] = 2" in rb
     assert not module(tmp_path, "girofle_instance", {**base, "settings": tz})["changed"]

@@ -24,10 +24,16 @@ def test_lifecycle_with_real_effects(root, g):
     assert isinstance(record, girofle.Instance)
     assert record.name == name
     assert record.stage == "active"
+    # Values are shown redacted, whatever the key; reveal=True shows them.
     assert record.settings == {
+        "gitlab_rails['gitlab_shell_ssh_port']": girofle.REDACTED,
+        "gitlab_rails['time_zone']": girofle.REDACTED,
+    }
+    assert g.show(name, reveal=True).record.settings == {
         "gitlab_rails['gitlab_shell_ssh_port']": "2222",
         "gitlab_rails['time_zone']": "'UTC'",
     }
+    assert "UTC" not in repr(record) and "UTC" not in str(record.to_dict())
     http = record.bindings.http_port
     assert root.ports[0] <= http <= root.ports[1]
     assert record.external_url == f"http://127.0.0.1:{http}"
@@ -57,6 +63,10 @@ def test_lifecycle_with_real_effects(root, g):
         unset=["gitlab_rails['gitlab_shell_ssh_port']"],
     )
     assert after.settings == {
+        "gitlab_rails['gitlab_default_theme']": girofle.REDACTED,
+        "gitlab_rails['time_zone']": girofle.REDACTED,
+    }
+    assert g.show(name, reveal=True).record.settings == {
         "gitlab_rails['gitlab_default_theme']": "2",
         "gitlab_rails['time_zone']": "'UTC'",
     }

@@ -35,8 +35,9 @@ options:
       - The managed gitlab.rb settings, KEY to VALUE (a Ruby literal, or a bare word
         quoted as a string). When given, this is the whole managed block - keys not
         listed are removed. Omit to leave the settings alone.
-      - Secret settings (passwords, tokens) are recorded redacted, so a change of their
-        value is not detected on an existing instance.
+      - Girofle shows every setting's value redacted; to compare them this module reads
+        them with C(show(name, reveal=True)), which Girofle journals as C(reveal). Diffs
+        show the keys with their values redacted.
     type: dict
   image: {description: Image of a new instance; an existing one running another image is an error., type: str}
   ip: {description: Address of a new instance (from the pool)., type: str}
@@ -100,7 +101,7 @@ def literal_settings(settings):
 
 
 def settings_changes(current, desired):
-    """(set, unset) turning `current` into `desired`; redacted values count as equal."""
+    """(set, unset) turning `current` (the revealed values) into `desired`."""
     to_set = [
         f"{k}={v}"
         for k, v in desired.items()
@@ -196,7 +197,8 @@ def main():
             )
         to_set, to_unset = ([], [])
         if desired is not None:
-            to_set, to_unset = settings_changes(record.settings, desired)
+            revealed = g.show(name, reveal=True).record
+            to_set, to_unset = settings_changes(revealed.settings, desired)
             after["settings"] = redacted(desired)
         running = current.state in RUNNING
         want_running = {"started": True, "stopped": False}.get(state, running)
@@ -220,8 +222,8 @@ def main():
 
 
 def redacted(settings):
-    """Settings as diff mode may show them: secret values replaced, as Girofle records them."""
-    return {k: girofle.REDACTED if girofle.is_secret_key(k) else v for k, v in settings.items()}
+    """Settings as diff mode may show them: every value replaced, as Girofle shows them."""
+    return {k: girofle.REDACTED for k in settings}
 
 
 def describe(status):
@@ -232,7 +234,7 @@ def describe(status):
     return {
         "exists": True,
         "state": state,
-        "settings": dict(status.record.settings) if status.record else {},
+        "settings": redacted(status.record.settings) if status.record else {},
     }
 
 

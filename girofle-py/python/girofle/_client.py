@@ -157,9 +157,10 @@ class Girofle:
         :class:`UserWarning` naming the instance and the error (its state may be wrong)."""
         return [InstanceStatus.from_dict(s) for s in self._native.list()]
 
-    def show(self, name: str) -> InstanceStatus:
-        """One instance with its state."""
-        return InstanceStatus.from_dict(self._native.show(name))
+    def show(self, name: str, reveal: bool = False) -> InstanceStatus:
+        """One instance with its state. Setting values are ``REDACTED`` unless
+        ``reveal=True`` (journaled as ``reveal``, without the values)."""
+        return InstanceStatus.from_dict(self._native.show(name, reveal))
 
     def start(self, name: str, cancel: Cancel | None = None) -> Instance:
         """Starts an instance (re-creating a removed container) and waits healthy."""

@@ -11,7 +11,7 @@ from typing import Literal, TypedDict
 
 __version__: str
 REDACTED: str
-"""The value shown for secret settings (passwords, tokens) in records."""
+"""The value shown for every setting in records (``show(name, reveal=True)`` shows them)."""
 
 # --- results ------------------------------------------------------------------------
 
@@ -28,7 +28,7 @@ class InstanceRecord(TypedDict):
     hostname: str | None
     external_url: str
     settings: dict[str, str]
-    """Managed gitlab.rb settings: key to Ruby literal (secret ones are ``REDACTED``)."""
+    """Managed gitlab.rb settings: key to ``REDACTED`` (to the Ruby literal with ``show(name, reveal=True)``)."""
     labels: dict[str, str]
     created_at: str
     stage: Literal["commissioning", "active"]
@@ -249,7 +249,7 @@ def parse_setting(text: str) -> tuple[str, str]:
     """``"KEY=VALUE"`` -> ``(key, ruby_literal)`` as stored in records."""
 
 def is_secret_key(key: str) -> bool:
-    """Whether a setting key counts as secret (its value is recorded ``REDACTED``)."""
+    """Whether a setting key looks secret. Every setting's value is shown ``REDACTED``, whatever its key."""
 
 class Girofle:
     """The native half of ``girofle.Girofle``: the same methods, returning plain data."""
@@ -278,7 +278,7 @@ class Girofle:
         cancel: Cancel | None = None,
     ) -> InstanceRecord: ...
     def list(self) -> list[InstanceStatus]: ...
-    def show(self, name: str) -> InstanceStatus: ...
+    def show(self, name: str, reveal: bool = False) -> InstanceStatus: ...
     def start(self, name: str, cancel: Cancel | None = None) -> InstanceRecord: ...
     def stop(self, name: str, cancel: Cancel | None = None) -> InstanceRecord: ...
     def restart(self, name: str, cancel: Cancel | None = None) -> InstanceRecord: ...

@@ -198,7 +198,7 @@ class Instance(Result):
     hostname: str | None
     external_url: str
     settings: FrozenDict[str, str]
-    """Managed gitlab.rb settings: key to Ruby literal (secret ones are ``REDACTED``)."""
+    """Managed gitlab.rb settings: key to ``REDACTED`` (to the Ruby literal with ``show(name, reveal=True)``)."""
     labels: FrozenDict[str, str]
     created_at: datetime
     stage: Literal["commissioning", "active"]
