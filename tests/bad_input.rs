@@ -718,6 +718,21 @@ impl RootOnTmpfs {
         girofle_at(&self.root, args)
     }
 
+    /// A new instance with `n` online backups: its name and the backups' ids.
+    fn instance_with_backups(&self, tag: &str, n: usize) -> (String, Vec<String>) {
+        let name = unique(tag);
+        self.cli_ok(&["instance", "create", &name]);
+        let ids = (0..n)
+            .map(|_| {
+                self.cli_ok(&["backup", "create", &name])["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        (name, ids)
+    }
+
     fn cli_ok(&self, args: &[&str]) -> serde_json::Value {
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
@@ -781,16 +796,7 @@ impl Drop for RootOnTmpfs {
 fn a_full_disk_still_lists_and_prunes_backups() {
     let image = stand_in("17.5.1");
     let disk = RootOnTmpfs::new(8 * 1024, &image);
-    let name = unique("full");
-    disk.cli_ok(&["instance", "create", &name]);
-    let ids: Vec<String> = (0..3)
-        .map(|_| {
-            disk.cli_ok(&["backup", "create", &name])["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let (name, ids) = disk.instance_with_backups("full", 3);
     disk.fill();
     let before = disk.state();
     let reads: Vec<Vec<&str>> = vec![
@@ -845,16 +851,7 @@ fn a_full_disk_still_lists_and_prunes_backups() {
 fn a_read_only_root_answers_reads_and_refuses_writes_clearly() {
     let image = stand_in("17.5.1");
     let disk = RootOnTmpfs::new(16 * 1024, &image);
-    let name = unique("ro");
-    disk.cli_ok(&["instance", "create", &name]);
-    let ids: Vec<String> = (0..2)
-        .map(|_| {
-            disk.cli_ok(&["backup", "create", &name])["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let (name, ids) = disk.instance_with_backups("ro", 2);
     disk.remount("ro");
     let reads: Vec<Vec<&str>> = vec![
         vec!["instance", "list"],

@@ -13,26 +13,6 @@ use girofle_core::Girofle;
 use girofle_tests::*;
 use serde_json::Value;
 
-fn cli_on(root: &Path, args: &[&str]) -> Output {
-    Command::new(girofle_bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "girofle failed ({:?}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Asserts exit code 5 and returns stderr.
 fn refused(out: Output, what: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -5,32 +5,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use girofle_core::backup::{BackupOptions, Strategy};
 use girofle_core::CommissionRequest;
 use girofle_tests::*;
 use serde_json::Value;
-
-fn cli_on(root: &Path, args: &[&str]) -> Output {
-    Command::new(girofle_bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "girofle failed ({:?}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `instance list --json` without what depends on the engine's view of this root.
 fn instances(root: &Path) -> Vec<Value> {

@@ -166,6 +166,28 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the `girofle` binary on `root` (any root, not only a [`TestRoot`]).
+pub fn cli_on(root: &Path, args: &[&str]) -> Output {
+    Command::new(girofle_bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The stdout of a `girofle` run that must have succeeded.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "girofle failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A git command in `dir` with a fixed identity. A transfer that stalls for 30 s fails
 /// instead of hanging the test run.
 pub fn git(dir: &Path) -> Command {
