@@ -1391,7 +1391,9 @@ def backup_create_as_git(path, skip, db):
                 shutil.copytree(src, tar_src, symlinks=True, dirs_exist_ok=True)
             except shutil.Error as e:
                 for entry in e.args[0][:5]:
-                    why = entry[2] if len(entry) > 2 else str(entry)
+                    why = str(entry[2]) if len(entry) > 2 else str(entry)
+                    m = re.match(r"\[Errno (\d+)\] ([^:]+)", why)
+                    why = "%s (%s)" % (m.group(2), m.group(1)) if m else why
                     problems.append("rsync: [sender] send_files failed to open \"%s\": %s" % (entry[0], why))
             except OSError as e:
                 problems.append("rsync: [sender] %s" % e)
