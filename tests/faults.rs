@@ -455,13 +455,29 @@ async fn a_gitlab_backup_left_running_is_waited_for_up_to_its_bound() {
         assert_eq!(state_of(&t, &p.name).as_deref(), Ok("running"), "{what}");
     };
 
-    // Within the bound: recovery waits for GitLab's backup to end by itself.
-    slow(12);
+    // Within the bound: a listing does not hang on it (it warns, and leaves GitLab's
+    // files alone while it writes them); recovery waits for it to end by itself.
+    slow(30);
     t.edit_config(|c| c.backup.gitlab_backup_timeout_secs = 600);
     kill_once_gitlab_backs_up(&t, &p.name);
     assert!(
         gitlab_backups_running(&p.name) > 0,
         "the kill stopped GitLab's backup"
+    );
+    let listed = girofle(&t).args(["instance", "list"]).output().unwrap();
+    assert!(
+        listed.status.success() && String::from_utf8_lossy(&listed.stderr).contains("still runs"),
+        "{}",
+        text(&listed)
+    );
+    assert!(
+        t.root
+            .join("run")
+            .join(format!("{}.intent.json", p.name))
+            .exists()
+            && backups.join("db").exists()
+            && gitlab_backups_running(&p.name) > 0,
+        "a listing removed the record or GitLab's files while GitLab's backup runs"
     );
     let (took, out, record) = recover_online_backup(&t);
     let said = String::from_utf8_lossy(&out.stderr);

@@ -160,9 +160,10 @@ pub struct BackupConfig {
     /// zstd worker threads; 0 = automatic: one per core, none on a machine of one or two
     /// cores (see `CompressionOptions::default`).
     pub threads: u32,
-    /// How long recovery waits for a `gitlab-backup create` that an interrupted online
-    /// backup left running in the container before it stops it: GitLab's backups take
-    /// minutes to hours, and its tar and staging parts are removed only once it ended.
+    /// How long a `gitlab-backup create` that an interrupted online backup left running in
+    /// the container may run, from the backup's start, before recovery stops it: GitLab's
+    /// backups take minutes to hours, and its tar and staging parts are removed only once
+    /// it ended.
     pub gitlab_backup_timeout_secs: u64,
 }
 
@@ -196,7 +197,7 @@ stop_grace_secs = 120      # gitlab-ctl stop takes tens of seconds; a kill mid-s
 [backup]
 level = 3
 threads = 0
-gitlab_backup_timeout_secs = 21600   # recovery waits this long for a gitlab-backup an interrupted online backup left running, then stops it
+gitlab_backup_timeout_secs = 21600   # a gitlab-backup an interrupted online backup left running may run this long (from its start), then recovery stops it
 
 [schedule]
 # Every instance's schedule unless it has its own (`girofle schedule set`), counted from

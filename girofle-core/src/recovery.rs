@@ -48,6 +48,19 @@ const GITLAB_PROCESS_WAIT: Duration = Duration::from_secs(300);
 const GITLAB_BACKUP_PROGRESS: Duration = Duration::from_secs(60);
 /// How long a `gitlab-backup` recovery stopped may take to exit.
 const GITLAB_BACKUP_STOP_WAIT: Duration = Duration::from_secs(30);
+/// How long the passing recovery of `list`, `show` and each daemon tick waits for a
+/// `gitlab-backup` that still runs before leaving it for later: they must not hang for
+/// the hours a backup takes (`girofle recover` and operations on the instance wait).
+const GITLAB_BACKUP_PASSING_WAIT: Duration = Duration::from_secs(15);
+
+/// Whether recovery may wait as long as a GitLab process left running needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Patience {
+    /// `girofle recover`, an operation on the instance: wait (bounded by the settings).
+    Full,
+    /// `list`, `show`, a daemon tick: wait briefly, else leave it for the next time.
+    Passing,
+}
 /// Command lines of a running `gitlab-backup create` (GitLab's and the stand-in's).
 const GITLAB_BACKUP_PROCESSES: &str =
     "[g]itlab-backup create|[g]itlab:backup:create|[s]tandin.py backup create";
@@ -269,7 +282,7 @@ impl Girofle {
     /// `Io` when `<root>/run` or `<root>/staging` cannot be read. A recovery that fails
     /// is reported with [`RecoveryOutcome::Failed`], not as an error.
     pub async fn recover(&self) -> Result<Vec<Recovery>> {
-        let mut out = self.recover_intents().await?;
+        let mut out = self.recover_intents(Patience::Full).await?;
         out.extend(self.recover_leftovers(None).await?);
         Ok(out)
     }
@@ -279,7 +292,10 @@ impl Girofle {
     pub(crate) async fn recover_pending(&self) -> Vec<Recovery> {
         match self.intent_names() {
             Ok(names) if names.is_empty() => Vec::new(),
-            _ => self.recover_intents().await.unwrap_or_default(),
+            _ => self
+                .recover_intents(Patience::Passing)
+                .await
+                .unwrap_or_default(),
         }
     }
 
@@ -294,7 +310,7 @@ impl Girofle {
         let lock = InstanceLock::acquire(&self.root, name, operation)?;
         // Boxed: recovery is rarely needed and would otherwise grow every operation's
         // future (deep `join!`s of operations overflowed test stacks).
-        let mut recoveries = Box::pin(self.recover_instance(name)).await;
+        let mut recoveries = Box::pin(self.recover_instance(name, Patience::Full)).await;
         recoveries.extend(
             Box::pin(self.recover_leftovers(Some(name)))
                 .await
@@ -312,7 +328,7 @@ impl Girofle {
     /// and removes the record when that worked (otherwise recovery tries again later).
     pub(crate) async fn settle(&self, file: IntentFile) {
         let mut actions = Vec::new();
-        if Box::pin(self.undo(&file.intent, &mut actions))
+        if Box::pin(self.undo(&file.intent, Patience::Full, &mut actions))
             .await
             .is_ok()
         {
@@ -342,21 +358,21 @@ impl Girofle {
         Ok(names)
     }
 
-    async fn recover_intents(&self) -> Result<Vec<Recovery>> {
+    async fn recover_intents(&self, patience: Patience) -> Result<Vec<Recovery>> {
         let mut out = Vec::new();
         for name in self.intent_names()? {
             // A live operation holds the lock: its record is not ours to touch.
             let Ok(lock) = InstanceLock::acquire(&self.root, &name, "recover") else {
                 continue;
             };
-            out.extend(self.recover_instance(&name).await);
+            out.extend(self.recover_instance(&name, patience).await);
             drop(lock);
         }
         Ok(out)
     }
 
     /// Recovers the intent record of `name`, if any. The caller holds the lock.
-    async fn recover_instance(&self, name: &str) -> Vec<Recovery> {
+    async fn recover_instance(&self, name: &str, patience: Patience) -> Vec<Recovery> {
         let path = intent_path(&self.root, name);
         // Read after taking the lock: the operation may have ended meanwhile.
         let intent: Intent = match std::fs::read(&path) {
@@ -405,7 +421,7 @@ impl Girofle {
         };
         let result = self
             .journaled("recover", arguments, json!({}), async {
-                let undone = self.undo(&intent, &mut actions).await;
+                let undone = self.undo(&intent, patience, &mut actions).await;
                 undone.map_err(|e| e.scrubbed(&values))
             })
             .await;
@@ -431,7 +447,12 @@ impl Girofle {
 
     /// Rolls the interrupted operation back, or forward when it went past the point of
     /// no return.
-    async fn undo(&self, intent: &Intent, actions: &mut Vec<String>) -> Result<RecoveryOutcome> {
+    async fn undo(
+        &self,
+        intent: &Intent,
+        patience: Patience,
+        actions: &mut Vec<String>,
+    ) -> Result<RecoveryOutcome> {
         let name = intent.instance.as_str();
         let dirs = InstanceDirs::new(&self.root, name);
         match &intent.op {
@@ -475,7 +496,7 @@ impl Girofle {
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                self.wait_gitlab_backup(intent, gitlab_dir, &tar_name, actions)
+                self.wait_gitlab_backup(intent, gitlab_dir, &tar_name, patience, actions)
                     .await?;
                 let removed =
                     crate::gitlab_backup::remove_parts(&dirs.data, gitlab_dir, &tar_name)?;
@@ -803,24 +824,36 @@ impl Girofle {
     }
 
     /// Waits for a `gitlab-backup create` that the interrupted online backup `intent`
-    /// left running in the container (`docker exec` outlives its client) to end, for at
-    /// most `[backup] gitlab_backup_timeout_secs` (GitLab's backups take minutes to
-    /// hours), saying on stderr every minute how long and how big its files in
-    /// `gitlab_dir` are so far; past that bound it stops it (the whole process tree) and
-    /// says so. Its files can only be removed once it no longer writes them.
+    /// left running in the container (`docker exec` outlives its client) to end: its
+    /// files can only be removed once it no longer writes them. GitLab's backups take
+    /// minutes to hours, so it may run up to `[backup] gitlab_backup_timeout_secs`
+    /// counted from the online backup's start; past that it is stopped (the whole process
+    /// tree, inside the container), saying so. With full patience this says on stderr at
+    /// once and every minute how long it waits and how big GitLab's files are so far;
+    /// passing recoveries (`list`, `show`, daemon ticks) wait only briefly.
     ///
     /// # Errors
-    /// `Conflict` when it is still running after being stopped.
+    /// `Conflict` when a passing recovery leaves it running for later (the intent record
+    /// stays), or when it still runs after being stopped.
     async fn wait_gitlab_backup(
         &self,
         intent: &Intent,
         gitlab_dir: &Path,
         tar_name: &str,
+        patience: Patience,
         actions: &mut Vec<String>,
     ) -> Result<()> {
         let name = intent.instance.as_str();
         let container = instance::container_name(name);
         let bound = Duration::from_secs(self.config.backup.gitlab_backup_timeout_secs);
+        let bound_text = crate::status::human_age(bound.as_secs() as i64);
+        let age = |d: Duration| crate::status::human_age(d.as_secs() as i64);
+        // How long GitLab's backup has run: since the online backup started it.
+        let has_run = || {
+            (Utc::now() - intent.started_at)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        };
         let started = tokio::time::Instant::now();
         let mut next_report = started;
         let mut seen = false;
@@ -844,6 +877,7 @@ impl Girofle {
             quiet = 0;
             let now = tokio::time::Instant::now();
             let waited = now - started;
+            let ran = has_run();
             if let Some(at) = stopped_at {
                 if now - at > GITLAB_BACKUP_STOP_WAIT {
                     return Err(Error::Conflict(format!(
@@ -851,10 +885,10 @@ impl Girofle {
                         pids.join(" ")
                     )));
                 }
-            } else if waited >= bound {
+            } else if ran >= bound {
                 let message = format!(
-                    "GitLab's backup left running by the interrupted online backup still ran after {} (`[backup] gitlab_backup_timeout_secs` in girofle.toml): stopped it (pids {} in container `{container}`)",
-                    crate::status::human_age(waited.as_secs() as i64),
+                    "GitLab's backup, left running by the interrupted online backup, had run {} (`[backup] gitlab_backup_timeout_secs` = {bound_text}): stopped it (pids {} in container `{container}`)",
+                    age(ran),
                     pids.join(" ")
                 );
                 eprintln!("girofle: instance `{name}`: {message}");
@@ -862,23 +896,29 @@ impl Girofle {
                 actions.push(message);
                 stopped_at = Some(now);
                 continue;
+            } else if patience == Patience::Passing {
+                if waited >= GITLAB_BACKUP_PASSING_WAIT {
+                    return Err(Error::Conflict(format!(
+                        "GitLab's backup, left running in container `{container}` by the interrupted online backup, still runs ({} so far, {} of tar and staging parts in its backup path); its files are removed once it ends, or once it has run {bound_text} (`[backup] gitlab_backup_timeout_secs`) and is stopped; `girofle recover` waits for that",
+                        age(ran),
+                        human_bytes(crate::gitlab_backup::parts_size(gitlab_dir, tar_name)),
+                    )));
+                }
             } else if now >= next_report {
-                let so_far = crate::gitlab_backup::parts_size(gitlab_dir, tar_name);
+                let so_far = human_bytes(crate::gitlab_backup::parts_size(gitlab_dir, tar_name));
                 if seen {
                     eprintln!(
-                        "girofle: instance `{name}`: still waiting for GitLab's backup after {} ({} of tar and staging parts in its backup path so far); it is stopped at {}",
-                        crate::status::human_age(waited.as_secs() as i64),
-                        human_bytes(so_far),
-                        crate::status::human_age(bound.as_secs() as i64),
+                        "girofle: instance `{name}`: still waiting for GitLab's backup after {} (it has run {}, {so_far} of tar and staging parts in its backup path so far; stopped once it has run {bound_text})",
+                        age(waited),
+                        age(ran),
                     );
                 } else {
                     eprintln!(
-                        "girofle: instance `{name}`: GitLab's backup, started by an interrupted online backup (pid {} on {} at {}), is still running in the container; waiting for it to end before removing its files ({} in its backup path so far; it is stopped after {}, `[backup] gitlab_backup_timeout_secs`)",
+                        "girofle: instance `{name}`: GitLab's backup, started by an interrupted online backup (pid {} on {} at {}), is still running in the container; waiting for it to end before removing its files (it has run {}, {so_far} in its backup path so far; stopped once it has run {bound_text}, `[backup] gitlab_backup_timeout_secs`)",
                         intent.pid,
                         intent.host,
                         intent.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                        human_bytes(so_far),
-                        crate::status::human_age(bound.as_secs() as i64),
+                        age(ran),
                     );
                 }
                 next_report = now + GITLAB_BACKUP_PROGRESS;
@@ -889,7 +929,7 @@ impl Girofle {
         if seen && stopped_at.is_none() {
             actions.push(format!(
                 "waited {} for GitLab's backup to end",
-                crate::status::human_age(started.elapsed().as_secs() as i64)
+                age(started.elapsed())
             ));
         }
         Ok(())
