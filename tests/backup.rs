@@ -482,3 +482,134 @@ async fn retention_and_one_backup_at_a_time() {
     let final_id = d.final_backup.expect("a final backup");
     g.verify(&final_id, None).await.unwrap();
 }
+
+/// What is in a directory of the data volume (empty when it does not exist).
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Under CRON=1 GitLab prints nothing when a part of its backup fails, and still leaves
+/// the other parts and its tar in its backup path: the error must carry GitLab's reason
+/// from backup_json.log, and nothing of GitLab's may stay in the data volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_gitlab_backup_says_why_and_leaves_nothing_behind() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let g = t.open().await;
+    let WithProject { name, .. } = commission_with_project(&g, &t, "gbfail", 1).await;
+    let dirs = InstanceDirs::new(&t.root, &name);
+    // A file GitLab (which backs up as `git`) cannot read, as root leaves behind.
+    let locked = dirs.data.join("gitlab-rails/uploads/locked.bin");
+    std::fs::write(&locked, "not for git\n").unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let out = t.cli(&["backup", "create", &name, "--strategy", "online"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the backup succeeded: {said}");
+    assert!(
+        said.contains("exited with 1")
+            && said.contains("backup_json.log")
+            && said.contains("Dumping uploads failed")
+            && said.contains("locked.bin"),
+        "GitLab's reason is not in the error: {said}"
+    );
+    assert_eq!(
+        entries(&dirs.data.join("backups")),
+        Vec::<String>::new(),
+        "GitLab's tar or staging parts were left in the data volume"
+    );
+    assert_eq!(entries(&t.root.join("staging")), Vec::<String>::new());
+    assert!(!t
+        .root
+        .join("run")
+        .join(format!("{name}.intent.json"))
+        .exists());
+    assert!(g.list_backups(Some(&name), None).await.unwrap().is_empty());
+
+    // Once the cause is gone, online backups work again and leave nothing either.
+    std::fs::remove_file(&locked).unwrap();
+    let b = g.backup(&name, online(None)).await.expect("online backup");
+    g.verify(&b.id, None).await.unwrap();
+    assert_eq!(entries(&dirs.data.join("backups")), Vec::<String>::new());
+}
+
+/// `gitlab_rails['backup_path']` moves GitLab's tar and staging parts: a directory of its
+/// own in the data volume works end to end; one outside it is refused before GitLab runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_path_of_its_own_works_end_to_end() {
+    let image = stand_in("17.5.1");
+    let t = TestRoot::new(&image);
+    let g = t.open().await;
+    let name = unique("bpath");
+    let record = g
+        .commission(CommissionRequest {
+            name: name.clone(),
+            settings: vec!["gitlab_rails['backup_path']='/var/opt/gitlab/my-backups'".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("commission");
+    let url = format!("{}/team/app.git", record.external_url);
+    let refs = push_project(&t.dir.path().join("w"), &url, 2);
+    let dirs = InstanceDirs::new(&t.root, &name);
+    assert!(
+        dirs.data.join("my-backups").is_dir(),
+        "GitLab did not create its backup path"
+    );
+    let b = g.backup(&name, online(None)).await.expect("online backup");
+    assert_eq!(entries(&dirs.data.join("my-backups")), Vec::<String>::new());
+    assert_eq!(entries(&dirs.data.join("backups")), Vec::<String>::new());
+
+    // Restored as a new instance: GitLab finds its tar in that path, the commits are there.
+    let copy = unique("bpath-copy");
+    let out = t.cli(&["--json", "restore", &b.id, "--as", &copy]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_url = format!("{}/team/app.git", report["url"].as_str().unwrap());
+    assert_eq!(ls_remote(&new_url), refs, "the restored commits differ");
+    clone_and_fsck(&new_url, &t.dir.path().join("c"));
+    assert_eq!(
+        entries(&InstanceDirs::new(&t.root, &copy).data.join("my-backups")),
+        Vec::<String>::new(),
+        "the restore left GitLab's tar in the data volume"
+    );
+
+    // Outside the data volume: refused, saying why, before GitLab is asked anything.
+    let out = t.cli(&[
+        "instance",
+        "reconfigure",
+        &name,
+        "--set",
+        "gitlab_rails['backup_path']='/srv/gitlab-backups'",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match g.backup(&name, online(None)).await {
+        Err(Error::Conflict(m)) => assert!(
+            m.contains("outside /var/opt/gitlab") && m.contains("--strategy cold"),
+            "{m}"
+        ),
+        other => panic!("a backup path outside the data volume was accepted: {other:?}"),
+    }
+    assert!(!t
+        .root
+        .join("run")
+        .join(format!("{name}.intent.json"))
+        .exists());
+    assert_eq!(ls_remote(&url), refs);
+}

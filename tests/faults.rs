@@ -333,6 +333,197 @@ async fn sigkill_during_online_backup() {
     assert_eq!(ls_remote(&p.url), p.refs, "the pushed commits are intact");
 }
 
+/// Starts an online backup with the CLI and SIGKILLs it once GitLab's backup is writing
+/// its parts into the data volume (`db/` appears in its backup path): the `docker exec`
+/// outlives its client, so `gitlab-backup` goes on in the container.
+fn kill_once_gitlab_backs_up(t: &TestRoot, name: &str) {
+    let mut child = girofle(t)
+        .args(["backup", "create", name, "--strategy", "online"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = data_dir(t, name).join("backups/db");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !db.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the backup ended ({status}) before GitLab wrote its parts");
+        }
+        assert!(Instant::now() < deadline, "GitLab's backup never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How many `gitlab-backup create` processes run in the instance's container.
+fn gitlab_backups_running(name: &str) -> usize {
+    let out = run(docker(None).args([
+        "exec",
+        &format!("girofle-{name}"),
+        "sh",
+        "-c",
+        "for f in /proc/[0-9]*/cmdline; do tr '\\000' ' ' < \"$f\" 2>/dev/null; echo; done | grep -c '[s]tandin.py backup create'; true",
+    ]));
+    out.trim().parse().unwrap()
+}
+
+/// The names in a directory, sorted (none when it does not exist).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `girofle --json recover`: how long it took, its output, and its record of the
+/// interrupted online backup.
+fn recover_online_backup(t: &TestRoot) -> (Duration, Output, serde_json::Value) {
+    let started = Instant::now();
+    let out = girofle(t).args(["--json", "recover"]).output().unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "recover: {}", text(&out));
+    let record = json(&out)
+        .as_array()
+        .and_then(|r| {
+            r.iter()
+                .find(|r| r["operation"] == "online-backup")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no online-backup recovered: {}", text(&out)));
+    (took, out, record)
+}
+
+/// A real GitLab backup takes minutes to hours, and a Girofle killed mid-way leaves it
+/// running in the container, writing its tar and staging parts into the data volume.
+/// Recovery waits for it as long as `[backup] gitlab_backup_timeout_secs` allows (not a
+/// fixed few minutes), then stops it and says so; either way nothing of GitLab's is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_backup_left_running_is_waited_for_up_to_its_bound() {
+    let _engine = shared_engine().await;
+    let (t, _g, p) = setup("fslow").await;
+    let backups = data_dir(&t, &p.name).join("backups");
+    let container = format!("girofle-{}", p.name);
+    let slow = |secs: u32| {
+        run(docker(None).args([
+            "exec",
+            &container,
+            "sh",
+            "-c",
+            &format!("echo {secs} > /run/gitlab-standin/backup-secs"),
+        ]))
+    };
+    let actions = |record: &serde_json::Value| {
+        record["actions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    };
+    let clean = |what: &str| {
+        assert_eq!(
+            gitlab_backups_running(&p.name),
+            0,
+            "{what}: GitLab's backup still runs"
+        );
+        assert_eq!(
+            listing(&backups),
+            Vec::<String>::new(),
+            "{what}: left in GitLab's backup path"
+        );
+        assert_eq!(
+            listing(&t.root.join("staging")),
+            Vec::<String>::new(),
+            "{what}: staging"
+        );
+        assert!(
+            !t.root
+                .join("run")
+                .join(format!("{}.intent.json", p.name))
+                .exists(),
+            "{what}: intent record left"
+        );
+        assert_eq!(state_of(&t, &p.name).as_deref(), Ok("running"), "{what}");
+    };
+
+    // Within the bound: a listing does not hang on it (it warns, and leaves GitLab's
+    // files alone while it writes them); recovery waits for it to end by itself.
+    slow(30);
+    t.edit_config(|c| c.backup.gitlab_backup_timeout_secs = 600);
+    kill_once_gitlab_backs_up(&t, &p.name);
+    assert!(
+        gitlab_backups_running(&p.name) > 0,
+        "the kill stopped GitLab's backup"
+    );
+    let listed = girofle(&t).args(["instance", "list"]).output().unwrap();
+    assert!(
+        listed.status.success() && String::from_utf8_lossy(&listed.stderr).contains("still runs"),
+        "{}",
+        text(&listed)
+    );
+    assert!(
+        t.root
+            .join("run")
+            .join(format!("{}.intent.json", p.name))
+            .exists()
+            && backups.join("db").exists()
+            && gitlab_backups_running(&p.name) > 0,
+        "a listing removed the record or GitLab's files while GitLab's backup runs"
+    );
+    let (took, out, record) = recover_online_backup(&t);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took >= Duration::from_secs(6),
+        "recovery returned after {took:?}, before GitLab's backup could have ended"
+    );
+    assert!(
+        said.contains("is still running in the container; waiting for it to end"),
+        "no progress on stderr: {said}"
+    );
+    let done = actions(&record);
+    assert!(
+        record["outcome"] == "rolled-back"
+            && done.contains("for GitLab's backup to end")
+            && done.contains("removed GitLab's tar"),
+        "{record}"
+    );
+    clean("after waiting");
+
+    // Past the bound: recovery stops it (inside the container), says so, and removes its
+    // files all the same.
+    slow(600);
+    t.edit_config(|c| c.backup.gitlab_backup_timeout_secs = 3);
+    kill_once_gitlab_backs_up(&t, &p.name);
+    let (took, out, record) = recover_online_backup(&t);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(took < Duration::from_secs(60), "recovery took {took:?}");
+    assert!(
+        said.contains("gitlab_backup_timeout_secs") && said.contains("stopped it"),
+        "{said}"
+    );
+    let done = actions(&record);
+    assert!(
+        record["outcome"] == "rolled-back" && done.contains("stopped it"),
+        "{record}"
+    );
+    clean("after stopping it");
+
+    // GitLab backs up again afterwards (the stopped run's lock is stale).
+    slow(0);
+    timed(&t, &["backup", "create", &p.name, "--strategy", "online"]);
+    assert_eq!(listing(&backups), Vec::<String>::new());
+    assert_eq!(ls_remote(&p.url), p.refs, "the pushed commits are intact");
+}
+
 fn data_dir(t: &TestRoot, name: &str) -> PathBuf {
     girofle_core::instance::InstanceDirs::new(&t.root, name).data
 }

@@ -838,8 +838,11 @@ impl Girofle {
                     ],
                     user: None,
                 };
+                // Where GitLab stages its parts and writes its tar: its backup path, in
+                // the data volume (refused before anything runs when it is elsewhere).
+                let gitlab_dir = crate::gitlab_backup::backup_path(&record.name, &dirs)?;
                 let tar_name = format!("{gid}_gitlab_backup.tar");
-                let produced = dirs.data.join("backups").join(&tar_name);
+                let produced = gitlab_dir.host.join(&tar_name);
                 // Move GitLab's tar out of the data volume into a directory of its own
                 // (same file system: a rename), so it can be archived alone and never
                 // lingers on the instance's disk.
@@ -848,8 +851,8 @@ impl Girofle {
                     record.name,
                     header.created_at.timestamp()
                 ));
-                // Until this record goes, a crash may leave GitLab's tar in the data
-                // volume: recovery removes it.
+                // Until this record goes, a crash may leave GitLab's tar and staging parts
+                // in the data volume: recovery removes them.
                 let mut intent = IntentFile::begin(
                     &self.root,
                     &record.name,
@@ -861,9 +864,34 @@ impl Girofle {
                     },
                     "gitlab-backup",
                 )?;
-                if let Err(e) = self.runtime.exec_ok(&container, &create).await {
-                    self.settle(intent).await;
-                    return Err(e);
+                // Under CRON=1 GitLab prints nothing, errors included: its reasons are
+                // only what it appends to backup_json.log from now on.
+                let log_mark = crate::gitlab_backup::LogMark::now(&dirs);
+                let ran = match self.runtime.exec(&container, &create).await {
+                    Ok(out) if out.exit_code == 0 => Ok(()),
+                    Ok(out) => Err(self.gitlab_backup_failed(
+                        &container,
+                        &create,
+                        out,
+                        &log_mark,
+                        &dirs,
+                        &gitlab_dir,
+                        &tar_name,
+                    )),
+                    Err(e) => Err(e),
+                };
+                match ran {
+                    Ok(()) => {}
+                    // GitLab refused to start: nothing of this backup was written, and the
+                    // files in its backup path belong to the run that holds it.
+                    Err(e @ Error::Conflict(_)) => {
+                        intent.finish()?;
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        self.settle(intent).await;
+                        return Err(e);
+                    }
                 }
                 intent.phase("archiving")?;
                 let moved = holder.join(&tar_name);
@@ -896,6 +924,9 @@ impl Girofle {
                     Err(e) => Err(e),
                 };
                 let _ = std::fs::remove_dir_all(&holder);
+                // GitLab deletes its staging parts after packing them; whatever it left
+                // (its `tmp/`, a part of a run it did not finish) must not linger either.
+                let _ = crate::gitlab_backup::remove_parts(&dirs.data, &gitlab_dir.host, &tar_name);
                 match result {
                     Ok(manifest) => (manifest, None, intent),
                     Err(e) => {
@@ -945,6 +976,57 @@ impl Girofle {
             duration_ms: manifest.duration_ms,
             downtime_ms: manifest.downtime_ms,
         })
+    }
+
+    /// The error of a `gitlab-backup create` that exited non-zero: GitLab's own reasons
+    /// (its errors in backup_json.log since `mark`: under CRON=1 it prints nothing), after
+    /// removing the tar and staging parts it left in its backup path — unless it refused
+    /// because another backup or restore runs in the container (those files are that
+    /// one's).
+    #[allow(clippy::too_many_arguments)]
+    fn gitlab_backup_failed(
+        &self,
+        container: &str,
+        create: &ExecSpec,
+        out: crate::runtime::ExecOutput,
+        mark: &crate::gitlab_backup::LogMark,
+        dirs: &InstanceDirs,
+        gitlab_dir: &crate::gitlab_backup::BackupPath,
+        tar_name: &str,
+    ) -> Error {
+        let printed = out.output.trim();
+        if crate::gitlab_backup::refused_as_busy(printed) {
+            return Error::Conflict(format!(
+                "GitLab in container `{container}` refused to back up: another backup or restore runs inside it (GitLab: {}); wait for it to end, then back up again",
+                crate::runtime::last_lines(printed, 5).trim()
+            ));
+        }
+        let mut output = mark.said().to_string();
+        if !printed.is_empty() {
+            output.push_str(&format!(
+                "\nGitLab printed:\n{}",
+                crate::runtime::last_lines(printed, 20)
+            ));
+        }
+        match crate::gitlab_backup::remove_parts(&dirs.data, &gitlab_dir.host, tar_name) {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => output.push_str(&format!(
+                "\nGirofle removed what GitLab left in its backup path {} ({})",
+                gitlab_dir.container,
+                removed.join(", ")
+            )),
+            Err(e) => output.push_str(&format!(
+                "\nGirofle could not remove what GitLab left in its backup path {}: {e}",
+                gitlab_dir.container
+            )),
+        }
+        output.push_str("\nFix what GitLab says, then back up again (or use --strategy cold).");
+        Error::Command {
+            container: container.to_string(),
+            command: create.cmd.join(" "),
+            exit_code: out.exit_code,
+            output,
+        }
     }
 
     /// Writes the archive of `sources` and its index into `store` (streamed: flat memory)

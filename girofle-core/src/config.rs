@@ -160,6 +160,11 @@ pub struct BackupConfig {
     /// zstd worker threads; 0 = automatic: one per core, none on a machine of one or two
     /// cores (see `CompressionOptions::default`).
     pub threads: u32,
+    /// How long a `gitlab-backup create` that an interrupted online backup left running in
+    /// the container may run, from the backup's start, before recovery stops it: GitLab's
+    /// backups take minutes to hours, and its tar and staging parts are removed only once
+    /// it ended.
+    pub gitlab_backup_timeout_secs: u64,
 }
 
 impl Default for BackupConfig {
@@ -167,6 +172,8 @@ impl Default for BackupConfig {
         BackupConfig {
             level: 3,
             threads: 0,
+            // GitLab: a little over 2 h per 100 GB of repositories.
+            gitlab_backup_timeout_secs: 6 * 3600,
         }
     }
 }
@@ -190,6 +197,7 @@ stop_grace_secs = 120      # gitlab-ctl stop takes tens of seconds; a kill mid-s
 [backup]
 level = 3
 threads = 0
+gitlab_backup_timeout_secs = 21600   # a gitlab-backup an interrupted online backup left running may run this long (from its start), then recovery stops it
 
 [schedule]
 # Every instance's schedule unless it has its own (`girofle schedule set`), counted from
@@ -604,6 +612,10 @@ mod tests {
         assert_eq!(c.network.port_ranges().unwrap(), vec![(20080, 20999)]);
         assert_eq!(c.instances.image, DEFAULT_IMAGE);
         assert!(c.network.contains_port(20080) && !c.network.contains_port(21000));
+        assert_eq!(
+            c.backup.gitlab_backup_timeout_secs,
+            BackupConfig::default().gitlab_backup_timeout_secs
+        );
     }
 
     #[test]

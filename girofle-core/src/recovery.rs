@@ -41,9 +41,26 @@ const INTENT_SUFFIX: &str = ".intent.json";
 /// Staging files of local stores younger than this may belong to a live writer (a
 /// `backup copy` does not hold the instance lock).
 const STORE_STAGING_MIN_AGE: Duration = Duration::from_secs(60);
-/// How long recovery waits for a `gitlab-backup` or a `gitlab-ctl reconfigure` left
-/// running in a container to end.
+/// How long recovery waits for a `gitlab-ctl reconfigure` left running in a container to
+/// end (a `gitlab-backup` takes far longer: `[backup] gitlab_backup_timeout_secs`).
 const GITLAB_PROCESS_WAIT: Duration = Duration::from_secs(300);
+/// How often recovery says on stderr that it still waits for a `gitlab-backup`.
+const GITLAB_BACKUP_PROGRESS: Duration = Duration::from_secs(60);
+/// How long a `gitlab-backup` recovery stopped may take to exit.
+const GITLAB_BACKUP_STOP_WAIT: Duration = Duration::from_secs(30);
+/// How long the passing recovery of `list`, `show` and each daemon tick waits for a
+/// `gitlab-backup` that still runs before leaving it for later: they must not hang for
+/// the hours a backup takes (`girofle recover` and operations on the instance wait).
+const GITLAB_BACKUP_PASSING_WAIT: Duration = Duration::from_secs(15);
+
+/// Whether recovery may wait as long as a GitLab process left running needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Patience {
+    /// `girofle recover`, an operation on the instance: wait (bounded by the settings).
+    Full,
+    /// `list`, `show`, a daemon tick: wait briefly, else leave it for the next time.
+    Passing,
+}
 /// Command lines of a running `gitlab-backup create` (GitLab's and the stand-in's).
 const GITLAB_BACKUP_PROCESSES: &str =
     "[g]itlab-backup create|[g]itlab:backup:create|[s]tandin.py backup create";
@@ -68,7 +85,8 @@ pub(crate) enum Operation {
         store: String,
         id: String,
     },
-    /// An online backup: GitLab's tar may sit in the data volume, or in `holder`.
+    /// An online backup: GitLab's tar and staging parts may sit in its backup path (the
+    /// tar's directory, in the data volume), its tar in `holder`.
     OnlineBackup {
         store: String,
         id: String,
@@ -264,7 +282,7 @@ impl Girofle {
     /// `Io` when `<root>/run` or `<root>/staging` cannot be read. A recovery that fails
     /// is reported with [`RecoveryOutcome::Failed`], not as an error.
     pub async fn recover(&self) -> Result<Vec<Recovery>> {
-        let mut out = self.recover_intents().await?;
+        let mut out = self.recover_intents(Patience::Full).await?;
         out.extend(self.recover_leftovers(None).await?);
         Ok(out)
     }
@@ -274,7 +292,10 @@ impl Girofle {
     pub(crate) async fn recover_pending(&self) -> Vec<Recovery> {
         match self.intent_names() {
             Ok(names) if names.is_empty() => Vec::new(),
-            _ => self.recover_intents().await.unwrap_or_default(),
+            _ => self
+                .recover_intents(Patience::Passing)
+                .await
+                .unwrap_or_default(),
         }
     }
 
@@ -289,7 +310,7 @@ impl Girofle {
         let lock = InstanceLock::acquire(&self.root, name, operation)?;
         // Boxed: recovery is rarely needed and would otherwise grow every operation's
         // future (deep `join!`s of operations overflowed test stacks).
-        let mut recoveries = Box::pin(self.recover_instance(name)).await;
+        let mut recoveries = Box::pin(self.recover_instance(name, Patience::Full)).await;
         recoveries.extend(
             Box::pin(self.recover_leftovers(Some(name)))
                 .await
@@ -307,7 +328,7 @@ impl Girofle {
     /// and removes the record when that worked (otherwise recovery tries again later).
     pub(crate) async fn settle(&self, file: IntentFile) {
         let mut actions = Vec::new();
-        if Box::pin(self.undo(&file.intent, &mut actions))
+        if Box::pin(self.undo(&file.intent, Patience::Full, &mut actions))
             .await
             .is_ok()
         {
@@ -337,21 +358,21 @@ impl Girofle {
         Ok(names)
     }
 
-    async fn recover_intents(&self) -> Result<Vec<Recovery>> {
+    async fn recover_intents(&self, patience: Patience) -> Result<Vec<Recovery>> {
         let mut out = Vec::new();
         for name in self.intent_names()? {
             // A live operation holds the lock: its record is not ours to touch.
             let Ok(lock) = InstanceLock::acquire(&self.root, &name, "recover") else {
                 continue;
             };
-            out.extend(self.recover_instance(&name).await);
+            out.extend(self.recover_instance(&name, patience).await);
             drop(lock);
         }
         Ok(out)
     }
 
     /// Recovers the intent record of `name`, if any. The caller holds the lock.
-    async fn recover_instance(&self, name: &str) -> Vec<Recovery> {
+    async fn recover_instance(&self, name: &str, patience: Patience) -> Vec<Recovery> {
         let path = intent_path(&self.root, name);
         // Read after taking the lock: the operation may have ended meanwhile.
         let intent: Intent = match std::fs::read(&path) {
@@ -400,7 +421,7 @@ impl Girofle {
         };
         let result = self
             .journaled("recover", arguments, json!({}), async {
-                let undone = self.undo(&intent, &mut actions).await;
+                let undone = self.undo(&intent, patience, &mut actions).await;
                 undone.map_err(|e| e.scrubbed(&values))
             })
             .await;
@@ -426,7 +447,12 @@ impl Girofle {
 
     /// Rolls the interrupted operation back, or forward when it went past the point of
     /// no return.
-    async fn undo(&self, intent: &Intent, actions: &mut Vec<String>) -> Result<RecoveryOutcome> {
+    async fn undo(
+        &self,
+        intent: &Intent,
+        patience: Patience,
+        actions: &mut Vec<String>,
+    ) -> Result<RecoveryOutcome> {
         let name = intent.instance.as_str();
         let dirs = InstanceDirs::new(&self.root, name);
         match &intent.op {
@@ -463,10 +489,24 @@ impl Girofle {
                 gitlab_tar,
                 holder,
             } => {
-                // `docker exec` outlives its client: GitLab may still be writing the tar.
-                self.wait_gitlab_process(name, GITLAB_BACKUP_PROCESSES, "GitLab's backup", actions)
-                    .await;
-                remove_tree(gitlab_tar, actions)?;
+                // `docker exec` outlives its client: GitLab may still be writing its tar
+                // and staging parts into its backup path (the tar's directory).
+                let gitlab_dir = gitlab_tar.parent().unwrap_or(&dirs.data);
+                let tar_name = gitlab_tar
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                self.wait_gitlab_backup(intent, gitlab_dir, &tar_name, patience, actions)
+                    .await?;
+                let removed =
+                    crate::gitlab_backup::remove_parts(&dirs.data, gitlab_dir, &tar_name)?;
+                if !removed.is_empty() {
+                    actions.push(format!(
+                        "removed GitLab's tar and staging parts from `{}`: {}",
+                        gitlab_dir.display(),
+                        removed.join(", ")
+                    ));
+                }
                 remove_tree(holder, actions)?;
                 self.drop_unlisted_backup(store, id, actions).await;
                 Ok(RecoveryOutcome::RolledBack)
@@ -783,6 +823,173 @@ impl Girofle {
         }
     }
 
+    /// Waits for a `gitlab-backup create` that the interrupted online backup `intent`
+    /// left running in the container (`docker exec` outlives its client) to end: its
+    /// files can only be removed once it no longer writes them. GitLab's backups take
+    /// minutes to hours, so it may run up to `[backup] gitlab_backup_timeout_secs`
+    /// counted from the online backup's start; past that it is stopped (the whole process
+    /// tree, inside the container), saying so. With full patience this says on stderr at
+    /// once and every minute how long it waits and how big GitLab's files are so far;
+    /// passing recoveries (`list`, `show`, daemon ticks) wait only briefly.
+    ///
+    /// # Errors
+    /// `Conflict` when a passing recovery leaves it running for later (the intent record
+    /// stays), or when it still runs after being stopped.
+    async fn wait_gitlab_backup(
+        &self,
+        intent: &Intent,
+        gitlab_dir: &Path,
+        tar_name: &str,
+        patience: Patience,
+        actions: &mut Vec<String>,
+    ) -> Result<()> {
+        let name = intent.instance.as_str();
+        let container = instance::container_name(name);
+        let bound = Duration::from_secs(self.config.backup.gitlab_backup_timeout_secs);
+        let bound_text = crate::status::human_age(bound.as_secs() as i64);
+        let age = |d: Duration| crate::status::human_age(d.as_secs() as i64);
+        // How long GitLab's backup has run: since the online backup started it.
+        let has_run = || {
+            (Utc::now() - intent.started_at)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        };
+        let started = tokio::time::Instant::now();
+        let mut next_report = started;
+        let mut seen = false;
+        let mut stopped_at = None;
+        let mut quiet = 0;
+        loop {
+            let pids = match self.gitlab_backup_pids(&container).await {
+                Some(p) => p,
+                // No container, or not running: nothing can be writing.
+                None => break,
+            };
+            if pids.is_empty() {
+                // `docker exec` may still be starting it: quiet twice in a row.
+                quiet += 1;
+                if quiet >= 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                continue;
+            }
+            quiet = 0;
+            let now = tokio::time::Instant::now();
+            let waited = now - started;
+            let ran = has_run();
+            if let Some(at) = stopped_at {
+                if now - at > GITLAB_BACKUP_STOP_WAIT {
+                    return Err(Error::Conflict(format!(
+                        "GitLab's backup in container `{container}` (pids {}) still runs after being stopped; stop it (`docker restart {container}`), then run `girofle recover`",
+                        pids.join(" ")
+                    )));
+                }
+            } else if ran >= bound {
+                let message = format!(
+                    "GitLab's backup, left running by the interrupted online backup, had run {} (`[backup] gitlab_backup_timeout_secs` = {bound_text}): stopped it (pids {} in container `{container}`)",
+                    age(ran),
+                    pids.join(" ")
+                );
+                eprintln!("girofle: instance `{name}`: {message}");
+                self.stop_gitlab_backup(&container, &pids).await;
+                actions.push(message);
+                stopped_at = Some(now);
+                continue;
+            } else if patience == Patience::Passing {
+                if waited >= GITLAB_BACKUP_PASSING_WAIT {
+                    return Err(Error::Conflict(format!(
+                        "GitLab's backup, left running in container `{container}` by the interrupted online backup, still runs ({} so far, {} of tar and staging parts in its backup path); its files are removed once it ends, or once it has run {bound_text} (`[backup] gitlab_backup_timeout_secs`) and is stopped; `girofle recover` waits for that",
+                        age(ran),
+                        human_bytes(crate::gitlab_backup::parts_size(gitlab_dir, tar_name)),
+                    )));
+                }
+            } else if now >= next_report {
+                let so_far = human_bytes(crate::gitlab_backup::parts_size(gitlab_dir, tar_name));
+                if seen {
+                    eprintln!(
+                        "girofle: instance `{name}`: still waiting for GitLab's backup after {} (it has run {}, {so_far} of tar and staging parts in its backup path so far; stopped once it has run {bound_text})",
+                        age(waited),
+                        age(ran),
+                    );
+                } else {
+                    eprintln!(
+                        "girofle: instance `{name}`: GitLab's backup, started by an interrupted online backup (pid {} on {} at {}), is still running in the container; waiting for it to end before removing its files (it has run {}, {so_far} in its backup path so far; stopped once it has run {bound_text}, `[backup] gitlab_backup_timeout_secs`)",
+                        intent.pid,
+                        intent.host,
+                        intent.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        age(ran),
+                    );
+                }
+                next_report = now + GITLAB_BACKUP_PROGRESS;
+            }
+            seen = true;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if seen && stopped_at.is_none() {
+            actions.push(format!(
+                "waited {} for GitLab's backup to end",
+                age(started.elapsed())
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pids of the `gitlab-backup create` processes in a container (empty: none),
+    /// `None` when the container cannot be looked into (gone, or not running). Command
+    /// lines are what is looked at: GitLab's pid file is written only once it started.
+    async fn gitlab_backup_pids(&self, container: &str) -> Option<Vec<String>> {
+        let probe = ExecSpec {
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("for d in /proc/[0-9]*; do printf '%s ' \"${{d#/proc/}}\"; tr '\\000' ' ' < \"$d/cmdline\" 2>/dev/null; echo; done | grep -E '{GITLAB_BACKUP_PROCESSES}' | cut -d' ' -f1"),
+            ],
+            ..Default::default()
+        };
+        match self.runtime.exec(container, &probe).await {
+            Ok(out) if out.exit_code == 0 => Some(
+                out.output
+                    .split_whitespace()
+                    .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Stops `gitlab-backup` processes and everything they started (tar, gzip, pg_dump):
+    /// TERM (GitLab's own clean-up may run), then KILL what is left.
+    async fn stop_gitlab_backup(&self, container: &str, pids: &[String]) {
+        let script = "all=\"$*\"; more=1
+while [ -n \"$more\" ]; do more=
+  for s in /proc/[0-9]*/stat; do
+    read -r pid comm state ppid rest < \"$s\" 2>/dev/null || continue
+    case \" $all \" in *\" $pid \"*) continue;; esac
+    case \" $all \" in *\" $ppid \"*) all=\"$all $pid\"; more=1;; esac
+  done
+done
+kill -TERM $all 2>/dev/null; sleep 3; kill -KILL $all 2>/dev/null; true";
+        let mut cmd = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            script.to_string(),
+            "stop-gitlab-backup".to_string(),
+        ];
+        cmd.extend(pids.iter().cloned());
+        let _ = self
+            .runtime
+            .exec(
+                container,
+                &ExecSpec {
+                    cmd,
+                    ..Default::default()
+                },
+            )
+            .await;
+    }
+
     /// Deletes the objects of a backup that never got its manifest (best effort, bounded).
     async fn drop_unlisted_backup(&self, store: &str, id: &str, actions: &mut Vec<String>) {
         let Ok(store) = self.store(Some(store)) else {
@@ -947,6 +1154,22 @@ impl Girofle {
             }
         }
         dirs
+    }
+}
+
+/// A size as people read it: `512 B`, `3.4 MiB`, `1.2 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 

@@ -515,7 +515,8 @@ impl Girofle {
             )
         })?;
         let tar_name = format!("{gid}_gitlab_backup.tar");
-        let backups = dirs.data.join("backups");
+        // The restored gitlab.rb says where GitLab looks for its tar.
+        let backups = crate::gitlab_backup::backup_path(&record.name, dirs)?.host;
         if !backups.exists() {
             return Err(Error::Conflict(format!(
                 "GitLab did not create `{}` at boot; check the image",

@@ -558,6 +558,7 @@ def first_boot_files():
 def setup_data_dirs():
     for path, uid, gid, mode in DATA_DIRS:
         ensure_dir(path, uid, gid, mode)
+    ensure_backup_path()
 
 
 # --------------------------------------------------------------------------- supervisor
@@ -1155,9 +1156,74 @@ def ctl_main(args):
 
 # --------------------------------------------------------------------------- gitlab-backup
 
+# Where gitlab-backup writes its progress and its errors as JSON lines (under CRON=1,
+# only there: gitlab-contract.md).
+BACKUP_LOG = LOGS + "/gitlab-rails/backup_json.log"
+# Test knob: seconds a `gitlab-backup create` spends dumping repositories (a real backup
+# takes minutes to hours). From the environment, else from this file in the container.
+BACKUP_SECS_FILE = RUN + "/backup-secs"
+
+
 def bk_out(msg, cron=False):
     if not cron:
         print("%s -- %s" % (now_utc().strftime("%Y-%m-%d %H:%M:%S UTC"), msg), flush=True)
+
+
+def configured_backup_path():
+    """gitlab_rails['backup_path'] of the settings GitLab runs with (default BACKUPS)."""
+    rails = ((read_json(SETTINGS, {}) or {}).get("settings") or {}).get("gitlab_rails") or {}
+    p = rails.get("backup_path") if isinstance(rails, dict) else None
+    return os.path.normpath(p) if isinstance(p, str) and p.startswith("/") else BACKUPS
+
+
+def ensure_backup_path():
+    # As Chef does (manage_backup_path): the backup path exists, git-owned, 0700.
+    path = configured_backup_path()
+    if not os.path.isdir(path):
+        ensure_dir(path, GIT_UID, 0, 0o700)
+    return path
+
+
+class BackupLogger:
+    """gitlab-backup's progress: JSON lines in backup_json.log, and the terminal too
+    unless CRON=1 (then nothing at all is printed, errors included)."""
+
+    def __init__(self, cron):
+        self.cron = cron
+
+    def _write(self, severity, msg):
+        t = now_utc()
+        line = json.dumps({"severity": severity,
+                           "time": t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.microsecond // 1000),
+                           "correlation_id": None, "message": msg}, separators=(",", ":"))
+        try:
+            with open(BACKUP_LOG, "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+    def info(self, msg):
+        self._write("INFO", msg)
+        bk_out(msg, self.cron)
+
+    def error(self, msg):
+        self._write("ERROR", msg)
+        if not self.cron:
+            print("%s -- %s" % (now_utc().strftime("%Y-%m-%d %H:%M:%S UTC"), msg), file=sys.stderr, flush=True)
+
+
+def backup_delay():
+    v = os.environ.get("STANDIN_BACKUP_SECS")
+    if v is None:
+        try:
+            with open(BACKUP_SECS_FILE) as f:
+                v = f.read().strip()
+        except OSError:
+            v = ""
+    try:
+        return max(0.0, float(v or 0))
+    except ValueError:
+        return 0.0
 
 
 def list_repos():
@@ -1203,103 +1269,182 @@ def parse_env_args(args):
 
 
 def backup_create():
-    cron = os.environ.get("CRON") == "1"
+    """As root: the pieces only root (or another service) can do, then the backup itself
+    as `git`, as GitLab's does (gitlab-contract.md)."""
     skip = {s.strip() for s in os.environ.get("SKIP", "").split(",") if s.strip()}
+    path = ensure_backup_path()
+    os.makedirs(os.path.dirname(BACKUP_LOG), exist_ok=True)
+    with open(BACKUP_LOG, "a"):
+        pass
+    os.chown(BACKUP_LOG, GIT_UID, GIT_GID)
+    # PostgreSQL (gitlab-psql) answers pg_dump: read the "database" before dropping to git.
+    db = None
+    if "db" not in skip:
+        try:
+            with db_lock():
+                with open(DB, "rb") as f:
+                    db = f.read()
+        except OSError as e:
+            db = "pg_dump: error: %s" % e
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            demote(GIT_UID, GIT_GID)
+            os.environ["HOME"] = DATA
+            os.umask(0o077)
+            code = backup_create_as_git(path, skip, db)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException as e:
+            print("rake aborted!\n%s: %s" % (type(e).__name__, e), file=sys.stderr)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def backup_create_as_git(path, skip, db):
+    # The backup path is GitLab's staging directory: its parts (backup_information.yml,
+    # db/, repositories/, <part>.tar.gz) are written there, then packed into the tar.
+    # When a part fails the others and the tar are still written, the parts stay, and it
+    # exits 1; errors, like progress, go only to backup_json.log under CRON=1.
+    log = BackupLogger(os.environ.get("CRON") == "1")
     strategy = os.environ.get("STRATEGY", "")
     ts = int(time.time())
     ver = version()
     bid = os.environ.get("BACKUP") or "%d_%s_%s" % (ts, time.strftime("%Y_%m_%d", time.gmtime(ts)), ver)
     name = "%s_gitlab_backup.tar" % bid
-    final = os.path.join(BACKUPS, name)
-    ensure_dir(BACKUPS, GIT_UID, 0, 0o700)
-    work = tempfile.mkdtemp(prefix="tmp_backup_", dir=BACKUPS)
-    try:
-        if "db" in skip:
-            bk_out("Dumping database ... [SKIPPED]", cron)
+    final = os.path.join(path, name)
+    failed = []
+    if "db" in skip:
+        log.info("Dumping database ... [SKIPPED]")
+    else:
+        log.info("Dumping database ... ")
+        log.info("Dumping PostgreSQL database gitlabhq_production ... ")
+        if isinstance(db, bytes):
+            os.makedirs(path + "/db", exist_ok=True)
+            with open(path + "/db/database.json", "wb") as f:
+                f.write(db)
+            log.info("Dumping PostgreSQL database gitlabhq_production ... [DONE]")
+            log.info("Dumping database ... done")
         else:
-            bk_out("Dumping database ... ", cron)
-            bk_out("Dumping PostgreSQL database gitlabhq_production ... ", cron)
-            os.makedirs(work + "/db")
-            with db_lock():
-                shutil.copyfile(DB, work + "/db/database.json")
-            bk_out("Dumping PostgreSQL database gitlabhq_production ... [DONE]", cron)
-            bk_out("Dumping database ... done", cron)
-        if "repositories" in skip:
-            bk_out("Dumping repositories ... [SKIPPED]", cron)
-        else:
-            bk_out("Dumping repositories ... ", cron)
-            os.makedirs(work + "/repositories")
-            for rel in list_repos():
-                src = os.path.join(REPOS, rel)
-                base = os.path.join(work, "repositories", rel[:-4])
-                os.makedirs(os.path.dirname(base), exist_ok=True)
-                refs = subprocess.run(["git", "-C", src, "for-each-ref", "--count=1"],
-                                      capture_output=True, text=True)
-                if refs.returncode != 0:
-                    print("Error: repository %s: %s" % (rel, refs.stderr.strip()), file=sys.stderr)
-                    return 1
-                if not refs.stdout.strip():
-                    with open(base + ".empty", "w") as f:
-                        f.write("empty repository %s\n" % rel)
-                    bk_out("Dumping repository %s ... [EMPTY] [SKIPPED]" % rel[:-4], cron)
-                    continue
-                r = subprocess.run(["git", "-C", src, "bundle", "create", "--quiet", base + ".bundle", "--all"],
-                                   capture_output=True, text=True)
-                if r.returncode != 0:
-                    print("Error: failed to bundle %s: %s" % (rel, r.stderr.strip()), file=sys.stderr)
-                    return 1
-                bk_out("Dumping repository %s ... [DONE]" % rel[:-4], cron)
-            bk_out("Dumping repositories ... done", cron)
-        for task, src in BACKUP_DIR_TASKS:
-            label = {"builds": "builds", "lfs": "lfs objects", "terraform_state": "terraform states",
-                     "ci_secure_files": "ci secure files"}.get(task, task)
-            if task in skip:
-                bk_out("Dumping %s ... [SKIPPED]" % label, cron)
+            log.error(db)
+            log.error("Dumping database failed: Failed to create compressed file '%s/db/database.json' "
+                      "when trying to backup the main database" % path)
+            failed.append("db")
+    if "repositories" in skip:
+        log.info("Dumping repositories ... [SKIPPED]")
+    else:
+        log.info("Dumping repositories ... ")
+        ok = True
+        os.makedirs(path + "/repositories", exist_ok=True)
+        for rel in list_repos():
+            src = os.path.join(REPOS, rel)
+            base = os.path.join(path, "repositories", rel[:-4])
+            os.makedirs(os.path.dirname(base), exist_ok=True)
+            refs = subprocess.run(["git", "-C", src, "for-each-ref", "--count=1"],
+                                  capture_output=True, text=True)
+            if refs.returncode != 0:
+                log.error("Dumping repository %s ... failed: %s" % (rel[:-4], refs.stderr.strip()))
+                ok = False
                 continue
-            bk_out("Dumping %s ... " % label, cron)
-            os.makedirs(src, exist_ok=True)
-            tar_src = src
-            if strategy == "copy":
-                tar_src = os.path.join(work, "tmp_copy_" + task)
-                shutil.copytree(src, tar_src, symlinks=True)
-            r = subprocess.run(["tar", "-C", tar_src, "-czf", os.path.join(work, task + ".tar.gz"), "."],
+            if not refs.stdout.strip():
+                with open(base + ".empty", "w") as f:
+                    f.write("empty repository %s\n" % rel)
+                log.info("Dumping repository %s ... [EMPTY] [SKIPPED]" % rel[:-4])
+                continue
+            r = subprocess.run(["git", "-C", src, "bundle", "create", "--quiet", base + ".bundle", "--all"],
                                capture_output=True, text=True)
-            if tar_src != src:
-                shutil.rmtree(tar_src)
+            if r.returncode != 0:
+                log.error("Dumping repository %s ... failed: %s" % (rel[:-4], r.stderr.strip()))
+                ok = False
+                continue
+            log.info("Dumping repository %s ... [DONE]" % rel[:-4])
+        # A real instance spends minutes to hours here (the test knob stands for that).
+        end = time.time() + backup_delay()
+        while time.time() < end:
+            time.sleep(min(0.2, max(0.0, end - time.time())))
+        if ok:
+            log.info("Dumping repositories ... done")
+        else:
+            log.error("Dumping repositories failed: some repositories could not be backed up")
+            failed.append("repositories")
+    for task, src in BACKUP_DIR_TASKS:
+        label = {"builds": "builds", "lfs": "lfs objects", "terraform_state": "terraform states",
+                 "ci_secure_files": "ci secure files"}.get(task, task)
+        if task in skip:
+            log.info("Dumping %s ... [SKIPPED]" % label)
+            continue
+        log.info("Dumping %s ... " % label)
+        tarball = os.path.join(path, task + ".tar.gz")
+        problems = []
+        tar_src = src
+        if not os.path.isdir(src):
+            problems.append("rsync: [sender] change_dir \"%s\" failed: No such file or directory (2)" % src)
+        elif strategy == "copy":
+            # GitLab copies with rsync first (STRATEGY=copy) into backups/tmp.
+            tar_src = os.path.join(path, "tmp", task)
+            try:
+                shutil.copytree(src, tar_src, symlinks=True, dirs_exist_ok=True)
+            except shutil.Error as e:
+                for entry in e.args[0][:5]:
+                    why = str(entry[2]) if len(entry) > 2 else str(entry)
+                    m = re.match(r"\[Errno (\d+)\] ([^:]+)", why)
+                    why = "%s (%s)" % (m.group(2), m.group(1)) if m else why
+                    problems.append("rsync: [sender] send_files failed to open \"%s\": %s" % (entry[0], why))
+            except OSError as e:
+                problems.append("rsync: [sender] %s" % e)
+        if not problems:
+            r = subprocess.run(["tar", "-C", tar_src, "-czf", tarball, "."], capture_output=True, text=True)
             if r.returncode not in (0, 1):
-                print("Error: tar of %s failed: %s" % (task, r.stderr.strip()), file=sys.stderr)
-                return 1
-            bk_out("Dumping %s ... done" % label, cron)
-        info = ("---\n:db_version: 20241010000000\n:backup_created_at: %s\n:gitlab_version: %s\n"
-                ":tar_version: tar (GNU tar) 1.34\n:installation_type: gitlab-omnibus-docker (GitLab TEST STAND-IN)\n"
-                ":skipped: %s\n:repositories_storages: ''\n:repositories_server_side: false\n"
-                % (now_utc().strftime("%Y-%m-%d %H:%M:%S.%f +0000"), ver, ",".join(sorted(skip))))
-        with open(work + "/backup_information.yml", "w") as f:
-            f.write(info)
-        bk_out("Creating backup archive: %s ... " % name, cron)
-        subprocess.run(["chown", "-R", "%d:%d" % (GIT_UID, GIT_GID), work], check=True)
-        members = sorted(os.listdir(work))
-        tmp_tar = final + ".tmp"
-        r = subprocess.run(["tar", "-C", work, "-cf", tmp_tar] + members, capture_output=True, text=True)
-        if r.returncode != 0:
-            print("Error: creating backup archive failed: %s" % r.stderr.strip(), file=sys.stderr)
-            if os.path.exists(tmp_tar):
-                os.unlink(tmp_tar)
-            return 1
-        os.chown(tmp_tar, GIT_UID, GIT_GID)
-        os.chmod(tmp_tar, 0o600)
-        os.rename(tmp_tar, final)
-        bk_out("Creating backup archive: %s ... done" % name, cron)
-        bk_out("Uploading backup archive to remote storage  ... [SKIPPED]", cron)
-        bk_out("Deleting backups/tmp ... ", cron)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    bk_out("Deleting backups/tmp ... done", cron)
-    bk_out("Deleting old backups ... [SKIPPED]", cron)
-    bk_out("Warning: Your gitlab.rb and gitlab-secrets.json files contain sensitive data \n"
-           "and are not included in this backup. You will need these files to restore a backup.\n"
-           "Please back them up manually.", cron)
-    bk_out("Backup %s is done." % bid, cron)
+                problems.extend(l for l in r.stderr.strip().splitlines()[:5] if l)
+        if tar_src != src:
+            shutil.rmtree(tar_src, ignore_errors=True)
+        if problems:
+            for p in problems:
+                log.error(p)
+            log.error("Dumping %s failed: Failed to create compressed file '%s' when trying to backup "
+                      "the following paths: '%s'" % (label, tarball, src))
+            failed.append(task)
+            continue
+        log.info("Dumping %s ... done" % label)
+    info = ("---\n:db_version: 20241010000000\n:backup_created_at: %s\n:gitlab_version: %s\n"
+            ":tar_version: tar (GNU tar) 1.34\n:installation_type: gitlab-omnibus-docker (GitLab TEST STAND-IN)\n"
+            ":skipped: %s\n:repositories_storages: ''\n:repositories_server_side: false\n"
+            % (now_utc().strftime("%Y-%m-%d %H:%M:%S.%f +0000"), ver, ",".join(sorted(skip))))
+    with open(path + "/backup_information.yml", "w") as f:
+        f.write(info)
+    parts = sorted(p for p in os.listdir(path)
+                   if p in ("backup_information.yml", "db", "repositories") or p.endswith(".tar.gz"))
+    log.info("Creating backup archive: %s ... " % name)
+    # Written in place: a backup still running shows its tar growing.
+    r = subprocess.run(["tar", "-C", path, "-cf", final] + parts, capture_output=True, text=True)
+    if r.returncode != 0:
+        log.error("Creating backup archive: %s failed: %s" % (name, r.stderr.strip()))
+        return 1
+    os.chmod(final, 0o600)
+    log.info("Creating backup archive: %s ... done" % name)
+    log.info("Uploading backup archive to remote storage  ... [SKIPPED]")
+    if failed:
+        # The parts stay in the staging directory; the tar holds what could be dumped.
+        log.error("Backup %s failed: %s could not be backed up" % (bid, ", ".join(failed)))
+        return 1
+    log.info("Deleting tar staging files ... ")
+    for p in parts:
+        full = os.path.join(path, p)
+        shutil.rmtree(full) if os.path.isdir(full) else os.unlink(full)
+    log.info("Deleting tar staging files ... done")
+    log.info("Deleting backups/tmp ... ")
+    shutil.rmtree(os.path.join(path, "tmp"), ignore_errors=True)
+    log.info("Deleting backups/tmp ... done")
+    log.info("Deleting old backups ... [SKIPPED]")
+    log.info("Warning: Your gitlab.rb and gitlab-secrets.json files contain sensitive data \n"
+             "and are not included in this backup. You will need these files to restore a backup.\n"
+             "Please back them up manually.")
+    log.info("Backup %s is done." % bid)
     return 0
 
 
@@ -1316,13 +1461,13 @@ def ask_yes_no(question):
 
 
 def backup_restore():
-    ensure_dir(BACKUPS, GIT_UID, 0, 0o700)
+    backups = ensure_backup_path()
     bid = os.environ.get("BACKUP")
     if not bid:
-        found = sorted(f[:-len("_gitlab_backup.tar")] for f in os.listdir(BACKUPS)
+        found = sorted(f[:-len("_gitlab_backup.tar")] for f in os.listdir(backups)
                        if f.endswith("_gitlab_backup.tar"))
         if not found:
-            print("No backups found in %s" % BACKUPS, file=sys.stderr)
+            print("No backups found in %s" % backups, file=sys.stderr)
             print("Please make sure that file name ends with _gitlab_backup.tar", file=sys.stderr)
             return 1
         if len(found) > 1:
@@ -1332,12 +1477,12 @@ def backup_restore():
             print("Specify the backup with BACKUP=<timestamp>", file=sys.stderr)
             return 1
         bid = found[0]
-    tar_path = os.path.join(BACKUPS, "%s_gitlab_backup.tar" % bid)
+    tar_path = os.path.join(backups, "%s_gitlab_backup.tar" % bid)
     if not os.path.exists(tar_path):
         print("The backup file %s does not exist!" % os.path.basename(tar_path), file=sys.stderr)
         return 1
     skip = {s.strip() for s in os.environ.get("SKIP", "").split(",") if s.strip()}
-    work = tempfile.mkdtemp(prefix="tmp_restore_", dir=BACKUPS)
+    work = tempfile.mkdtemp(prefix="tmp_restore_", dir=backups)
     try:
         bk_out("Unpacking backup ... ")
         r = subprocess.run(["tar", "-C", work, "-xf", tar_path], capture_output=True, text=True)
