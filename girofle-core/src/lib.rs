@@ -13,6 +13,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod fleet;
 pub mod fsutil;
+pub mod health;
 pub mod instance;
 pub mod inventory;
 pub mod journal;
