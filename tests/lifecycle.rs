@@ -336,6 +336,19 @@ fn stand_in_with_puma_restart(secs: u32) -> String {
     .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "docker build: {out:?}");
+    let knows = Command::new("docker")
+        .args(["run", "--rm", "--entrypoint", "grep", &image])
+        .args([
+            "-q",
+            "STANDIN_PUMA_RESTART_SECS",
+            "/opt/gitlab/standin/standin.py",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        knows.success(),
+        "{base} does not restart Puma after reconfigure: rebuild it with `tests/gitlab-stand-in/build`"
+    );
     image
 }
 
