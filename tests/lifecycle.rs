@@ -387,6 +387,23 @@ async fn reconfigure_returns_once_gitlab_serves_the_change() {
     // GitLab's health endpoints answer only localhost by default.
     assert_eq!(http_get(port, "/-/health").unwrap().0, 404);
 
+    // What the engine says meanwhile.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (done, container) = (done.clone(), r.container_name());
+        std::thread::spawn(move || {
+            let mut seen = BTreeSet::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = Command::new("docker")
+                    .args(["inspect", "-f", "{{.State.Health.Status}}", &container])
+                    .output()
+                    .unwrap();
+                seen.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            seen
+        })
+    };
     let started = std::time::Instant::now();
     g.reconfigure(
         &r.name,
@@ -396,6 +413,11 @@ async fn reconfigure_returns_once_gitlab_serves_the_change() {
     .await
     .expect("a valid setting, through a Puma restart");
     let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let engine_said = watcher.join().unwrap();
+    // The restart outlasted the engine's five failing probes: a wait on its state would
+    // have taken the valid change for a broken one.
+    assert!(engine_said.contains("unhealthy"), "{engine_said:?}");
     // Right away: requests succeed, with the new setting (it acts only once Puma has
     // restarted). Girofle's old wait (the engine's state, read at once) returned before
     // the restart began: this got 404, and 502 a second later.
@@ -423,6 +445,12 @@ async fn reconfigure_returns_once_gitlab_serves_the_change() {
         .expect("record")
         .settings
         .contains_key("gitlab_rails['monitoring_whitelist']"));
+    // The next change at once: the engine may still say "unhealthy" after the long
+    // restart (it needs a passing probe of its own), which must not refuse it.
+    g.reconfigure(&r.name, &["gitlab_rails['time_zone']=UTC".into()], &[])
+        .await
+        .expect("a second change right after the first");
+    assert_eq!(http_get(port, "/-/health").unwrap().0, 200);
 }
 
 /// A setting GitLab's reconfigure accepts (exit 0) but with which Puma cannot come back

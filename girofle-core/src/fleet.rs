@@ -862,6 +862,31 @@ impl Girofle {
         .await
     }
 
+    /// Waits until a running container serves, booting or not. The engine's "unhealthy"
+    /// may be a Puma restart that ended since (after a reconfigure that returned a moment
+    /// ago): it says "healthy" again only after a passing probe of its own, so a running
+    /// container is judged by Girofle's probes. A stopped one fails as the engine's wait
+    /// says.
+    pub(crate) async fn wait_serving(&self, container: &str, timeout: Duration) -> Result<()> {
+        let running = self
+            .runtime
+            .inspect(container)
+            .await?
+            .is_some_and(|i| i.running);
+        if !running {
+            return self.runtime.wait_healthy(container, timeout).await;
+        }
+        health::wait_fresh(
+            &*self.runtime,
+            container,
+            "its last start or change",
+            None,
+            Duration::ZERO,
+            timeout,
+        )
+        .await
+    }
+
     /// Stops an instance (GitLab gets the configured grace period to shut down).
     ///
     /// # Errors
@@ -998,9 +1023,7 @@ impl Girofle {
     /// its path and its text.
     async fn read_gitlab_rb(&self, record: &InstanceRecord) -> Result<(PathBuf, String)> {
         let container = record.container_name();
-        self.runtime
-            .wait_healthy(&container, self.boot_timeout())
-            .await?;
+        self.wait_serving(&container, self.boot_timeout()).await?;
         let dirs = InstanceDirs::new(&self.root, &record.name);
         let rb = dirs.config.join("gitlab.rb");
         let previous = std::fs::read_to_string(&rb).map_err(|e| {
