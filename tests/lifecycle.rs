@@ -314,3 +314,181 @@ async fn pins_hold_and_settings_precede_the_first_boot() {
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["pin_overrides"][0], "nginx['listen_port'] = 8080");
 }
+
+/// The stand-in image with Puma restarts as slow as `secs` (a derived image: the knob is
+/// the container's environment, which Girofle does not let a caller set).
+fn stand_in_with_puma_restart(secs: u32) -> String {
+    let base = stand_in("17.5.1");
+    let image = format!("girofle-test/gitlab-ce-puma{secs}s:17.5.1-ce.0");
+    let mut build = Command::new("docker");
+    build
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &image, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = build.spawn().unwrap();
+    use std::io::Write;
+    write!(
+        child.stdin.take().unwrap(),
+        "FROM {base}\nENV STANDIN_PUMA_RESTART_SECS={secs}\n"
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "docker build: {out:?}");
+    let knows = Command::new("docker")
+        .args(["run", "--rm", "--entrypoint", "grep", &image])
+        .args([
+            "-q",
+            "STANDIN_PUMA_RESTART_SECS",
+            "/opt/gitlab/standin/standin.py",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        knows.success(),
+        "{base} does not restart Puma after reconfigure: rebuild it with `tests/gitlab-stand-in/build`"
+    );
+    image
+}
+
+/// Whether the image's own health probe passes now, run in the container.
+fn probe_passes(container: &str) -> bool {
+    Command::new("docker")
+        .args([
+            "exec",
+            container,
+            "/opt/gitlab/bin/gitlab-healthcheck",
+            "--fail",
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// A Rails setting makes GitLab restart Puma after `gitlab-ctl reconfigure` has exited
+/// 0: reconfigure returns only once GitLab serves with the new setting, and a restart
+/// longer than the engine's five failing probes (so the engine says "unhealthy" for a
+/// while) does not roll the valid change back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfigure_returns_once_gitlab_serves_the_change() {
+    let restart = 8;
+    let t = TestRoot::new(&stand_in_with_puma_restart(restart));
+    let g = t.open().await;
+    let r = g
+        .commission(CommissionRequest {
+            name: unique("rails"),
+            ..Default::default()
+        })
+        .await
+        .expect("commission");
+    let port = r.bindings.http_port;
+    // GitLab's health endpoints answer only localhost by default.
+    assert_eq!(http_get(port, "/-/health").unwrap().0, 404);
+
+    // What the engine says meanwhile.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (done, container) = (done.clone(), r.container_name());
+        std::thread::spawn(move || {
+            let mut seen = BTreeSet::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = Command::new("docker")
+                    .args(["inspect", "-f", "{{.State.Health.Status}}", &container])
+                    .output()
+                    .unwrap();
+                seen.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            seen
+        })
+    };
+    let started = std::time::Instant::now();
+    g.reconfigure(
+        &r.name,
+        &["gitlab_rails['monitoring_whitelist']=['0.0.0.0/0', '::/0']".into()],
+        &[],
+    )
+    .await
+    .expect("a valid setting, through a Puma restart");
+    let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let engine_said = watcher.join().unwrap();
+    // The restart outlasted the engine's five failing probes: a wait on its state would
+    // have taken the valid change for a broken one.
+    assert!(engine_said.contains("unhealthy"), "{engine_said:?}");
+    // Right away: requests succeed, with the new setting (it acts only once Puma has
+    // restarted). Girofle's old wait (the engine's state, read at once) returned before
+    // the restart began: this got 404, and 502 a second later.
+    let (status, body) = http_get(port, "/-/health").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "GitLab OK"),
+        "reconfigure returned after {took:?}, before GitLab served the change"
+    );
+    assert!(probe_passes(&r.container_name()));
+    assert!(
+        took >= std::time::Duration::from_secs(restart.into()),
+        "returned after {took:?}, before Puma's {restart} s restart could have ended"
+    );
+    // Not rolled back.
+    let rb = std::fs::read_to_string(InstanceDirs::new(&t.root, &r.name).config.join("gitlab.rb"))
+        .unwrap();
+    assert!(
+        rb.contains("gitlab_rails['monitoring_whitelist'] = ['0.0.0.0/0', '::/0']"),
+        "{rb}"
+    );
+    let shown = g.show_revealed(&r.name).await.unwrap();
+    assert!(shown
+        .record
+        .expect("record")
+        .settings
+        .contains_key("gitlab_rails['monitoring_whitelist']"));
+    // The next change at once: the engine may still say "unhealthy" after the long
+    // restart (it needs a passing probe of its own), which must not refuse it.
+    g.reconfigure(&r.name, &["gitlab_rails['time_zone']=UTC".into()], &[])
+        .await
+        .expect("a second change right after the first");
+    assert_eq!(http_get(port, "/-/health").unwrap().0, 200);
+}
+
+/// A setting GitLab's reconfigure accepts (exit 0) but with which Puma cannot come back
+/// (it cannot bind `puma['listen']`): once the health timeout has passed without a
+/// passing probe, the change is rolled back, the error says so, and GitLab serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_that_keeps_gitlab_down_is_rolled_back() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    t.edit_config(|c| c.instances.health_timeout_secs = 25);
+    let name = unique("down");
+    ok(t.cli(&["instance", "create", &name]));
+    let rb_path = InstanceDirs::new(&t.root, &name).config.join("gitlab.rb");
+    let before = std::fs::read_to_string(&rb_path).unwrap();
+
+    let out = t.cli(&[
+        "instance",
+        "reconfigure",
+        &name,
+        "--set",
+        "puma['listen']='203.0.113.7'",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{said}");
+    assert!(said.contains("rolled back"), "{said}");
+    assert_eq!(std::fs::read_to_string(&rb_path).unwrap(), before);
+    let container = girofle_core::instance::container_name(&name);
+    assert!(
+        probe_passes(&container),
+        "GitLab does not serve after the rollback"
+    );
+    let shown: serde_json::Value = serde_json::from_slice(
+        &t.cli(&["--json", "instance", "show", &name, "--reveal"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert!(
+        shown["record"]["settings"].get("puma['listen']").is_none(),
+        "{shown}"
+    );
+}

@@ -19,6 +19,7 @@ use crate::address::{allocate, AddressRequest};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::FingerprintKey;
+use crate::health;
 use crate::instance::{
     self, container_spec, render_gitlab_rb, HealthSettings, InstanceDirs, InstanceRecord, Stage,
     LABEL_MANAGED, LABEL_ROOT,
@@ -836,11 +837,52 @@ impl Girofle {
                     .map(|_| record.redacted());
                 }
                 self.runtime.start(&container).await?;
-                self.runtime
-                    .wait_healthy(&container, self.boot_timeout())
-                    .await?;
+                self.wait_started(&container, self.boot_timeout()).await?;
                 Ok(record.redacted())
             },
+        )
+        .await
+    }
+
+    /// Waits until a container Girofle just started serves: the engine's health state
+    /// first (it restarts at "starting" with every start, and its start period covers
+    /// GitLab's long boots), then a probe of Girofle's own. The engine's state alone is
+    /// stale when the container was running already (its start was a no-op) and Puma is
+    /// restarting after a reconfigure.
+    pub(crate) async fn wait_started(&self, container: &str, timeout: Duration) -> Result<()> {
+        self.runtime.wait_healthy(container, timeout).await?;
+        health::wait_fresh(
+            &*self.runtime,
+            container,
+            "its start",
+            None,
+            Duration::ZERO,
+            timeout,
+        )
+        .await
+    }
+
+    /// Waits until a running container serves, booting or not. The engine's "unhealthy"
+    /// may be a Puma restart that ended since (after a reconfigure that returned a moment
+    /// ago): it says "healthy" again only after a passing probe of its own, so a running
+    /// container is judged by Girofle's probes. A stopped one fails as the engine's wait
+    /// says.
+    pub(crate) async fn wait_serving(&self, container: &str, timeout: Duration) -> Result<()> {
+        let running = self
+            .runtime
+            .inspect(container)
+            .await?
+            .is_some_and(|i| i.running);
+        if !running {
+            return self.runtime.wait_healthy(container, timeout).await;
+        }
+        health::wait_fresh(
+            &*self.runtime,
+            container,
+            "its last start or change",
+            None,
+            Duration::ZERO,
+            timeout,
         )
         .await
     }
@@ -981,9 +1023,7 @@ impl Girofle {
     /// its path and its text.
     async fn read_gitlab_rb(&self, record: &InstanceRecord) -> Result<(PathBuf, String)> {
         let container = record.container_name();
-        self.runtime
-            .wait_healthy(&container, self.boot_timeout())
-            .await?;
+        self.wait_serving(&container, self.boot_timeout()).await?;
         let dirs = InstanceDirs::new(&self.root, &record.name);
         let rb = dirs.config.join("gitlab.rb");
         let previous = std::fs::read_to_string(&rb).map_err(|e| {
@@ -1001,8 +1041,10 @@ impl Girofle {
     }
 
     /// Replaces gitlab.rb (`previous`) by `next`, runs `gitlab-ctl reconfigure` and
-    /// waits healthy; when GitLab refuses, puts `previous` back and reconfigures again
-    /// (then marks `intent`, if any, `restored`).
+    /// waits until GitLab answers probes that started after it (see [`health`]); when
+    /// GitLab refuses the file, or does not answer with it within the health timeout,
+    /// puts `previous` back and reconfigures again (then marks `intent`, if any,
+    /// `restored`).
     async fn write_gitlab_rb(
         &self,
         record: &InstanceRecord,
@@ -1012,6 +1054,7 @@ impl Girofle {
         intent: Option<&mut IntentFile>,
     ) -> Result<()> {
         let container = record.container_name();
+        let puma_before = health::puma_pid(&*self.runtime, &container).await;
         crate::fsutil::write_atomic(rb, next.as_bytes(), 0o600)?;
         let reconfigure = ExecSpec {
             cmd: vec!["gitlab-ctl".into(), "reconfigure".into()],
@@ -1033,10 +1076,64 @@ impl Girofle {
                 other => other,
             });
         }
-        self.runtime
-            .wait_healthy(&container, self.boot_timeout())
-            .await?;
-        Ok(())
+        // Reconfigure exited 0, but a change to Rails settings restarts Puma after that:
+        // only a probe that started once the restart was under way proves GitLab serves
+        // with the new settings. One that fails meanwhile is the restart, not a failure.
+        let waited = health::wait_fresh(
+            &*self.runtime,
+            &container,
+            "`gitlab-ctl reconfigure` with the new settings",
+            puma_before,
+            health::SETTLE,
+            self.boot_timeout(),
+        )
+        .await;
+        let Err(e) = waited else {
+            return Ok(());
+        };
+        // GitLab accepted the file but does not come back with it (e.g. Puma cannot
+        // boot): put the previous settings back, in the file and in GitLab.
+        crate::fsutil::write_atomic(rb, previous.as_bytes(), 0o600)?;
+        let puma_before = health::puma_pid(&*self.runtime, &container).await;
+        let back = match self.runtime.exec_ok(&container, &reconfigure).await {
+            Ok(_) => {
+                health::wait_fresh(
+                    &*self.runtime,
+                    &container,
+                    "`gitlab-ctl reconfigure` with the previous settings",
+                    puma_before,
+                    health::SETTLE,
+                    self.boot_timeout(),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let (message, health_log, logs) = match e {
+            Error::Unhealthy {
+                message,
+                health_log,
+                logs,
+            } => (message, health_log, logs),
+            other => return Err(other),
+        };
+        let outcome = match back {
+            Ok(()) => {
+                if let Some(intent) = intent {
+                    intent.phase("restored")?;
+                }
+                "the new settings were rolled back: the previous gitlab.rb is back in place and GitLab answers again".to_string()
+            }
+            Err(b) => format!(
+                "the previous gitlab.rb is back in place, but GitLab does not answer with it either ({}); `girofle recover` tries again",
+                b.to_string().lines().next().unwrap_or_default()
+            ),
+        };
+        Err(Error::Unhealthy {
+            message: format!("{message}; {outcome}"),
+            health_log,
+            logs,
+        })
     }
 
     /// The steps of a decommission after the final backup: stop, move the data (or delete

@@ -416,12 +416,7 @@ pub fn container_spec(
         stop_timeout: health.stop_grace,
         health_check: Some(HealthCheck {
             // The official image's own probe, run far more often than its 60 s default.
-            test: vec![
-                "/opt/gitlab/bin/gitlab-healthcheck".into(),
-                "--fail".into(),
-                "--max-time".into(),
-                "10".into(),
-            ],
+            test: crate::health::PROBE.iter().map(|s| s.to_string()).collect(),
             interval: health.interval,
             timeout: Duration::from_secs(30),
             retries: 5,

@@ -14,6 +14,7 @@ pub mod fingerprint;
 pub mod fleet;
 pub mod fsutil;
 mod gitlab_backup;
+pub mod health;
 pub mod instance;
 pub mod inventory;
 pub mod journal;

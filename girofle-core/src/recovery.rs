@@ -570,7 +570,7 @@ impl Girofle {
             .await;
         if record.settings == *settings {
             // It was done but for removing this record.
-            self.ensure_running(&record, false, actions).await?;
+            self.ensure_serving(&record, actions).await?;
             return Ok(RecoveryOutcome::Finished);
         }
         if phase != "restored" {
@@ -595,8 +595,38 @@ impl Girofle {
                 actions.push("ran `gitlab-ctl reconfigure` with the previous settings".into());
             }
         }
-        self.ensure_running(&record, false, actions).await?;
+        self.ensure_serving(&record, actions).await?;
         Ok(RecoveryOutcome::RolledBack)
+    }
+
+    /// After a reconfigure: a running container must answer probes that started after
+    /// it (Puma restarts in the background once reconfigure has exited, so the engine's
+    /// health state is stale); a stopped or missing one is brought up.
+    async fn ensure_serving(
+        &self,
+        record: &InstanceRecord,
+        actions: &mut Vec<String>,
+    ) -> Result<()> {
+        let container = record.container_name();
+        if !self
+            .runtime
+            .inspect(&container)
+            .await?
+            .is_some_and(|i| i.running)
+        {
+            return self.ensure_running(record, false, actions).await;
+        }
+        crate::health::wait_fresh(
+            &*self.runtime,
+            &container,
+            "a reconfigure",
+            None,
+            crate::health::SETTLE,
+            self.boot_timeout(),
+        )
+        .await?;
+        actions.push(format!("container `{container}` answers its health check"));
+        Ok(())
     }
 
     async fn undo_restore(

@@ -543,8 +543,7 @@ impl Girofle {
         result.map_err(|e| gitlab_refusal(e, manifest))?;
         self.runtime.stop(&container, self.stop_grace()).await?;
         self.runtime.start(&container).await?;
-        self.runtime
-            .wait_healthy(&container, timeout.unwrap_or(self.boot_timeout()))
+        self.wait_started(&container, timeout.unwrap_or(self.boot_timeout()))
             .await
     }
 

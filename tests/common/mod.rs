@@ -320,6 +320,29 @@ pub fn ownership_snapshot(dir: &Path) -> Vec<(String, u32, u32, u32)> {
     out
 }
 
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(port: u16, target: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 use std::os::unix::fs::FileTypeExt;
 
 /// A commissioned instance with a project pushed to it.

@@ -505,6 +505,34 @@ def reconfigure(quiet=False):
     return eff
 
 
+def rails_settings(settings):
+    """What Rails (Puma) reads at its boot: gitlab_rails[...], puma[...] and the top-level
+    settings (external_url, registry_external_url, ...: they all end up in gitlab.yml).
+    A reconfigure that changes any of them restarts Puma; one that changes only other
+    services' settings (nginx[...], postgresql[...], ...) does not."""
+    return {k: v for k, v in settings.items()
+            if k in ("gitlab_rails", "puma") or not isinstance(v, dict)}
+
+
+PUMA_RESTART_FILE = RUN + "/puma-restart.json"
+PUMA_LOADED = RUN + "/puma-rails.json"
+
+
+def request_puma_restart():
+    """Like Omnibus: reconfigure only sends Puma a restart and exits 0; the supervisor
+    carries it out a little later (STANDIN_PUMA_RESTART_DELAY, default 0.5 s, so a probe
+    right after reconfigure still reaches the old Puma), and the new Puma boots for
+    STANDIN_PUMA_RESTART_SECS (default 2 s; real GitLab: tens of seconds) before it
+    answers; meanwhile every request gets 502."""
+    delay = float(os.environ.get("STANDIN_PUMA_RESTART_DELAY", "0.5"))
+    boot = float(os.environ.get("STANDIN_PUMA_RESTART_SECS", "2"))
+    with FileLock(RUN + "/desired.lock"):
+        serial = (read_json(PUMA_RESTART_FILE, {}) or {}).get("serial", 0) + 1
+        write_atomic(PUMA_RESTART_FILE, json.dumps({"serial": serial, "at": time.time() + delay,
+                                                    "boot_secs": boot}))
+    log("reconfigure", "Recipe: gitlab::puma: restarting puma in the background (settings changed)")
+
+
 def chef_failure(err):
     source, lineno, stmt, msg = err.args[0] if len(err.args[0]) == 4 else ("gitlab.rb", err.args[0][0], "", err.args[0][1])
     print("[%s] FATAL: Stacktrace dumped to /opt/gitlab/embedded/cookbooks/cache/cinc-stacktrace.out" % now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), file=sys.stderr)
@@ -641,11 +669,29 @@ def wrapper():
     restart_at = {}
     set_desired(SERVICES, "up")
     last_written = None
+    # A Puma restart requested by a reconfigure before this boot is moot: this boot's
+    # Puma reads the settings as they are now.
+    handled_restart = (read_json(PUMA_RESTART_FILE, {}) or {}).get("serial")
 
-    def spawn(svc):
+    def spawn(svc, env=None):
         p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "service", svc],
-                             stdin=subprocess.DEVNULL)
+                             stdin=subprocess.DEVNULL, env=dict(os.environ, **(env or {})))
         procs[svc] = (p, time.time())
+
+    def stop_service(svc):
+        p, _ = procs[svc]
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        end = time.time() + 5
+        while svc in procs and time.time() < end:
+            reap()
+            time.sleep(0.02)
+        if svc in procs:
+            p.kill()
+            time.sleep(0.05)
+            reap()
 
     def reap():
         while True:
@@ -683,6 +729,17 @@ def wrapper():
     while not stop["flag"]:
         reap()
         desired = read_json(DESIRED_FILE, {})
+        restart = read_json(PUMA_RESTART_FILE, {}) or {}
+        if restart.get("serial") != handled_restart and time.time() >= restart.get("at", 0):
+            handled_restart = restart.get("serial")
+            # A stopped Puma (a backup, a restore) stays stopped; it reads the new
+            # settings when it starts.
+            if desired.get("puma", "up") == "up":
+                log("puma", "Restarting puma (settings changed by reconfigure)")
+                if "puma" in procs:
+                    stop_service("puma")
+                restart_at["puma"] = time.time() + 1.0
+                spawn("puma", {"STANDIN_PUMA_BOOT_SECS": str(restart.get("boot_secs", 0))})
         for svc in SERVICES:
             want = desired.get(svc, "up")
             if want == "up" and svc not in procs:
@@ -691,19 +748,7 @@ def wrapper():
                 restart_at[svc] = time.time() + 1.0
                 spawn(svc)
             elif want == "down" and svc in procs:
-                p, _ = procs[svc]
-                try:
-                    p.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                end = time.time() + 5
-                while svc in procs and time.time() < end:
-                    reap()
-                    time.sleep(0.02)
-                if svc in procs:
-                    p.kill()
-                    time.sleep(0.05)
-                    reap()
+                stop_service(svc)
         status = {"wrapper_pid": os.getpid(), "boot_time": boot_time, "serial": desired.get("_serial"),
                   "services": {s: {"want": desired.get(s, "up"),
                                    "pid": procs[s][0].pid if s in procs else None,
@@ -755,7 +800,38 @@ def serve_unix_socket(svc):
         conn.close()
 
 
+def puma_main():
+    """Puma: boots "Rails" with the settings as they are now (after a restart requested by
+    reconfigure this takes STANDIN_PUMA_BOOT_SECS), binds its TCP listener
+    (puma['listen']:puma['port'], default 127.0.0.1:8080) and its UNIX socket. The Rails
+    settings it booted with are what the HTTP side uses (PUMA_LOADED): a changed
+    gitlab_rails[...] setting acts only once Puma has restarted, as in GitLab. A listener
+    it cannot bind (e.g. puma['listen'] = an address the container does not have) makes
+    it exit, as real Puma does; the supervisor starts it again, again and again, and every
+    request gets 502 meanwhile, while reconfigure itself had exited 0."""
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    boot = float(os.environ.get("STANDIN_PUMA_BOOT_SECS") or 0)
+    if boot > 0:
+        log("puma", "puma booting Rails (%.1f s)" % boot)
+        time.sleep(boot)
+    settings = (read_json(SETTINGS, {}) or {}).get("settings") or {}
+    conf = settings.get("puma") if isinstance(settings.get("puma"), dict) else {}
+    host, port = conf.get("listen", "127.0.0.1"), conf.get("port", 8080)
+    tcp = socket.socket(socket.AF_INET6 if ":" in str(host) else socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        tcp.bind((str(host), int(port)))
+        tcp.listen(16)
+    except (OSError, ValueError, OverflowError) as e:
+        log("puma", "! Unable to start puma: bind(2) for \"%s\" port %s: %s" % (host, port, e))
+        return 1
+    write_atomic(PUMA_LOADED, json.dumps({"started_at": time.time(), "settings": rails_settings(settings)}))
+    return serve_unix_socket("puma")
+
+
 def service_main(svc):
+    if svc == "puma":
+        return puma_main()
     if svc in SOCKETS:
         return serve_unix_socket(svc)
     if svc == "nginx":
@@ -866,6 +942,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.git(m.group(1), m.group(2) or "", qs)
         if path == "/":
             return self.send_simple(302, "", extra={"Location": "/users/sign_in"})
+        if path == "/help":
+            # A full Rails page, open to everyone: what the image's health check requests.
+            return self.send_simple(200, "<html><head><title>Help · GitLab</title></head><body>GitLab TEST STAND-IN</body></html>\n", "text/html")
         if path == "/users/sign_in":
             return self.send_simple(200, "<html><head><title>Sign in · GitLab</title></head><body>GitLab TEST STAND-IN</body></html>\n", "text/html")
         return self.send_simple(404, "<html><body><h1>404</h1><p>Page Not Found</p></body></html>\n", "text/html")
@@ -873,7 +952,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def monitoring_allowed(self):
         """gitlab_rails['monitoring_whitelist'] (default: localhost only), like GitLab."""
         allow = ["127.0.0.0/8", "::1/128"]
-        rails = ((read_json(SETTINGS, {}) or {}).get("settings") or {}).get("gitlab_rails") or {}
+        # What Rails booted with, not what the last reconfigure wrote: a changed setting
+        # acts only once Puma has restarted.
+        rails = ((read_json(PUMA_LOADED, {}) or {}).get("settings") or {}).get("gitlab_rails") or {}
         if isinstance(rails.get("monitoring_whitelist"), list):
             allow = rails["monitoring_whitelist"]
         try:
@@ -1132,11 +1213,14 @@ def ctl_main(args):
     cmd, rest = args[0], args[1:]
     os.makedirs(RUN, exist_ok=True)
     if cmd == "reconfigure":
+        before = read_json(SETTINGS, {}) or {}
         try:
-            reconfigure()
+            eff = reconfigure()
         except ConfigError as e:
             chef_failure(e)
             return 1
+        if rails_settings(before.get("settings") or {}) != rails_settings(eff["settings"]):
+            request_puma_restart()
         print("gitlab Reconfigured!")
         return 0
     if cmd == "status":
@@ -1775,7 +1859,9 @@ def healthcheck_main(args):
         else:
             i += 1  # --fail, -s, ... are accepted and ignored
     try:
-        with urllib.request.urlopen("http://localhost/-/health", timeout=max_time) as r:
+        # As the image's: a full Rails request (/help), which the monitoring whitelist
+        # does not restrict, unlike /-/health.
+        with urllib.request.urlopen("http://localhost/help", timeout=max_time) as r:
             body = r.read().decode(errors="replace")
             print(body)
             return 0 if r.status == 200 else 22
