@@ -3,7 +3,6 @@ where it has one, core's message, and nothing changed by a refused operation."""
 
 from __future__ import annotations
 
-import errno
 import subprocess
 import threading
 import warnings
@@ -91,10 +90,10 @@ def test_unrecoverable_interruption_is_warned_by_list(root, g):
 def test_file_system_and_backend_errors(root, tmp_path):
     afile = tmp_path / "a-file"
     afile.write_text("")
-    with pytest.raises(OSError) as e:
+    # A root under a file is a wrong argument (a ValueError), saying what to do.
+    with pytest.raises(ValueError, match="is a file, not a directory") as e:
         girofle.Girofle.init(afile / "root")
-    assert type(e.value) is girofle.FileSystemError
-    assert e.value.errno == errno.ENOTDIR
+    assert type(e.value) is girofle.InvalidInputError
     with pytest.raises(girofle.BackendError, match="cannot reach the Docker engine"):
         girofle.Girofle(root.path, docker_host="tcp://127.0.0.1:1")
 

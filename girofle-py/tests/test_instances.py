@@ -18,7 +18,7 @@ def test_lifecycle_with_real_effects(root, g):
     name = unique("web")
     record = g.create(
         name,
-        settings={"gitlab_rails['time_zone']": "UTC", "gitlab_rails['gitlab_shell_ssh_port']": 2222},
+        settings={"gitlab_rails['time_zone']": "UTC", "gitlab_rails['webhook_timeout']": 20},
         labels={"team": "infra"},
     )
     assert isinstance(record, girofle.Instance)
@@ -26,11 +26,11 @@ def test_lifecycle_with_real_effects(root, g):
     assert record.stage == "active"
     # Values are shown redacted, whatever the key; reveal=True shows them.
     assert record.settings == {
-        "gitlab_rails['gitlab_shell_ssh_port']": girofle.REDACTED,
+        "gitlab_rails['webhook_timeout']": girofle.REDACTED,
         "gitlab_rails['time_zone']": girofle.REDACTED,
     }
     assert g.show(name, reveal=True).record.settings == {
-        "gitlab_rails['gitlab_shell_ssh_port']": "2222",
+        "gitlab_rails['webhook_timeout']": "20",
         "gitlab_rails['time_zone']": "'UTC'",
     }
     assert "UTC" not in repr(record) and "UTC" not in str(record.to_dict())
@@ -60,7 +60,7 @@ def test_lifecycle_with_real_effects(root, g):
     after = g.reconfigure(
         name,
         set=["gitlab_rails['gitlab_default_theme']=2"],
-        unset=["gitlab_rails['gitlab_shell_ssh_port']"],
+        unset=["gitlab_rails['webhook_timeout']"],
     )
     assert after.settings == {
         "gitlab_rails['gitlab_default_theme']": girofle.REDACTED,
@@ -73,7 +73,7 @@ def test_lifecycle_with_real_effects(root, g):
     block = managed_block(rb)
     assert "gitlab_rails['gitlab_default_theme'] = 2" in block
     assert "gitlab_rails['time_zone'] = 'UTC'" in block
-    assert "gitlab_shell_ssh_port" not in block
+    assert "webhook_timeout" not in block
     assert g.show(name).record.settings == after.settings
 
     gone = g.remove(name)
