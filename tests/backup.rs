@@ -483,19 +483,6 @@ async fn retention_and_one_backup_at_a_time() {
     g.verify(&final_id, None).await.unwrap();
 }
 
-/// What is in a directory of the data volume (empty when it does not exist).
-fn entries(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 /// Under CRON=1 GitLab prints nothing when a part of its backup fails, and still leaves
 /// the other parts and its tar in its backup path: the error must carry GitLab's reason
 /// from backup_json.log, and nothing of GitLab's may stay in the data volume.
@@ -522,11 +509,11 @@ async fn a_failed_gitlab_backup_says_why_and_leaves_nothing_behind() {
         "GitLab's reason is not in the error: {said}"
     );
     assert_eq!(
-        entries(&dirs.data.join("backups")),
+        listing(&dirs.data.join("backups")),
         Vec::<String>::new(),
         "GitLab's tar or staging parts were left in the data volume"
     );
-    assert_eq!(entries(&t.root.join("staging")), Vec::<String>::new());
+    assert_eq!(listing(&t.root.join("staging")), Vec::<String>::new());
     assert!(!t
         .root
         .join("run")
@@ -538,7 +525,7 @@ async fn a_failed_gitlab_backup_says_why_and_leaves_nothing_behind() {
     std::fs::remove_file(&locked).unwrap();
     let b = g.backup(&name, online(None)).await.expect("online backup");
     g.verify(&b.id, None).await.unwrap();
-    assert_eq!(entries(&dirs.data.join("backups")), Vec::<String>::new());
+    assert_eq!(listing(&dirs.data.join("backups")), Vec::<String>::new());
 }
 
 /// `gitlab_rails['backup_path']` moves GitLab's tar and staging parts: a directory of its
@@ -565,8 +552,8 @@ async fn a_backup_path_of_its_own_works_end_to_end() {
         "GitLab did not create its backup path"
     );
     let b = g.backup(&name, online(None)).await.expect("online backup");
-    assert_eq!(entries(&dirs.data.join("my-backups")), Vec::<String>::new());
-    assert_eq!(entries(&dirs.data.join("backups")), Vec::<String>::new());
+    assert_eq!(listing(&dirs.data.join("my-backups")), Vec::<String>::new());
+    assert_eq!(listing(&dirs.data.join("backups")), Vec::<String>::new());
 
     // Restored as a new instance: GitLab finds its tar in that path, the commits are there.
     let copy = unique("bpath-copy");
@@ -581,7 +568,7 @@ async fn a_backup_path_of_its_own_works_end_to_end() {
     assert_eq!(ls_remote(&new_url), refs, "the restored commits differ");
     clone_and_fsck(&new_url, &t.dir.path().join("c"));
     assert_eq!(
-        entries(&InstanceDirs::new(&t.root, &copy).data.join("my-backups")),
+        listing(&InstanceDirs::new(&t.root, &copy).data.join("my-backups")),
         Vec::<String>::new(),
         "the restore left GitLab's tar in the data volume"
     );

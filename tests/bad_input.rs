@@ -733,6 +733,29 @@ impl RootOnTmpfs {
         (name, ids)
     }
 
+    /// Every read-only command answers (exit 0) on this root, warning with `words`;
+    /// `after` checks what must hold after each.
+    fn reads_answer(&self, name: &str, words: &[&str], after: impl Fn()) {
+        let reads: [&[&str]; 6] = [
+            &["backup", "list", name],
+            &["instance", "list"],
+            &["instance", "show", name],
+            &["status"],
+            &["schedule", "list"],
+            &["metrics"],
+        ];
+        for args in reads {
+            let out = self.cli(&[&["--json"][..], args].concat());
+            let e = stderr(&out);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {e}");
+            for n in words {
+                assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
+            }
+            after();
+            println!("{:<32} {}", format!("{args:?}"), e.trim());
+        }
+    }
+
     fn cli_ok(&self, args: &[&str]) -> serde_json::Value {
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
@@ -799,28 +822,15 @@ fn a_full_disk_still_lists_and_prunes_backups() {
     let (name, ids) = disk.instance_with_backups("full", 3);
     disk.fill();
     let before = disk.state();
-    let reads: Vec<Vec<&str>> = vec![
-        vec!["backup", "list", &name],
-        vec!["instance", "list"],
-        vec!["instance", "show", &name],
-        vec!["status"],
-        vec!["schedule", "list"],
-        vec!["metrics"],
-    ];
-    for args in &reads {
-        let out = disk.cli(&[&["--json"][..], args].concat());
-        let e = stderr(&out);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {e}");
-        for n in [
+    disk.reads_answer(
+        &name,
+        &[
             "warning",
             "full file system (0 bytes free)",
             "girofle backup prune",
-        ] {
-            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
-        }
-        assert!(disk.state() == before, "{args:?} wrote on the full disk");
-        println!("{:<32} {}", format!("{args:?}"), e.trim());
-    }
+        ],
+        || assert!(disk.state() == before, "a read wrote on the full disk"),
+    );
     let listed = disk.cli_ok(&["backup", "list", &name]);
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
 
@@ -853,23 +863,11 @@ fn a_read_only_root_answers_reads_and_refuses_writes_clearly() {
     let disk = RootOnTmpfs::new(16 * 1024, &image);
     let (name, ids) = disk.instance_with_backups("ro", 2);
     disk.remount("ro");
-    let reads: Vec<Vec<&str>> = vec![
-        vec!["instance", "list"],
-        vec!["instance", "show", &name],
-        vec!["backup", "list", &name],
-        vec!["status"],
-        vec!["schedule", "list"],
-        vec!["metrics"],
-    ];
-    for args in &reads {
-        let out = disk.cli(&[&["--json"][..], args].concat());
-        let e = stderr(&out);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {e}");
-        for n in ["warning", "read-only file system", "nothing is journaled"] {
-            assert!(e.contains(n), "{args:?}: the message lacks `{n}`:\n{e}");
-        }
-        println!("{:<32} {}", format!("{args:?}"), e.trim());
-    }
+    disk.reads_answer(
+        &name,
+        &["warning", "read-only file system", "nothing is journaled"],
+        || {},
+    );
     let shown = disk.cli_ok(&["instance", "show", &name]);
     assert_eq!(shown["state"], "running", "{shown}");
     let listed = disk.cli_ok(&["backup", "list", &name]);

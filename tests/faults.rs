@@ -368,19 +368,6 @@ fn gitlab_backups_running(name: &str) -> usize {
     out.trim().parse().unwrap()
 }
 
-/// The names in a directory, sorted (none when it does not exist).
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 /// `girofle --json recover`: how long it took, its output, and its record of the
 /// interrupted online backup.
 fn recover_online_backup(t: &TestRoot) -> (Duration, Output, serde_json::Value) {

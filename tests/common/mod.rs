@@ -188,6 +188,19 @@ pub fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The names in a directory, sorted (none when it does not exist).
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// A git command in `dir` with a fixed identity. A transfer that stalls for 30 s fails
 /// instead of hanging the test run.
 pub fn git(dir: &Path) -> Command {
