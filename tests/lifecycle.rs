@@ -319,7 +319,7 @@ async fn pins_hold_and_settings_precede_the_first_boot() {
 /// the container's environment, which Girofle does not let a caller set).
 fn stand_in_with_puma_restart(secs: u32) -> String {
     let base = stand_in("17.5.1");
-    let image = format!("girofle-test/gitlab-ce-puma{secs}s:17.5.1-ce.0");
+    let image = format!("{}/gitlab-ce-puma{secs}s:17.5.1-ce.0", image_prefix());
     let mut build = Command::new("docker");
     build
         .env("DOCKER_BUILDKIT", "0")

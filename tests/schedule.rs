@@ -476,7 +476,7 @@ async fn missed_slots_are_caught_up_once() {
 
 #[test]
 fn install_writes_units_that_run_this_binary_on_this_root() {
-    let t = TestRoot::new("girofle-test/gitlab-ce:17.5.1-ce.0");
+    let t = TestRoot::new(&format!("{}/gitlab-ce:17.5.1-ce.0", image_prefix()));
     let dir = t.dir.path().join("units");
     std::fs::create_dir_all(&dir).unwrap();
     let out = t.cli(&["schedule", "install", "--dir", dir.to_str().unwrap()]);

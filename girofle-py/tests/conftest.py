@@ -19,8 +19,10 @@ import pytest
 
 import girofle
 
-IMAGE = "girofle-test/gitlab-ce:17.5.1-ce.0"
-OTHER_VERSION_IMAGE = "girofle-test/gitlab-ce:17.6.0-ce.0"
+# As tests/gitlab-stand-in/build names them (two checkouts may use two prefixes).
+_PREFIX = os.environ.get("GIROFLE_TEST_IMAGE_PREFIX", "girofle-test")
+IMAGE = f"{_PREFIX}/gitlab-ce:17.5.1-ce.0"
+OTHER_VERSION_IMAGE = f"{_PREFIX}/gitlab-ce:17.6.0-ce.0"
 
 _counter = itertools.count()
 

@@ -9,9 +9,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use girofle_core::config::Config;
 use girofle_core::{Girofle, OpenOptions};
 
+/// Where the stand-in images live: `GIROFLE_TEST_IMAGE_PREFIX` (as for
+/// `tests/gitlab-stand-in/build`, so that two checkouts can test side by side without
+/// rebuilding each other's images), `girofle-test` by default.
+pub fn image_prefix() -> String {
+    std::env::var("GIROFLE_TEST_IMAGE_PREFIX").unwrap_or_else(|_| "girofle-test".into())
+}
+
 /// The stand-in image of a GitLab version, or a failure saying how to build it.
 pub fn stand_in(version: &str) -> String {
-    let image = format!("girofle-test/gitlab-ce:{version}-ce.0");
+    let image = format!("{}/gitlab-ce:{version}-ce.0", image_prefix());
     let ok = Command::new("docker")
         .args(["image", "inspect", &image])
         .output()
