@@ -352,6 +352,30 @@ fn stand_in_with_puma_restart(secs: u32) -> String {
     image
 }
 
+/// The engine probes a running GitLab every 30 s by default (each probe is a full Rails
+/// request that GitLab logs), not every second; Girofle does not wait for that schedule:
+/// a create returns once GitLab answers, and `instance list` says "running" at once even
+/// while the engine has not probed yet.
+#[test]
+fn the_engine_probes_rarely_and_girofle_asks_gitlab() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let name = unique("probe");
+    ok(t.cli(&["instance", "create", &name]));
+    let container = girofle_core::instance::container_name(&name);
+    let inspect = |format: &str| {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", format, &container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(inspect("{{.Config.Healthcheck.Interval}}"), "30s");
+    let engine = inspect("{{.State.Health.Status}}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&t.cli(&["--json", "instance", "list"]).stdout).unwrap();
+    assert_eq!(listed[0]["state"], "running", "engine: {engine}; {listed}");
+}
+
 /// Whether the image's own health probe passes now, run in the container.
 fn probe_passes(container: &str) -> bool {
     Command::new("docker")
@@ -375,6 +399,9 @@ fn probe_passes(container: &str) -> bool {
 async fn reconfigure_returns_once_gitlab_serves_the_change() {
     let restart = 8;
     let t = TestRoot::new(&stand_in_with_puma_restart(restart));
+    // The engine probes every second here (30 s by default), so that its five failing
+    // probes fit in the restart.
+    t.edit_config(|c| c.instances.health_interval_secs = 1);
     let g = t.open().await;
     let r = g
         .commission(CommissionRequest {
