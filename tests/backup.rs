@@ -297,8 +297,15 @@ async fn a_backup_with_the_wrong_secrets_is_refused_and_the_drill_records_it() {
         "the previous secrets are not back"
     );
     // As a new instance: refused, nothing left.
-    let out = t.cli(&["restore", &b.id, "--as", "wrongkey-copy"]);
-    assert_eq!(out.status.code(), Some(5));
+    // (A name of this run: container names are the engine's, shared with other roots.)
+    let copy = unique("wrongkey-copy");
+    let out = t.cli(&["restore", &b.id, "--as", &copy]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         g.list().await.unwrap().len(),
         1,
