@@ -481,17 +481,20 @@ async fn reconfigure_returns_once_gitlab_serves_the_change() {
 }
 
 /// A setting GitLab's reconfigure accepts (exit 0) but with which Puma cannot come back
-/// (it cannot bind `puma['listen']`): once the health timeout has passed without a
-/// passing probe, the change is rolled back, the error says so, and GitLab serves again.
+/// (it cannot bind `puma['listen']`, exits, and GitLab's supervisor starts it again and
+/// again): the crash loop is recognised long before the 15-minute health timeout, the
+/// change is rolled back, the error says so, and GitLab serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setting_that_keeps_gitlab_down_is_rolled_back() {
     let t = TestRoot::new(&stand_in("17.5.1"));
-    t.edit_config(|c| c.instances.health_timeout_secs = 25);
+    // GitLab's default: a rollback that waited it out would fail the assertion below.
+    t.edit_config(|c| c.instances.health_timeout_secs = 900);
     let name = unique("down");
     ok(t.cli(&["instance", "create", &name]));
     let rb_path = InstanceDirs::new(&t.root, &name).config.join("gitlab.rb");
     let before = std::fs::read_to_string(&rb_path).unwrap();
 
+    let started = std::time::Instant::now();
     let out = t.cli(&[
         "instance",
         "reconfigure",
@@ -499,9 +502,15 @@ async fn a_setting_that_keeps_gitlab_down_is_rolled_back() {
         "--set",
         "puma['listen']='203.0.113.7'",
     ]);
+    let took = started.elapsed();
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{said}");
     assert!(said.contains("rolled back"), "{said}");
+    assert!(said.contains("Puma exited"), "{said}");
+    assert!(
+        took < std::time::Duration::from_secs(120),
+        "the rollback took {took:?}"
+    );
     assert_eq!(std::fs::read_to_string(&rb_path).unwrap(), before);
     let container = girofle_core::instance::container_name(&name);
     assert!(

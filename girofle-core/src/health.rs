@@ -41,6 +41,13 @@ pub const PROBE: [&str; 4] = [
 /// (a new pid in `gitlab-ctl status puma`) ends the wait as soon as the new one answers.
 pub const SETTLE: Duration = Duration::from_secs(5);
 
+/// How many times Puma may exit and be started again by GitLab's supervisor after a
+/// change, without a passing probe, before the change is taken to keep GitLab down (a
+/// Puma that cannot boot, e.g. on a `puma['listen']` it cannot bind, crash-loops; each
+/// round takes its boot time, tens of seconds on real GitLab). Waiting out the whole
+/// health timeout instead would keep GitLab down for up to 15 minutes before a rollback.
+const PUMA_CRASHES: usize = 3;
+
 /// Time between two rounds of probes.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -174,11 +181,27 @@ pub(crate) async fn wait_fresh(
     let deadline = start + timeout;
     let mut restart_seen = false;
     let mut last_failure = String::new();
+    // Puma processes started since the change: the restart's, then one per crash.
+    let mut new_pumas = std::collections::BTreeSet::new();
     loop {
         match (puma_before, puma_pid(runtime, container).await) {
             (_, None) => restart_seen = true,
-            (Some(before), Some(now)) if before != now => restart_seen = true,
+            (Some(before), Some(now)) if before != now => {
+                restart_seen = true;
+                new_pumas.insert(now);
+            }
             _ => {}
+        }
+        if new_pumas.len() > PUMA_CRASHES {
+            let logs = runtime.logs_tail(container, 30).await.unwrap_or_default();
+            return Err(Error::Unhealthy {
+                message: format!(
+                    "container `{container}`: Puma exited and was started again {} times after {change} without GitLab answering: it cannot run with these settings (see the log lines below)",
+                    new_pumas.len() - 1
+                ),
+                health_log: last_failure,
+                logs,
+            });
         }
         // Whatever this probe says, it started after what was seen so far.
         let fresh = restart_seen;
