@@ -288,6 +288,8 @@ def db_init(settings):
         if os.path.exists(DB):
             return False
         password, store = initial_root_password(settings)
+        rails = settings.get("gitlab_rails") if isinstance(settings.get("gitlab_rails"), dict) else {}
+        token = rails.get("initial_shared_runners_registration_token")
         db = {"database": "gitlabhq_production", "schema_version": "20241010000000",
               "next_id": 1, "records": []}
         db_add(db, {"type": "user", "username": "root", "name": "Administrator",
@@ -296,7 +298,7 @@ def db_init(settings):
         db_add(db, {"type": "ci_variable", "key": "DEPLOY_PASSWORD",
                     "encrypted_value": secrets.token_hex(24)})
         db_add(db, {"type": "application_setting", "key": "runners_registration_token",
-                    "encrypted_value": secrets.token_hex(16)})
+                    "encrypted_value": token if isinstance(token, str) and token else secrets.token_hex(16)})
         db_save(db)
         if store:
             write_atomic(INITIAL_ROOT_PASSWORD, INITIAL_ROOT_PASSWORD_TEXT % password, 0, 0, 0o600)
