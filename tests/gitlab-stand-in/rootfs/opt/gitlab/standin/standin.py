@@ -564,9 +564,9 @@ def reconfigure(quiet=False):
     out("Cinc Client, version 18.3.0")
     out("resolving cookbooks for run list: [\"gitlab\"]")
     settings, sources = compute_settings()
+    ensure_dir(DATA + "/etc", 0, 0, 0o755)
     # Omnibus checks the initial root password at every run, seeded or not.
     initial_root_password(settings)
-    ensure_dir(DATA + "/etc", 0, 0, 0o755)
     eff = {"gitlab_version": version(), "applied_at": now_utc().isoformat(),
            "sources": sources, "listen_ports": listen_ports(settings), "settings": settings}
     write_atomic(SETTINGS, json.dumps(eff, indent=2, sort_keys=True) + "\n", 0, 0, 0o644)
