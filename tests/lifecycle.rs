@@ -59,7 +59,8 @@ async fn fleet_lifecycle_keeps_data_and_books() {
 
     // Data owned as GitLab wants it, pushed over real smart HTTP.
     let web = &records[0];
-    let url = format!("{}/team/app.git", web.external_url);
+    // Its root password is the one given at creation.
+    let url = project_url(&web.external_url, SECRET, "team/app.git");
     let work = t.dir.path().join("work");
     let refs = push_project(&work, &url, 3);
     assert!(refs.contains("refs/tags/v1.0") && refs.contains("refs/heads/feature"));
@@ -313,6 +314,130 @@ async fn pins_hold_and_settings_precede_the_first_boot() {
     let out = t.cli(&["--json", "instance", "show", &name]);
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["pin_overrides"][0], "nginx['listen_port'] = 8080");
+}
+
+/// A git command that must fail; returns what it said.
+fn git_refused(dir: &std::path::Path, args: &[&str], what: &str) -> String {
+    let out = git(dir).args(args).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what} succeeded: {said}");
+    said
+}
+
+/// The root password given at create (`--set gitlab_rails['initial_root_password']=…`)
+/// reaches GitLab's first seeding: git over HTTP takes it right after create, and a wrong
+/// password or none is refused without creating anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_password_given_at_create_opens_git() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let name = unique("rootpw");
+    let password = "Given-at-create/9+z";
+    let set = format!("gitlab_rails['initial_root_password']='{password}'");
+    let out = t.cli(&["--json", "instance", "create", &name, "--set", &set]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let external_url = created["external_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no external_url in {created}"))
+        .to_string();
+    let dirs = InstanceDirs::new(&t.root, &name);
+    assert!(
+        !dirs.config.join("initial_root_password").exists(),
+        "GitLab made up a root password although one was given"
+    );
+
+    let work = t.dir.path().join("work");
+    let refs = push_project(
+        &work,
+        &project_url(&external_url, password, "team/app.git"),
+        2,
+    );
+    assert!(refs.contains("refs/heads/main"), "{refs}");
+
+    // A wrong password, or none: refused, and no project appears.
+    let wrong = project_url(&external_url, "Not-the-password-1", "team/other.git");
+    let said = git_refused(&work, &["push", "-q", &wrong, "main"], "a wrong password");
+    assert!(said.contains("Authentication failed"), "{said}");
+    let anonymous = format!("{external_url}/team/other.git");
+    git_refused(
+        &work,
+        &["push", "-q", &anonymous, "main"],
+        "an anonymous push",
+    );
+    git_refused(
+        &work,
+        &["ls-remote", &format!("{external_url}/team/app.git")],
+        "an anonymous ls-remote of a private project",
+    );
+    assert!(
+        !dirs
+            .data
+            .join("git-data/repositories/team/other.git")
+            .exists(),
+        "a refused push created a repository"
+    );
+    git_refused(
+        &work,
+        &[
+            "ls-remote",
+            &project_url(&external_url, password, "team/other.git"),
+        ],
+        "ls-remote of a project no push created",
+    );
+}
+
+/// Without a root password GitLab makes one up at the first boot and writes it to
+/// /etc/gitlab/initial_root_password; `initial_root_password` set later changes nothing
+/// (it acts only at the first seeding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_password_set_after_the_first_boot_changes_nothing() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let g = t.open().await;
+    let p = commission_with_project(&g, &t, "laterpw", 1).await;
+    let file = InstanceDirs::new(&t.root, &p.name)
+        .config
+        .join("initial_root_password");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "{} readable by others",
+        file.display()
+    );
+    assert!(p.password.len() >= 8, "{}", p.password);
+
+    let later = "Set-after-boot-42";
+    let out = t.cli(&[
+        "instance",
+        "reconfigure",
+        &p.name,
+        "--set",
+        &format!("gitlab_rails['initial_root_password']='{later}'"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ls_remote(&p.url),
+        p.refs,
+        "the first password stopped working"
+    );
+    assert_eq!(root_password(&t.root, &p.name), p.password);
+    let said = git_refused(
+        t.dir.path(),
+        &[
+            "ls-remote",
+            &project_url(&p.record.external_url, later, "team/app.git"),
+        ],
+        "the password set after the first boot",
+    );
+    assert!(said.contains("Authentication failed"), "{said}");
 }
 
 /// The stand-in image with Puma restarts as slow as `secs` (a derived image: the knob is
