@@ -83,6 +83,22 @@ fn wrong_input_is_refused_cleanly() {
     assert!(stderr(&out).contains("already in use"), "{}", stderr(&out));
     assert_nothing_changed(&t);
 
+    // A root password GitLab would refuse at its first boot: refused before anything.
+    let out = t.cli(&[
+        "instance",
+        "create",
+        &unique("pw"),
+        "--set",
+        "gitlab_rails['initial_root_password']='tiny'",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("at least 8 characters") && !stderr(&out).contains("tiny"),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_changed(&t);
+
     // Unreachable Docker engine: says how to start it.
     let out = t.cli(&[
         "--docker-host",

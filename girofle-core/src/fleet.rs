@@ -428,7 +428,7 @@ impl Girofle {
         let mut settings = BTreeMap::new();
         for s in &request.settings {
             let (k, v) = instance::parse_setting(s)?;
-            instance::refuse_pinned(&k)?;
+            instance::check_setting(&k, &v)?;
             settings.insert(k, v);
         }
         if instance::image_version(&image).is_none() {
@@ -931,8 +931,8 @@ impl Girofle {
             .iter()
             .map(|s| instance::parse_setting(s))
             .collect::<Result<Vec<_>>>()?;
-        for (k, _) in &parsed {
-            instance::refuse_pinned(k)?;
+        for (k, v) in &parsed {
+            instance::check_setting(k, v)?;
         }
         let _lock = self.lock_instance(&record.name, "reconfigure").await?;
         // Read again under the lock: another process may have changed the settings since,

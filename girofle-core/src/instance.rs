@@ -483,6 +483,32 @@ pub fn pinned_settings(record: &InstanceRecord) -> Vec<(String, String)> {
     ]
 }
 
+/// Refuses a setting GitLab could not run with, before anything is written: one Girofle
+/// owns ([`refuse_pinned`]), or an `initial_root_password` shorter than the 8 characters
+/// GitLab requires (its reconfigure fails on one, at the first boot and every time after).
+///
+/// # Errors
+/// `InvalidInput` naming the key and what to give instead; never the value.
+pub fn check_setting(key: &str, literal: &str) -> Result<()> {
+    refuse_pinned(key)?;
+    let norm = key.replace('"', "'").replace(' ', "");
+    if norm == "gitlab_rails['initial_root_password']" {
+        let long_enough = match crate::ruby::parse(literal) {
+            Ok(crate::ruby::Literal::Str(pw)) => pw.chars().count() >= 8,
+            _ => false,
+        };
+        if !long_enough {
+            return Err(Error::invalid(
+                "--set",
+                format!(
+                    "`{key}` must be a string of at least 8 characters: GitLab's reconfigure fails on a shorter one, and GitLab with it"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a setting Girofle owns, saying how to change it instead.
 ///
 /// # Errors
@@ -860,11 +886,18 @@ mod pin_tests {
     }
 
     #[test]
-    fn pinned_keys_are_refused_in_set() {
+    fn pinned_keys_and_short_root_passwords_are_refused_in_set() {
         for k in PINNED_KEYS {
             assert!(refuse_pinned(k).is_err(), "{k}");
         }
         assert!(refuse_pinned("nginx[\"listen_port\"]").is_err());
         refuse_pinned("gitlab_rails['time_zone']").unwrap();
+        let pw = "gitlab_rails['initial_root_password']";
+        check_setting(pw, "'s3cret-enough'").unwrap();
+        for short in ["'tiny'", "'1234567'", "12345678", "nil"] {
+            let e = check_setting(pw, short).unwrap_err().to_string();
+            assert!(e.contains("at least 8 characters"), "{e}");
+            assert!(!e.contains(short.trim_matches('\'')), "{e}");
+        }
     }
 }
