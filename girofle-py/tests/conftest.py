@@ -122,6 +122,14 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "Girofle Test",
     "GIT_COMMITTER_EMAIL": "test@girofle.invalid",
     "GIT_TERMINAL_PROMPT": "0",
+    # A transfer that stalls for 30 s fails (and push_retrying tries again) rather than
+    # hanging the suite: the stand-in's HTTP server has left a request unanswered on a
+    # loaded machine (a push hung for 20 minutes on 2026-12-04), as tests/common does.
+    "GIT_CONFIG_COUNT": "2",
+    "GIT_CONFIG_KEY_0": "http.lowSpeedLimit",
+    "GIT_CONFIG_VALUE_0": "1",
+    "GIT_CONFIG_KEY_1": "http.lowSpeedTime",
+    "GIT_CONFIG_VALUE_1": "30",
 }
 
 
@@ -154,7 +162,13 @@ def project_url(external_url: str, password: str, project: str = "team/app.git")
 
 
 def ls_remote(url: str) -> str:
-    return "\n".join(sorted(git(Path("/"), "ls-remote", url).splitlines()))
+    """`git ls-remote`, sorted; tried once more after a stall or failure, like
+    push_retrying."""
+    out = subprocess.run(
+        ["git", "ls-remote", url], env=GIT_ENV, capture_output=True, text=True, check=False
+    )
+    listed = out.stdout if out.returncode == 0 else git(Path("/"), "ls-remote", url)
+    return "\n".join(sorted(listed.splitlines()))
 
 
 def push_project(work: Path, url: str, commits: int = 2) -> str:
