@@ -1247,14 +1247,24 @@ def ctl_change(action, services):
             return 1
     if action in ("stop", "restart"):
         # One after the other, each taking its share of STANDIN_STOP_SECS.
+        timed_out = []
         for svc in [x for x in STOP_ORDER if x in services]:
             time.sleep(stop_secs_for([svc]))
             set_desired([svc], "down")
-            wait_state([svc], False)
+            if not wait_state([svc], False):
+                timed_out.append(svc)
         if action == "stop":
             st = read_json(STATUS_FILE)
             for svc in services:
-                print("ok: down: %s: %s, normally up" % (svc, fmt_age(st["services"][svc]["since"])))
+                s = st["services"][svc]
+                if svc in timed_out:
+                    # As runit's sv: the service did not go down in time.
+                    print("timeout: run: %s: (pid %s) %s, normally up, want down"
+                          % (svc, s["pid"], fmt_age(s["since"])))
+                else:
+                    print("ok: down: %s: %s, normally up" % (svc, fmt_age(s["since"])))
+            if timed_out:
+                return 1
     if action in ("start", "restart"):
         set_desired(services, "up")
         wait_state(services, True)
