@@ -38,10 +38,11 @@ async fn round_trips_keep_commits_secrets_owners_and_modes() {
     let WithProject {
         name,
         record: r,
+        password,
         url,
         refs,
     } = commission_with_project(&g, &t, "web", 4).await;
-    let wiki = format!("{}/team/app.wiki.git", r.external_url);
+    let wiki = project_url(&r.external_url, &password, "team/app.wiki.git");
     let wiki_refs = push_project(&t.dir.path().join("w2"), &wiki, 1);
     let dirs = InstanceDirs::new(&t.root, &name);
     let secrets = std::fs::read(dirs.config.join("gitlab-secrets.json")).unwrap();
@@ -122,7 +123,7 @@ async fn round_trips_keep_commits_secrets_owners_and_modes() {
     // the repositories exactly as they were, nothing left in staging.
     push_project(
         &t.dir.path().join("w3"),
-        &format!("{}/team/later.git", r.external_url),
+        &project_url(&r.external_url, &password, "team/later.git"),
         1,
     );
     let in_place = g
@@ -159,7 +160,11 @@ async fn round_trips_keep_commits_secrets_owners_and_modes() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_url = report["url"].as_str().unwrap().to_string();
     assert_ne!(new_url, r.external_url);
-    assert_eq!(ls_remote(&format!("{new_url}/team/app.git")), refs);
+    // The restored database has the source's root, with the source's password.
+    assert_eq!(
+        ls_remote(&project_url(&new_url, &password, "team/app.git")),
+        refs
+    );
 
     // The drill proves the backup valid for its version and leaves nothing behind.
     let drill = g.drill(&co.id, None).await.unwrap();
@@ -297,8 +302,15 @@ async fn a_backup_with_the_wrong_secrets_is_refused_and_the_drill_records_it() {
         "the previous secrets are not back"
     );
     // As a new instance: refused, nothing left.
-    let out = t.cli(&["restore", &b.id, "--as", "wrongkey-copy"]);
-    assert_eq!(out.status.code(), Some(5));
+    // (A name of this run: container names are the engine's, shared with other roots.)
+    let copy = unique("wrongkey-copy");
+    let out = t.cli(&["restore", &b.id, "--as", &copy]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         g.list().await.unwrap().len(),
         1,
@@ -367,7 +379,11 @@ async fn a_history_gitaly_accepts_passes_the_drill() {
         !plain.status.success() && String::from_utf8_lossy(&plain.stderr).contains("badTimezone"),
         "{plain:?}"
     );
-    let url = format!("{}/team/old.git", record.external_url);
+    let url = project_url(
+        &record.external_url,
+        &root_password(&t.root, &name),
+        "team/old.git",
+    );
     run(git(&work).args(["push", "-q", &url, "main"]));
     let b = g.backup(&name, cold(None)).await.expect("cold backup");
     let drill = g.drill(&b.id, None).await.expect("the drill passes");
@@ -544,7 +560,8 @@ async fn a_backup_path_of_its_own_works_end_to_end() {
         })
         .await
         .expect("commission");
-    let url = format!("{}/team/app.git", record.external_url);
+    let password = root_password(&t.root, &name);
+    let url = project_url(&record.external_url, &password, "team/app.git");
     let refs = push_project(&t.dir.path().join("w"), &url, 2);
     let dirs = InstanceDirs::new(&t.root, &name);
     assert!(
@@ -564,7 +581,8 @@ async fn a_backup_path_of_its_own_works_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_url = format!("{}/team/app.git", report["url"].as_str().unwrap());
+    // The restored database has the source's root, with the source's password.
+    let new_url = project_url(report["url"].as_str().unwrap(), &password, "team/app.git");
     assert_eq!(ls_remote(&new_url), refs, "the restored commits differ");
     clone_and_fsck(&new_url, &t.dir.path().join("c"));
     assert_eq!(

@@ -108,7 +108,9 @@ fn wrong_input_is_refused_cleanly() {
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let e = stderr(&out);
     assert!(
-        e.contains("not healthy after 1 s") && e.contains("last container log lines"),
+        e.contains("did not answer its health check within 1 s")
+            && e.contains("--timeout")
+            && e.contains("last container log lines"),
         "{e}"
     );
     assert_nothing_changed(&t);

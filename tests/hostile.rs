@@ -1167,8 +1167,9 @@ async fn forged_manifest_fields_and_names_are_refused() {
         !record.settings.contains_key("gitlab_rails['x']"),
         "{record:?}"
     );
+    // The restored database has the source's root, with the source's password.
     assert_eq!(
-        ls_remote(&format!("{}/team/app.git", restored.url)),
+        ls_remote(&project_url(&restored.url, &src.password, "team/app.git")),
         src.refs
     );
     // The setuid program came back without its bit, and the report says so.
@@ -1207,8 +1208,13 @@ async fn forged_manifest_fields_and_names_are_refused() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["in_place"], true);
+    // `other` now runs the source's database: the source's root password opens it.
     assert_eq!(
-        ls_remote(&format!("{}/team/app.git", report["url"].as_str().unwrap())),
+        ls_remote(&project_url(
+            report["url"].as_str().unwrap(),
+            &src.password,
+            "team/app.git"
+        )),
         src.refs
     );
 

@@ -59,7 +59,8 @@ async fn fleet_lifecycle_keeps_data_and_books() {
 
     // Data owned as GitLab wants it, pushed over real smart HTTP.
     let web = &records[0];
-    let url = format!("{}/team/app.git", web.external_url);
+    // Its root password is the one given at creation.
+    let url = project_url(&web.external_url, SECRET, "team/app.git");
     let work = t.dir.path().join("work");
     let refs = push_project(&work, &url, 3);
     assert!(refs.contains("refs/tags/v1.0") && refs.contains("refs/heads/feature"));
@@ -315,6 +316,130 @@ async fn pins_hold_and_settings_precede_the_first_boot() {
     assert_eq!(shown["pin_overrides"][0], "nginx['listen_port'] = 8080");
 }
 
+/// A git command that must fail; returns what it said.
+fn git_refused(dir: &std::path::Path, args: &[&str], what: &str) -> String {
+    let out = git(dir).args(args).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what} succeeded: {said}");
+    said
+}
+
+/// The root password given at create (`--set gitlab_rails['initial_root_password']=…`)
+/// reaches GitLab's first seeding: git over HTTP takes it right after create, and a wrong
+/// password or none is refused without creating anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_password_given_at_create_opens_git() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let name = unique("rootpw");
+    let password = "Given-at-create/9+z";
+    let set = format!("gitlab_rails['initial_root_password']='{password}'");
+    let out = t.cli(&["--json", "instance", "create", &name, "--set", &set]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let external_url = created["external_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no external_url in {created}"))
+        .to_string();
+    let dirs = InstanceDirs::new(&t.root, &name);
+    assert!(
+        !dirs.config.join("initial_root_password").exists(),
+        "GitLab made up a root password although one was given"
+    );
+
+    let work = t.dir.path().join("work");
+    let refs = push_project(
+        &work,
+        &project_url(&external_url, password, "team/app.git"),
+        2,
+    );
+    assert!(refs.contains("refs/heads/main"), "{refs}");
+
+    // A wrong password, or none: refused, and no project appears.
+    let wrong = project_url(&external_url, "Not-the-password-1", "team/other.git");
+    let said = git_refused(&work, &["push", "-q", &wrong, "main"], "a wrong password");
+    assert!(said.contains("Authentication failed"), "{said}");
+    let anonymous = format!("{external_url}/team/other.git");
+    git_refused(
+        &work,
+        &["push", "-q", &anonymous, "main"],
+        "an anonymous push",
+    );
+    git_refused(
+        &work,
+        &["ls-remote", &format!("{external_url}/team/app.git")],
+        "an anonymous ls-remote of a private project",
+    );
+    assert!(
+        !dirs
+            .data
+            .join("git-data/repositories/team/other.git")
+            .exists(),
+        "a refused push created a repository"
+    );
+    git_refused(
+        &work,
+        &[
+            "ls-remote",
+            &project_url(&external_url, password, "team/other.git"),
+        ],
+        "ls-remote of a project no push created",
+    );
+}
+
+/// Without a root password GitLab makes one up at the first boot and writes it to
+/// /etc/gitlab/initial_root_password; `initial_root_password` set later changes nothing
+/// (it acts only at the first seeding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_password_set_after_the_first_boot_changes_nothing() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let g = t.open().await;
+    let p = commission_with_project(&g, &t, "laterpw", 1).await;
+    let file = InstanceDirs::new(&t.root, &p.name)
+        .config
+        .join("initial_root_password");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "{} readable by others",
+        file.display()
+    );
+    assert!(p.password.len() >= 8, "{}", p.password);
+
+    let later = "Set-after-boot-42";
+    let out = t.cli(&[
+        "instance",
+        "reconfigure",
+        &p.name,
+        "--set",
+        &format!("gitlab_rails['initial_root_password']='{later}'"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ls_remote(&p.url),
+        p.refs,
+        "the first password stopped working"
+    );
+    assert_eq!(root_password(&t.root, &p.name), p.password);
+    let said = git_refused(
+        t.dir.path(),
+        &[
+            "ls-remote",
+            &project_url(&p.record.external_url, later, "team/app.git"),
+        ],
+        "the password set after the first boot",
+    );
+    assert!(said.contains("Authentication failed"), "{said}");
+}
+
 /// The stand-in image with Puma restarts as slow as `secs` (a derived image: the knob is
 /// the container's environment, which Girofle does not let a caller set).
 fn stand_in_with_puma_restart(secs: u32) -> String {
@@ -352,6 +477,30 @@ fn stand_in_with_puma_restart(secs: u32) -> String {
     image
 }
 
+/// The engine probes a running GitLab every 30 s by default (each probe is a full Rails
+/// request that GitLab logs), not every second; Girofle does not wait for that schedule:
+/// a create returns once GitLab answers, and `instance list` says "running" at once even
+/// while the engine has not probed yet.
+#[test]
+fn the_engine_probes_rarely_and_girofle_asks_gitlab() {
+    let t = TestRoot::new(&stand_in("17.5.1"));
+    let name = unique("probe");
+    ok(t.cli(&["instance", "create", &name]));
+    let container = girofle_core::instance::container_name(&name);
+    let inspect = |format: &str| {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", format, &container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(inspect("{{.Config.Healthcheck.Interval}}"), "30s");
+    let engine = inspect("{{.State.Health.Status}}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&t.cli(&["--json", "instance", "list"]).stdout).unwrap();
+    assert_eq!(listed[0]["state"], "running", "engine: {engine}; {listed}");
+}
+
 /// Whether the image's own health probe passes now, run in the container.
 fn probe_passes(container: &str) -> bool {
     Command::new("docker")
@@ -375,6 +524,9 @@ fn probe_passes(container: &str) -> bool {
 async fn reconfigure_returns_once_gitlab_serves_the_change() {
     let restart = 8;
     let t = TestRoot::new(&stand_in_with_puma_restart(restart));
+    // The engine probes every second here (30 s by default), so that its five failing
+    // probes fit in the restart.
+    t.edit_config(|c| c.instances.health_interval_secs = 1);
     let g = t.open().await;
     let r = g
         .commission(CommissionRequest {
@@ -454,17 +606,20 @@ async fn reconfigure_returns_once_gitlab_serves_the_change() {
 }
 
 /// A setting GitLab's reconfigure accepts (exit 0) but with which Puma cannot come back
-/// (it cannot bind `puma['listen']`): once the health timeout has passed without a
-/// passing probe, the change is rolled back, the error says so, and GitLab serves again.
+/// (it cannot bind `puma['listen']`, exits, and GitLab's supervisor starts it again and
+/// again): the crash loop is recognised long before the 15-minute health timeout, the
+/// change is rolled back, the error says so, and GitLab serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setting_that_keeps_gitlab_down_is_rolled_back() {
     let t = TestRoot::new(&stand_in("17.5.1"));
-    t.edit_config(|c| c.instances.health_timeout_secs = 25);
+    // GitLab's default: a rollback that waited it out would fail the assertion below.
+    t.edit_config(|c| c.instances.health_timeout_secs = 900);
     let name = unique("down");
     ok(t.cli(&["instance", "create", &name]));
     let rb_path = InstanceDirs::new(&t.root, &name).config.join("gitlab.rb");
     let before = std::fs::read_to_string(&rb_path).unwrap();
 
+    let started = std::time::Instant::now();
     let out = t.cli(&[
         "instance",
         "reconfigure",
@@ -472,9 +627,15 @@ async fn a_setting_that_keeps_gitlab_down_is_rolled_back() {
         "--set",
         "puma['listen']='203.0.113.7'",
     ]);
+    let took = started.elapsed();
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{said}");
     assert!(said.contains("rolled back"), "{said}");
+    assert!(said.contains("Puma exited"), "{said}");
+    assert!(
+        took < std::time::Duration::from_secs(120),
+        "the rollback took {took:?}"
+    );
     assert_eq!(std::fs::read_to_string(&rb_path).unwrap(), before);
     let container = girofle_core::instance::container_name(&name);
     assert!(

@@ -22,7 +22,12 @@ async fn restore_on_another_engine_from_s3() {
         c.stores.insert("offsite".into(), s3_store(&prefix));
     });
     let ga = a.open().await;
-    let WithProject { name, refs, .. } = commission_with_project(&ga, &a, "prod", 3).await;
+    let WithProject {
+        name,
+        password,
+        refs,
+        ..
+    } = commission_with_project(&ga, &a, "prod", 3).await;
     let b = ga
         .backup(
             &name,
@@ -60,7 +65,8 @@ async fn restore_on_another_engine_from_s3() {
         })
         .await
         .unwrap();
-    let new_url = format!("{}/team/app.git", restored.url);
+    // Host A's root, with host A's password: it is in the restored database.
+    let new_url = project_url(&restored.url, &password, "team/app.git");
     assert_eq!(ls_remote(&new_url), refs, "refs differ on the other host");
     clone_and_fsck(&new_url, &bt.dir.path().join("clone"));
 

@@ -116,7 +116,11 @@ async fn age_reads_what_girofle_encrypted_and_girofle_restores_what_age_encrypte
     });
     let g = t.open().await;
     let WithProject {
-        name, url, refs, ..
+        name,
+        password,
+        url,
+        refs,
+        ..
     } = commission_with_project(&g, &t, "age", 3).await;
     let to = |store: &str| BackupOptions {
         store: Some(store.into()),
@@ -312,7 +316,8 @@ async fn age_reads_what_girofle_encrypted_and_girofle_restores_what_age_encrypte
         })
         .await
         .unwrap();
-    let copy_url = format!("{}/team/app.git", restored.url);
+    // The restored database has the source's root, with the source's password.
+    let copy_url = project_url(&restored.url, &password, "team/app.git");
     assert_ne!(copy_url, url);
     assert_eq!(ls_remote(&copy_url), refs, "the restored commits differ");
     clone_and_fsck(&copy_url, &t.dir.path().join("fsck"));

@@ -35,7 +35,7 @@ use crate::fleet::Girofle;
 use crate::instance::{self, InstanceDirs, InstanceRecord};
 use crate::inventory::InventoryExt;
 use crate::recovery::{IntentFile, Operation};
-use crate::runtime::{ContainerRuntimeExt, ExecSpec, Health};
+use crate::runtime::{ContainerRuntimeExt, ExecSpec};
 use crate::signing::{SignatureCheck, Signed, TrustedKeys, SIGNATURE_SUFFIX};
 use crate::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
 
@@ -643,9 +643,10 @@ impl Girofle {
     /// otherwise, into the local store.
     pub(crate) async fn final_backup(&self, record: &InstanceRecord) -> Result<String> {
         let info = self.runtime.inspect(&record.container_name()).await?;
-        let healthy = info
-            .map(|i| i.running && i.health == Health::Healthy)
-            .unwrap_or(false);
+        let healthy = match &info {
+            Some(i) => crate::health::serves_now(&*self.runtime, i).await,
+            None => false,
+        };
         let dirs = InstanceDirs::new(&self.root, &record.name);
         if !dirs.data.exists() {
             return Err(Error::not_found(
@@ -725,10 +726,10 @@ impl Girofle {
         let info = self.runtime.inspect(&container).await?;
         let running = info.as_ref().map(|i| i.running).unwrap_or(false);
         if options.strategy == Strategy::Online {
-            let healthy = info
-                .as_ref()
-                .map(|i| i.running && i.health == Health::Healthy)
-                .unwrap_or(false);
+            let healthy = match &info {
+                Some(i) => crate::health::serves_now(&*self.runtime, i).await,
+                None => false,
+            };
             if !healthy {
                 return Err(Error::Conflict(format!(
                     "instance `{}` is not running and healthy, so GitLab cannot back itself up online; start it, or use --strategy cold",
@@ -801,9 +802,12 @@ impl Girofle {
                 let restarted = if running {
                     match self.runtime.start(&container).await {
                         Ok(()) => {
-                            self.runtime
-                                .wait_healthy(&container, self.boot_timeout())
-                                .await
+                            crate::health::wait_booted(
+                                &*self.runtime,
+                                &container,
+                                self.boot_timeout(),
+                            )
+                            .await
                         }
                         Err(e) => Err(e),
                     }

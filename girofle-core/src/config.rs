@@ -132,7 +132,10 @@ pub struct InstanceDefaults {
     pub image: String,
     /// How long to wait for an instance to turn healthy (GitLab's first boot takes minutes).
     pub health_timeout_secs: u64,
-    /// How often the engine probes health (the image's default of 60 s makes every wait slow).
+    /// How often the engine probes a running GitLab (each probe is a full Rails request
+    /// that GitLab logs; the image's own default is 60 s). It sets how soon the engine
+    /// marks a GitLab that stopped answering "unhealthy" (after 5 failed probes); Girofle's
+    /// own waits and `instance list` ask GitLab directly.
     pub health_interval_secs: u64,
     /// How long `stop` lets GitLab shut down before the engine kills it.
     pub stop_grace_secs: u64,
@@ -143,7 +146,7 @@ impl Default for InstanceDefaults {
         InstanceDefaults {
             image: DEFAULT_IMAGE.to_string(),
             health_timeout_secs: 900,
-            health_interval_secs: 1,
+            health_interval_secs: 30,
             // `gitlab-ctl stop` takes tens of seconds; killing PostgreSQL mid-shutdown
             // forces a recovery at the next boot.
             stop_grace_secs: 120,
@@ -191,7 +194,7 @@ ports = ["20080-20999"]
 [instances]
 image = "gitlab/gitlab-ce:17.5.1-ce.0"
 health_timeout_secs = 900
-health_interval_secs = 1
+health_interval_secs = 30    # the engine's probe of a running GitLab: a Rails request each time
 stop_grace_secs = 120      # gitlab-ctl stop takes tens of seconds; a kill mid-shutdown forces PostgreSQL recovery
 
 [backup]

@@ -647,9 +647,7 @@ impl Girofle {
         self.runtime.create(&spec).await?;
         self.prepare_gitlab_rb(record, dirs, &spec.name).await?;
         self.runtime.start(&spec.name).await?;
-        self.runtime
-            .wait_healthy(&spec.name, health.boot_timeout)
-            .await?;
+        health::wait_booted(&*self.runtime, &spec.name, health.boot_timeout).await?;
         make_config_private(dirs)
     }
 
@@ -720,6 +718,17 @@ impl Girofle {
                 (LABEL_ROOT.to_string(), self.root.display().to_string()),
             ])
             .await?;
+        // GitLab is asked, all at once, where the engine's word may be out of date.
+        let serving: std::collections::HashSet<String> =
+            futures::future::join_all(containers.iter().map(|c| async {
+                health::serves_now(&*self.runtime, c)
+                    .await
+                    .then(|| c.name.clone())
+            }))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         let mut out = Vec::new();
         for record in fleet.instances.values() {
             let container = record.container_name();
@@ -728,10 +737,10 @@ impl Girofle {
                 (Stage::Commissioning, _) => InstanceState::Commissioning,
                 (_, None) => InstanceState::Missing,
                 (_, Some(c)) if !c.running => InstanceState::Stopped,
+                (_, Some(c)) if serving.contains(&c.name) => InstanceState::Running,
                 (_, Some(c)) => match c.health {
-                    Health::Healthy | Health::None => InstanceState::Running,
-                    Health::Starting => InstanceState::Starting,
                     Health::Unhealthy => InstanceState::Unhealthy,
+                    _ => InstanceState::Starting,
                 },
             };
             out.push(InstanceStatus {
@@ -844,47 +853,11 @@ impl Girofle {
         .await
     }
 
-    /// Waits until a container Girofle just started serves: the engine's health state
-    /// first (it restarts at "starting" with every start, and its start period covers
-    /// GitLab's long boots), then a probe of Girofle's own. The engine's state alone is
-    /// stale when the container was running already (its start was a no-op) and Puma is
-    /// restarting after a reconfigure.
+    /// Waits until a container Girofle just started (or found running) serves: probes by
+    /// exec, as the engine's own state lags by up to a probe interval (and is stale when
+    /// the container was running already and Puma is restarting after a reconfigure).
     pub(crate) async fn wait_started(&self, container: &str, timeout: Duration) -> Result<()> {
-        self.runtime.wait_healthy(container, timeout).await?;
-        health::wait_fresh(
-            &*self.runtime,
-            container,
-            "its start",
-            None,
-            Duration::ZERO,
-            timeout,
-        )
-        .await
-    }
-
-    /// Waits until a running container serves, booting or not. The engine's "unhealthy"
-    /// may be a Puma restart that ended since (after a reconfigure that returned a moment
-    /// ago): it says "healthy" again only after a passing probe of its own, so a running
-    /// container is judged by Girofle's probes. A stopped one fails as the engine's wait
-    /// says.
-    pub(crate) async fn wait_serving(&self, container: &str, timeout: Duration) -> Result<()> {
-        let running = self
-            .runtime
-            .inspect(container)
-            .await?
-            .is_some_and(|i| i.running);
-        if !running {
-            return self.runtime.wait_healthy(container, timeout).await;
-        }
-        health::wait_fresh(
-            &*self.runtime,
-            container,
-            "its last start or change",
-            None,
-            Duration::ZERO,
-            timeout,
-        )
-        .await
+        health::wait_booted(&*self.runtime, container, timeout).await
     }
 
     /// Stops an instance (GitLab gets the configured grace period to shut down).
@@ -1023,7 +996,7 @@ impl Girofle {
     /// its path and its text.
     async fn read_gitlab_rb(&self, record: &InstanceRecord) -> Result<(PathBuf, String)> {
         let container = record.container_name();
-        self.wait_serving(&container, self.boot_timeout()).await?;
+        self.wait_started(&container, self.boot_timeout()).await?;
         let dirs = InstanceDirs::new(&self.root, &record.name);
         let rb = dirs.config.join("gitlab.rb");
         let previous = std::fs::read_to_string(&rb).map_err(|e| {

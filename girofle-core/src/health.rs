@@ -14,13 +14,18 @@
 //! passing probe that started after a restart was seen (Puma's pid changed, Puma down, or
 //! a failed probe), or probes passing throughout [`SETTLE`] when no restart shows. Only a
 //! GitLab that does not answer within the health timeout fails the change (the caller
-//! rolls it back). Boot waits, where the engine's state is fresh (it resets to "starting"
-//! at every start), stay with [`crate::runtime::ContainerRuntimeExt::wait_healthy`].
+//! rolls it back).
+//!
+//! Boot waits probe by exec too ([`wait_booted`]): the engine probes only every
+//! `[instances] health_interval_secs` (30 s by default, as each probe is a full Rails
+//! request that GitLab logs), so its "healthy" may come that long after GitLab serves.
+//! For the same reason a state read for `instance list` or before an online backup asks
+//! GitLab itself when the engine still says "starting" or "unhealthy" ([`serves_now`]).
 
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::runtime::{last_lines, ContainerRuntime, ExecSpec};
+use crate::runtime::{last_lines, ContainerInfo, ContainerRuntime, ExecSpec, Health};
 
 /// The official image's own health probe (its HEALTHCHECK command).
 pub const PROBE: [&str; 4] = [
@@ -36,8 +41,103 @@ pub const PROBE: [&str; 4] = [
 /// (a new pid in `gitlab-ctl status puma`) ends the wait as soon as the new one answers.
 pub const SETTLE: Duration = Duration::from_secs(5);
 
+/// How many times Puma may exit and be started again by GitLab's supervisor after a
+/// change, without a passing probe, before the change is taken to keep GitLab down (a
+/// Puma that cannot boot, e.g. on a `puma['listen']` it cannot bind, crash-loops; each
+/// round takes its boot time, tens of seconds on real GitLab). Waiting out the whole
+/// health timeout instead would keep GitLab down for up to 15 minutes before a rollback.
+const PUMA_CRASHES: usize = 3;
+
 /// Time between two rounds of probes.
 const POLL: Duration = Duration::from_millis(250);
+
+/// Time between two probes while GitLab boots (a boot takes seconds to minutes).
+const BOOT_POLL: Duration = Duration::from_millis(500);
+
+fn probe_spec() -> ExecSpec {
+    ExecSpec {
+        cmd: PROBE.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Whether GitLab in a container answers its health probe now. The engine's "healthy"
+/// is taken as it is (its own probe passed less than an interval ago); "starting" and
+/// "unhealthy" may be that long out of date, so GitLab is asked. A container without a
+/// health check serves when it runs.
+pub(crate) async fn serves_now(runtime: &dyn ContainerRuntime, info: &ContainerInfo) -> bool {
+    if !info.running {
+        return false;
+    }
+    match info.health {
+        Health::Healthy | Health::None => true,
+        Health::Starting | Health::Unhealthy => runtime
+            .exec(&info.name, &probe_spec())
+            .await
+            .is_ok_and(|out| out.exit_code == 0),
+    }
+}
+
+/// Waits until a container that was just started (or re-created) answers its health
+/// probe, probing by exec every [`BOOT_POLL`] rather than waiting for the engine's next
+/// probe.
+///
+/// # Errors
+/// `Unhealthy` (with the last failed probe and log lines) when the container stops, or
+/// does not answer within `timeout`; `NotFound` when it vanishes.
+pub(crate) async fn wait_booted(
+    runtime: &dyn ContainerRuntime,
+    container: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_failure = String::new();
+    loop {
+        let info = runtime.inspect(container).await?.ok_or_else(|| {
+            Error::not_found(
+                format!("container `{container}`"),
+                "it disappeared while Girofle waited for GitLab to boot",
+            )
+        })?;
+        let problem = if info.running {
+            match runtime.exec(container, &probe_spec()).await {
+                Ok(out) if out.exit_code == 0 => return Ok(()),
+                Ok(out) => {
+                    last_failure =
+                        format!("[exit {}] {}", out.exit_code, last_lines(&out.output, 5));
+                    None
+                }
+                // The container stopped between the inspect and the exec: the next
+                // round tells a restart from a stop.
+                Err(_) => None,
+            }
+        } else if info.status != "created" && info.status != "restarting" {
+            Some(format!(
+                "container `{container}` stopped (status {})",
+                info.status
+            ))
+        } else {
+            None
+        };
+        let problem = problem.or_else(|| {
+            (tokio::time::Instant::now() >= deadline).then(|| {
+                format!(
+                    "container `{container}`: GitLab did not answer its health check within {} s of its start; raise --timeout (or [instances] health_timeout_secs) if GitLab needs longer to boot on this machine",
+                    timeout.as_secs()
+                )
+            })
+        });
+        if let Some(message) = problem {
+            let logs = runtime.logs_tail(container, 30).await.unwrap_or_default();
+            return Err(Error::Unhealthy {
+                message,
+                health_log: last_failure,
+                logs,
+            });
+        }
+        tokio::time::sleep(BOOT_POLL).await;
+    }
+}
 
 /// Puma's pid as `gitlab-ctl status puma` prints it (`run: puma: (pid 123) 45s; ...`);
 /// `None` when Puma is down or the status cannot be read.
@@ -76,19 +176,32 @@ pub(crate) async fn wait_fresh(
     settle: Duration,
     timeout: Duration,
 ) -> Result<()> {
-    let probe = ExecSpec {
-        cmd: PROBE.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
+    let probe = probe_spec();
     let start = tokio::time::Instant::now();
     let deadline = start + timeout;
     let mut restart_seen = false;
     let mut last_failure = String::new();
+    // Puma processes started since the change: the restart's, then one per crash.
+    let mut new_pumas = std::collections::BTreeSet::new();
     loop {
         match (puma_before, puma_pid(runtime, container).await) {
             (_, None) => restart_seen = true,
-            (Some(before), Some(now)) if before != now => restart_seen = true,
+            (Some(before), Some(now)) if before != now => {
+                restart_seen = true;
+                new_pumas.insert(now);
+            }
             _ => {}
+        }
+        if new_pumas.len() > PUMA_CRASHES {
+            let logs = runtime.logs_tail(container, 30).await.unwrap_or_default();
+            return Err(Error::Unhealthy {
+                message: format!(
+                    "container `{container}`: Puma exited and was started again {} times after {change} without GitLab answering: it cannot run with these settings (see the log lines below)",
+                    new_pumas.len() - 1
+                ),
+                health_log: last_failure,
+                logs,
+            });
         }
         // Whatever this probe says, it started after what was seen so far.
         let fresh = restart_seen;

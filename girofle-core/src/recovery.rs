@@ -773,8 +773,7 @@ impl Girofle {
                         self.runtime.start(&container).await?;
                         actions.push(format!("started container `{container}`"));
                     }
-                    self.runtime
-                        .wait_healthy(&container, self.boot_timeout())
+                    crate::health::wait_booted(&*self.runtime, &container, self.boot_timeout())
                         .await
                 }
             };

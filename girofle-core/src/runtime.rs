@@ -47,6 +47,9 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub retries: u32,
     pub start_period: Duration,
+    /// Time between probes while the container starts (until its first passing probe
+    /// within `start_period`); engines older than API 1.44 probe at `interval` anyway.
+    pub start_interval: Duration,
 }
 
 /// Everything needed to create a container.
@@ -229,54 +232,6 @@ pub trait ContainerRuntimeExt: ContainerRuntime {
         }
         Ok(out.output)
     }
-
-    /// Waits until the engine reports the container healthy.
-    ///
-    /// # Errors
-    /// `Unhealthy` (with the last probes and log lines) when the container turns
-    /// unhealthy, stops, or is not healthy within `timeout`; `NotFound` when it vanishes.
-    async fn wait_healthy(&self, name: &str, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let info = self.inspect(name).await?.ok_or_else(|| {
-                Error::not_found(
-                    format!("container `{name}`"),
-                    "it disappeared while Girofle waited for it to become healthy",
-                )
-            })?;
-            let problem = match (&info.health, info.running) {
-                (Health::Healthy, true) | (Health::None, true) => return Ok(()),
-                (Health::Unhealthy, _) => Some(format!("container `{name}` is unhealthy")),
-                (_, false) if info.status != "created" && info.status != "restarting" => Some(
-                    format!("container `{name}` stopped (status {})", info.status),
-                ),
-                _ if tokio::time::Instant::now() >= deadline => Some(format!(
-                    "container `{name}` not healthy after {} s (health: {:?}); raise --timeout if GitLab needs longer to boot on this machine",
-                    timeout.as_secs(),
-                    info.health
-                )),
-                _ => None,
-            };
-            if let Some(message) = problem {
-                let health_log = info
-                    .health_log
-                    .iter()
-                    .rev()
-                    .take(3)
-                    .rev()
-                    .map(|p| format!("[exit {}] {}", p.exit_code, p.output.trim()))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                let logs = self.logs_tail(name, 30).await.unwrap_or_default();
-                return Err(Error::Unhealthy {
-                    message,
-                    health_log,
-                    logs,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 }
 
 impl<T: ContainerRuntime + ?Sized> ContainerRuntimeExt for T {}
@@ -328,6 +283,12 @@ impl DockerRuntime {
             .map_err(|_| unreachable(&"no answer within 15 s"))?
             .map_err(|e| unreachable(&e))?;
         Ok(DockerRuntime { docker, host })
+    }
+
+    /// Whether the API version negotiated with the engine is at least `major.minor`.
+    fn speaks(&self, major: usize, minor: usize) -> bool {
+        let v = self.docker.client_version();
+        (v.major_version, v.minor_version) >= (major, minor)
     }
 
     /// Waits (bounded) until the engine no longer has container `name`.
@@ -481,7 +442,7 @@ impl ContainerRuntime for DockerRuntime {
             timeout: Some(secs_ns(h.timeout)),
             retries: Some(i64::from(h.retries)),
             start_period: Some(secs_ns(h.start_period)),
-            start_interval: None,
+            start_interval: self.speaks(1, 44).then(|| secs_ns(h.start_interval)),
         });
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),

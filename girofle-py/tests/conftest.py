@@ -12,6 +12,7 @@ import itertools
 import os
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,13 +133,33 @@ def git(cwd: Path, *args: str) -> str:
     return out.stdout
 
 
+def root_password(root: Path, name: str) -> str:
+    """Root's password on instance `name` of `root`: GitLab made it up at the first boot and
+    wrote it to /etc/gitlab/initial_root_password (the host side is the instance's
+    `config/`) when none was given. A restore brings back the password of the instance
+    the backup came from."""
+    path = root / "instances" / name / "config" / "initial_root_password"
+    for line in path.read_text().splitlines():
+        if line.startswith("Password: "):
+            return line[len("Password: ") :].strip()
+    raise AssertionError(f"no `Password:` line in {path}")
+
+
+def project_url(external_url: str, password: str, project: str = "team/app.git") -> str:
+    """The clone URL of `project` with root's credentials: git over HTTP needs an
+    authenticated user, and every project is private. GitLab's random passwords hold
+    `+`, `/` and `=`, hence the quoting."""
+    scheme, rest = external_url.split("://", 1)
+    return f"{scheme}://root:{urllib.parse.quote(password, safe='')}@{rest.rstrip('/')}/{project}"
+
+
 def ls_remote(url: str) -> str:
     return "\n".join(sorted(git(Path("/"), "ls-remote", url).splitlines()))
 
 
 def push_project(work: Path, url: str, commits: int = 2) -> str:
-    """A repository with `commits` commits, a branch and a tag, pushed over smart HTTP;
-    returns `git ls-remote` of the result."""
+    """A repository with `commits` commits, a branch and a tag, pushed over smart HTTP to
+    `url` (with credentials: see `project_url`); returns `git ls-remote` of the result."""
     work.mkdir(parents=True)
     git(work, "init", "-q", "-b", "main")
     for i in range(commits):

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 import girofle
-from conftest import containers_of, ls_remote, push_project, unique
+from conftest import containers_of, ls_remote, project_url, push_project, root_password, unique
 
 
 def test_backup_verify_copy_prune_restore_as_new_name(make_root, tmp_path):
@@ -20,7 +20,8 @@ def test_backup_verify_copy_prune_restore_as_new_name(make_root, tmp_path):
     g = root.open()
     name = unique("src")
     record = g.create(name)
-    url = f"{record.external_url}/team/app.git"
+    password = root_password(root.path, name)
+    url = project_url(record.external_url, password)
     refs = push_project(root.tmp / "work", url, commits=4)
 
     seen: list[tuple[int, int]] = []
@@ -84,7 +85,8 @@ def test_backup_verify_copy_prune_restore_as_new_name(make_root, tmp_path):
     assert report.url != record.external_url
     assert seen and seen[-1][0] > 0
     assert all(a <= b for a, b in zip(seen, seen[1:])), "restore progress went backwards"
-    assert ls_remote(f"{report.url}/team/app.git") == refs
+    # The restored database has the source's root, with the source's password.
+    assert ls_remote(project_url(report.url, password)) == refs
     assert ls_remote(url) == refs
     states = {s.name: s.state for s in g.list()}
     assert states == {name: "running", copy: "running"}

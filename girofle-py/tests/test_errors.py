@@ -10,7 +10,15 @@ import warnings
 import pytest
 
 import girofle
-from conftest import OTHER_VERSION_IMAGE, containers_of, ls_remote, push_project, unique
+from conftest import (
+    OTHER_VERSION_IMAGE,
+    containers_of,
+    ls_remote,
+    project_url,
+    push_project,
+    root_password,
+    unique,
+)
 
 
 def test_hierarchy():
@@ -110,7 +118,7 @@ def test_unhealthy_in_time_leaves_nothing(root, g):
 def test_conflicts_damage_mismatch_and_failed_commands(root, g):
     name = unique("err")
     record = g.create(name)
-    url = f"{record.external_url}/team/app.git"
+    url = project_url(record.external_url, root_password(root.path, name))
     refs = push_project(root.tmp / "work", url)
 
     # A duplicate name: AlreadyExistsError, a kind of ConflictError.

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 import girofle
-from conftest import containers_of, ls_remote, managed_block, push_project, unique
+from conftest import (
+    containers_of,
+    ls_remote,
+    managed_block,
+    project_url,
+    push_project,
+    root_password,
+    unique,
+)
 
 
 def test_lifecycle_with_real_effects(root, g):
@@ -45,7 +53,7 @@ def test_lifecycle_with_real_effects(root, g):
     assert listed[0] == g.show(name) and listed[0].running
     assert len(containers_of(root.path)) == 1
 
-    url = f"{record.external_url}/team/app.git"
+    url = project_url(record.external_url, root_password(root.path, name))
     refs = push_project(root.tmp / "work", url, commits=3)
     assert "refs/tags/v1.0" in refs and "refs/heads/feature" in refs
 

@@ -222,8 +222,52 @@ pub fn git(dir: &Path) -> Command {
     c
 }
 
+/// Root's password on instance `name` of `root`: GitLab made it up at the first boot and
+/// wrote it to `/etc/gitlab/initial_root_password` (the host side is the instance's
+/// `config/` directory) when no `initial_root_password` was given. It stays root's
+/// password when the file goes (after 24 hours, or on a host that lost it); a restore
+/// brings back the password of the instance the backup came from.
+pub fn root_password(root: &Path, name: &str) -> String {
+    let file = root
+        .join("instances")
+        .join(name)
+        .join("config/initial_root_password");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}): was `{name}` given an initial_root_password?",
+            file.display()
+        )
+    });
+    text.lines()
+        .find_map(|l| l.strip_prefix("Password: "))
+        .unwrap_or_else(|| panic!("no `Password:` line in {}: {text}", file.display()))
+        .trim()
+        .to_string()
+}
+
+/// The clone URL of `project` (`team/app.git`) on the GitLab at `external_url`, with
+/// root's credentials: git over HTTP needs an authenticated user, and every project is
+/// private. The password is percent-encoded (GitLab's random ones hold `+`, `/`, `=`).
+pub fn project_url(external_url: &str, password: &str, project: &str) -> String {
+    let (scheme, rest) = external_url
+        .split_once("://")
+        .unwrap_or_else(|| panic!("not a URL: {external_url}"));
+    let mut encoded = String::new();
+    for b in password.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!(
+        "{scheme}://root:{encoded}@{}/{project}",
+        rest.trim_end_matches('/')
+    )
+}
+
 /// Creates a repository with `commits` commits, a branch and a tag, and pushes everything
-/// to `url`. Returns `git ls-remote` of the result.
+/// to `url` (with credentials: see [`project_url`]). Returns `git ls-remote` of the result.
 pub fn push_project(work: &Path, url: &str, commits: usize) -> String {
     std::fs::create_dir_all(work).unwrap();
     run(git(work).args(["init", "-q", "-b", "main"]));
@@ -370,7 +414,9 @@ use std::os::unix::fs::FileTypeExt;
 pub struct WithProject {
     pub name: String,
     pub record: girofle_core::instance::InstanceRecord,
-    /// The project's clone URL.
+    /// Root's password (the one GitLab made up at the first boot).
+    pub password: String,
+    /// The project's clone URL, with root's credentials.
     pub url: String,
     /// `git ls-remote` right after the push.
     pub refs: String,
@@ -392,11 +438,13 @@ pub async fn commission_with_project(
         })
         .await
         .expect("commission");
-    let url = format!("{}/team/app.git", record.external_url);
+    let password = root_password(&t.root, &name);
+    let url = project_url(&record.external_url, &password, "team/app.git");
     let refs = push_project(&t.dir.path().join(format!("work-{name}")), &url, commits);
     WithProject {
         name,
         record,
+        password,
         url,
         refs,
     }

@@ -13,6 +13,7 @@ Entry points (see /opt/gitlab/bin/*):
     standin.py rake ARGS        gitlab-rake
     standin.py healthcheck ARGS gitlab-healthcheck
 """
+import base64
 import datetime
 import fcntl
 import hashlib
@@ -42,6 +43,7 @@ LOGS = "/var/log/gitlab"
 RUN = "/run/gitlab-standin"
 GITLAB_RB = ETC + "/gitlab.rb"
 SECRETS = ETC + "/gitlab-secrets.json"
+INITIAL_ROOT_PASSWORD = ETC + "/initial_root_password"
 REPOS = DATA + "/git-data/repositories"
 PGDATA = DATA + "/postgresql/data"
 DB = PGDATA + "/db.json"
@@ -230,27 +232,95 @@ def db_add(db, record):
     return record
 
 
-def db_init():
+# What gitlab-rails writes next to gitlab.rb when it made up root's password at the first
+# seeding (the text of GitLab's own file; a reconfigure deletes it after 24 hours).
+INITIAL_ROOT_PASSWORD_TEXT = """\
+# WARNING: This value is valid only in the following conditions
+#          1. If provided manually (either via `GITLAB_ROOT_PASSWORD` environment variable or via `gitlab_rails['initial_root_password']` setting in `gitlab.rb`, it was provided before database was seeded for the first time (usually, the first reconfigure run).
+#          2. Password hasn't been changed manually, either via UI or via command line.
+#
+#          If the password shown here doesn't work, you must reset the admin password following https://docs.gitlab.com/ee/security/reset_user_password.html#reset-your-root-password.
+
+Password: %s
+
+# NOTE: This file will be automatically deleted in the first reconfigure run after 24 hours.
+"""
+INITIAL_ROOT_PASSWORD_TTL = 24 * 3600
+PASSWORD_ITERATIONS = 20000
+
+
+def hash_password(password):
+    """Stands for Devise's bcrypt: a salted, slow hash in users.encrypted_password."""
+    salt = secrets.token_hex(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), PASSWORD_ITERATIONS)
+    return "pbkdf2-sha256$%d$%s$%s" % (PASSWORD_ITERATIONS, salt, digest.hex())
+
+
+def password_matches(password, stored):
+    try:
+        _, iterations, salt, want = stored.split("$")
+        got = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), int(iterations))
+    except (AttributeError, ValueError):
+        return False
+    return hmac.compare_digest(got.hex(), want)
+
+
+def initial_root_password(settings):
+    """(password, store it in /etc/gitlab/initial_root_password?), as Omnibus decides at
+    every Chef run: GITLAB_ROOT_PASSWORD wins over gitlab_rails['initial_root_password'];
+    with neither, a random one that is stored unless store_initial_root_password is false.
+    A given one shorter than 8 characters fails the run (ConfigError)."""
+    rails = settings.get("gitlab_rails") if isinstance(settings.get("gitlab_rails"), dict) else {}
+    store = rails.get("store_initial_root_password")
+    given = os.environ.get("GITLAB_ROOT_PASSWORD") or rails.get("initial_root_password")
+    if given is None:
+        return base64.b64encode(secrets.token_bytes(32)).decode(), store is None or bool(store)
+    if not isinstance(given, str) or len(given) < 8:
+        raise ConfigError(("RuntimeError", "initial_root_password: Length is too short, minimum is 8 characters"))
+    return given, bool(store)
+
+
+def db_init(settings):
+    """Creates and seeds the database when there is none: the first boot's seeding, the
+    only moment the initial_* settings act (gitlab-contract.md, "First boot")."""
     with db_lock():
         if os.path.exists(DB):
             return False
+        password, store = initial_root_password(settings)
+        rails = settings.get("gitlab_rails") if isinstance(settings.get("gitlab_rails"), dict) else {}
+        token = rails.get("initial_shared_runners_registration_token")
         db = {"database": "gitlabhq_production", "schema_version": "20241010000000",
               "next_id": 1, "records": []}
+        db_add(db, {"type": "user", "username": "root", "name": "Administrator",
+                    "email": "gitlab_admin_%s@example.com" % secrets.token_hex(3), "admin": True,
+                    "otp_required_for_login": False, "encrypted_password": hash_password(password)})
         db_add(db, {"type": "ci_variable", "key": "DEPLOY_PASSWORD",
                     "encrypted_value": secrets.token_hex(24)})
         db_add(db, {"type": "application_setting", "key": "runners_registration_token",
-                    "encrypted_value": secrets.token_hex(16)})
+                    "encrypted_value": token if isinstance(token, str) and token else secrets.token_hex(16)})
         db_save(db)
+        if store:
+            write_atomic(INITIAL_ROOT_PASSWORD, INITIAL_ROOT_PASSWORD_TEXT % password, 0, 0, 0o600)
         return True
 
 
-def db_add_repo(relpath):
+def find_user(username):
+    try:
+        db = db_load()
+    except (OSError, ValueError):
+        return None
+    return next((r for r in db.get("records", []) if r.get("type") == "user"
+                 and r.get("username") == username), None)
+
+
+def db_add_repo(relpath, creator):
     rel = relpath[:-4] if relpath.endswith(".git") else relpath
     kind = "project_wiki" if rel.endswith(".wiki") else "project"
     with db_lock():
         db = db_load()
+        # Push-to-create makes a private project (visibility level 0).
         db_add(db, {"type": kind, "path": rel[:-5] if kind == "project_wiki" else rel,
-                    "repository": rel + ".git",
+                    "repository": rel + ".git", "visibility_level": 0, "creator_id": creator["id"],
                     "runners_token_encrypted": secrets.token_hex(16)})
         db_save(db)
 
@@ -587,10 +657,18 @@ def reconfigure(quiet=False):
     settings, sources = compute_settings()
     check_rails_settings(settings)
     ensure_dir(DATA + "/etc", 0, 0, 0o755)
+    # Omnibus checks the initial root password at every run, seeded or not.
+    initial_root_password(settings)
     eff = {"gitlab_version": version(), "applied_at": now_utc().isoformat(),
            "sources": sources, "listen_ports": listen_ports(settings), "settings": settings}
     write_atomic(SETTINGS, json.dumps(eff, indent=2, sort_keys=True) + "\n", 0, 0, 0o644)
     out("Recipe: gitlab::default")
+    try:
+        if time.time() - os.path.getmtime(INITIAL_ROOT_PASSWORD) > INITIAL_ROOT_PASSWORD_TTL:
+            os.unlink(INITIAL_ROOT_PASSWORD)
+            out("  * file[%s] action delete (older than 24 hours)" % INITIAL_ROOT_PASSWORD)
+    except FileNotFoundError:
+        pass
     out("Running handlers:")
     out("Running handlers complete")
     out("Infra Phase complete, 0/%d resources updated in 01 seconds" % (len(DATA_DIRS) + 6))
@@ -632,6 +710,16 @@ def chef_failure(err):
         print("[%s] FATAL: Please provide the contents of the stacktrace.out file if you file a bug report" % ts, file=sys.stderr)
         print("[%s] FATAL: %s" % (ts, err.args[0].splitlines()[0]), file=sys.stderr)
         print("\nThere was an error running gitlab-ctl reconfigure:\n\n%s\n" % err.args[0], file=sys.stderr)
+        return
+    if err.args[0][0] == "RuntimeError":
+        # Raised by Omnibus' own checks of a value, not by Ruby's parser.
+        msg = err.args[0][1]
+        print("[%s] FATAL: RuntimeError: %s" % (now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), msg), file=sys.stderr)
+        print("", file=sys.stderr)
+        print("There was an error running gitlab-ctl reconfigure:", file=sys.stderr)
+        print("", file=sys.stderr)
+        print(msg, file=sys.stderr)
+        print("", file=sys.stderr)
         return
     a = err.args[0]
     if len(a) == 2:
@@ -758,12 +846,12 @@ def wrapper():
     log(None, "Configuring GitLab...")
     first_boot_files()
     try:
-        reconfigure()
+        eff = reconfigure()
     except ConfigError as e:
         chef_failure(e)
         return 1
     setup_data_dirs()
-    if db_init():
+    if db_init(eff["settings"]):
         log("postgresql", "Database gitlabhq_production created and seeded")
     log(None, "gitlab Reconfigured!")
 
@@ -1103,7 +1191,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 result[name] = [entry]
         self.send_simple(200 if result["status"] == "ok" else 503, json.dumps(result), "application/json")
 
+    def authenticated_user(self):
+        """The user of the request's HTTP Basic credentials, None without any, False when
+        they are wrong. As GitLab: a password works for accounts without 2FA (root)."""
+        header = self.headers.get("Authorization") or ""
+        if not header[:6].lower() == "basic ":
+            return None
+        try:
+            username, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        user = find_user(username)
+        if user is None or user.get("otp_required_for_login") \
+                or not password_matches(password, user.get("encrypted_password")):
+            return False
+        return user
+
     def git(self, repo, rest, qs):
+        # Every project is private (push-to-create makes private ones) and GitLab does not
+        # tell a missing project from one the client may not see: no user, no answer.
+        user = self.authenticated_user()
+        if not user:
+            if user is None:
+                body = "HTTP Basic: Access denied\n"
+            else:
+                host = self.headers.get("Host") or "localhost"
+                body = ("HTTP Basic: Access denied. The provided password or token is incorrect or your "
+                        "account has 2FA enabled and you must use a personal access token instead of a "
+                        "password. See http://%s/help/topics/git/troubleshooting_git#error-on-git-fetch-"
+                        "http-basic-access-denied\n" % host)
+            return self.send_simple(401, body, extra={"WWW-Authenticate": 'Basic realm="GitLab"'})
         repo_dir = os.path.join(REPOS, repo)
         params = urllib.parse.parse_qs(qs)
         if not os.path.isdir(repo_dir):
@@ -1117,7 +1234,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                             return self.send_simple(500, "could not create repository\n")
                         # Make the namespace dirs group-accessible like the repositories root.
                         run_as_git(["git", "-C", repo_dir, "config", "http.receivepack", "true"])
-                        db_add_repo(repo)
+                        db_add_repo(repo, user)
                         log("puma", "Created project repository %s" % repo)
             else:
                 return self.send_simple(404, "The project you were looking for could not be found or you don't have permission to view it.\n")
@@ -1132,7 +1249,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "PATH": "/usr/bin:/bin", "HOME": DATA, "GATEWAY_INTERFACE": "CGI/1.1",
             "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_SOFTWARE": "gitlab-standin",
             "REQUEST_METHOD": self.command, "PATH_INFO": "/" + repo + rest, "QUERY_STRING": qs,
-            "GIT_PROJECT_ROOT": REPOS, "GIT_HTTP_EXPORT_ALL": "1", "REMOTE_USER": "root",
+            "GIT_PROJECT_ROOT": REPOS, "GIT_HTTP_EXPORT_ALL": "1", "REMOTE_USER": user["username"],
             "REMOTE_ADDR": self.client_address[0] if isinstance(self.client_address, tuple) else "127.0.0.1",
             "CONTENT_TYPE": self.headers.get("Content-Type", ""),
             "CONTENT_LENGTH": str(length) if body is not None else "",
@@ -2380,7 +2497,7 @@ def rake_doctor_secrets():
         if not hmac.compare_digest(r.get("sealed", ""), seal(r, key)):
             by_type[t] += 1
             bad.append(r)
-    names = {"ci_variable": "Ci::Variable", "application_setting": "ApplicationSetting",
+    names = {"user": "User", "ci_variable": "Ci::Variable", "application_setting": "ApplicationSetting",
              "project": "Project", "project_wiki": "ProjectWiki"}
     for t in sorted(by_type):
         info("- %s failures: %d" % (names.get(t, t), by_type[t]))
