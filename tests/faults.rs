@@ -701,7 +701,31 @@ async fn sigkill_during_reconfigure() {
     let _engine = shared_engine().await;
     let (t, _g, p) = setup("freconf").await;
     let key = "gitlab_rails['time_zone']";
-    let zone = |i: usize| format!("Trial/Zone{i}");
+    // Real zones (GitLab refuses an unknown one), none a substring of another.
+    const ZONES: &[&str] = &[
+        "Europe/Paris",
+        "Asia/Tokyo",
+        "America/Lima",
+        "Africa/Cairo",
+        "Europe/Oslo",
+        "Asia/Seoul",
+        "Europe/Rome",
+        "Asia/Dubai",
+        "America/Bogota",
+        "Europe/Madrid",
+        "Australia/Perth",
+        "Asia/Kabul",
+        "Europe/Vienna",
+        "Africa/Nairobi",
+        "Pacific/Fiji",
+        "Europe/Warsaw",
+        "Asia/Manila",
+        "America/Havana",
+        "Europe/Athens",
+        "Asia/Baku",
+        "Europe/Lisbon",
+    ];
+    let zone = |i: usize| ZONES[i % ZONES.len()].to_string();
     let reconfigure = |i: usize| -> Vec<String> {
         ["instance", "reconfigure", &p.name, "--set"]
             .iter()

@@ -207,14 +207,32 @@ fn no_links_below(root: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The copies `STRATEGY=copy` makes of GitLab's file areas in its backup path (named
+/// for each area's directory) before tarring them. GitLab removes a copy once tarred, but
+/// a copy that failed (a file git cannot read) stays there after the backup.
+const COPY_DIRS: &[&str] = &[
+    "uploads",
+    "builds",
+    "artifacts",
+    "pages",
+    "lfs-objects",
+    "terraform_state",
+    "registry",
+    "packages",
+    "ci_secure_files",
+    "external-diffs",
+];
+
 /// GitLab's file names in its backup path for the backup whose tar is `tar_name`: the
-/// tar, and the staging parts every backup writes there (see gitlab-contract.md).
+/// tar, the staging parts every backup writes there, and the copies `STRATEGY=copy`
+/// makes there (see gitlab-contract.md).
 fn is_part(file: &str, tar_name: &str) -> bool {
     file == tar_name
         || matches!(
             file,
             "backup_information.yml" | "db" | "repositories" | "tmp"
         )
+        || COPY_DIRS.contains(&file)
         || file.ends_with(".tar.gz")
 }
 
@@ -464,6 +482,7 @@ mod tests {
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(backups.join("db")).unwrap();
         std::fs::create_dir_all(backups.join("repositories/team")).unwrap();
+        std::fs::create_dir_all(backups.join("uploads/-/system")).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("keep"), "x").unwrap();
         for f in [
@@ -486,6 +505,7 @@ mod tests {
                 "backup_information.yml",
                 "db",
                 "repositories",
+                "uploads",
                 "uploads.tar.gz"
             ]
         );

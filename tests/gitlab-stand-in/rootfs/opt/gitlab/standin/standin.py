@@ -69,6 +69,18 @@ SERVICE_USERS = {
     "postgresql": (PSQL_UID, PSQL_GID), "redis": (REDIS_UID, REDIS_GID), "nginx": (0, 0),
 }
 SERVICES = sorted(SERVICE_USERS)  # gitlab-ctl status lists services alphabetically
+# `gitlab-ctl stop` stops the front first and the data stores last.
+STOP_ORDER = ["nginx", "puma", "sidekiq", "gitaly", "redis", "postgresql"]
+
+
+def stop_secs_for(services):
+    """How long stopping `services` takes: STANDIN_STOP_SECS (container environment,
+    default 1; real GitLab: tens of seconds) for all of them, a share for fewer."""
+    try:
+        total = max(0.0, float(os.environ.get("STANDIN_STOP_SECS", "1")))
+    except ValueError:
+        total = 1.0
+    return total * len(services) / len(SERVICES)
 
 # (dir, uid, gid, mode): created / fixed (top level only, like Chef) at every boot.
 DATA_DIRS = [
@@ -95,19 +107,6 @@ DATA_DIRS = [
     (BACKUPS, GIT_UID, 0, 0o700),
 ]
 LOG_SERVICES = SERVICES + ["reconfigure", "gitlab-rails"]
-
-# Backup tasks besides db and repositories: name -> directory (tarred as <name>.tar.gz).
-BACKUP_DIR_TASKS = [
-    ("uploads", UPLOADS),
-    ("builds", DATA + "/gitlab-ci/builds"),
-    ("artifacts", SHARED + "/artifacts"),
-    ("pages", SHARED + "/pages"),
-    ("lfs", SHARED + "/lfs-objects"),
-    ("terraform_state", SHARED + "/terraform_state"),
-    ("packages", SHARED + "/packages"),
-    ("ci_secure_files", SHARED + "/ci_secure_files"),
-]
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -492,6 +491,29 @@ ASSIGN_RE = re.compile(r"^([a-z_][a-z0-9_]*)\s*=(?!=)\s*(.+)$", re.S)
 KEY_RE = re.compile(r"^([a-z_][a-z0-9_]*)((?:\[\s*(?:'[^']*'|\"[^\"]*\"|:[A-Za-z_]\w*)\s*\]){1,2})\s*=(?!=)\s*(.+)$", re.S)
 
 
+# The settings hashes gitlab.rb may assign into (omnibus-gitlab's configurables); any
+# other `name[...] = ...` fails the Chef run as in Omnibus ("Reading unsupported config
+# value name."): there is no `foo` hash to put `foo['bar']` in.
+SETTING_HASHES = frozenset(
+    "alertmanager consul crond geo_logcursor geo_postgresql geo_secondary gitaly "
+    "gitlab_backup_cli gitlab_ci gitlab_exporter gitlab_kas gitlab_kas_nginx gitlab_pages "
+    "gitlab_rails gitlab_shell gitlab_sshd gitlab_workhorse high_availability letsencrypt "
+    "logging logrotate manage_accounts manage_storage_directories mattermost mattermost_nginx "
+    "nginx node_exporter package pages_nginx patroni pgbouncer pgbouncer_exporter "
+    "postgres_exporter postgresql praefect prometheus prometheus_monitoring puma redis "
+    "redis_exporter registry registry_nginx sentinel sidekiq spamcheck storage_check user "
+    "web_server".split())
+# Keys whose default value is itself a hash, so `hash['key']['sub'] = v` works on them;
+# any other second level is `nil['sub'] = v` in Ruby and fails the run (NoMethodError).
+NESTED_DEFAULTS = {
+    "gitlab_rails": {"env", "object_store", "rack_attack_git_basic_auth"},
+    "gitaly": {"configuration", "env"}, "praefect": {"configuration", "env"},
+    "gitlab_workhorse": {"env"}, "gitlab_pages": {"env"}, "gitlab_kas": {"env"},
+    "gitlab_exporter": {"env"}, "registry": {"env"}, "mattermost": {"env"},
+    "nginx": {"proxy_set_headers"}, "postgresql": {"custom_pg_hba_entries"},
+}
+
+
 def parse_config(text, source, settings):
     for lineno, stmt in split_statements(text):
         m = KEY_RE.match(stmt)
@@ -499,13 +521,20 @@ def parse_config(text, source, settings):
             if m:
                 keys = [k.strip(" '\":") for k in re.findall(r"\[([^\]]*)\]", m.group(2))]
                 value = LiteralParser(m.group(3)).parse_all()
+                if m.group(1) not in SETTING_HASHES:
+                    raise ConfigError((source, lineno, stmt, "Reading unsupported config value %s."
+                                       % m.group(1), "Mixlib::Config::UnknownConfigOptionError"))
                 node = settings.setdefault(m.group(1), {})
                 if not isinstance(node, dict):
                     raise ValueError("undefined method `[]=' for %r" % node)
                 for k in keys[:-1]:
-                    node = node.setdefault(k, {})
+                    if k not in node and k in NESTED_DEFAULTS.get(m.group(1), ()):
+                        node[k] = {}
+                    node = node.get(k)
                     if not isinstance(node, dict):
-                        raise ValueError("undefined method `[]=' for %r" % node)
+                        raise ConfigError((source, lineno, stmt, "undefined method `[]=' for %s"
+                                           % ("nil:NilClass" if node is None else repr(node)),
+                                           "NoMethodError"))
                 node[keys[-1]] = value
                 continue
             m = ASSIGN_RE.match(stmt)
@@ -557,6 +586,68 @@ def listen_ports(settings):
     return sorted(ports)
 
 
+class ChefResourceError(ConfigError):
+    """A resource of the Chef run failed (gitlab.rb itself was fine): `args[0]` is what
+    Chef prints after "There was an error running gitlab-ctl reconfigure:"."""
+
+
+# Rails' own time zone names (ActiveSupport::TimeZone::MAPPING keys); besides them Rails
+# accepts every tz database identifier (/usr/share/zoneinfo).
+RAILS_ZONES = frozenset(
+    "International Date Line West|Midway Island|American Samoa|Hawaii|Alaska|"
+    "Pacific Time (US & Canada)|Tijuana|Mountain Time (US & Canada)|Arizona|Chihuahua|"
+    "Mazatlan|Central Time (US & Canada)|Saskatchewan|Guadalajara|Mexico City|Monterrey|"
+    "Central America|Eastern Time (US & Canada)|Indiana (East)|Bogota|Lima|Quito|"
+    "Atlantic Time (Canada)|Caracas|La Paz|Santiago|Newfoundland|Brasilia|Buenos Aires|"
+    "Montevideo|Georgetown|Puerto Rico|Greenland|Mid-Atlantic|Azores|Cape Verde Is.|Dublin|"
+    "Edinburgh|Lisbon|London|Casablanca|Monrovia|UTC|Belgrade|Bratislava|Budapest|Ljubljana|"
+    "Prague|Sarajevo|Skopje|Warsaw|Zagreb|Brussels|Copenhagen|Madrid|Paris|Amsterdam|Berlin|"
+    "Bern|Zurich|Rome|Stockholm|Vienna|West Central Africa|Bucharest|Cairo|Helsinki|Kyiv|"
+    "Riga|Sofia|Tallinn|Vilnius|Athens|Istanbul|Minsk|Jerusalem|Harare|Pretoria|Kaliningrad|"
+    "Moscow|St. Petersburg|Volgograd|Samara|Kuwait|Riyadh|Nairobi|Baghdad|Tehran|Abu Dhabi|"
+    "Muscat|Baku|Tbilisi|Yerevan|Kabul|Ekaterinburg|Islamabad|Karachi|Tashkent|Chennai|"
+    "Kolkata|Mumbai|New Delhi|Kathmandu|Astana|Dhaka|Sri Jayawardenepura|Almaty|Novosibirsk|"
+    "Rangoon|Bangkok|Hanoi|Jakarta|Krasnoyarsk|Beijing|Chongqing|Hong Kong|Urumqi|"
+    "Kuala Lumpur|Singapore|Taipei|Perth|Irkutsk|Ulaanbaatar|Seoul|Osaka|Sapporo|Tokyo|"
+    "Yakutsk|Darwin|Adelaide|Canberra|Melbourne|Sydney|Brisbane|Hobart|Vladivostok|Guam|"
+    "Port Moresby|Magadan|Srednekolymsk|Solomon Is.|New Caledonia|Fiji|Kamchatka|"
+    "Marshall Is.|Auckland|Wellington|Nuku'alofa|Tokelau Is.|Chatham Is.|Samoa".split("|"))
+
+
+def valid_time_zone(name):
+    if name in RAILS_ZONES:
+        return True
+    if not re.match(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$", name):
+        return False
+    path = os.path.join("/usr/share/zoneinfo", name)
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"TZif"
+    except OSError:
+        return False
+
+
+def check_rails_settings(settings):
+    """What Rails refuses when the Chef run boots it (database migrations): an unknown
+    time zone (ActiveSupport: "Invalid Timezone: <name>"). gitlab.rb parsed fine, so this
+    fails a resource, not the parse."""
+    rails = settings.get("gitlab_rails")
+    tz = rails.get("time_zone") if isinstance(rails, dict) else None
+    if tz is not None and not (isinstance(tz, str) and valid_time_zone(tz)):
+        raise ChefResourceError(
+            "rails_migration[gitlab-rails] (gitlab::database_migrations line 51) had an error: "
+            "Mixlib::ShellOut::ShellCommandFailed: bash_hide_env[migrate gitlab-rails database] "
+            "(gitlab::database_migrations line 20) had an error: Mixlib::ShellOut::ShellCommandFailed: "
+            "Expected process to exit with [0], but received '1'\n"
+            "---- Begin output of \"bash\"  ----\n"
+            "STDOUT: rake aborted!\n"
+            "ArgumentError: Invalid Timezone: %s\n"
+            "/opt/gitlab/embedded/lib/ruby/gems/3.2.0/gems/activesupport-7.0.8.4/lib/active_support/core_ext/time/zones.rb:88:in `find_zone!'\n"
+            "STDERR: \n"
+            "---- End output of \"bash\"  ----\n"
+            "Ran \"bash\"  returned 1" % tz)
+
+
 def reconfigure(quiet=False):
     """Apply gitlab.rb + GITLAB_OMNIBUS_CONFIG. Raises ConfigError."""
     out = (lambda m: None) if quiet else (lambda m: log("reconfigure", m))
@@ -564,6 +655,7 @@ def reconfigure(quiet=False):
     out("Cinc Client, version 18.3.0")
     out("resolving cookbooks for run list: [\"gitlab\"]")
     settings, sources = compute_settings()
+    check_rails_settings(settings)
     ensure_dir(DATA + "/etc", 0, 0, 0o755)
     # Omnibus checks the initial root password at every run, seeded or not.
     initial_root_password(settings)
@@ -612,6 +704,13 @@ def request_puma_restart():
 
 
 def chef_failure(err):
+    ts = now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    if isinstance(err, ChefResourceError):
+        print("[%s] FATAL: Stacktrace dumped to /opt/gitlab/embedded/cookbooks/cache/cinc-stacktrace.out" % ts, file=sys.stderr)
+        print("[%s] FATAL: Please provide the contents of the stacktrace.out file if you file a bug report" % ts, file=sys.stderr)
+        print("[%s] FATAL: %s" % (ts, err.args[0].splitlines()[0]), file=sys.stderr)
+        print("\nThere was an error running gitlab-ctl reconfigure:\n\n%s\n" % err.args[0], file=sys.stderr)
+        return
     if err.args[0][0] == "RuntimeError":
         # Raised by Omnibus' own checks of a value, not by Ruby's parser.
         msg = err.args[0][1]
@@ -622,10 +721,14 @@ def chef_failure(err):
         print(msg, file=sys.stderr)
         print("", file=sys.stderr)
         return
-    source, lineno, stmt, msg = err.args[0] if len(err.args[0]) == 4 else ("gitlab.rb", err.args[0][0], "", err.args[0][1])
+    a = err.args[0]
+    if len(a) == 2:
+        a = ("gitlab.rb", a[0], "", a[1])
+    source, lineno, stmt, msg = a[:4]
+    kind = a[4] if len(a) > 4 else "SyntaxError"
     print("[%s] FATAL: Stacktrace dumped to /opt/gitlab/embedded/cookbooks/cache/cinc-stacktrace.out" % now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), file=sys.stderr)
     print("[%s] FATAL: Please provide the contents of the stacktrace.out file if you file a bug report" % now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), file=sys.stderr)
-    print("[%s] FATAL: SyntaxError: %s:%s: %s" % (now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), source, lineno, msg), file=sys.stderr)
+    print("[%s] FATAL: %s: %s:%s: %s" % (now_utc().strftime("%Y-%m-%dT%H:%M:%S+00:00"), kind, source, lineno, msg), file=sys.stderr)
     print("", file=sys.stderr)
     print("There was an error running gitlab-ctl reconfigure:", file=sys.stderr)
     print("", file=sys.stderr)
@@ -848,7 +951,19 @@ def wrapper():
             last_written = key
         time.sleep(0.1)
 
+    # `docker stop`: the image's wrapper runs `gitlab-ctl stop`, one service after the
+    # other, which takes tens of seconds on real GitLab (STANDIN_STOP_SECS in all); a stop
+    # timeout shorter than that kills the rest mid-shutdown.
     log(None, "Received SIGTERM, stopping services...")
+    for svc in STOP_ORDER:
+        wait = stop_secs_for([svc])
+        end = time.time() + wait
+        while time.time() < end:
+            reap()
+            time.sleep(min(0.05, max(0.0, end - time.time())))
+        if svc in procs:
+            stop_service(svc)
+        log(None, "ok: down: %s: 0s, normally up" % svc)
     kill_all()
     return 0
 
@@ -1248,12 +1363,25 @@ def ctl_change(action, services):
             print("fail: %s: unable to find service" % svc)
             return 1
     if action in ("stop", "restart"):
-        set_desired(services, "down")
-        wait_state(services, False)
+        # One after the other, each taking its share of STANDIN_STOP_SECS.
+        timed_out = []
+        for svc in [x for x in STOP_ORDER if x in services]:
+            time.sleep(stop_secs_for([svc]))
+            set_desired([svc], "down")
+            if not wait_state([svc], False):
+                timed_out.append(svc)
         if action == "stop":
             st = read_json(STATUS_FILE)
             for svc in services:
-                print("ok: down: %s: %s, normally up" % (svc, fmt_age(st["services"][svc]["since"])))
+                s = st["services"][svc]
+                if svc in timed_out:
+                    # As runit's sv: the service did not go down in time.
+                    print("timeout: run: %s: (pid %s) %s, normally up, want down"
+                          % (svc, s["pid"], fmt_age(s["since"])))
+                else:
+                    print("ok: down: %s: %s, normally up" % (svc, fmt_age(s["since"])))
+            if timed_out:
+                return 1
     if action in ("start", "restart"):
         set_desired(services, "up")
         wait_state(services, True)
@@ -1407,6 +1535,10 @@ class BackupLogger:
         self._write("INFO", msg)
         bk_out(msg, self.cron)
 
+    def warn(self, msg):
+        self._write("WARN", msg)
+        bk_out(msg, self.cron)
+
     def error(self, msg):
         self._write("ERROR", msg)
         if not self.cron:
@@ -1469,16 +1601,173 @@ def parse_env_args(args):
             os.environ[k] = v
 
 
+def to_boolean(value):
+    """Gitlab::Utils.to_boolean: yes/true/1/on and no/false/0/off, else None."""
+    if value is None:
+        return None
+    if re.match(r"^(true|t|yes|y|1|on)$", value, re.I):
+        return True
+    if re.match(r"^(false|f|no|n|0|off)$", value, re.I):
+        return False
+    return None
+
+
+def env_skips(value):
+    return {s for s in (value or "").split(",") if s}
+
+
+def compress_cmd():
+    """COMPRESS_CMD replaces `gzip -c -1` for the database dump and the file areas (not
+    the repositories: Gitaly writes their bundles). It must be in the environment, not an
+    argument after the command; `tee` stores the parts uncompressed (names still .gz)."""
+    if os.environ.get("COMPRESS_CMD"):
+        return os.environ["COMPRESS_CMD"]
+    if to_boolean(os.environ.get("GZIP_RSYNCABLE")):
+        return "gzip --rsyncable -c -1"
+    return "gzip -c -1"
+
+
+def decompress_cmd():
+    return os.environ.get("DECOMPRESS_CMD") or "gzip -cd"
+
+
+# File areas: task -> (human name, storage directory). Under STRATEGY=copy GitLab first
+# copies the directory to <backup path>/<its base name> (rsync -a), then tars that copy.
+BACKUP_FILE_TASKS = [
+    ("uploads", "uploads", UPLOADS),
+    ("builds", "builds", DATA + "/gitlab-ci/builds"),
+    ("artifacts", "artifacts", SHARED + "/artifacts"),
+    ("pages", "pages", SHARED + "/pages"),
+    ("lfs", "lfs objects", SHARED + "/lfs-objects"),
+    ("terraform_state", "terraform states", SHARED + "/terraform_state"),
+    ("packages", "packages", SHARED + "/packages"),
+    ("ci_secure_files", "ci secure files", SHARED + "/ci_secure_files"),
+]
+# Every task's destination in the staging directory, in GitLab's order.
+BACKUP_TASK_PATHS = [("db", "db"), ("repositories", "repositories")] + [
+    (t, t + ".tar.gz") for t, _, _ in BACKUP_FILE_TASKS]
+INFO_NAME = "backup_information.yml"
+TAR_SUFFIX = "_gitlab_backup.tar"
+
+
+class BackupError(Exception):
+    """Backup::Error and friends: `rake aborted!` with the message, exit 1."""
+
+
+class BackupExit(Exception):
+    """`exit 1` in GitLab's backup code (after it logged why)."""
+
+
+def read_info(path):
+    """backup_information.yml of the staging directory, as a dict of strings."""
+    info = {}
+    try:
+        with open(os.path.join(path, INFO_NAME)) as f:
+            for line in f:
+                m = re.match(r"^:([a-z_]+):\s*(.*)$", line.rstrip("\n"))
+                if m:
+                    info[m.group(1)] = m.group(2).strip().strip("'\"")
+    except OSError as e:
+        raise BackupError("%s: %s" % (INFO_NAME, e))
+    return info
+
+
+def write_info(path, info):
+    with open(os.path.join(path, INFO_NAME), "w") as f:
+        f.write("---\n")
+        for k, v in info.items():
+            f.write(":%s: %s\n" % (k, "''" if v == "" else v))
+
+
+def version_mismatch(log, backup_ver):
+    ver = version()
+    log.error("GitLab version mismatch: your current GitLab version (%s) differs from the "
+              "GitLab version in the backup (%s)" % (ver, backup_ver))
+    log.error("  Please switch to the following version and try again:")
+    log.error("  version: %s" % backup_ver)
+    log.error("")
+    log.error("  Hint: git checkout v%s" % backup_ver)
+
+
+def unpack(path, source_id, log, incremental):
+    """Backup::Manager#unpack: the untarred backup in the staging directory when no id is
+    given, else the one tar there (or the named one), extracted in place (over whatever
+    parts are there). Errors are logged and exit 1."""
+    if not source_id and os.path.exists(os.path.join(path, INFO_NAME)):
+        log.info("Non tarred backup found in %s, using that" % path)
+        return
+    tars = sorted(f for f in os.listdir(path) if f.endswith(TAR_SUFFIX))
+    if not tars:
+        log.error("No backups found in %s" % path)
+        log.error("Please make sure that file name ends with %s" % TAR_SUFFIX)
+        raise BackupExit()
+    if len(tars) > 1 and not source_id:
+        log.warn("Found more than one backup:")
+        for t in tars:
+            log.info(" " + t[:-len(TAR_SUFFIX)])
+        if incremental:
+            log.info("Please specify which one you want to create an incremental backup for:")
+            log.info("rake gitlab:backup:create INCREMENTAL=true PREVIOUS_BACKUP=timestamp_of_backup")
+        else:
+            log.info("Please specify which one you want to restore:")
+            log.info("rake gitlab:backup:restore BACKUP=timestamp_of_backup")
+        raise BackupExit()
+    tar_file = os.path.basename(source_id) + TAR_SUFFIX if source_id else tars[0]
+    if not os.path.exists(os.path.join(path, tar_file)):
+        log.error("The backup file %s does not exist!" % tar_file)
+        raise BackupExit()
+    log.info("Unpacking backup ... ")
+    r = subprocess.run(["tar", "-xf", tar_file], cwd=path, capture_output=True, text=True)
+    if r.stderr.strip():
+        sys.stderr.write(r.stderr) if not log.cron else None
+    if r.returncode != 0:
+        log.error("Unpacking backup failed")
+        raise BackupExit()
+    log.info("Unpacking backup ... done")
+
+
+def cleanup_staging(path, log):
+    log.info("Deleting tar staging files ... ")
+    for name in [INFO_NAME] + [dest for _, dest in BACKUP_TASK_PATHS]:
+        full = os.path.join(path, name)
+        if os.path.lexists(full):
+            log.info("Cleaning up %s" % full)
+            shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.unlink(full)
+    log.info("Deleting tar staging files ... done")
+
+
+def remove_tmp(path, log):
+    log.info("Deleting backups/tmp ... ")
+    shutil.rmtree(os.path.join(path, "tmp"), ignore_errors=True)
+    log.info("Deleting backups/tmp ... done")
+
+
+def run_pipeline(cmds, stdin=None, stdout=None):
+    """Open3.pipeline: each command a shell string or an argv list; returns
+    ([exit codes], stderr text of all of them)."""
+    err_r, err_w = os.pipe()
+    procs, prev = [], stdin
+    for i, cmd in enumerate(cmds):
+        last = i == len(cmds) - 1
+        p = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdin=prev,
+                             stdout=stdout if last else subprocess.PIPE, stderr=err_w)
+        if prev is not None and prev is not stdin:
+            prev.close()
+        prev = p.stdout
+        procs.append(p)
+    os.close(err_w)
+    with os.fdopen(err_r, errors="replace") as f:
+        err = f.read()
+    return [p.wait() for p in procs], err
+
+
 def backup_create():
-    """As root: the pieces only root (or another service) can do, then the backup itself
-    as `git`, as GitLab's does (gitlab-contract.md)."""
-    skip = {s.strip() for s in os.environ.get("SKIP", "").split(",") if s.strip()}
+    """As root: what only root (or another service) can do — the database is read by the
+    root side, standing for PostgreSQL answering pg_dump — then the backup itself as
+    `git`, as GitLab's does (gitlab-contract.md)."""
+    skip = env_skips(os.environ.get("SKIP"))
     path = ensure_backup_path()
-    os.makedirs(os.path.dirname(BACKUP_LOG), exist_ok=True)
-    with open(BACKUP_LOG, "a"):
-        pass
-    os.chown(BACKUP_LOG, GIT_UID, GIT_GID)
-    # PostgreSQL (gitlab-psql) answers pg_dump: read the "database" before dropping to git.
+    prepare_backup_log()
     db = None
     if "db" not in skip:
         try:
@@ -1487,6 +1776,17 @@ def backup_create():
                     db = f.read()
         except OSError as e:
             db = "pg_dump: error: %s" % e
+    return wait_child(as_git(lambda: backup_create_as_git(path, db)))
+
+
+def prepare_backup_log():
+    os.makedirs(os.path.dirname(BACKUP_LOG), exist_ok=True)
+    with open(BACKUP_LOG, "a"):
+        pass
+    os.chown(BACKUP_LOG, GIT_UID, GIT_GID)
+
+
+def as_git(fn, keep_fds=()):
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -1494,7 +1794,7 @@ def backup_create():
             demote(GIT_UID, GIT_GID)
             os.environ["HOME"] = DATA
             os.umask(0o077)
-            code = backup_create_as_git(path, skip, db)
+            code = fn()
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException as e:
@@ -1503,150 +1803,314 @@ def backup_create():
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    return pid
+
+
+def wait_child(pid):
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
 
-def backup_create_as_git(path, skip, db):
+def backup_create_as_git(path, db):
     # The backup path is GitLab's staging directory: its parts (backup_information.yml,
-    # db/, repositories/, <part>.tar.gz) are written there, then packed into the tar.
-    # When a part fails the others and the tar are still written, the parts stay, and it
-    # exits 1; errors, like progress, go only to backup_json.log under CRON=1.
+    # db/, repositories/, <part>.tar.gz) are written there, then packed into the tar and
+    # deleted (SKIP=tar: left there, no tar). When a part fails the others and the tar are
+    # still written, the staging parts deleted, and it exits 1; errors, like progress, go
+    # only to backup_json.log under CRON=1.
     log = BackupLogger(os.environ.get("CRON") == "1")
+    skip = env_skips(os.environ.get("SKIP"))
     strategy = os.environ.get("STRATEGY", "")
-    ts = int(time.time())
+    backup_id_opt = os.environ.get("BACKUP") or None
+    previous = os.environ.get("PREVIOUS_BACKUP") or None
+    incremental = bool(to_boolean(os.environ.get("INCREMENTAL")))
     ver = version()
-    bid = os.environ.get("BACKUP") or "%d_%s_%s" % (ts, time.strftime("%Y_%m_%d", time.gmtime(ts)), ver)
-    name = "%s_gitlab_backup.tar" % bid
-    final = os.path.join(path, name)
+    prev_repos = None
+    try:
+        if incremental:
+            # Deprecated since 15.0, still honoured: BACKUP names the previous backup when
+            # PREVIOUS_BACKUP is not given (and then also names the new one).
+            unpack(path, previous or backup_id_opt, log, incremental=True)
+    except BackupExit:
+        return 1
     failed = []
-    if "db" in skip:
-        log.info("Dumping database ... [SKIPPED]")
-    else:
-        log.info("Dumping database ... ")
-        log.info("Dumping PostgreSQL database gitlabhq_production ... ")
-        if isinstance(db, bytes):
-            os.makedirs(path + "/db", exist_ok=True)
-            with open(path + "/db/database.json", "wb") as f:
-                f.write(db)
-            log.info("Dumping PostgreSQL database gitlabhq_production ... [DONE]")
-            log.info("Dumping database ... done")
+    archive = "tar" not in skip
+    try:
+        if incremental:
+            prev_info = read_info(path)
+            skip |= env_skips(prev_info.get("skipped"))
+            archive = "tar" not in skip
+            if prev_info.get("gitlab_version") != ver:
+                version_mismatch(log, prev_info.get("gitlab_version", "unknown"))
+                raise BackupExit()
+            full_id = (prev_info.get("full_backup_id") or
+                       (os.path.basename(previous) if previous else None) or
+                       prev_info.get("backup_id") or "")
+            prev_repos = True
+        ts = int(time.time())
+        bid = os.path.basename(backup_id_opt) if backup_id_opt else \
+            "%d_%s_%s" % (ts, time.strftime("%Y_%m_%d", time.gmtime(ts)), ver)
+        if not incremental:
+            full_id = bid
+        info = {"backup_id": bid, "db_version": "20241010000000",
+                "backup_created_at": now_utc().strftime("%Y-%m-%d %H:%M:%S.%f +0000"),
+                "gitlab_version": ver, "tar_version": "tar (GNU tar) 1.34",
+                "installation_type": "gitlab-omnibus-docker (GitLab TEST STAND-IN)",
+                "skipped": ",".join(s for s in ["tar", "remote", "db", "uploads", "builds",
+                                                "artifacts", "lfs", "terraform_state", "registry",
+                                                "pages", "repositories", "packages",
+                                                "ci_secure_files", "external_diffs"] if s in skip),
+                "repositories_storages": "", "repositories_paths": "",
+                "skip_repositories_paths": "", "repositories_server_side": "false"}
+        if incremental:
+            info["full_backup_id"] = full_id
+        # database
+        if "db" in skip:
+            log.info("Dumping database ... [SKIPPED]")
         else:
-            log.error(db)
-            log.error("Dumping database failed: Failed to create compressed file '%s/db/database.json' "
-                      "when trying to backup the main database" % path)
-            failed.append("db")
-    if "repositories" in skip:
-        log.info("Dumping repositories ... [SKIPPED]")
-    else:
-        log.info("Dumping repositories ... ")
-        ok = True
-        os.makedirs(path + "/repositories", exist_ok=True)
-        for rel in list_repos():
-            src = os.path.join(REPOS, rel)
-            base = os.path.join(path, "repositories", rel[:-4])
-            os.makedirs(os.path.dirname(base), exist_ok=True)
-            refs = subprocess.run(["git", "-C", src, "for-each-ref", "--count=1"],
-                                  capture_output=True, text=True)
-            if refs.returncode != 0:
-                log.error("Dumping repository %s ... failed: %s" % (rel[:-4], refs.stderr.strip()))
-                ok = False
+            log.info("Dumping database ... ")
+            if not dump_database(path, db, log):
+                failed.append("db")
+            else:
+                log.info("Dumping database ... done")
+        # repositories
+        if "repositories" in skip:
+            log.info("Dumping repositories ... [SKIPPED]")
+        else:
+            log.info("Dumping repositories ... ")
+            if dump_repositories(path, bid, log, incremental and prev_repos):
+                log.info("Dumping repositories ... done")
+            else:
+                failed.append("repositories")
+        # file areas
+        for task, human, src in BACKUP_FILE_TASKS:
+            if task in skip:
+                log.info("Dumping %s ... [SKIPPED]" % human)
                 continue
-            if not refs.stdout.strip():
-                with open(base + ".empty", "w") as f:
-                    f.write("empty repository %s\n" % rel)
-                log.info("Dumping repository %s ... [EMPTY] [SKIPPED]" % rel[:-4])
-                continue
-            r = subprocess.run(["git", "-C", src, "bundle", "create", "--quiet", base + ".bundle", "--all"],
-                               capture_output=True, text=True)
+            log.info("Dumping %s ... " % human)
+            if dump_files(path, task, human, src, strategy, log):
+                log.info("Dumping %s ... done" % human)
+            else:
+                failed.append(task)
+        write_info(path, info)
+        if archive:
+            name = bid + TAR_SUFFIX
+            contents = [INFO_NAME] + [dest for task, dest in BACKUP_TASK_PATHS
+                                      if task not in skip and os.path.exists(os.path.join(path, dest))]
+            log.info("Creating backup archive: %s ... " % name)
+            # Written in place (0600 from the start): a backup still running shows a
+            # growing tar.
+            fd = os.open(os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                r = subprocess.run(["tar", "-cf", "-", "-C", path] + contents, stdout=out,
+                                   stderr=subprocess.PIPE, text=True)
             if r.returncode != 0:
-                log.error("Dumping repository %s ... failed: %s" % (rel[:-4], r.stderr.strip()))
+                log.error("Creating archive %s failed" % name)
+                raise BackupError("Backup failed")
+            log.info("Creating backup archive: %s ... done" % name)
+            log.info("Uploading backup archive to remote storage  ... [SKIPPED]")
+            log.info("Deleting old backups ... [SKIPPED]")
+    except BackupExit:
+        return 1
+    except BackupError as e:
+        log.error(str(e))
+        print("rake aborted!\n%s" % e, file=sys.stderr) if not log.cron else None
+        return 1
+    finally:
+        if archive:
+            cleanup_staging(path, log)
+        remove_tmp(path, log)
+    log.warn("Warning: Your gitlab.rb and gitlab-secrets.json files contain sensitive data \n"
+             "and are not included in this backup. You will need these files to restore a backup.\n"
+             "Please back them up manually.")
+    log.info("Backup %s is done." % bid)
+    return 1 if failed else 0
+
+
+def dump_database(path, db, log):
+    log.info("Dumping PostgreSQL database gitlabhq_production ... ")
+    dest = os.path.join(path, "db", "database.sql.gz")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    ok = isinstance(db, bytes)
+    if ok:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            p = subprocess.Popen(compress_cmd(), shell=True, stdin=subprocess.PIPE, stdout=out,
+                                 stderr=subprocess.PIPE)
+            try:
+                _, err = p.communicate(db)
+            except BrokenPipeError:
+                _, err = p.communicate()
+            ok = p.returncode == 0
+            if err:
+                log.error(err.decode(errors="replace").strip())
+    else:
+        log.error(db)
+    if not ok:
+        log.error("[FAILED]")
+        log.error("Dumping database failed: Failed to create compressed file '%s' when trying to "
+                  "backup the main database:\n - host: '/var/opt/gitlab/postgresql'\n - port: '5432'\n"
+                  " - database: 'gitlabhq_production'" % dest)
+        return False
+    log.info("[DONE]")
+    return True
+
+
+# Gitaly's backup layout ("manifest" locator): per repository a directory named for its
+# relative path (without .git) holding one directory per backup id with numbered steps
+# (NNN.bundle + NNN.refs), and manifests/<storage>/<relative path>/<backup id>.toml plus
+# +latest.toml listing the steps a restore applies in order. An incremental step bundles
+# only what is not reachable from the previous step's refs.
+def manifest_dir(path, rel):
+    return os.path.join(path, "repositories", "manifests", "default", rel)
+
+
+def read_manifest(file):
+    steps, head = [], None
+    try:
+        with open(file) as f:
+            for line in f:
+                m = re.match(r"^(\w+) = '(.*)'$", line.strip())
+                if not m:
+                    if line.strip() == "[[steps]]":
+                        steps.append({})
+                    continue
+                if steps:
+                    steps[-1][m.group(1)] = m.group(2)
+                elif m.group(1) == "head_reference":
+                    head = m.group(2)
+    except OSError:
+        return None
+    return {"head": head, "steps": steps}
+
+
+def write_manifest(file, head, steps):
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    with open(file, "w") as f:
+        f.write("object_format = 'sha1'\nhead_reference = '%s'\n" % (head or ""))
+        for st in steps:
+            f.write("\n[[steps]]\n")
+            for k in ("bundle_path", "ref_path", "previous_ref_path", "custom_hooks_path"):
+                f.write("%s = '%s'\n" % (k, st.get(k, "")))
+
+
+def dump_repositories(path, bid, log, incremental):
+    repos_dir = os.path.join(path, "repositories")
+    if not incremental:
+        # A full backup starts from an empty repositories/ (what an earlier SKIP=tar
+        # backup left there is overwritten).
+        shutil.rmtree(repos_dir, ignore_errors=True)
+    os.makedirs(repos_dir, exist_ok=True)
+    ok = True
+    for rel in list_repos():
+        src = os.path.join(REPOS, rel)
+        name = rel[:-4]
+        mdir = manifest_dir(path, rel)
+        prev = read_manifest(os.path.join(mdir, "+latest.toml")) if incremental else None
+        steps = list(prev["steps"]) if prev and prev["steps"] else []
+        n = len(steps) + 1
+        step_dir = os.path.join(repos_dir, name, bid)
+        os.makedirs(step_dir, exist_ok=True)
+        bundle_rel = "%s/%s/%03d.bundle" % (name, bid, n)
+        refs_rel = "%s/%s/%03d.refs" % (name, bid, n)
+        refs = subprocess.run(["git", "-C", src, "for-each-ref", "--format=%(objectname) %(refname)"],
+                              capture_output=True, text=True)
+        head = subprocess.run(["git", "-C", src, "symbolic-ref", "-q", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        if refs.returncode != 0:
+            log.error("Dumping repository %s ... failed: %s" % (name, refs.stderr.strip()))
+            ok = False
+            continue
+        with open(os.path.join(path, "repositories", refs_rel), "w") as f:
+            f.write(refs.stdout)
+            if head:
+                f.write("ref: %s HEAD\n" % head)
+        negatives = []
+        if steps:
+            prev_refs = os.path.join(path, "repositories", steps[-1].get("ref_path", ""))
+            try:
+                with open(prev_refs) as f:
+                    for line in f:
+                        oid = line.split(" ", 1)[0]
+                        if re.match(r"^[0-9a-f]{40}$", oid):
+                            negatives.append("^" + oid)
+            except OSError:
+                negatives = []
+        bundle_path = ""
+        if refs.stdout.strip():
+            # Objects of the previous step that this repository no longer has cannot be
+            # excluded: git refuses unknown negatives, so keep only those it knows.
+            known = [n_ for n_ in negatives if subprocess.run(
+                ["git", "-C", src, "cat-file", "-e", n_[1:]], capture_output=True).returncode == 0]
+            r = subprocess.run(["git", "-C", src, "bundle", "create", "--quiet",
+                                os.path.join(path, "repositories", bundle_rel), "--all"] + known,
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                bundle_path = bundle_rel
+            elif "empty bundle" not in r.stderr:
+                log.error("Dumping repository %s ... failed: %s" % (name, r.stderr.strip()))
                 ok = False
                 continue
-            log.info("Dumping repository %s ... [DONE]" % rel[:-4])
-        # A real instance spends minutes to hours here (the test knob stands for that).
-        end = time.time() + backup_delay()
-        while time.time() < end:
-            time.sleep(min(0.2, max(0.0, end - time.time())))
-        if ok:
-            log.info("Dumping repositories ... done")
-        else:
-            log.error("Dumping repositories failed: some repositories could not be backed up")
-            failed.append("repositories")
-    for task, src in BACKUP_DIR_TASKS:
-        label = {"builds": "builds", "lfs": "lfs objects", "terraform_state": "terraform states",
-                 "ci_secure_files": "ci secure files"}.get(task, task)
-        if task in skip:
-            log.info("Dumping %s ... [SKIPPED]" % label)
-            continue
-        log.info("Dumping %s ... " % label)
-        tarball = os.path.join(path, task + ".tar.gz")
+        steps.append({"bundle_path": bundle_path, "ref_path": refs_rel,
+                      "previous_ref_path": steps[-1]["ref_path"] if steps else "",
+                      "custom_hooks_path": ""})
+        write_manifest(os.path.join(mdir, bid + ".toml"), head, steps)
+        write_manifest(os.path.join(mdir, "+latest.toml"), head, steps)
+        log.info("Dumping repository %s ... [DONE]%s" % (name, " (incremental)" if len(steps) > 1 else ""))
+    # A real instance spends minutes to hours here (the test knob stands for that).
+    end = time.time() + backup_delay()
+    while time.time() < end:
+        time.sleep(min(0.2, max(0.0, end - time.time())))
+    if not ok:
+        log.error("Dumping repositories failed: some repositories could not be backed up")
+    return ok
+
+
+def dump_files(path, task, human, src, strategy, log):
+    tarball = os.path.join(path, task + ".tar.gz")
+    if os.path.lexists(tarball):
+        os.unlink(tarball)
+    if not os.path.isdir(src):
+        log.error("rsync: [sender] change_dir \"%s\" failed: No such file or directory (2)" % src)
+        log.error("Dumping %s failed: Failed to create compressed file '%s' when trying to backup "
+                  "the following paths: '%s'" % (human, tarball, src))
+        return False
+    tar_src = src
+    if strategy == "copy":
+        # GitLab: rsync -a --delete <storage> <backup path>/, then tar that copy. A failed
+        # copy raises before the copy is removed: it stays in the backup path.
+        tar_src = os.path.join(path, os.path.basename(src))
         problems = []
-        tar_src = src
-        if not os.path.isdir(src):
-            problems.append("rsync: [sender] change_dir \"%s\" failed: No such file or directory (2)" % src)
-        elif strategy == "copy":
-            # GitLab copies with rsync first (STRATEGY=copy) into backups/tmp.
-            tar_src = os.path.join(path, "tmp", task)
-            try:
-                shutil.copytree(src, tar_src, symlinks=True, dirs_exist_ok=True)
-            except shutil.Error as e:
-                for entry in e.args[0][:5]:
-                    why = str(entry[2]) if len(entry) > 2 else str(entry)
-                    m = re.match(r"\[Errno (\d+)\] ([^:]+)", why)
-                    why = "%s (%s)" % (m.group(2), m.group(1)) if m else why
-                    problems.append("rsync: [sender] send_files failed to open \"%s\": %s" % (entry[0], why))
-            except OSError as e:
-                problems.append("rsync: [sender] %s" % e)
-        if not problems:
-            r = subprocess.run(["tar", "-C", tar_src, "-czf", tarball, "."], capture_output=True, text=True)
-            if r.returncode not in (0, 1):
-                problems.extend(l for l in r.stderr.strip().splitlines()[:5] if l)
-        if tar_src != src:
-            shutil.rmtree(tar_src, ignore_errors=True)
+        try:
+            shutil.copytree(src, tar_src, symlinks=True, dirs_exist_ok=True)
+        except shutil.Error as e:
+            for entry in e.args[0][:5]:
+                why = str(entry[2]) if len(entry) > 2 else str(entry)
+                m = re.match(r"\[Errno (\d+)\] ([^:]+)", why)
+                why = "%s (%s)" % (m.group(2), m.group(1)) if m else why
+                problems.append("rsync: [sender] send_files failed to open \"%s\": %s" % (entry[0], why))
+            problems.append("rsync error: some files/attrs were not transferred (see previous errors) (code 23)")
+        except OSError as e:
+            problems.append("rsync: [sender] %s" % e)
         if problems:
             for p in problems:
                 log.error(p)
             log.error("Dumping %s failed: Failed to create compressed file '%s' when trying to backup "
-                      "the following paths: '%s'" % (label, tarball, src))
-            failed.append(task)
-            continue
-        log.info("Dumping %s ... done" % label)
-    info = ("---\n:db_version: 20241010000000\n:backup_created_at: %s\n:gitlab_version: %s\n"
-            ":tar_version: tar (GNU tar) 1.34\n:installation_type: gitlab-omnibus-docker (GitLab TEST STAND-IN)\n"
-            ":skipped: %s\n:repositories_storages: ''\n:repositories_server_side: false\n"
-            % (now_utc().strftime("%Y-%m-%d %H:%M:%S.%f +0000"), ver, ",".join(sorted(skip))))
-    with open(path + "/backup_information.yml", "w") as f:
-        f.write(info)
-    parts = sorted(p for p in os.listdir(path)
-                   if p in ("backup_information.yml", "db", "repositories") or p.endswith(".tar.gz"))
-    log.info("Creating backup archive: %s ... " % name)
-    # Written in place: a backup still running shows its tar growing.
-    r = subprocess.run(["tar", "-C", path, "-cf", final] + parts, capture_output=True, text=True)
-    if r.returncode != 0:
-        log.error("Creating backup archive: %s failed: %s" % (name, r.stderr.strip()))
-        return 1
-    os.chmod(final, 0o600)
-    log.info("Creating backup archive: %s ... done" % name)
-    log.info("Uploading backup archive to remote storage  ... [SKIPPED]")
-    if failed:
-        # The parts stay in the staging directory; the tar holds what could be dumped.
-        log.error("Backup %s failed: %s could not be backed up" % (bid, ", ".join(failed)))
-        return 1
-    log.info("Deleting tar staging files ... ")
-    for p in parts:
-        full = os.path.join(path, p)
-        shutil.rmtree(full) if os.path.isdir(full) else os.unlink(full)
-    log.info("Deleting tar staging files ... done")
-    log.info("Deleting backups/tmp ... ")
-    shutil.rmtree(os.path.join(path, "tmp"), ignore_errors=True)
-    log.info("Deleting backups/tmp ... done")
-    log.info("Deleting old backups ... [SKIPPED]")
-    log.info("Warning: Your gitlab.rb and gitlab-secrets.json files contain sensitive data \n"
-             "and are not included in this backup. You will need these files to restore a backup.\n"
-             "Please back them up manually.")
-    log.info("Backup %s is done." % bid)
-    return 0
+                      "the following paths: '%s'" % (human, tarball, src))
+            return False
+    fd = os.open(tarball, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        codes, err = run_pipeline([["tar", "--exclude=lost+found", "-C", tar_src, "-cf", "-", "."],
+                                   compress_cmd()], stdout=out)
+    if tar_src != src:
+        shutil.rmtree(tar_src, ignore_errors=True)
+    tar_ok = codes[0] == 0 or codes[0] == 1
+    if codes[1] != 0 or not tar_ok:
+        for line in err.strip().splitlines()[:5]:
+            log.error(line)
+        log.error("Dumping %s failed: Failed to create compressed file '%s' when trying to backup "
+                  "the following paths: '%s'" % (human, tarball, src))
+        return False
+    return True
 
 
 def ask_yes_no(question):
@@ -1662,134 +2126,238 @@ def ask_yes_no(question):
 
 
 def backup_restore():
-    backups = ensure_backup_path()
-    bid = os.environ.get("BACKUP")
-    if not bid:
-        found = sorted(f[:-len("_gitlab_backup.tar")] for f in os.listdir(backups)
-                       if f.endswith("_gitlab_backup.tar"))
-        if not found:
-            print("No backups found in %s" % backups, file=sys.stderr)
-            print("Please make sure that file name ends with _gitlab_backup.tar", file=sys.stderr)
-            return 1
-        if len(found) > 1:
-            print("Found more than one backup:", file=sys.stderr)
-            for b in found:
-                print("  " + b, file=sys.stderr)
-            print("Specify the backup with BACKUP=<timestamp>", file=sys.stderr)
-            return 1
-        bid = found[0]
-    tar_path = os.path.join(backups, "%s_gitlab_backup.tar" % bid)
-    if not os.path.exists(tar_path):
-        print("The backup file %s does not exist!" % os.path.basename(tar_path), file=sys.stderr)
-        return 1
-    skip = {s.strip() for s in os.environ.get("SKIP", "").split(",") if s.strip()}
-    work = tempfile.mkdtemp(prefix="tmp_restore_", dir=backups)
-    try:
-        bk_out("Unpacking backup ... ")
-        r = subprocess.run(["tar", "-C", work, "-xf", tar_path], capture_output=True, text=True)
-        if r.returncode != 0:
-            print("Unpacking backup failed: %s" % r.stderr.strip(), file=sys.stderr)
-            return 1
-        subprocess.run(["chown", "-R", "%d:%d" % (GIT_UID, GIT_GID), work], check=True)
-        bk_out("Unpacking backup ... done")
-        info_text = open(os.path.join(work, "backup_information.yml")).read() \
-            if os.path.exists(os.path.join(work, "backup_information.yml")) else ""
-        m = re.search(r"^:gitlab_version:\s*(\S+)", info_text, re.M)
-        backup_ver = m.group(1).strip("'\"") if m else "unknown"
-        ver = version()
-        if backup_ver != ver:
-            print("GitLab version mismatch: your current GitLab version (%s) differs from the "
-                  "GitLab version in the backup (%s)" % (ver, backup_ver), file=sys.stderr)
-            print("  Please switch to the following version and try again:", file=sys.stderr)
-            print("  version: %s" % backup_ver, file=sys.stderr)
-            print("", file=sys.stderr)
-            print("  Hint: git checkout v%s" % backup_ver, file=sys.stderr)
-            return 1
-        m = re.search(r"^:skipped:\s*(.*)$", info_text, re.M)
-        skipped_in_backup = {s.strip() for s in (m.group(1) if m else "").strip("'\"").split(",") if s.strip()}
-        skip |= skipped_in_backup
-        if not ask_yes_no("Be sure to stop Puma, Sidekiq, and any other process that\n"
-                          "connects to the database before proceeding. For Omnibus\n"
-                          "installs, see the following link for more information:\n"
-                          "https://docs.gitlab.com/ee/raketasks/backup_restore.html#restore-for-omnibus-gitlab-installations\n\n"
-                          "Before restoring the database, we will remove all existing\n"
-                          "tables to avoid future upgrade problems. Be aware that if you have\n"
-                          "custom tables in the GitLab database these tables and all data will be\n"
-                          "removed.\n\nDo you want to continue"):
-            return 1
-        if "db" not in skip and os.path.exists(work + "/db/database.json"):
-            bk_out("Restoring database ... ")
-            bk_out("Restoring PostgreSQL database gitlabhq_production ... ")
-            with open(work + "/db/database.json") as f:
-                db = json.load(f)
-            ensure_dir(PGDATA, PSQL_UID, PSQL_GID, 0o700)
+    """As root: the root side only plays PostgreSQL (it drops and loads the database when
+    asked, as psql's server would); everything else runs as `git`, as GitLab's restore
+    does: the tar must be readable by git, the file areas are extracted as git."""
+    path = ensure_backup_path()
+    prepare_backup_log()
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(req_r)
+        os.close(rep_w)
+        code = 1
+        try:
+            demote(GIT_UID, GIT_GID)
+            os.environ["HOME"] = DATA
+            os.umask(0o022)
+            code = backup_restore_as_git(path, Postgres(req_w, rep_r))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException as e:
+            print("rake aborted!\n%s: %s" % (type(e).__name__, e), file=sys.stderr)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(req_w)
+    os.close(rep_r)
+    with os.fdopen(req_r, "rb") as requests, os.fdopen(rep_w, "w") as replies:
+        while True:
+            line = requests.readline()
+            if not line:
+                break
+            req = json.loads(line)
+            errors = []
             with db_lock():
-                db_save(db)
-            bk_out("Restoring PostgreSQL database gitlabhq_production ... [DONE]")
-            bk_out("Restoring database ... done")
-        else:
-            bk_out("Restoring database ... [SKIPPED]")
-        if "repositories" not in skip and os.path.isdir(work + "/repositories"):
-            bk_out("Restoring repositories ... ")
-            ensure_dir(REPOS, GIT_UID, GIT_GID, 0o2770)
-            for entry in os.listdir(REPOS):
-                p = os.path.join(REPOS, entry)
-                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
-            items = []
-            for root, _, files in os.walk(work + "/repositories"):
-                for fn in files:
-                    if fn.endswith(".bundle") or fn.endswith(".empty"):
-                        items.append(os.path.join(root, fn))
-            for item in sorted(items):
-                rel = os.path.relpath(item, work + "/repositories").rsplit(".", 1)[0] + ".git"
-                dest = os.path.join(REPOS, rel)
-                r = run_as_git(["git", "init", "--bare", "--quiet", dest], capture_output=True, text=True)
-                if r.returncode == 0:
-                    run_as_git(["git", "-C", dest, "config", "http.receivepack", "true"])
-                if r.returncode == 0 and item.endswith(".bundle"):
-                    r = run_as_git(["git", "-C", dest, "fetch", "--quiet", "--update-head-ok", item,
-                                    "+refs/*:refs/*"], capture_output=True, text=True)
-                    if r.returncode == 0:
-                        heads = run_as_git(["git", "bundle", "list-heads", item], capture_output=True,
-                                           text=True, cwd=dest).stdout.split("\n")
-                        refs = dict(reversed(l.split(" ", 1)) for l in heads if " " in l)
-                        head_oid = refs.get("HEAD")
-                        target = next((ref for ref, oid in refs.items()
-                                       if ref.startswith("refs/heads/") and oid == head_oid), None)
-                        if target:
-                            run_as_git(["git", "-C", dest, "symbolic-ref", "HEAD", target])
-                        else:
-                            fix_head(dest)
-                if r.returncode != 0:
-                    print("Error: restoring repository %s failed: %s" % (rel, r.stderr.strip()), file=sys.stderr)
-                    return 1
-                bk_out("Restoring repository %s ... [DONE]" % rel[:-4])
-            bk_out("Restoring repositories ... done")
-        else:
-            bk_out("Restoring repositories ... [SKIPPED]")
-        for task, dest in BACKUP_DIR_TASKS:
-            src = os.path.join(work, task + ".tar.gz")
-            if task in skip or not os.path.exists(src):
+                if req["op"] == "drop":
+                    db = {"database": "gitlabhq_production", "schema_version": "20241010000000",
+                          "next_id": 1, "records": []}
+                    ensure_dir(PGDATA, PSQL_UID, PSQL_GID, 0o700)
+                    db_save(db)
+                elif req["op"] == "load":
+                    data = requests.read(req["len"])
+                    try:
+                        db = json.loads(data.decode())
+                        if not isinstance(db, dict) or not isinstance(db.get("records"), list):
+                            raise ValueError("not a dump")
+                        db_save(db)
+                    except (ValueError, UnicodeDecodeError):
+                        # What psql says when fed something that is not SQL; it goes on
+                        # and exits 0 (no ON_ERROR_STOP), leaving the dropped database.
+                        first = "".join(c if c.isprintable() else "\ufffd"
+                                        for c in data[:16].decode("latin-1").split("\n")[0])
+                        errors.append('ERROR:  syntax error at or near "%s"\n' % first.replace('"', ""))
+                        errors.append("LINE 1: %s\n" % first)
+            replies.write(json.dumps({"status": 0, "errors": errors}) + "\n")
+            replies.flush()
+    return wait_child(pid)
+
+
+class Postgres:
+    """The restore's line to the root side standing for PostgreSQL."""
+
+    def __init__(self, req_fd, rep_fd):
+        self.req = os.fdopen(req_fd, "wb")
+        self.rep = os.fdopen(rep_fd, "r")
+
+    def call(self, op, data=b""):
+        self.req.write((json.dumps({"op": op, "len": len(data)}) + "\n").encode() + data)
+        self.req.flush()
+        return json.loads(self.rep.readline())
+
+
+def backup_restore_as_git(path, pg):
+    log = BackupLogger(os.environ.get("CRON") == "1")
+    skip = env_skips(os.environ.get("SKIP"))
+    bid_opt = os.environ.get("BACKUP") or None
+    force = bool(to_boolean(os.environ.get("FORCE", os.environ.get("force"))))
+    try:
+        unpack(path, bid_opt, log, incremental=False)
+    except BackupExit:
+        return 1
+    archive = "tar" not in skip
+    try:
+        info = read_info(path)
+        skip |= env_skips(info.get("skipped"))
+        archive = "tar" not in skip
+        if info.get("gitlab_version") != version():
+            version_mismatch(log, info.get("gitlab_version", "unknown"))
+            raise BackupExit()
+        bid = info.get("backup_id") or bid_opt or ""
+        if "db" not in skip:
+            restore_database(path, pg, log, force)
+        if "repositories" not in skip:
+            restore_repositories(path, bid, log)
+        for task, human, dest in BACKUP_FILE_TASKS:
+            if task in skip:
                 continue
-            bk_out("Restoring %s ... " % task)
-            os.makedirs(dest, exist_ok=True)
-            for entry in os.listdir(dest):
-                p = os.path.join(dest, entry)
-                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
-            r = subprocess.run(["tar", "-C", dest, "--same-owner", "-xzf", src], capture_output=True, text=True)
-            if r.returncode != 0:
-                print("Error: restoring %s failed: %s" % (task, r.stderr.strip()), file=sys.stderr)
-                return 1
-            bk_out("Restoring %s ... done" % task)
-        setup_data_dirs()
-        bk_out("Deleting backups/tmp ... ")
+            restore_files(path, task, human, dest, log)
+    except BackupExit:
+        return 1
+    except BackupError as e:
+        log.error(str(e))
+        print("rake aborted!\n%s" % e, file=sys.stderr) if not log.cron else None
+        return 1
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    bk_out("Deleting backups/tmp ... done")
-    bk_out("Warning: Your gitlab.rb and gitlab-secrets.json files contain sensitive data \n"
-           "and are not included in this backup. You will need to restore these files manually.")
-    bk_out("Restore task is done.")
+        if archive:
+            cleanup_staging(path, log)
+        remove_tmp(path, log)
+    log.warn("Warning: Your gitlab.rb and gitlab-secrets.json files contain sensitive data \n"
+             "and are not included in this backup. You will need to restore these files manually.")
+    log.info("Restore task is done.")
     return 0
+
+
+def restore_database(path, pg, log, force):
+    log.info("Restoring database ... ")
+    if not ask_yes_no("Be sure to stop Puma, Sidekiq, and any other process that\n"
+                      "connects to the database before proceeding. For Omnibus\n"
+                      "installs, see the following link for more information:\n"
+                      "https://docs.gitlab.com/ee/raketasks/backup_restore.html#restore-for-omnibus-gitlab-installations\n\n"
+                      "Before restoring the database, we will remove all existing\n"
+                      "tables to avoid future upgrade problems. Be aware that if you have\n"
+                      "custom tables in the GitLab database these tables and all data will be\n"
+                      "removed.\n\nDo you want to continue"):
+        log.error("Quitting...")
+        raise BackupExit()
+    dump = os.path.join(path, "db", "database.sql.gz")
+    if not os.path.exists(dump):
+        raise BackupError("Source database file does not exist %s" % dump)
+    if not force:
+        log.info("Removing all tables. Press `Ctrl-C` within 5 seconds to abort")
+        time.sleep(5)
+    log.info("Cleaning the database ... ")
+    pg.call("drop")
+    log.info("done")
+    log.info("Restoring PostgreSQL database gitlabhq_production ... ")
+    with open(dump, "rb") as f:
+        p = subprocess.run(decompress_cmd(), shell=True, stdin=f, capture_output=True)
+    if p.stderr:
+        sys.stderr.write(p.stderr.decode(errors="replace")) if not log.cron else None
+    reply = pg.call("load", p.stdout)
+    if reply["errors"]:
+        log.error("------ BEGIN ERRORS -----\n")
+        log.error("".join(reply["errors"]))
+        log.error("------ END ERRORS -------\n")
+    if p.returncode != 0 or reply["status"] != 0:
+        log.error("[FAILED]")
+        raise BackupError("Restore failed")
+    log.info("[DONE]")
+    log.info("Restoring database ... done")
+
+
+def restore_repositories(path, bid, log):
+    log.info("Restoring repositories ... ")
+    manifests = os.path.join(path, "repositories", "manifests", "default")
+    plans = []
+    for root, dirs, files in os.walk(manifests):
+        if root.endswith(".git") and (bid + ".toml") in files:
+            plans.append((os.path.relpath(root, manifests), read_manifest(os.path.join(root, bid + ".toml"))))
+            dirs[:] = []
+    # Gitaly replaces every repository: what is not in the backup is gone afterwards.
+    for entry in os.listdir(REPOS):
+        p = os.path.join(REPOS, entry)
+        try:
+            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+        except OSError as e:
+            raise BackupError("Restoring repositories failed: %s" % e)
+    for rel, manifest in sorted(plans):
+        dest = os.path.join(REPOS, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        r = subprocess.run(["git", "init", "--bare", "--quiet", dest], capture_output=True, text=True)
+        if r.returncode == 0:
+            subprocess.run(["git", "-C", dest, "config", "http.receivepack", "true"])
+        for step in manifest["steps"]:
+            if r.returncode != 0:
+                break
+            if step.get("bundle_path"):
+                r = subprocess.run(["git", "-C", dest, "fetch", "--quiet", "--update-head-ok",
+                                    os.path.join(path, "repositories", step["bundle_path"]),
+                                    "+refs/*:refs/*"], capture_output=True, text=True)
+        if r.returncode == 0 and manifest["steps"]:
+            # The refs are exactly those of the last step (deleted branches go).
+            want = {}
+            try:
+                with open(os.path.join(path, "repositories", manifest["steps"][-1]["ref_path"])) as f:
+                    for line in f:
+                        oid, _, ref = line.rstrip("\n").partition(" ")
+                        if ref and ref != "HEAD":
+                            want[ref] = oid
+            except OSError as e:
+                r = subprocess.CompletedProcess([], 1, "", str(e))
+            have = subprocess.run(["git", "-C", dest, "for-each-ref", "--format=%(refname)"],
+                                  capture_output=True, text=True).stdout.split()
+            for ref in have:
+                if ref not in want:
+                    subprocess.run(["git", "-C", dest, "update-ref", "-d", ref])
+            head = manifest["head"] or next((ref for ref in sorted(want) if ref.startswith("refs/heads/")), "")
+            if head:
+                subprocess.run(["git", "-C", dest, "symbolic-ref", "HEAD", head])
+        if r.returncode != 0:
+            raise BackupError("Restoring repository %s failed: %s" % (rel, r.stderr.strip()))
+        log.info("Restoring repository %s ... [DONE]" % rel[:-4])
+    log.info("Restoring repositories ... done")
+
+
+def restore_files(path, task, human, dest, log):
+    tarball = os.path.join(path, task + ".tar.gz")
+    if not os.path.exists(tarball):
+        return
+    log.info("Restoring %s ... " % human)
+    if os.path.exists(dest):
+        # GitLab moves what is there aside (into backups/tmp, deleted at the end); what
+        # git may not move stops the restore.
+        aside = os.path.join(path, "tmp", "%s.%d" % (task, int(time.time())))
+        try:
+            os.makedirs(aside, mode=0o700, exist_ok=True)
+            for entry in os.listdir(dest):
+                shutil.move(os.path.join(dest, entry), os.path.join(aside, entry))
+        except PermissionError:
+            raise BackupError(
+                "\n### NOTICE ###\nAs part of restore, the task tried to move existing content from %s.\n"
+                "However, it seems that directory contains files/folders that are not owned\n"
+                "by the user git. To proceed, please move the files\n"
+                "or folders inside %s to a secure location so that %s is empty and\n"
+                "run restore task again.\n" % (dest, dest, dest))
+    os.makedirs(dest, exist_ok=True)
+    with open(tarball, "rb") as f:
+        codes, err = run_pipeline([decompress_cmd(), ["tar", "--unlink-first", "--recursive-unlink",
+                                                      "-C", dest, "-xf", "-"]], stdin=f)
+    if codes[0] != 0 or codes[1] != 0:
+        raise BackupError("Restore operation failed: %s" % err)
+    log.info("Restoring %s ... done" % human)
 
 
 def backup_main(args):
