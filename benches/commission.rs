@@ -193,17 +193,30 @@ async fn commission_round(girofle: &Girofle, name: &str) -> BenchResult<Round> {
         })
         .await?;
     let total = started.elapsed().as_secs_f64();
-    let inspected = inspect(&record.container_name())?;
+    // Girofle returns once its own probe passed, which may be before the engine's (every
+    // second here): wait for the engine's to time the container.
+    let deadline = Instant::now() + std::time::Duration::from_secs(15);
+    let (inspected, passed) = loop {
+        let inspected = inspect(&record.container_name())?;
+        let passed = inspected["State"]["Health"]["Log"]
+            .as_array()
+            .ok_or("docker inspect shows no State.Health.Log: the container has no health check")?
+            .iter()
+            .position(|p| p["ExitCode"].as_i64() == Some(0));
+        match passed {
+            Some(i) => break (inspected, i),
+            None if Instant::now() >= deadline => {
+                return Err(
+                    "no passing probe of the engine's within 15 s of commission's return".into(),
+                )
+            }
+            None => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    };
     let created_at = timestamp(&inspected["Created"])?;
     let state = &inspected["State"];
     let started_at = timestamp(&state["StartedAt"])?;
-    let log = state["Health"]["Log"]
-        .as_array()
-        .ok_or("docker inspect shows no State.Health.Log: the container has no health check")?;
-    let passed = log
-        .iter()
-        .position(|p| p["ExitCode"].as_i64() == Some(0))
-        .ok_or("no passing probe in State.Health.Log, yet commission returned")?;
+    let log = state["Health"]["Log"].as_array().expect("checked above");
     // Docker keeps the last 5 probes only: when they all passed, the first pass may be
     // gone (it is not otherwise: a pass drops out only after 5 newer probes).
     if log.len() >= 5 && passed == 0 {
