@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use girofle_core::daemon::{self, DaemonOptions};
+use girofle_core::daemon::DaemonOptions;
 use girofle_core::schedule::RunRecord;
 use girofle_core::Result;
 
@@ -76,7 +76,7 @@ pub async fn run(ctx: &Ctx, args: DaemonArgs) -> Result<()> {
             std::process::id()
         );
     }
-    let report = daemon::run(g, options).await?;
+    let report = g.run_daemon(options).await?;
     print(ctx, &report, || {
         format!(
             "{} stopped: {} runs ({} failed), {} interrupted at the stop, {} found interrupted",

@@ -33,8 +33,8 @@ pub async fn run(ctx: &Ctx, args: MetricsArgs) -> Result<()> {
     let g = ctx.open().await?;
     match args.command {
         None => match args.textfile {
-            Some(path) => metrics::write_textfile(&g, &path).await?,
-            None => print!("{}", metrics::render(&g).await?),
+            Some(path) => g.write_metrics_textfile(&path).await?,
+            None => print!("{}", g.render_metrics().await?),
         },
         Some(MetricsCommand::Serve { listen }) => {
             let addr = match listen.or(g.config().metrics.listen) {
@@ -62,7 +62,7 @@ pub async fn run(ctx: &Ctx, args: MetricsArgs) -> Result<()> {
                 }
             };
             tokio::select! {
-                r = metrics::serve_on(g, listener) => r?,
+                r = g.serve_metrics_on(listener) => r?,
                 () = stop => eprintln!("girofle: metrics server stopped"),
             }
         }

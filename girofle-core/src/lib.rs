@@ -2,39 +2,30 @@
 //! only parse, call this library and print.
 //!
 //! Start with [`Girofle::open`] on a root initialised by [`Girofle::init`].
+//! ARCHITECTURE.md at the root of the repository maps the floors: `adapters` (engine,
+//! inventory, stores), `model` (instances, journal, intents, locks, config), `ops`
+//! (lifecycle, backup, restore, recovery), `service` (schedules, daemon, metrics, status,
+//! state) and the front door, [`Girofle`].
 
-pub mod address;
+pub mod adapters;
 pub mod archive;
-pub mod backup;
-pub mod checks;
-pub mod config;
-pub mod daemon;
 pub mod error;
-pub mod fingerprint;
-pub mod fleet;
 pub mod fsutil;
-mod gitlab_backup;
-pub mod health;
-pub mod instance;
-pub mod inventory;
-pub mod journal;
-pub mod lock;
-pub mod metrics;
-pub mod notify;
-pub mod recovery;
-pub mod restore;
+mod girofle;
+pub mod model;
+pub mod ops;
 pub mod ruby;
-pub mod runtime;
-pub mod schedule;
-pub mod signing;
-pub mod state;
-pub mod status;
-pub mod store;
+pub mod service;
+
+// The public paths of the first wave, kept for the fronts and for users' code.
+pub use adapters::{inventory, runtime, store};
+pub use model::{address, config, fingerprint, health, instance, journal, lock, notify, signing};
+pub use ops::{backup, checks, fleet, recovery, restore};
+pub use service::{daemon, metrics, schedule, state, status};
 
 pub use error::{Error, Result};
-pub use fleet::{
-    CommissionRequest, DecommissionOptions, Girofle, InstanceState, InstanceStatus, OpenOptions,
-};
+pub use fleet::{CommissionRequest, DecommissionOptions, InstanceState, InstanceStatus};
+pub use girofle::{Girofle, OpenOptions};
 
 /// The version of Girofle recorded in journals and backup manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -26,18 +26,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::adapters::inventory::InventoryExt;
+use crate::adapters::runtime::{ContainerRuntimeExt, ExecSpec};
+use crate::adapters::store::BackupStore;
 use crate::archive::{
     self, ChannelReader, ChannelWriter, CompressionOptions, ExpectedIndex, IndexSummary, Progress,
     Source,
 };
 use crate::error::{Error, IoContext, Result};
-use crate::fleet::Girofle;
-use crate::instance::{self, InstanceDirs, InstanceRecord};
-use crate::inventory::InventoryExt;
-use crate::recovery::{IntentFile, Operation};
-use crate::runtime::{ContainerRuntimeExt, ExecSpec};
-use crate::signing::{SignatureCheck, Signed, TrustedKeys, SIGNATURE_SUFFIX};
-use crate::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
+use crate::model::context::Context;
+use crate::model::instance::{self, InstanceDirs, InstanceRecord};
+use crate::model::signing::{SignatureCheck, Signed, TrustedKeys, SIGNATURE_SUFFIX};
+use crate::ops::recovery::{IntentFile, Operation};
 
 /// The archive format this Girofle writes (and the only one it reads): 2 has the index as
 /// JSON lines, in the archive and beside it as its own object.
@@ -586,31 +586,7 @@ pub async fn verify_in_store(
     .await
 }
 
-impl Girofle {
-    /// Opens a store by name: `local` (built in, `<root>/backups`) or one of `[stores]`.
-    ///
-    /// # Errors
-    /// `NotFound` naming the configured stores.
-    pub fn store(&self, name: Option<&str>) -> Result<Arc<dyn BackupStore>> {
-        match name.unwrap_or(LOCAL_STORE_NAME) {
-            LOCAL_STORE_NAME => local_store(&self.root.join("backups")),
-            other => match self.config.stores.get(other) {
-                Some(config) => open_store(other, config),
-                None => Err(Error::not_found(
-                    format!("store `{other}`"),
-                    format!(
-                        "the stores are: local{}; add [stores.{other}] to girofle.toml",
-                        self.config
-                            .stores
-                            .keys()
-                            .map(|k| format!(", {k}"))
-                            .collect::<String>()
-                    ),
-                )),
-            },
-        }
-    }
-
+impl Context {
     fn compression(&self) -> CompressionOptions {
         let default = CompressionOptions::default();
         CompressionOptions {
@@ -623,12 +599,7 @@ impl Girofle {
     }
 
     /// Takes a backup of an instance into a store.
-    ///
-    /// # Errors
-    /// `NotFound` for an unknown instance or store, `Conflict` when another operation
-    /// holds the instance or an online backup finds it unhealthy, `Command` when
-    /// `gitlab-backup` fails, `Io`/`Backend` when writing fails (nothing is listed then).
-    pub async fn backup(&self, name: &str, options: BackupOptions) -> Result<BackupReport> {
+    pub(crate) async fn backup(&self, name: &str, options: BackupOptions) -> Result<BackupReport> {
         let record = self.inventory.get(name).await?;
         self.journaled(
             "backup",
@@ -644,7 +615,7 @@ impl Girofle {
     pub(crate) async fn final_backup(&self, record: &InstanceRecord) -> Result<String> {
         let info = self.runtime.inspect(&record.container_name()).await?;
         let healthy = match &info {
-            Some(i) => crate::health::serves_now(&*self.runtime, i).await,
+            Some(i) => crate::model::health::serves_now(&*self.runtime, i).await,
             None => false,
         };
         let dirs = InstanceDirs::new(&self.root, &record.name);
@@ -720,14 +691,14 @@ impl Girofle {
     ) -> Result<BackupReport> {
         let store = self.store(options.store.as_deref())?;
         // Before GitLab is touched: a backup that could not be signed is of no use.
-        let signer = crate::signing::SigningKey::load(&self.root)?;
+        let signer = crate::model::signing::SigningKey::load(&self.root)?;
         let _lock = self.lock_instance(&record.name, "backup").await?;
         let container = record.container_name();
         let info = self.runtime.inspect(&container).await?;
         let running = info.as_ref().map(|i| i.running).unwrap_or(false);
         if options.strategy == Strategy::Online {
             let healthy = match &info {
-                Some(i) => crate::health::serves_now(&*self.runtime, i).await,
+                Some(i) => crate::model::health::serves_now(&*self.runtime, i).await,
                 None => false,
             };
             if !healthy {
@@ -750,7 +721,7 @@ impl Girofle {
             edition,
             strategy: options.strategy,
             created_at: Utc::now(),
-            host: crate::journal::host_name(),
+            host: crate::model::journal::host_name(),
             girofle_version: crate::VERSION.to_string(),
             include_logs: !options.no_logs,
             gitlab_backup_id: None,
@@ -802,7 +773,7 @@ impl Girofle {
                 let restarted = if running {
                     match self.runtime.start(&container).await {
                         Ok(()) => {
-                            crate::health::wait_booted(
+                            crate::model::health::wait_booted(
                                 &*self.runtime,
                                 &container,
                                 self.boot_timeout(),
@@ -844,7 +815,7 @@ impl Girofle {
                 };
                 // Where GitLab stages its parts and writes its tar: its backup path, in
                 // the data volume (refused before anything runs when it is elsewhere).
-                let gitlab_dir = crate::gitlab_backup::backup_path(&record.name, &dirs)?;
+                let gitlab_dir = crate::ops::gitlab_backup::backup_path(&record.name, &dirs)?;
                 let tar_name = format!("{gid}_gitlab_backup.tar");
                 let produced = gitlab_dir.host.join(&tar_name);
                 // Move GitLab's tar out of the data volume into a directory of its own
@@ -870,7 +841,7 @@ impl Girofle {
                 )?;
                 // Under CRON=1 GitLab prints nothing, errors included: its reasons are
                 // only what it appends to backup_json.log from now on.
-                let log_mark = crate::gitlab_backup::LogMark::now(&dirs);
+                let log_mark = crate::ops::gitlab_backup::LogMark::now(&dirs);
                 let ran = match self.runtime.exec(&container, &create).await {
                     Ok(out) if out.exit_code == 0 => Ok(()),
                     Ok(out) => Err(self.gitlab_backup_failed(
@@ -930,7 +901,11 @@ impl Girofle {
                 let _ = std::fs::remove_dir_all(&holder);
                 // GitLab deletes its staging parts after packing them; whatever it left
                 // (its `tmp/`, a part of a run it did not finish) must not linger either.
-                let _ = crate::gitlab_backup::remove_parts(&dirs.data, &gitlab_dir.host, &tar_name);
+                let _ = crate::ops::gitlab_backup::remove_parts(
+                    &dirs.data,
+                    &gitlab_dir.host,
+                    &tar_name,
+                );
                 match result {
                     Ok(manifest) => (manifest, None, intent),
                     Err(e) => {
@@ -967,7 +942,7 @@ impl Girofle {
             self.settle(intent).await;
             return Err(e);
         }
-        crate::notify::made_backup(&id);
+        crate::model::notify::made_backup(&id);
         intent.finish()?;
         Ok(BackupReport {
             id,
@@ -992,27 +967,27 @@ impl Girofle {
         &self,
         container: &str,
         create: &ExecSpec,
-        out: crate::runtime::ExecOutput,
-        mark: &crate::gitlab_backup::LogMark,
+        out: crate::adapters::runtime::ExecOutput,
+        mark: &crate::ops::gitlab_backup::LogMark,
         dirs: &InstanceDirs,
-        gitlab_dir: &crate::gitlab_backup::BackupPath,
+        gitlab_dir: &crate::ops::gitlab_backup::BackupPath,
         tar_name: &str,
     ) -> Error {
         let printed = out.output.trim();
-        if crate::gitlab_backup::refused_as_busy(printed) {
+        if crate::ops::gitlab_backup::refused_as_busy(printed) {
             return Error::Conflict(format!(
                 "GitLab in container `{container}` refused to back up: another backup or restore runs inside it (GitLab: {}); wait for it to end, then back up again",
-                crate::runtime::last_lines(printed, 5).trim()
+                crate::adapters::runtime::last_lines(printed, 5).trim()
             ));
         }
         let mut output = mark.said().to_string();
         if !printed.is_empty() {
             output.push_str(&format!(
                 "\nGitLab printed:\n{}",
-                crate::runtime::last_lines(printed, 20)
+                crate::adapters::runtime::last_lines(printed, 20)
             ));
         }
-        match crate::gitlab_backup::remove_parts(&dirs.data, &gitlab_dir.host, tar_name) {
+        match crate::ops::gitlab_backup::remove_parts(&dirs.data, &gitlab_dir.host, tar_name) {
             Ok(removed) if removed.is_empty() => {}
             Ok(removed) => output.push_str(&format!(
                 "\nGirofle removed what GitLab left in its backup path {} ({})",
@@ -1064,11 +1039,7 @@ impl Girofle {
     }
 
     /// Reads and checks a backup's manifest and its signature.
-    ///
-    /// # Errors
-    /// `NotFound` when there is no such backup, `Corrupt` when the manifest is damaged or
-    /// not signed by a trusted key.
-    pub async fn manifest(&self, id: &str, store: Option<&str>) -> Result<Manifest> {
+    pub(crate) async fn manifest(&self, id: &str, store: Option<&str>) -> Result<Manifest> {
         parse_id(id)?;
         let store = self.store(store)?;
         read_manifest(&store, id, &self.trusted_keys()?).await
@@ -1078,10 +1049,7 @@ impl Girofle {
     /// manifest is damaged, or whose archive is missing or of the wrong size, is not
     /// listed. Unsigned and untrusted ones are, saying so (`signed`); only trusted ones
     /// restore. Needs no secret key.
-    ///
-    /// # Errors
-    /// `NotFound` for an unknown store, `Backend` when it cannot be listed.
-    pub async fn list_backups(
+    pub(crate) async fn list_backups(
         &self,
         name: Option<&str>,
         store: Option<&str>,
@@ -1091,10 +1059,7 @@ impl Girofle {
 
     /// As [`list_backups`](Self::list_backups), and the backups it leaves out because
     /// they are damaged (for the operator to be told: such a backup cannot be restored).
-    ///
-    /// # Errors
-    /// As [`list_backups`](Self::list_backups).
-    pub async fn scan_backups(
+    pub(crate) async fn scan_backups(
         &self,
         name: Option<&str>,
         store: Option<&str>,
@@ -1128,10 +1093,7 @@ impl Girofle {
 
     /// Checks a backup end to end without restoring it: manifest checksum, archive size
     /// and hash, zstd checksum, every file's hash. Returns the manifest.
-    ///
-    /// # Errors
-    /// `Corrupt` naming what is damaged, `NotFound` when absent.
-    pub async fn verify(&self, id: &str, store: Option<&str>) -> Result<Manifest> {
+    pub(crate) async fn verify(&self, id: &str, store: Option<&str>) -> Result<Manifest> {
         let store_name = store.map(str::to_string);
         self.journaled(
             "verify",
@@ -1150,12 +1112,12 @@ impl Girofle {
 
     /// Copies a backup to another store, archive first (its hash checked on the way),
     /// then its signature, manifest last (the same bytes: the signature still matches).
-    ///
-    /// # Errors
-    /// `Corrupt` when the source archive does not match its manifest (nothing is left at
-    /// the destination) or the backup is not signed by a trusted key, `NotFound` for an
-    /// unknown backup or store.
-    pub async fn copy_backup(&self, id: &str, from: Option<&str>, to: &str) -> Result<Manifest> {
+    pub(crate) async fn copy_backup(
+        &self,
+        id: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<Manifest> {
         let from_name = from.map(str::to_string);
         self.journaled(
             "backup-copy",
@@ -1195,11 +1157,7 @@ impl Girofle {
     /// signed by a key this fleet does not trust, once the operator has checked where it
     /// came from. Checks it end to end first (every hash, as `verify`) and refuses a
     /// damaged one; a backup a trusted key signed already is left as it is.
-    ///
-    /// # Errors
-    /// `Corrupt` when the backup is damaged (no signature is written), `NotFound` for an
-    /// unknown backup or store, or when this root has no secret key.
-    pub async fn sign_backup(&self, id: &str, store: Option<&str>) -> Result<SignReport> {
+    pub(crate) async fn sign_backup(&self, id: &str, store: Option<&str>) -> Result<SignReport> {
         let store_name = store.map(str::to_string);
         self.journaled(
             "backup-sign",
@@ -1222,7 +1180,7 @@ impl Girofle {
                 if was.signed == Signed::Trusted {
                     return Ok(report(was.key_id.clone().unwrap_or_default(), false));
                 }
-                let signer = crate::signing::SigningKey::load(&self.root)?;
+                let signer = crate::model::signing::SigningKey::load(&self.root)?;
                 verify_in_store(&store, &manifest.archive, &manifest.index)
                     .await
                     .map_err(|e| match e {
@@ -1243,10 +1201,7 @@ impl Girofle {
 
     /// Deletes the backups a retention policy does not keep, per instance, in one store.
     /// The newest backup of an instance is always kept. Returns the deleted ids.
-    ///
-    /// # Errors
-    /// `InvalidInput` when the policy keeps nothing, `NotFound` for an unknown store.
-    pub async fn prune(
+    pub(crate) async fn prune(
         &self,
         name: Option<&str>,
         store: Option<&str>,

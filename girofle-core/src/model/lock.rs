@@ -27,7 +27,7 @@ impl InstanceLock {
     /// `Conflict` naming the holder when another operation holds it, `Io` otherwise.
     pub fn acquire(root: &Path, name: &str, operation: &str) -> Result<Self> {
         // The name becomes a file name under the root.
-        crate::instance::validate_name(name)?;
+        crate::model::instance::validate_name(name)?;
         let dir = root.join("locks");
         std::fs::create_dir_all(&dir).ctx("create directory", &dir)?;
         let path = dir.join(format!("{name}.lock"));
@@ -54,8 +54,8 @@ impl InstanceLock {
         }
         let text = format!(
             "`{operation}` by {} on {} (pid {}, since {})",
-            crate::journal::current_user(),
-            crate::journal::host_name(),
+            crate::model::journal::current_user(),
+            crate::model::journal::host_name(),
             std::process::id(),
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
         );

@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::fleet::Girofle;
-use crate::journal::{self, Record};
+use crate::model::context::Context;
+use crate::model::journal::{self, Record};
 
 /// The `[notify]` section of girofle.toml.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -129,7 +129,7 @@ pub(crate) fn made_backup(id: &str) {
 /// Called by `Girofle::journaled` once an operation has ended (with its record before
 /// redaction): sends the document when the operation is one that is notified, and logs a
 /// failed delivery to stderr.
-pub(crate) async fn after_operation(g: &Girofle, record: &Record, nested: Nested) {
+pub(crate) async fn after_operation(g: &Context, record: &Record, nested: Nested) {
     let config = &g.config.notify;
     let nested_sent = nested.sent;
     let wanted = config.webhook_url.is_some()
@@ -199,7 +199,7 @@ pub fn document(record: &Record, made: Option<&str>, secrets: &[String]) -> Valu
 /// # Errors
 /// `InvalidInput` when no webhook is configured or its URL is not `http://`, `Backend`
 /// when it cannot be reached in `[notify] timeout_secs` or answers anything but 2xx.
-pub async fn send(g: &Girofle, event: &Value) -> Result<()> {
+pub async fn send(g: &Context, event: &Value) -> Result<()> {
     let config = &g.config.notify;
     let url = config.webhook_url.as_deref().ok_or_else(|| {
         Error::invalid(

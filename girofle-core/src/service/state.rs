@@ -26,13 +26,13 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{Config, CONFIG_FILE};
+use crate::adapters::inventory::Fleet;
 use crate::error::{Error, IoContext, Result};
-use crate::fingerprint::FingerprintKey;
-use crate::fleet::Girofle;
-use crate::instance::InstanceRecord;
-use crate::inventory::Fleet;
-use crate::journal::{self, Journal, Record};
+use crate::model::config::{Config, CONFIG_FILE};
+use crate::model::context::Context;
+use crate::model::fingerprint::FingerprintKey;
+use crate::model::instance::InstanceRecord;
+use crate::model::journal::{self, Journal, Record};
 
 /// The state format this Girofle writes (and the newest it reads).
 pub const STATE_FORMAT_VERSION: u32 = 1;
@@ -210,17 +210,17 @@ fn export_blocking(root: &Path, file: &Path) -> Result<StateReport> {
     );
     // The signing key goes along: backups made on the new host are signed by the same
     // fleet, and the old ones stay trusted.
-    crate::signing::ensure_key(root)?;
-    let key_id = crate::signing::own_public_key(root)?.id();
+    crate::model::signing::ensure_key(root)?;
+    let key_id = crate::model::signing::own_public_key(root)?.id();
     let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
-    let secret = crate::signing::secret_key_path(root);
+    let secret = crate::model::signing::secret_key_path(root);
     if secret.exists() {
         keys.push((
             SIGNING_KEY.to_string(),
             std::fs::read(&secret).ctx("read", &secret)?,
         ));
     }
-    let trusted_dir = crate::signing::trusted_keys_dir(root);
+    let trusted_dir = crate::model::signing::trusted_keys_dir(root);
     if let Ok(dir) = std::fs::read_dir(&trusted_dir) {
         let mut names: Vec<String> = dir
             .filter_map(|e| e.ok())
@@ -494,7 +494,7 @@ fn import_blocking(root: &Path, file: &Path, force: bool) -> Result<StateReport>
         .get(SIGNING_KEY)
         .filter(|_| listed(SIGNING_KEY))
         .map(Vec::as_slice);
-    crate::signing::check_state_keys(secret_key, &trusted_keys)?;
+    crate::model::signing::check_state_keys(secret_key, &trusted_keys)?;
     for d in ["instances", "backups", "decommissioned", "locks", "staging"] {
         let p = root.join(d);
         std::fs::create_dir_all(&p).ctx("create directory", &p)?;
@@ -504,7 +504,7 @@ fn import_blocking(root: &Path, file: &Path, force: bool) -> Result<StateReport>
     let imported = read_fleet(&scratch.0)?;
     let db_path = root.join(INVENTORY);
     let current = if db_path.exists() {
-        crate::inventory::SqliteInventory::open(&db_path)?;
+        crate::adapters::inventory::SqliteInventory::open(&db_path)?;
         read_fleet(&db_path)?
     } else {
         Fleet::default()
@@ -522,9 +522,9 @@ fn import_blocking(root: &Path, file: &Path, force: bool) -> Result<StateReport>
     restore_database(&scratch.0, &db_path)?;
     drop(scratch);
     let added = merge_journal(&root.join(JOURNAL), &loaded.files[JOURNAL])?;
-    let keys = crate::signing::import_keys(root, secret_key, &trusted_keys)?;
+    let keys = crate::model::signing::import_keys(root, secret_key, &trusted_keys)?;
     // Tables a newer schema adds on open (and the inventory's own) are there afterwards.
-    Girofle::init(root)?;
+    Context::init(root)?;
     Ok(StateReport {
         file: file.to_path_buf(),
         root: root.to_path_buf(),
@@ -606,7 +606,7 @@ pub async fn export(root: &Path, file: &Path) -> Result<StateReport> {
 /// `Corrupt` for a damaged file, `VersionMismatch` for a newer state format,
 /// `InvalidInput` when its configuration does not parse here, `NotFound` for no file.
 pub async fn import(root: &Path, file: &Path, force: bool) -> Result<StateReport> {
-    if let Some(e) = crate::config::root_not_a_directory(root) {
+    if let Some(e) = crate::model::config::root_not_a_directory(root) {
         return Err(e);
     }
     let root = std::path::absolute(root).ctx("resolve", root)?;
@@ -642,20 +642,14 @@ fn secrets_of(root: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-impl Girofle {
+impl Context {
     /// Exports this root's state into `file`; see [`export`].
-    ///
-    /// # Errors
-    /// As [`export`].
-    pub async fn export_state(&self, file: &Path) -> Result<StateReport> {
+    pub(crate) async fn export_state(&self, file: &Path) -> Result<StateReport> {
         export(&self.root, file).await
     }
 
     /// Imports a state file into `root` (which may be uninitialised); see [`import`].
-    ///
-    /// # Errors
-    /// As [`import`].
-    pub async fn import_state(root: &Path, file: &Path, force: bool) -> Result<StateReport> {
+    pub(crate) async fn import_state(root: &Path, file: &Path, force: bool) -> Result<StateReport> {
         import(root, file, force).await
     }
 }
@@ -667,9 +661,9 @@ mod tests {
     async fn root_with_instances(n: usize) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        Girofle::init(&root).unwrap();
-        let inv = crate::inventory::SqliteInventory::open(&root.join(INVENTORY)).unwrap();
-        use crate::inventory::Inventory;
+        Context::init(&root).unwrap();
+        let inv = crate::adapters::inventory::SqliteInventory::open(&root.join(INVENTORY)).unwrap();
+        use crate::adapters::inventory::Inventory;
         inv.transact(&mut |f: &mut Fleet| {
             for i in 0..n {
                 let rec: InstanceRecord = serde_json::from_value(json!({

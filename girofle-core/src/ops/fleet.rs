@@ -6,47 +6,25 @@
 //! operations to it in `backup` and `restore`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::address::{allocate, AddressRequest};
-use crate::config::Config;
+use crate::adapters::inventory::{unknown_instance, Fleet, InventoryExt};
+use crate::adapters::runtime::{ContainerRuntimeExt, ExecSpec, Health, PublishedPort};
 use crate::error::{Error, IoContext, Result};
-use crate::fingerprint::FingerprintKey;
-use crate::health;
-use crate::instance::{
-    self, container_spec, render_gitlab_rb, HealthSettings, InstanceDirs, InstanceRecord, Stage,
-    LABEL_MANAGED, LABEL_ROOT,
+use crate::model::address::{allocate, AddressRequest};
+use crate::model::context::Context;
+use crate::model::fingerprint::FingerprintKey;
+use crate::model::health;
+use crate::model::instance::{
+    self, container_spec, render_gitlab_rb, InstanceDirs, InstanceRecord, Stage, LABEL_MANAGED,
+    LABEL_ROOT,
 };
-use crate::inventory::{unknown_instance, Fleet, Inventory, InventoryExt, SqliteInventory};
-use crate::journal::{self, Journal, Record};
-use crate::recovery::{IntentFile, Operation, Recovery};
-use crate::runtime::{
-    ContainerRuntime, ContainerRuntimeExt, DockerRuntime, ExecSpec, Health, PublishedPort,
-};
-
-/// How to open a root.
-#[derive(Clone, Debug, Default)]
-pub struct OpenOptions {
-    /// Docker engine address; overrides `[docker] host` and `$DOCKER_HOST`.
-    pub docker_host: Option<String>,
-}
-
-/// Girofle opened on a root directory.
-#[derive(Debug, Clone)]
-pub struct Girofle {
-    pub(crate) root: PathBuf,
-    pub(crate) config: Config,
-    pub(crate) runtime: Arc<dyn ContainerRuntime>,
-    pub(crate) inventory: Arc<dyn Inventory>,
-    pub(crate) journal: Journal,
-}
+use crate::ops::recovery::{IntentFile, Operation, Recovery};
 
 /// What to commission.
 #[derive(Clone, Debug, Default)]
@@ -152,22 +130,6 @@ fn given_values(texts: &[String]) -> Vec<String> {
     instance::setting_values(raw.iter())
 }
 
-/// Makes the root 0700: instance data, the configuration and the inventory are
-/// reachable through it by its owner only (dockerd, running as root, needs no more for
-/// the bind mounts). A read-only root is left as it is: its writes fail with their own
-/// message.
-fn make_root_private(root: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(root).ctx("read", root)?;
-    if meta.permissions().mode() & 0o077 == 0 {
-        return Ok(());
-    }
-    match std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)) {
-        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(()),
-        other => other.ctx("make private (chmod 0700)", root),
-    }
-}
-
 /// Makes the files of an instance's configuration that hold its settings and secrets
 /// (`gitlab.rb`, `gitlab-secrets.json`) 0600, when they exist.
 fn make_config_private(dirs: &InstanceDirs) -> Result<()> {
@@ -193,186 +155,7 @@ fn make_config_private(dirs: &InstanceDirs) -> Result<()> {
     Ok(())
 }
 
-impl Girofle {
-    /// Prepares a root: directories, default `girofle.toml` (unless present), the
-    /// inventory and the fleet's signing key (`keys/`). Idempotent. Returns whether a configuration was written.
-    ///
-    /// # Errors
-    /// `Io` when the root cannot be written, `InvalidInput` when the root is a file or an
-    /// existing configuration is malformed.
-    pub fn init(root: &Path) -> Result<bool> {
-        if let Some(e) = crate::config::root_not_a_directory(root) {
-            return Err(e);
-        }
-        for d in ["instances", "backups", "decommissioned", "locks", "staging"] {
-            let p = root.join(d);
-            std::fs::create_dir_all(&p).ctx("create directory", &p)?;
-        }
-        make_root_private(root)?;
-        let wrote = Config::write_default(root)?;
-        Config::load(root)?;
-        SqliteInventory::open(&root.join("inventory.db"))?;
-        // The fleet's signing key: every backup's manifest is signed with it.
-        crate::signing::ensure_key(root)?;
-        FingerprintKey::of_root(root)?;
-        Ok(wrote)
-    }
-
-    /// Opens an initialised root, connecting to the Docker engine.
-    ///
-    /// # Errors
-    /// `NotFound` when the root is not initialised, `InvalidInput` for a bad configuration,
-    /// `Backend` when the engine cannot be reached.
-    pub async fn open(root: &Path, options: OpenOptions) -> Result<Self> {
-        let config = Config::load(root)?;
-        let host = options.docker_host.or_else(|| config.docker.host.clone());
-        let runtime = Arc::new(DockerRuntime::connect(host.as_deref()).await?);
-        Self::with_parts(root, config, runtime)
-    }
-
-    /// Opens a root with a given runtime (another engine, or a test double).
-    ///
-    /// # Errors
-    /// `Backend` when the inventory cannot be opened.
-    pub fn with_parts(
-        root: &Path,
-        config: Config,
-        runtime: Arc<dyn ContainerRuntime>,
-    ) -> Result<Self> {
-        let root = std::path::absolute(root).ctx("resolve", root)?;
-        make_root_private(&root)?;
-        let inventory = Arc::new(SqliteInventory::open(&root.join("inventory.db"))?);
-        // A root made before backups were signed gets its key on first open.
-        crate::signing::ensure_key(&root)?;
-        Ok(Girofle {
-            journal: Journal::new(&root),
-            root,
-            config,
-            runtime,
-            inventory,
-        })
-    }
-
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The container runtime.
-    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
-        &self.runtime
-    }
-
-    /// The inventory.
-    pub fn inventory(&self) -> &Arc<dyn Inventory> {
-        &self.inventory
-    }
-
-    /// The journal.
-    pub fn journal(&self) -> &Journal {
-        &self.journal
-    }
-
-    pub(crate) fn health(&self, timeout: Option<Duration>) -> HealthSettings {
-        HealthSettings {
-            interval: Duration::from_secs(self.config.instances.health_interval_secs),
-            boot_timeout: timeout.unwrap_or(self.boot_timeout()),
-            stop_grace: self.stop_grace(),
-        }
-    }
-
-    pub(crate) fn boot_timeout(&self) -> Duration {
-        Duration::from_secs(self.config.instances.health_timeout_secs)
-    }
-
-    pub(crate) fn stop_grace(&self) -> Duration {
-        Duration::from_secs(self.config.instances.stop_grace_secs)
-    }
-
-    /// Values that must never be written anywhere (store credentials).
-    pub(crate) fn known_secrets(&self) -> Vec<String> {
-        self.config
-            .stores
-            .values()
-            .filter_map(|s| s.secret_access_key.clone())
-            .collect()
-    }
-
-    /// The values of every instance's settings (and the strings inside them), which an
-    /// error message must not show.
-    pub(crate) async fn setting_secrets(&self) -> Vec<String> {
-        match self.inventory.load().await {
-            Ok(fleet) => {
-                instance::setting_values(fleet.instances.values().flat_map(|r| r.settings.values()))
-            }
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// Runs `op` and appends its journal record, whatever the outcome. The error, as
-    /// journaled and as returned, holds no store credential and no setting's value.
-    pub(crate) async fn journaled<T, F>(
-        &self,
-        operation: &str,
-        arguments: Value,
-        versions: Value,
-        op: F,
-    ) -> Result<T>
-    where
-        F: Future<Output = Result<T>>,
-    {
-        let started_at = now();
-        let (result, nested) = crate::notify::scoped(op).await;
-        let result = match result {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let mut secrets = self.known_secrets();
-                secrets.extend(self.setting_secrets().await);
-                Err(e.scrubbed(&secrets))
-            }
-        };
-        let (outcome, error_kind, error) = match &result {
-            Ok(_) => ("ok", None, None),
-            Err(e) => ("error", Some(e.kind().to_string()), Some(e.to_string())),
-        };
-        let record = Record {
-            operation: operation.to_string(),
-            arguments,
-            user: journal::current_user(),
-            host: journal::host_name(),
-            pid: std::process::id(),
-            girofle_version: crate::VERSION.to_string(),
-            versions,
-            started_at,
-            ended_at: now(),
-            outcome: outcome.to_string(),
-            error_kind,
-            error,
-        };
-        // A journal that cannot be written must not hide the operation's own result.
-        let journaled = self.journal.append(&record, &self.known_secrets());
-        // A webhook that is down must not fail the operation: `notify` logs it.
-        crate::notify::after_operation(self, &record, nested).await;
-        match journaled {
-            // A full or read-only file system: the operation happened (a prune freeing
-            // space, a verify), and failing it now would misstate its outcome.
-            Err(Error::Io { source, .. }) if crate::fsutil::is_unwritable(&source) => {
-                eprintln!(
-                    "girofle: warning: `{operation}` is not journaled: {}: {source}",
-                    self.journal.path().display()
-                );
-            }
-            Err(e) if result.is_ok() => return Err(e),
-            _ => {}
-        }
-        result
-    }
-
+impl Context {
     fn versions_of(image: &str) -> Value {
         let (gitlab, edition) = instance::image_version(image).unzip();
         json!({ "image": image, "gitlab": gitlab, "edition": edition })
@@ -381,12 +164,7 @@ impl Girofle {
     /// Commissions a new instance and waits until it is healthy; returns its record (the
     /// URL is `external_url`). On any failure nothing is left behind: no container, no
     /// directories, no inventory record, no address held.
-    ///
-    /// # Errors
-    /// `InvalidInput` for a bad name/setting/address, `AlreadyExists` for a taken name,
-    /// `Conflict` for a taken address, `NotFound` for a missing image, `Unhealthy` when it
-    /// does not turn healthy in time.
-    pub async fn commission(&self, request: CommissionRequest) -> Result<InstanceRecord> {
+    pub(crate) async fn commission(&self, request: CommissionRequest) -> Result<InstanceRecord> {
         let image = request
             .image
             .clone()
@@ -693,10 +471,7 @@ impl Girofle {
     }
 
     /// The instances of this root, reconciled with what the engine really has.
-    ///
-    /// # Errors
-    /// `Backend` when the inventory or the engine cannot be read.
-    pub async fn list(&self) -> Result<Vec<InstanceStatus>> {
+    pub(crate) async fn list(&self) -> Result<Vec<InstanceStatus>> {
         Ok(self.list_with_recoveries().await?.0)
     }
 
@@ -705,10 +480,9 @@ impl Girofle {
     /// shows what will stay. A recovery that failed leaves its instance as it found it
     /// (often listed `missing`) and is reported here with its error, for the caller to
     /// say so; `girofle recover` tries again.
-    ///
-    /// # Errors
-    /// As [`Girofle::list`].
-    pub async fn list_with_recoveries(&self) -> Result<(Vec<InstanceStatus>, Vec<Recovery>)> {
+    pub(crate) async fn list_with_recoveries(
+        &self,
+    ) -> Result<(Vec<InstanceStatus>, Vec<Recovery>)> {
         let recoveries = self.recover_pending().await;
         let fleet = self.inventory.load().await?;
         let containers = self
@@ -782,10 +556,7 @@ impl Girofle {
     }
 
     /// One instance, reconciled with the engine.
-    ///
-    /// # Errors
-    /// `NotFound` when the inventory has no such instance.
-    pub async fn show(&self, name: &str) -> Result<InstanceStatus> {
+    pub(crate) async fn show(&self, name: &str) -> Result<InstanceStatus> {
         instance::validate_name(name)?;
         self.list()
             .await?
@@ -796,10 +567,7 @@ impl Girofle {
 
     /// [`Girofle::show`] with the settings' values in clear (everywhere else they are
     /// `[REDACTED]`). Journaled as `reveal`, with the name only.
-    ///
-    /// # Errors
-    /// As [`Girofle::show`].
-    pub async fn show_revealed(&self, name: &str) -> Result<InstanceStatus> {
+    pub(crate) async fn show_revealed(&self, name: &str) -> Result<InstanceStatus> {
         self.journaled("reveal", json!({ "name": name }), json!({}), async {
             let mut status = self.show(name).await?;
             let record = self.inventory.get(name).await?;
@@ -812,19 +580,13 @@ impl Girofle {
     }
 
     /// The fleet's key for fingerprints of setting values (created on first use).
-    ///
-    /// # Errors
-    /// `Io` when it cannot be read or created.
-    pub fn fingerprint_key(&self) -> Result<FingerprintKey> {
+    pub(crate) fn fingerprint_key(&self) -> Result<FingerprintKey> {
         FingerprintKey::of_root(&self.root)
     }
 
     /// Starts an instance and waits healthy. A container removed behind Girofle's back is
     /// created again from the inventory (the data directories are untouched).
-    ///
-    /// # Errors
-    /// `NotFound` for an unknown instance, `Unhealthy` when it does not turn healthy.
-    pub async fn start(&self, name: &str) -> Result<InstanceRecord> {
+    pub(crate) async fn start(&self, name: &str) -> Result<InstanceRecord> {
         let record = self.inventory.get(name).await?;
         self.journaled(
             "start",
@@ -861,10 +623,7 @@ impl Girofle {
     }
 
     /// Stops an instance (GitLab gets the configured grace period to shut down).
-    ///
-    /// # Errors
-    /// `NotFound` for an unknown instance or a missing container.
-    pub async fn stop(&self, name: &str) -> Result<InstanceRecord> {
+    pub(crate) async fn stop(&self, name: &str) -> Result<InstanceRecord> {
         let record = self.inventory.get(name).await?;
         self.journaled(
             "stop",
@@ -881,10 +640,7 @@ impl Girofle {
     }
 
     /// Stops then starts an instance and waits healthy.
-    ///
-    /// # Errors
-    /// As `stop` and `start`.
-    pub async fn restart(&self, name: &str) -> Result<InstanceRecord> {
+    pub(crate) async fn restart(&self, name: &str) -> Result<InstanceRecord> {
         self.stop(name).await?;
         self.start(name).await
     }
@@ -892,11 +648,7 @@ impl Girofle {
     /// Sets (and unsets) managed `gitlab.rb` settings, runs `gitlab-ctl reconfigure`, waits
     /// healthy. When GitLab refuses the new file, the previous one is put back and
     /// reconfigured, and the error says why.
-    ///
-    /// # Errors
-    /// `InvalidInput` for a malformed setting, `Conflict` when the instance is busy or has
-    /// not booted yet, `Command` when GitLab refuses the settings.
-    pub async fn reconfigure(
+    pub(crate) async fn reconfigure(
         &self,
         name: &str,
         set: &[String],
@@ -1166,11 +918,7 @@ impl Girofle {
     /// Decommissions an instance: a final backup (unless asked not to), stop and remove the
     /// container, move the data to `<root>/decommissioned/<name>-<timestamp>/` (or delete
     /// it with `purge`), free its addresses.
-    ///
-    /// # Errors
-    /// `NotFound` for an unknown instance, `Conflict` when busy; a failed final backup
-    /// aborts the decommission with nothing changed.
-    pub async fn decommission(
+    pub(crate) async fn decommission(
         &self,
         name: &str,
         options: DecommissionOptions,

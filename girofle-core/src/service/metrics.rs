@@ -22,10 +22,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
+use crate::adapters::store::LOCAL_STORE_NAME;
 use crate::error::{Error, Result};
-use crate::fleet::{Girofle, InstanceState};
-use crate::journal::Record;
-use crate::store::LOCAL_STORE_NAME;
+use crate::model::context::Context;
+use crate::model::journal::Record;
+use crate::ops::fleet::InstanceState;
 
 /// Where `girofle metrics serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9531";
@@ -114,7 +115,7 @@ fn seconds(t: DateTime<Utc>) -> f64 {
 /// The newest failure time of backups per (instance, store), from the journal: failed
 /// `backup` operations (their store, `local` by default) and failed `backup-copy`
 /// operations (their destination). Lines that do not parse are skipped.
-fn last_failures(g: &Girofle) -> BTreeMap<(String, String), DateTime<Utc>> {
+fn last_failures(g: &Context) -> BTreeMap<(String, String), DateTime<Utc>> {
     let mut out = BTreeMap::new();
     let Ok(text) = std::fs::read_to_string(g.journal.path()) else {
         return out;
@@ -158,7 +159,7 @@ fn last_failures(g: &Girofle) -> BTreeMap<(String, String), DateTime<Utc>> {
 ///
 /// # Errors
 /// `Backend` when the inventory cannot be read.
-pub async fn render(g: &Girofle) -> Result<String> {
+pub async fn render(g: &Context) -> Result<String> {
     let facts = g.facts().await?;
     let failures = last_failures(g);
     let now = facts.now;
@@ -370,7 +371,7 @@ pub async fn render(g: &Girofle) -> Result<String> {
 ///
 /// # Errors
 /// As [`render`], and `Io` when the file cannot be written.
-pub async fn write_textfile(g: &Girofle, path: &Path) -> Result<()> {
+pub async fn write_textfile(g: &Context, path: &Path) -> Result<()> {
     let text = render(g).await?;
     crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
 }
@@ -395,7 +396,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 ///
 /// # Errors
 /// As [`bind`]; then it only returns when accepting connections fails for good.
-pub async fn serve(g: Girofle, addr: SocketAddr) -> Result<()> {
+pub async fn serve(g: Context, addr: SocketAddr) -> Result<()> {
     let listener = bind(addr).await?;
     serve_on(g, listener).await
 }
@@ -413,7 +414,7 @@ type Cache = Arc<Mutex<Option<(Instant, Arc<String>)>>>;
 ///
 /// # Errors
 /// `Backend` when accepting connections fails repeatedly.
-pub async fn serve_on(g: Girofle, listener: TcpListener) -> Result<()> {
+pub async fn serve_on(g: Context, listener: TcpListener) -> Result<()> {
     let cache: Cache = Arc::new(Mutex::new(None));
     let mut failures = 0u32;
     loop {
@@ -438,7 +439,7 @@ pub async fn serve_on(g: Girofle, listener: TcpListener) -> Result<()> {
     }
 }
 
-async fn cached_render(g: &Girofle, cache: &Cache) -> Result<Arc<String>> {
+async fn cached_render(g: &Context, cache: &Cache) -> Result<Arc<String>> {
     let mut slot = cache.lock().await;
     if let Some((at, text)) = slot.as_ref() {
         if at.elapsed() < CACHE_FOR {
@@ -464,7 +465,7 @@ pub fn parse_request_line(head: &str) -> Option<(&str, &str)> {
     Some((method, path))
 }
 
-async fn handle(mut stream: TcpStream, g: &Girofle, cache: &Cache) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, g: &Context, cache: &Cache) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 2048];
     let read = async {
@@ -497,7 +498,7 @@ async fn handle(mut stream: TcpStream, g: &Girofle, cache: &Cache) -> std::io::R
                 Err(e) => {
                     eprintln!(
                         "girofle: metrics: {}",
-                        crate::journal::scrub_known(&e.to_string(), &g.known_secrets())
+                        crate::model::journal::scrub_known(&e.to_string(), &g.known_secrets())
                     );
                     (
                         "500 Internal Server Error",

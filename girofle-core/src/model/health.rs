@@ -24,8 +24,8 @@
 
 use std::time::Duration;
 
+use crate::adapters::runtime::{last_lines, ContainerInfo, ContainerRuntime, ExecSpec, Health};
 use crate::error::{Error, Result};
-use crate::runtime::{last_lines, ContainerInfo, ContainerRuntime, ExecSpec, Health};
 
 /// The official image's own health probe (its HEALTHCHECK command).
 pub const PROBE: [&str; 4] = [

@@ -24,16 +24,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
-use crate::fleet::Girofle;
-use crate::instance::Stage;
-use crate::schedule::{Claim, Ended, RunHook, RunKind, RunOutcome, RunRecord, ScheduleBook};
+use crate::model::context::Context;
+use crate::model::instance::Stage;
+use crate::service::schedule::{
+    Claim, Ended, RunHook, RunKind, RunOutcome, RunRecord, ScheduleBook,
+};
 
 /// Work that runs beside the daemon's loop (a metrics endpoint): it is cancelled when the
 /// daemon stops, and its failure stops the daemon.
 pub type SideTask = Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
 
 /// Starts a metrics endpoint for a root on an address.
-pub type MetricsServer = Arc<dyn Fn(Girofle, SocketAddr) -> SideTask + Send + Sync>;
+pub type MetricsServer = Arc<dyn Fn(Context, SocketAddr) -> SideTask + Send + Sync>;
 
 /// A future that resolves when the daemon should stop.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -51,7 +53,7 @@ pub struct DaemonOptions {
     pub stop_grace: Option<Duration>,
     /// Where to serve `GET /metrics` (default `[metrics] listen`; none: not served).
     pub metrics_addr: Option<SocketAddr>,
-    /// What serves metrics there (default [`crate::metrics::serve`]).
+    /// What serves metrics there (default [`crate::service::metrics::serve`]).
     pub serve_metrics: Option<MetricsServer>,
     /// More work to run beside the loop.
     pub side_tasks: Vec<SideTask>,
@@ -142,7 +144,7 @@ type Job = (RunRecord, Result<Ended>);
 /// # Errors
 /// `Backend` when the database cannot be opened or the signal handlers installed, or what
 /// a side task failed with (`Conflict` when the metrics address is in use).
-pub async fn run(girofle: Girofle, options: DaemonOptions) -> Result<DaemonReport> {
+pub async fn run(girofle: Context, options: DaemonOptions) -> Result<DaemonReport> {
     let g = girofle;
     let arguments = json!({
         "tick_ms": options.tick.map(|t| t.as_millis() as u64),
@@ -154,7 +156,7 @@ pub async fn run(girofle: Girofle, options: DaemonOptions) -> Result<DaemonRepor
         .await
 }
 
-async fn run_inner(g: Girofle, mut options: DaemonOptions) -> Result<DaemonReport> {
+async fn run_inner(g: Context, mut options: DaemonOptions) -> Result<DaemonReport> {
     // Handlers first: a stop asked for while starting is not lost.
     let mut shutdown = match options.shutdown.take() {
         Some(s) => s,
@@ -177,7 +179,7 @@ async fn run_inner(g: Girofle, mut options: DaemonOptions) -> Result<DaemonRepor
     if let Some(addr) = options.metrics_addr.or(g.config().metrics.listen) {
         match options.serve_metrics.take() {
             Some(serve) => side.spawn(serve(g.clone(), addr)),
-            None => side.spawn(crate::metrics::serve(g.clone(), addr)),
+            None => side.spawn(crate::service::metrics::serve(g.clone(), addr)),
         };
     }
     for task in options.side_tasks.drain(..) {
@@ -302,7 +304,7 @@ fn reap(
 }
 
 async fn claim_due_work(
-    g: &Girofle,
+    g: &Context,
     book: &ScheduleBook,
     permits: &Arc<Semaphore>,
     jobs: &mut JoinSet<Job>,

@@ -11,11 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::backup::BackupEntry;
+use crate::adapters::store::LOCAL_STORE_NAME;
 use crate::error::Result;
-use crate::fleet::{Girofle, InstanceState};
-use crate::schedule::{next_slot, RunKind, Schedule};
-use crate::store::LOCAL_STORE_NAME;
+use crate::model::context::Context;
+use crate::ops::backup::BackupEntry;
+use crate::ops::fleet::InstanceState;
+use crate::service::schedule::{next_slot, RunKind, Schedule};
 
 /// How old a newest backup may be when no schedule says otherwise.
 pub const DEFAULT_OVERDUE_AFTER: Duration = Duration::from_secs(8 * 3600);
@@ -146,7 +147,7 @@ pub(crate) fn overdue_after(
     }
 }
 
-impl Girofle {
+impl Context {
     /// Reads the engine, every store and the schedules once.
     pub(crate) async fn facts(&self) -> Result<Facts> {
         let now = Utc::now();
@@ -198,8 +199,9 @@ impl Girofle {
     }
 
     async fn store_facts(&self, name: &str) -> StoreFacts {
-        let scrub =
-            |e: crate::Error| crate::journal::scrub_known(&e.to_string(), &self.known_secrets());
+        let scrub = |e: crate::Error| {
+            crate::model::journal::scrub_known(&e.to_string(), &self.known_secrets())
+        };
         let mut facts = StoreFacts {
             name: name.to_string(),
             backups: None,
@@ -230,11 +232,7 @@ impl Girofle {
     /// The fleet at a glance: every instance's state and the age of its newest valid
     /// backup in each store (`local` and every configured one), overdue when older than
     /// its schedule's interval (8 hours without one).
-    ///
-    /// # Errors
-    /// `Backend` when the inventory cannot be read (an unreachable engine or store is
-    /// reported in the result instead).
-    pub async fn status(&self) -> Result<FleetStatus> {
+    pub(crate) async fn status(&self) -> Result<FleetStatus> {
         let facts = self.facts().await?;
         Ok(summarise(&facts))
     }
@@ -325,7 +323,8 @@ mod tests {
     #[test]
     fn overdue_follows_the_schedule() {
         let now = Utc::now();
-        let s = crate::schedule::ScheduleConfig::default().default_schedule(&BTreeMap::new());
+        let s =
+            crate::service::schedule::ScheduleConfig::default().default_schedule(&BTreeMap::new());
         // Every 4 hours, plus 30 minutes of grace.
         assert_eq!(
             overdue_after(Some(&s), "local", now),

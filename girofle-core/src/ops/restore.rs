@@ -15,17 +15,19 @@ use chrono::Utc;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::address::{allocate, AddressRequest};
+use crate::adapters::inventory::Fleet;
+use crate::adapters::runtime::{ContainerRuntimeExt, ExecSpec};
 use crate::archive::IndexSummary;
-use crate::backup::{extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy};
-use crate::checks::GitLabChecks;
 use crate::error::{Error, IoContext, Result};
-use crate::fleet::Girofle;
 use crate::fsutil::sync_filesystem;
-use crate::instance::{self, InstanceDirs, InstanceRecord, Stage};
-use crate::inventory::Fleet;
-use crate::recovery::{IntentFile, Operation};
-use crate::runtime::{ContainerRuntimeExt, ExecSpec};
+use crate::model::address::{allocate, AddressRequest};
+use crate::model::context::Context;
+use crate::model::instance::{self, InstanceDirs, InstanceRecord, Stage};
+use crate::ops::backup::{
+    extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy,
+};
+use crate::ops::checks::GitLabChecks;
+use crate::ops::recovery::{IntentFile, Operation};
 
 /// What to restore, and where.
 #[derive(Clone, Default)]
@@ -109,17 +111,11 @@ fn move_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).ctx("move", to)
 }
 
-impl Girofle {
+impl Context {
     /// Restores a backup. Everything is validated before anything is touched; in place,
     /// the current directories are kept aside until the restored instance is healthy and
     /// passes GitLab's checks, and put back on any failure.
-    ///
-    /// # Errors
-    /// `InvalidInput` for a bad id or name, `NotFound` for an unknown backup, store or
-    /// image, `VersionMismatch` naming the image to use, `Corrupt` for a damaged backup,
-    /// `AlreadyExists`/`Conflict` when the name or addresses are taken, `Unhealthy` or
-    /// `Command` when the restored GitLab fails (the previous state is back then).
-    pub async fn restore(&self, request: RestoreRequest) -> Result<RestoreReport> {
+    pub(crate) async fn restore(&self, request: RestoreRequest) -> Result<RestoreReport> {
         self.restore_observed(request, &Mutex::new(None)).await
     }
 
@@ -419,7 +415,7 @@ impl Girofle {
     /// Streams the archive into `staging`, checking every hash.
     pub(crate) async fn extract_to(
         &self,
-        store: &std::sync::Arc<dyn crate::store::BackupStore>,
+        store: &std::sync::Arc<dyn crate::adapters::store::BackupStore>,
         manifest: &Manifest,
         staging: &Path,
         progress: Option<ProgressFn>,
@@ -516,7 +512,7 @@ impl Girofle {
         })?;
         let tar_name = format!("{gid}_gitlab_backup.tar");
         // The restored gitlab.rb says where GitLab looks for its tar.
-        let backups = crate::gitlab_backup::backup_path(&record.name, dirs)?.host;
+        let backups = crate::ops::gitlab_backup::backup_path(&record.name, dirs)?.host;
         if !backups.exists() {
             return Err(Error::Conflict(format!(
                 "GitLab did not create `{}` at boot; check the image",
@@ -551,10 +547,7 @@ impl Girofle {
     /// throw-away instance, waits healthy, runs `git fsck` on every repository and GitLab's
     /// secrets check, removes the instance, and stores the result beside the backup as
     /// `<id>.drill.json`.
-    ///
-    /// # Errors
-    /// As `restore`; a drill that ran but found damage is `Corrupt`.
-    pub async fn drill(&self, id: &str, store: Option<&str>) -> Result<DrillReport> {
+    pub(crate) async fn drill(&self, id: &str, store: Option<&str>) -> Result<DrillReport> {
         let (source, _) = parse_id(id)?;
         let store_handle = self.store(store)?;
         let suffix = format!("{:x}", Utc::now().timestamp_subsec_nanos() % 0xffffff);
@@ -609,7 +602,7 @@ impl Girofle {
         let _ = self
             .decommission(
                 &name,
-                crate::fleet::DecommissionOptions {
+                crate::ops::fleet::DecommissionOptions {
                     purge: true,
                     no_backup: true,
                 },

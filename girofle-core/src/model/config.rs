@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::store::StoreConfig;
 use crate::error::{Error, Result};
-use crate::store::StoreConfig;
 
 /// The file name of the configuration under the root.
 pub const CONFIG_FILE: &str = "girofle.toml";
@@ -36,13 +36,13 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The default schedule of backups and copies, and the daemon's limits.
     #[serde(default)]
-    pub schedule: crate::schedule::ScheduleConfig,
+    pub schedule: crate::service::schedule::ScheduleConfig,
     /// Where the metrics endpoint listens (`girofle daemon`, `girofle metrics serve`).
     #[serde(default)]
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: crate::service::metrics::MetricsConfig,
     /// Where failure (and optionally success) notifications go.
     #[serde(default)]
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: crate::model::notify::NotifyConfig,
     /// Keys whose signed backups this fleet trusts besides its own.
     #[serde(default)]
     pub trust: TrustConfig,
@@ -346,7 +346,7 @@ impl Config {
             validate_docker_host("docker.host", host)?;
         }
         for (name, store) in &self.stores {
-            crate::instance::validate_label(&format!("stores.{name}"), name)?;
+            crate::model::instance::validate_label(&format!("stores.{name}"), name)?;
             validate_store_url(&format!("stores.{name}.url"), &store.url)?;
         }
         self.schedule.validate(&self.stores)?;
@@ -355,7 +355,7 @@ impl Config {
             validate_http_url("notify.webhook_url", u)?;
         }
         for (i, key) in self.trust.keys.iter().enumerate() {
-            crate::signing::PublicKey::parse(key).map_err(|m| {
+            crate::model::signing::PublicKey::parse(key).map_err(|m| {
                 Error::invalid(
                     "trust.keys",
                     format!(

@@ -107,7 +107,7 @@ impl FingerprintKey {
     pub fn settings_texts(&self, texts: &[String]) -> Vec<String> {
         texts
             .iter()
-            .map(|t| match crate::instance::parse_setting(t) {
+            .map(|t| match crate::model::instance::parse_setting(t) {
                 Ok((k, v)) => format!("{k}={}", self.fingerprint(&v)),
                 Err(_) => match t.split_once('=') {
                     Some((k, v)) => format!("{}={}", k.trim(), self.fingerprint(v.trim())),

@@ -273,7 +273,7 @@ impl DockerRuntime {
                 ),
             )
         };
-        crate::config::validate_docker_host(
+        crate::model::config::validate_docker_host(
             "docker host (--docker-host, DOCKER_HOST or [docker] host)",
             &host,
         )?;

@@ -15,7 +15,7 @@ use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
-use crate::instance::InstanceDirs;
+use crate::model::instance::InstanceDirs;
 
 /// Where the data volume is mounted in the container.
 const CONTAINER_DATA: &str = "/var/opt/gitlab";

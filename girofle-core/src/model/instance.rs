@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::runtime::{Bind, ContainerSpec, HealthCheck, PublishedPort};
 use crate::error::{Error, Result};
-use crate::runtime::{Bind, ContainerSpec, HealthCheck, PublishedPort};
 
 /// Label on every container Girofle creates.
 pub const LABEL_MANAGED: &str = "io.girofle.managed";
@@ -81,14 +81,14 @@ impl InstanceRecord {
     pub fn redacted(&self) -> InstanceRecord {
         let mut r = self.clone();
         for v in r.settings.values_mut() {
-            *v = crate::journal::REDACTED.to_string();
+            *v = crate::model::journal::REDACTED.to_string();
         }
         r
     }
 
     /// A copy for plain metadata (the backup manifests): every setting's value is
     /// replaced by its keyed fingerprint, so two manifests tell whether a value changed.
-    pub fn fingerprinted(&self, key: &crate::fingerprint::FingerprintKey) -> InstanceRecord {
+    pub fn fingerprinted(&self, key: &crate::model::fingerprint::FingerprintKey) -> InstanceRecord {
         let mut r = self.clone();
         for v in r.settings.values_mut() {
             *v = key.fingerprint(v);
@@ -420,7 +420,10 @@ pub fn container_spec(
         health_check: Some(HealthCheck {
             // The official image's own probe: a full Rails request that GitLab logs, so
             // not every second once GitLab serves; Girofle's own waits probe by exec.
-            test: crate::health::PROBE.iter().map(|s| s.to_string()).collect(),
+            test: crate::model::health::PROBE
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             interval: health.interval,
             timeout: Duration::from_secs(30),
             retries: 5,
@@ -741,7 +744,7 @@ mod tests {
     #[test]
     fn outputs_redact_every_value_and_manifests_fingerprint_them() {
         let dir = tempfile::tempdir().unwrap();
-        let key = crate::fingerprint::FingerprintKey::of_root(dir.path()).unwrap();
+        let key = crate::model::fingerprint::FingerprintKey::of_root(dir.path()).unwrap();
         let mut settings = BTreeMap::new();
         settings.insert(
             "gitlab_rails['otp_key_base']".to_string(),

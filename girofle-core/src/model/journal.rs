@@ -5,7 +5,7 @@
 //! Responsible for writing records that never hold a secret: values under secret-looking
 //! keys, credentials in URLs and known secret values are redacted before anything is
 //! written. It does not decide what an operation is; callers record them, and record
-//! `--set` settings as their keys and fingerprints ([`crate::fingerprint`]), never values.
+//! `--set` settings as their keys and fingerprints ([`crate::model::fingerprint`]), never values.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -111,7 +111,7 @@ pub fn redact(value: &Value) -> Value {
         Value::String(s) => {
             if let Some((k, v)) = s.split_once('=') {
                 // A fingerprint (`--set` arguments) tells nothing without the fleet's key.
-                if is_secret_key(k) && !v.starts_with(crate::fingerprint::PREFIX) {
+                if is_secret_key(k) && !v.starts_with(crate::model::fingerprint::PREFIX) {
                     return Value::String(format!("{k}={REDACTED}"));
                 }
             }
@@ -136,7 +136,10 @@ pub fn scrub_known(text: &str, secrets: &[String]) -> String {
 /// fingerprints wrote in clear (`"set": ["KEY=VALUE"]`) replaced by their fingerprints;
 /// every other line is kept byte for byte. Used where a journal leaves the root (the
 /// state export) and to compare lines on import.
-pub fn fingerprint_old_settings(text: &[u8], key: &crate::fingerprint::FingerprintKey) -> Vec<u8> {
+pub fn fingerprint_old_settings(
+    text: &[u8],
+    key: &crate::model::fingerprint::FingerprintKey,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     for line in text.split_inclusive(|b| *b == b'\n') {
         match fingerprint_line(line, key) {
@@ -147,14 +150,17 @@ pub fn fingerprint_old_settings(text: &[u8], key: &crate::fingerprint::Fingerpri
     out
 }
 
-fn fingerprint_line(line: &[u8], key: &crate::fingerprint::FingerprintKey) -> Option<Vec<u8>> {
+fn fingerprint_line(
+    line: &[u8],
+    key: &crate::model::fingerprint::FingerprintKey,
+) -> Option<Vec<u8>> {
     let mut record: Record = serde_json::from_slice(line.trim_ascii_end()).ok()?;
     let set = record.arguments.get_mut("set")?.as_array_mut()?;
     let mut changed = false;
     for item in set.iter_mut() {
         let Some(text) = item.as_str() else { continue };
         let value = text.split_once('=').map_or(text, |(_, v)| v).trim();
-        if value.starts_with(crate::fingerprint::PREFIX) || value == REDACTED {
+        if value.starts_with(crate::model::fingerprint::PREFIX) || value == REDACTED {
             continue;
         }
         let fingerprinted = key.settings_texts(&[text.to_string()]);
@@ -299,7 +305,7 @@ mod tests {
     #[test]
     fn old_settings_values_become_fingerprints() {
         let dir = tempfile::tempdir().unwrap();
-        let key = crate::fingerprint::FingerprintKey::of_root(dir.path()).unwrap();
+        let key = crate::model::fingerprint::FingerprintKey::of_root(dir.path()).unwrap();
         let now = Utc::now();
         let rec = |set: Value| Record {
             operation: "reconfigure".into(),

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
-use crate::fleet::Girofle;
+use crate::model::config::Config;
+use crate::model::context::Context;
 
 /// The directory of the keys under the root.
 pub const KEYS_DIR: &str = "keys";
@@ -489,7 +489,7 @@ impl SignatureCheck {
     /// what to do; `None` when it is.
     pub fn refusal(&self, id: &str, store: &str, trusted: &TrustedKeys) -> Option<Error> {
         let what = format!("backup `{id}` in store `{store}`");
-        let store_arg = if store == crate::store::LOCAL_STORE_NAME {
+        let store_arg = if store == crate::adapters::store::LOCAL_STORE_NAME {
             String::new()
         } else {
             format!(" --store {store}")
@@ -635,20 +635,14 @@ pub(crate) fn import_keys(
     })
 }
 
-impl Girofle {
+impl Context {
     /// The keys this fleet trusts (its own, `[trust] keys`, `keys/trusted`).
-    ///
-    /// # Errors
-    /// As [`TrustedKeys::load`].
-    pub fn trusted_keys(&self) -> Result<TrustedKeys> {
+    pub(crate) fn trusted_keys(&self) -> Result<TrustedKeys> {
         TrustedKeys::load(&self.root, &self.config)
     }
 
     /// The fleet's public key and the keys it trusts.
-    ///
-    /// # Errors
-    /// As [`key_info`].
-    pub fn public_key(&self) -> Result<KeyInfo> {
+    pub(crate) fn public_key(&self) -> Result<KeyInfo> {
         key_info(&self.root)
     }
 }

@@ -8,11 +8,11 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
-use crate::config::NetworkConfig;
+use crate::adapters::inventory::Fleet;
+use crate::adapters::runtime::PublishedPort;
 use crate::error::{Error, Result};
-use crate::instance::Bindings;
-use crate::inventory::Fleet;
-use crate::runtime::PublishedPort;
+use crate::model::config::NetworkConfig;
+use crate::model::instance::Bindings;
 
 /// Addresses asked for explicitly; what is `None` is chosen from the pool.
 #[derive(Clone, Debug, Default)]
@@ -87,7 +87,7 @@ fn check_on_this_host(ip: IpAddr, asked: bool) -> Result<()> {
 /// container may hold them.
 ///
 /// `engine_on_this_host` says whether the engine runs here (see
-/// [`ContainerRuntime::is_on_this_host`](crate::runtime::ContainerRuntime::is_on_this_host)).
+/// [`ContainerRuntime::is_on_this_host`](crate::adapters::runtime::ContainerRuntime::is_on_this_host)).
 /// Only then are the IP and the ports probed on this host: the addresses of an engine on
 /// another host are that host's, which this one cannot check (its published ports still
 /// are, and the engine refuses a port taken there).

@@ -10,7 +10,7 @@
 //!
 //! Manifests and their signatures (`.manifest.minisig`) stay in clear: they hold no
 //! secret (the instance's settings are keyed fingerprints in them, see
-//! [`crate::instance::InstanceRecord::fingerprinted`]), and listing,
+//! [`crate::model::instance::InstanceRecord::fingerprinted`]), and listing,
 //! pruning, copying and watching a store must work on a host that holds only the public
 //! keys. Their checksum covers the hashes of the plaintext archive and index, so a
 //! restore still proves that what it decrypted is what was backed up.

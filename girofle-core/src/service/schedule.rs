@@ -24,12 +24,12 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::backup::{retained, BackupOptions, Retention, Strategy};
+use crate::adapters::store::StoreConfig;
 use crate::error::{Error, Result};
-use crate::fleet::Girofle;
-use crate::instance::{InstanceRecord, Stage};
-use crate::lock::InstanceLock;
-use crate::store::StoreConfig;
+use crate::model::context::Context;
+use crate::model::instance::{InstanceRecord, Stage};
+use crate::model::lock::InstanceLock;
+use crate::ops::backup::{retained, BackupOptions, Retention, Strategy};
 
 /// The default backup cron: every 4 hours, on the hour.
 pub const DEFAULT_BACKUP_CRON: &str = "0 */4 * * *";
@@ -566,7 +566,7 @@ pub struct ScheduleBook {
 const BOOK: &str = "schedule book";
 
 fn db_err(path: &Path, e: rusqlite::Error) -> Error {
-    if let Some(unwritable) = crate::inventory::unwritable_db_err(BOOK, path, &e) {
+    if let Some(unwritable) = crate::adapters::inventory::unwritable_db_err(BOOK, path, &e) {
         return unwritable;
     }
     Error::backend(
@@ -680,7 +680,7 @@ impl ScheduleBook {
     /// read-only database that never had a schedule gets the book's tables as empty
     /// temporary ones (in this connection only), so that it reads as "no schedule".
     fn connect(&self) -> Result<Connection> {
-        let conn = crate::inventory::connect_db_to_read(&self.path)?;
+        let conn = crate::adapters::inventory::connect_db_to_read(&self.path)?;
         let read_only = conn
             .is_readonly(rusqlite::MAIN_DB)
             .map_err(|e| db_err(&self.path, e))?;
@@ -701,7 +701,7 @@ impl ScheduleBook {
     }
 
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = crate::inventory::connect_db(&self.path)?;
+        let mut conn = crate::adapters::inventory::connect_db(&self.path)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| db_err(&self.path, e))?;
@@ -957,7 +957,7 @@ impl ScheduleBook {
                 return Ok(Claim::NotDue);
             };
             let me = ProcessId::current();
-            let host = crate::journal::host_name();
+            let host = crate::model::journal::host_name();
             let started = Utc::now();
             tx.execute(
                 "INSERT INTO schedule_runs
@@ -1283,27 +1283,21 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     ))
 }
 
-impl Girofle {
+impl Context {
     /// The schedule book of this root.
-    ///
-    /// # Errors
-    /// `Backend` when the inventory database cannot be opened.
-    pub fn schedule_book(&self) -> Result<ScheduleBook> {
+    pub(crate) fn schedule_book(&self) -> Result<ScheduleBook> {
         ScheduleBook::open(&self.root.join("inventory.db"))
     }
 
     /// The schedule instances follow unless they have their own (girofle.toml's
     /// `[schedule]`).
-    pub fn default_schedule(&self) -> Schedule {
+    pub(crate) fn default_schedule(&self) -> Schedule {
         self.config.schedule.default_schedule(&self.config.stores)
     }
 
     /// The effective schedule of an instance.
-    ///
-    /// # Errors
-    /// `NotFound` for an unknown instance, `Backend` when the database fails.
-    pub async fn schedule_of(&self, name: &str) -> Result<Schedule> {
-        use crate::inventory::InventoryExt;
+    pub(crate) async fn schedule_of(&self, name: &str) -> Result<Schedule> {
+        use crate::adapters::inventory::InventoryExt;
         self.inventory.get(name).await?;
         let own = self.schedule_book()?.overrides(name)?;
         Ok(own.unwrap_or_default().apply(&self.default_schedule()))
@@ -1311,14 +1305,14 @@ impl Girofle {
 
     /// Changes an instance's schedule (the set fields of `change`), after checking the
     /// result; returns the effective schedule. Journaled.
-    ///
-    /// # Errors
-    /// `NotFound` for an unknown instance, `InvalidInput` for a bad cron, time zone,
-    /// store or retention (nothing is changed then).
-    pub async fn set_schedule(&self, name: &str, change: ScheduleOverrides) -> Result<Schedule> {
+    pub(crate) async fn set_schedule(
+        &self,
+        name: &str,
+        change: ScheduleOverrides,
+    ) -> Result<Schedule> {
         let arguments = json!({ "name": name, "change": change });
         self.journaled("schedule-set", arguments, json!({}), async {
-            use crate::inventory::InventoryExt;
+            use crate::adapters::inventory::InventoryExt;
             // The arguments' own syntax first: a typo is named whatever the instance.
             if let Some(c) = &change.backup {
                 parse_cron("--backup", c)?;
@@ -1353,10 +1347,7 @@ impl Girofle {
     }
 
     /// Every instance's schedule, last runs and next runs.
-    ///
-    /// # Errors
-    /// `Backend` when the inventory or the database fails.
-    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>> {
+    pub(crate) async fn schedules(&self) -> Result<Vec<ScheduleStatus>> {
         let fleet = self.inventory.load().await?;
         let book = self.schedule_book()?;
         let own = book.all_overrides()?;
@@ -1424,7 +1415,7 @@ impl Girofle {
         };
         let tz = schedule.tz()?;
         let store = match kind {
-            RunKind::Backup => crate::store::LOCAL_STORE_NAME.to_string(),
+            RunKind::Backup => crate::adapters::store::LOCAL_STORE_NAME.to_string(),
             RunKind::Copy => schedule.store.clone().unwrap_or_default(),
         };
         let due = |last: Option<DateTime<Utc>>| due_slot(&cron, tz, anchor(last, record), now);
@@ -1482,7 +1473,7 @@ impl Girofle {
                     Ok(()) => run.outcome = RunOutcome::Ok,
                     Err(e) => {
                         run.outcome = RunOutcome::Failed;
-                        run.error = Some(crate::journal::scrub_known(
+                        run.error = Some(crate::model::journal::scrub_known(
                             &e.to_string(),
                             &self.known_secrets(),
                         ));
@@ -1592,11 +1583,7 @@ impl Girofle {
     /// The due work once: runs of dead processes are marked `interrupted`, then for each
     /// instance the due backup (then the due copy) runs, at most `[schedule]
     /// max_concurrent` instances at once. `on_run_end` is told of each run as it ends.
-    ///
-    /// # Errors
-    /// `Backend` when the inventory or the database cannot be read at all (a failed run,
-    /// or an instance the book failed for, is in the report).
-    pub async fn run_due(&self, on_run_end: Option<RunHook>) -> Result<RunDueReport> {
+    pub(crate) async fn run_due(&self, on_run_end: Option<RunHook>) -> Result<RunDueReport> {
         let book = self.schedule_book()?;
         let recovered = book.recover()?;
         self.journal_interrupted(&recovered).await;
@@ -1661,7 +1648,7 @@ impl Girofle {
             if let Some(e) = error {
                 report.errors.push(format!(
                     "{name}: {}",
-                    crate::journal::scrub_known(&e.to_string(), &self.known_secrets())
+                    crate::model::journal::scrub_known(&e.to_string(), &self.known_secrets())
                 ));
             }
         }
@@ -1670,11 +1657,7 @@ impl Girofle {
 
     /// Writes the systemd units (or the cron entry) that call `girofle schedule run-due`
     /// regularly; it does not enable them (the result says how). Journaled.
-    ///
-    /// # Errors
-    /// `InvalidInput` for an interval the format cannot express, `Io` when a file cannot
-    /// be written.
-    pub async fn install_schedule(&self, options: InstallOptions) -> Result<Installed> {
+    pub(crate) async fn install_schedule(&self, options: InstallOptions) -> Result<Installed> {
         let arguments = json!({
             "binary": options.binary,
             "cron": options.cron,
@@ -1939,7 +1922,7 @@ mod tests {
         .is_err());
         assert!(parse_every("5x").is_err());
         // The README shows exactly what is written.
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let (service, timer) = systemd_units(
             Path::new("/usr/local/bin/girofle"),
             Path::new("/var/lib/girofle"),

@@ -29,11 +29,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::adapters::runtime::{ContainerRuntimeExt, ExecSpec};
 use crate::error::{Error, IoContext, Result};
-use crate::fleet::Girofle;
-use crate::instance::{self, InstanceDirs, InstanceRecord, Stage};
-use crate::lock::InstanceLock;
-use crate::runtime::{ContainerRuntimeExt, ExecSpec};
+use crate::model::context::Context;
+use crate::model::instance::{self, InstanceDirs, InstanceRecord, Stage};
+use crate::model::lock::InstanceLock;
 
 /// Directory of the intent records, under the root.
 pub const RUN_DIR: &str = "run";
@@ -166,7 +166,7 @@ impl IntentFile {
                 op,
                 phase: phase.to_string(),
                 pid: std::process::id(),
-                host: crate::journal::host_name(),
+                host: crate::model::journal::host_name(),
                 started_at: Utc::now(),
             },
         };
@@ -272,16 +272,12 @@ fn remove_tree(path: &Path, actions: &mut Vec<String>) -> Result<()> {
     }
 }
 
-impl Girofle {
+impl Context {
     /// Finishes or rolls back every interrupted operation whose instance is not held by a
     /// live one, and removes the leftovers of dead operations (staging entries, local
     /// stores' staging files). Idempotent; safe while other operations run. Each
     /// recovery is journaled.
-    ///
-    /// # Errors
-    /// `Io` when `<root>/run` or `<root>/staging` cannot be read. A recovery that fails
-    /// is reported with [`RecoveryOutcome::Failed`], not as an error.
-    pub async fn recover(&self) -> Result<Vec<Recovery>> {
+    pub(crate) async fn recover(&self) -> Result<Vec<Recovery>> {
         let mut out = self.recover_intents(Patience::Full).await?;
         out.extend(self.recover_leftovers(None).await?);
         Ok(out)
@@ -499,7 +495,7 @@ impl Girofle {
                 self.wait_gitlab_backup(intent, gitlab_dir, &tar_name, patience, actions)
                     .await?;
                 let removed =
-                    crate::gitlab_backup::remove_parts(&dirs.data, gitlab_dir, &tar_name)?;
+                    crate::ops::gitlab_backup::remove_parts(&dirs.data, gitlab_dir, &tar_name)?;
                 if !removed.is_empty() {
                     actions.push(format!(
                         "removed GitLab's tar and staging parts from `{}`: {}",
@@ -616,12 +612,12 @@ impl Girofle {
         {
             return self.ensure_running(record, false, actions).await;
         }
-        crate::health::wait_fresh(
+        crate::model::health::wait_fresh(
             &*self.runtime,
             &container,
             "a reconfigure",
             None,
-            crate::health::SETTLE,
+            crate::model::health::SETTLE,
             self.boot_timeout(),
         )
         .await?;
@@ -773,8 +769,12 @@ impl Girofle {
                         self.runtime.start(&container).await?;
                         actions.push(format!("started container `{container}`"));
                     }
-                    crate::health::wait_booted(&*self.runtime, &container, self.boot_timeout())
-                        .await
+                    crate::model::health::wait_booted(
+                        &*self.runtime,
+                        &container,
+                        self.boot_timeout(),
+                    )
+                    .await
                 }
             };
             match waited {
@@ -875,8 +875,8 @@ impl Girofle {
         let name = intent.instance.as_str();
         let container = instance::container_name(name);
         let bound = Duration::from_secs(self.config.backup.gitlab_backup_timeout_secs);
-        let bound_text = crate::status::human_age(bound.as_secs() as i64);
-        let age = |d: Duration| crate::status::human_age(d.as_secs() as i64);
+        let bound_text = crate::service::status::human_age(bound.as_secs() as i64);
+        let age = |d: Duration| crate::service::status::human_age(d.as_secs() as i64);
         // How long GitLab's backup has run: since the online backup started it.
         let has_run = || {
             (Utc::now() - intent.started_at)
@@ -930,11 +930,12 @@ impl Girofle {
                     return Err(Error::Conflict(format!(
                         "GitLab's backup, left running in container `{container}` by the interrupted online backup, still runs ({} so far, {} of tar and staging parts in its backup path); its files are removed once it ends, or once it has run {bound_text} (`[backup] gitlab_backup_timeout_secs`) and is stopped; `girofle recover` waits for that",
                         age(ran),
-                        human_bytes(crate::gitlab_backup::parts_size(gitlab_dir, tar_name)),
+                        human_bytes(crate::ops::gitlab_backup::parts_size(gitlab_dir, tar_name)),
                     )));
                 }
             } else if now >= next_report {
-                let so_far = human_bytes(crate::gitlab_backup::parts_size(gitlab_dir, tar_name));
+                let so_far =
+                    human_bytes(crate::ops::gitlab_backup::parts_size(gitlab_dir, tar_name));
                 if seen {
                     eprintln!(
                         "girofle: instance `{name}`: still waiting for GitLab's backup after {} (it has run {}, {so_far} of tar and staging parts in its backup path so far; stopped once it has run {bound_text})",
@@ -1025,14 +1026,18 @@ kill -TERM $all 2>/dev/null; sleep 3; kill -KILL $all 2>/dev/null; true";
             return;
         };
         let cleanup = async {
-            if store.head(&crate::backup::manifest_key(id)).await.is_ok() {
+            if store
+                .head(&crate::ops::backup::manifest_key(id))
+                .await
+                .is_ok()
+            {
                 return None;
             }
             let mut removed = Vec::new();
             for key in [
-                crate::backup::archive_key(id),
-                crate::backup::index_key(id),
-                crate::backup::signature_key(id),
+                crate::ops::backup::archive_key(id),
+                crate::ops::backup::index_key(id),
+                crate::ops::backup::signature_key(id),
             ] {
                 if store.head(&key).await.is_ok() && store.delete(&key).await.is_ok() {
                     removed.push(key);
@@ -1151,11 +1156,11 @@ kill -TERM $all 2>/dev/null; sleep 3; kill -KILL $all 2>/dev/null; true";
                 error,
             };
             let _ = self.journal.append(
-                &crate::journal::Record {
+                &crate::model::journal::Record {
                     operation: "recover".into(),
                     arguments: json!({ "instance": name, "operation": "leftovers", "actions": recovery.actions }),
-                    user: crate::journal::current_user(),
-                    host: crate::journal::host_name(),
+                    user: crate::model::journal::current_user(),
+                    host: crate::model::journal::host_name(),
                     pid: std::process::id(),
                     girofle_version: crate::VERSION.to_string(),
                     versions: json!({}),

@@ -1,0 +1,243 @@
+//! The context every operation works in: a Girofle root opened with its configuration,
+//! container runtime, inventory and journal, and the few things every operation asks of
+//! them (timeouts, the secrets an error must not show, a backup store by name, and
+//! `journaled`, which records an operation however it ends and then notifies).
+//!
+//! The public face of it is the front door, [`crate::Girofle`]; operations take a
+//! `&Context` so they never depend on the front door that calls them.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::adapters::inventory::{Inventory, SqliteInventory};
+use crate::adapters::runtime::ContainerRuntime;
+use crate::adapters::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
+use crate::error::{Error, IoContext, Result};
+use crate::model::config::Config;
+use crate::model::fingerprint::FingerprintKey;
+use crate::model::instance::{self, HealthSettings};
+use crate::model::journal::{self, Journal, Record};
+
+/// A Girofle root opened: what every operation works with.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub(crate) root: PathBuf,
+    pub(crate) config: Config,
+    pub(crate) runtime: Arc<dyn ContainerRuntime>,
+    pub(crate) inventory: Arc<dyn Inventory>,
+    pub(crate) journal: Journal,
+}
+
+/// Makes the root 0700: instance data, the configuration and the inventory are
+/// reachable through it by its owner only (dockerd, running as root, needs no more for
+/// the bind mounts). A read-only root is left as it is: its writes fail with their own
+/// message.
+fn make_root_private(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(root).ctx("read", root)?;
+    if meta.permissions().mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    match std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)) {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(()),
+        other => other.ctx("make private (chmod 0700)", root),
+    }
+}
+
+impl Context {
+    /// Prepares a root: directories, default `girofle.toml` (unless present), the
+    /// inventory and the fleet's signing key (`keys/`). Idempotent. Returns whether a configuration was written.
+    ///
+    /// # Errors
+    /// `Io` when the root cannot be written, `InvalidInput` when the root is a file or an
+    /// existing configuration is malformed.
+    pub fn init(root: &Path) -> Result<bool> {
+        if let Some(e) = crate::model::config::root_not_a_directory(root) {
+            return Err(e);
+        }
+        for d in ["instances", "backups", "decommissioned", "locks", "staging"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).ctx("create directory", &p)?;
+        }
+        make_root_private(root)?;
+        let wrote = Config::write_default(root)?;
+        Config::load(root)?;
+        SqliteInventory::open(&root.join("inventory.db"))?;
+        // The fleet's signing key: every backup's manifest is signed with it.
+        crate::model::signing::ensure_key(root)?;
+        FingerprintKey::of_root(root)?;
+        Ok(wrote)
+    }
+
+    /// Opens a root with a given runtime (another engine, or a test double).
+    ///
+    /// # Errors
+    /// `Backend` when the inventory cannot be opened.
+    pub fn with_parts(
+        root: &Path,
+        config: Config,
+        runtime: Arc<dyn ContainerRuntime>,
+    ) -> Result<Self> {
+        let root = std::path::absolute(root).ctx("resolve", root)?;
+        make_root_private(&root)?;
+        let inventory = Arc::new(SqliteInventory::open(&root.join("inventory.db"))?);
+        // A root made before backups were signed gets its key on first open.
+        crate::model::signing::ensure_key(&root)?;
+        Ok(Context {
+            journal: Journal::new(&root),
+            root,
+            config,
+            runtime,
+            inventory,
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The container runtime.
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
+    /// The inventory.
+    pub fn inventory(&self) -> &Arc<dyn Inventory> {
+        &self.inventory
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub(crate) fn health(&self, timeout: Option<Duration>) -> HealthSettings {
+        HealthSettings {
+            interval: Duration::from_secs(self.config.instances.health_interval_secs),
+            boot_timeout: timeout.unwrap_or(self.boot_timeout()),
+            stop_grace: self.stop_grace(),
+        }
+    }
+
+    pub(crate) fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.instances.health_timeout_secs)
+    }
+
+    pub(crate) fn stop_grace(&self) -> Duration {
+        Duration::from_secs(self.config.instances.stop_grace_secs)
+    }
+
+    /// Values that must never be written anywhere (store credentials).
+    pub(crate) fn known_secrets(&self) -> Vec<String> {
+        self.config
+            .stores
+            .values()
+            .filter_map(|s| s.secret_access_key.clone())
+            .collect()
+    }
+
+    /// The values of every instance's settings (and the strings inside them), which an
+    /// error message must not show.
+    pub(crate) async fn setting_secrets(&self) -> Vec<String> {
+        match self.inventory.load().await {
+            Ok(fleet) => {
+                instance::setting_values(fleet.instances.values().flat_map(|r| r.settings.values()))
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Runs `op` and appends its journal record, whatever the outcome. The error, as
+    /// journaled and as returned, holds no store credential and no setting's value.
+    pub(crate) async fn journaled<T, F>(
+        &self,
+        operation: &str,
+        arguments: Value,
+        versions: Value,
+        op: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let started_at = Utc::now();
+        let (result, nested) = crate::model::notify::scoped(op).await;
+        let result = match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let mut secrets = self.known_secrets();
+                secrets.extend(self.setting_secrets().await);
+                Err(e.scrubbed(&secrets))
+            }
+        };
+        let (outcome, error_kind, error) = match &result {
+            Ok(_) => ("ok", None, None),
+            Err(e) => ("error", Some(e.kind().to_string()), Some(e.to_string())),
+        };
+        let record = Record {
+            operation: operation.to_string(),
+            arguments,
+            user: journal::current_user(),
+            host: journal::host_name(),
+            pid: std::process::id(),
+            girofle_version: crate::VERSION.to_string(),
+            versions,
+            started_at,
+            ended_at: Utc::now(),
+            outcome: outcome.to_string(),
+            error_kind,
+            error,
+        };
+        // A journal that cannot be written must not hide the operation's own result.
+        let journaled = self.journal.append(&record, &self.known_secrets());
+        // A webhook that is down must not fail the operation: `notify` logs it.
+        crate::model::notify::after_operation(self, &record, nested).await;
+        match journaled {
+            // A full or read-only file system: the operation happened (a prune freeing
+            // space, a verify), and failing it now would misstate its outcome.
+            Err(Error::Io { source, .. }) if crate::fsutil::is_unwritable(&source) => {
+                eprintln!(
+                    "girofle: warning: `{operation}` is not journaled: {}: {source}",
+                    self.journal.path().display()
+                );
+            }
+            Err(e) if result.is_ok() => return Err(e),
+            _ => {}
+        }
+        result
+    }
+
+    /// Opens a store by name: `local` (built in, `<root>/backups`) or one of `[stores]`.
+    ///
+    /// # Errors
+    /// `NotFound` naming the configured stores.
+    pub fn store(&self, name: Option<&str>) -> Result<Arc<dyn BackupStore>> {
+        match name.unwrap_or(LOCAL_STORE_NAME) {
+            LOCAL_STORE_NAME => local_store(&self.root.join("backups")),
+            other => match self.config.stores.get(other) {
+                Some(config) => open_store(other, config),
+                None => Err(Error::not_found(
+                    format!("store `{other}`"),
+                    format!(
+                        "the stores are: local{}; add [stores.{other}] to girofle.toml",
+                        self.config
+                            .stores
+                            .keys()
+                            .map(|k| format!(", {k}"))
+                            .collect::<String>()
+                    ),
+                )),
+            },
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The model: what Girofle knows and keeps between operations. Instances and their
+//! addresses, the settings file, the journal, intents and locks, fingerprints, signing
+//! keys, health probes and the notifications an operation leaves. Built on the adapters;
+//! knows no operation.
+
+pub mod address;
+pub mod config;
+pub mod context;
+pub mod fingerprint;
+pub mod health;
+pub mod instance;
+pub mod journal;
+pub mod lock;
+pub mod notify;
+pub mod signing;

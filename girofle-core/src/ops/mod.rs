@@ -1,0 +1,10 @@
+//! The operations: commission and the rest of an instance's life ([`fleet`]), backups
+//! ([`backup`], with GitLab's own tool in `gitlab_backup`), restores ([`restore`]) and
+//! the recovery of interrupted ones ([`recovery`]). Each works on the model and adapters.
+
+pub mod backup;
+pub mod checks;
+pub mod fleet;
+pub(crate) mod gitlab_backup;
+pub mod recovery;
+pub mod restore;
