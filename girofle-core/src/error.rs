@@ -123,7 +123,7 @@ impl Error {
     /// The same error with every text in `secrets` (and URL credentials) replaced by
     /// `[REDACTED]` in its messages (GitLab's output or logs may repeat a setting's value).
     pub fn scrubbed(self, secrets: &[String]) -> Self {
-        let s = |t: String| crate::model::journal::scrub_known(&t, secrets);
+        let s = |t: String| crate::text::scrub_known(&t, secrets);
         match self {
             Error::NotFound { what, hint } => Error::NotFound {
                 what: s(what),

@@ -125,7 +125,7 @@ impl Girofle {
         self.ctx.store(name)
     }
 
-    // Instances: ops/fleet.rs
+    // Instances: ops/fleet/ (list and show recover first: ops/recovery.rs)
 
     /// Commissions a new instance and waits until it is healthy; returns its record (the
     /// URL is `external_url`). On any failure nothing is left behind: no container, no
@@ -240,7 +240,7 @@ impl Girofle {
         self.ctx.decommission(name, options).await
     }
 
-    // Backups: ops/backup.rs
+    // Backups: ops/backup/
 
     /// Takes a backup of an instance into a store.
     ///
@@ -335,7 +335,7 @@ impl Girofle {
         self.ctx.prune(name, store, policy).await
     }
 
-    // Keys and signatures: model/signing.rs
+    // Keys and signatures: model/signing.rs, model/context.rs
 
     /// The keys this fleet trusts (its own, `[trust] keys`, `keys/trusted`).
     ///
@@ -353,7 +353,7 @@ impl Girofle {
         self.ctx.public_key()
     }
 
-    // Restores and drills: ops/restore.rs
+    // Restores and drills: ops/restore/
 
     /// Restores a backup. Everything is validated before anything is touched; in place,
     /// the current directories are kept aside until the restored instance is healthy and
@@ -393,7 +393,7 @@ impl Girofle {
         self.ctx.recover().await
     }
 
-    // Schedules: service/schedule.rs
+    // Schedules: service/schedule/
 
     /// The schedule book of this root.
     ///

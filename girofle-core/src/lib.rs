@@ -14,8 +14,10 @@ pub mod fsutil;
 mod girofle;
 pub mod model;
 pub mod ops;
+pub mod record;
 pub mod ruby;
 pub mod service;
+pub mod text;
 
 // The public paths of the first wave, kept for the fronts and for users' code.
 pub use adapters::{inventory, runtime, store};

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::runtime::validate_docker_host;
 use crate::adapters::store::StoreConfig;
 use crate::error::{Error, Result};
 
@@ -36,13 +37,13 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The default schedule of backups and copies, and the daemon's limits.
     #[serde(default)]
-    pub schedule: crate::service::schedule::ScheduleConfig,
+    pub schedule: crate::model::policy::ScheduleConfig,
     /// Where the metrics endpoint listens (`girofle daemon`, `girofle metrics serve`).
     #[serde(default)]
-    pub metrics: crate::service::metrics::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// Where failure (and optionally success) notifications go.
     #[serde(default)]
-    pub notify: crate::model::notify::NotifyConfig,
+    pub notify: NotifyConfig,
     /// Keys whose signed backups this fleet trusts besides its own.
     #[serde(default)]
     pub trust: TrustConfig,
@@ -346,7 +347,7 @@ impl Config {
             validate_docker_host("docker.host", host)?;
         }
         for (name, store) in &self.stores {
-            crate::model::instance::validate_label(&format!("stores.{name}"), name)?;
+            crate::record::validate_label(&format!("stores.{name}"), name)?;
             validate_store_url(&format!("stores.{name}.url"), &store.url)?;
         }
         self.schedule.validate(&self.stores)?;
@@ -529,34 +530,6 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
     table_line
 }
 
-/// Checks a Docker engine address: `unix:///path`, `tcp://HOST:PORT`, `http(s)://...`.
-///
-/// # Errors
-/// `InvalidInput` naming `field` and saying what is expected.
-pub fn validate_docker_host(field: &str, host: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Error::invalid(
-            field,
-            format!("`{host}` {why}; use unix:///var/run/docker.sock or tcp://HOST:2375"),
-        )
-    };
-    if let Some(path) = host.strip_prefix("unix://") {
-        if !path.starts_with('/') {
-            return Err(bad("is not an absolute socket path"));
-        }
-        return Ok(());
-    }
-    let url = url::Url::parse(host).map_err(|e| bad(&format!("is not an address ({e})")))?;
-    match url.scheme() {
-        "tcp" | "http" | "https" => {}
-        other => return Err(bad(&format!("has the unsupported scheme `{other}`"))),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("names no host"));
-    }
-    Ok(())
-}
-
 /// Checks the syntax of a store URL (`s3://BUCKET/PREFIX`, `file:///PATH`) without
 /// opening the store. Never echoes the URL: it may carry a password.
 ///
@@ -603,6 +576,60 @@ pub fn validate_http_url(field: &str, text: &str) -> Result<()> {
         return Err(bad("names no host".into()));
     }
     Ok(())
+}
+
+/// The `[metrics]` section of girofle.toml.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `girofle daemon` serves `GET /metrics` (none: it does not serve them).
+    /// Keep it on loopback unless a firewall guards it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The `[notify]` section of girofle.toml.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// `http://host[:port]/path`: receives one JSON document per notified operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Notify successes too (failures always are).
+    pub on_success: bool,
+    /// How long one delivery may take, connection included.
+    pub timeout_secs: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhook_url: None,
+            on_success: false,
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Checks the section (the URL parses, the timeout is positive).
+    ///
+    /// # Errors
+    /// `InvalidInput` naming `notify.webhook_url` or `notify.timeout_secs`.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(u) = &self.webhook_url {
+            url::Url::parse(u).map_err(|e| {
+                Error::invalid(
+                    "notify.webhook_url",
+                    format!("not a URL ({e}); use e.g. \"http://127.0.0.1:8080/hooks/girofle\""),
+                )
+            })?;
+        }
+        if self.timeout_secs == 0 {
+            return Err(Error::invalid("notify.timeout_secs", "use at least 1"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

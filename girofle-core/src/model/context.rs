@@ -22,6 +22,7 @@ use crate::model::config::Config;
 use crate::model::fingerprint::FingerprintKey;
 use crate::model::instance::{self, HealthSettings};
 use crate::model::journal::{self, Journal, Record};
+use crate::model::signing::{key_info, KeyInfo, TrustedKeys};
 
 /// A Girofle root opened: what every operation works with.
 #[derive(Debug, Clone)]
@@ -201,7 +202,13 @@ impl Context {
         // A journal that cannot be written must not hide the operation's own result.
         let journaled = self.journal.append(&record, &self.known_secrets());
         // A webhook that is down must not fail the operation: `notify` logs it.
-        crate::model::notify::after_operation(self, &record, nested).await;
+        crate::model::notify::after_operation(
+            &self.config.notify,
+            &self.known_secrets(),
+            &record,
+            nested,
+        )
+        .await;
         match journaled {
             // A full or read-only file system: the operation happened (a prune freeing
             // space, a verify), and failing it now would misstate its outcome.
@@ -239,5 +246,17 @@ impl Context {
                 )),
             },
         }
+    }
+}
+
+impl Context {
+    /// The keys this fleet trusts (its own, `[trust] keys`, `keys/trusted`).
+    pub(crate) fn trusted_keys(&self) -> Result<TrustedKeys> {
+        TrustedKeys::load(&self.root, &self.config)
+    }
+
+    /// The fleet's public key and the keys it trusts.
+    pub(crate) fn public_key(&self) -> Result<KeyInfo> {
+        key_info(&self.root)
     }
 }

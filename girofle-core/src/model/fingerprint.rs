@@ -107,7 +107,7 @@ impl FingerprintKey {
     pub fn settings_texts(&self, texts: &[String]) -> Vec<String> {
         texts
             .iter()
-            .map(|t| match crate::model::instance::parse_setting(t) {
+            .map(|t| match crate::record::parse_setting(t) {
                 Ok((k, v)) => format!("{k}={}", self.fingerprint(&v)),
                 Err(_) => match t.split_once('=') {
                     Some((k, v)) => format!("{}={}", k.trim(), self.fingerprint(v.trim())),
@@ -115,6 +115,18 @@ impl FingerprintKey {
                 },
             })
             .collect()
+    }
+}
+
+impl crate::record::InstanceRecord {
+    /// A copy for plain metadata (the backup manifests): every setting's value is
+    /// replaced by its keyed fingerprint, so two manifests tell whether a value changed.
+    pub fn fingerprinted(&self, key: &FingerprintKey) -> crate::record::InstanceRecord {
+        let mut r = self.clone();
+        for v in r.settings.values_mut() {
+            *v = key.fingerprint(v);
+        }
+        r
     }
 }
 

@@ -17,9 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, IoContext, Result};
-
-/// What replaces a secret.
-pub const REDACTED: &str = "[REDACTED]";
+pub use crate::text::{is_secret_key, scrub_known, scrub_text, REDACTED};
 
 /// One journal record.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -49,49 +47,6 @@ pub struct Journal {
     path: PathBuf,
 }
 
-/// Whether a key names a secret (`initial_root_password`, `secret_access_key`,
-/// `gitlab_rails['smtp_password']`, `token`...).
-pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "token",
-        "private_key",
-        "api_key",
-        "credential",
-        "passphrase",
-    ]
-    .iter()
-    .any(|w| k.contains(w))
-}
-
-/// Removes the password of URLs (`https://user:pw@host` -> `https://user:[REDACTED]@host`)
-/// and values after `password=`/`token=`-like words in free text.
-pub fn scrub_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '\'' || c == '"')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                let user = userinfo.split(':').next().unwrap_or("");
-                out.push_str(&format!("{user}:{REDACTED}{}", &authority[at..]));
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Redacts secrets in a JSON value: values under secret-looking keys, `KEY=VALUE` strings
 /// whose key looks secret, and URL credentials.
 pub fn redact(value: &Value) -> Value {
@@ -119,17 +74,6 @@ pub fn redact(value: &Value) -> Value {
         }
         other => other.clone(),
     }
-}
-
-/// Removes every known secret value from a text (used for error messages).
-pub fn scrub_known(text: &str, secrets: &[String]) -> String {
-    let mut out = scrub_text(text);
-    for s in secrets {
-        if s.len() >= 4 {
-            out = out.replace(s.as_str(), REDACTED);
-        }
-    }
-    out
 }
 
 /// A journal's text with the values of `--set` settings that Girofle versions before the

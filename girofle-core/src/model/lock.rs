@@ -27,7 +27,7 @@ impl InstanceLock {
     /// `Conflict` naming the holder when another operation holds it, `Io` otherwise.
     pub fn acquire(root: &Path, name: &str, operation: &str) -> Result<Self> {
         // The name becomes a file name under the root.
-        crate::model::instance::validate_name(name)?;
+        crate::record::validate_name(name)?;
         let dir = root.join("locks");
         std::fs::create_dir_all(&dir).ctx("create directory", &dir)?;
         let path = dir.join(format!("{name}.lock"));

@@ -12,58 +12,13 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::model::context::Context;
+pub use crate::model::config::NotifyConfig;
 use crate::model::journal::{self, Record};
-
-/// The `[notify]` section of girofle.toml.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NotifyConfig {
-    /// `http://host[:port]/path`: receives one JSON document per notified operation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook_url: Option<String>,
-    /// Notify successes too (failures always are).
-    pub on_success: bool,
-    /// How long one delivery may take, connection included.
-    pub timeout_secs: u64,
-}
-
-impl Default for NotifyConfig {
-    fn default() -> Self {
-        NotifyConfig {
-            webhook_url: None,
-            on_success: false,
-            timeout_secs: 10,
-        }
-    }
-}
-
-impl NotifyConfig {
-    /// Checks the section (the URL parses, the timeout is positive).
-    ///
-    /// # Errors
-    /// `InvalidInput` naming `notify.webhook_url` or `notify.timeout_secs`.
-    pub fn validate(&self) -> Result<()> {
-        if let Some(u) = &self.webhook_url {
-            url::Url::parse(u).map_err(|e| {
-                Error::invalid(
-                    "notify.webhook_url",
-                    format!("not a URL ({e}); use e.g. \"http://127.0.0.1:8080/hooks/girofle\""),
-                )
-            })?;
-        }
-        if self.timeout_secs == 0 {
-            return Err(Error::invalid("notify.timeout_secs", "use at least 1"));
-        }
-        Ok(())
-    }
-}
 
 /// The operations whose outcome is notified.
 pub const NOTIFIED_OPERATIONS: &[&str] = &[
@@ -129,16 +84,20 @@ pub(crate) fn made_backup(id: &str) {
 /// Called by `Girofle::journaled` once an operation has ended (with its record before
 /// redaction): sends the document when the operation is one that is notified, and logs a
 /// failed delivery to stderr.
-pub(crate) async fn after_operation(g: &Context, record: &Record, nested: Nested) {
-    let config = &g.config.notify;
+pub(crate) async fn after_operation(
+    config: &NotifyConfig,
+    secrets: &[String],
+    record: &Record,
+    nested: Nested,
+) {
     let nested_sent = nested.sent;
     let wanted = config.webhook_url.is_some()
         && NOTIFIED_OPERATIONS.contains(&record.operation.as_str())
         && (record.outcome != "ok" || config.on_success)
         && !nested_sent;
     if wanted {
-        let doc = document(record, nested.backup_id.as_deref(), &g.known_secrets());
-        if let Err(e) = send(g, &doc).await {
+        let doc = document(record, nested.backup_id.as_deref(), secrets);
+        if let Err(e) = send(config, secrets, &doc).await {
             eprintln!(
                 "girofle: warning: the {} notification of `{}` was not delivered: {e}",
                 record.outcome, record.operation
@@ -199,8 +158,7 @@ pub fn document(record: &Record, made: Option<&str>, secrets: &[String]) -> Valu
 /// # Errors
 /// `InvalidInput` when no webhook is configured or its URL is not `http://`, `Backend`
 /// when it cannot be reached in `[notify] timeout_secs` or answers anything but 2xx.
-pub async fn send(g: &Context, event: &Value) -> Result<()> {
-    let config = &g.config.notify;
+pub async fn send(config: &NotifyConfig, secrets: &[String], event: &Value) -> Result<()> {
     let url = config.webhook_url.as_deref().ok_or_else(|| {
         Error::invalid(
             "notify.webhook_url",
@@ -210,7 +168,7 @@ pub async fn send(g: &Context, event: &Value) -> Result<()> {
     let mut body = serde_json::to_vec(event).map_err(|e| Error::backend("webhook", e))?;
     // Belt and braces: whatever the caller built, no known secret leaves the host.
     let text = String::from_utf8_lossy(&body).into_owned();
-    let scrubbed = journal::scrub_known(&text, &g.known_secrets());
+    let scrubbed = journal::scrub_known(&text, secrets);
     if scrubbed != text {
         body = scrubbed.into_bytes();
     }

@@ -21,7 +21,6 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::config::Config;
-use crate::model::context::Context;
 
 /// The directory of the keys under the root.
 pub const KEYS_DIR: &str = "keys";
@@ -633,18 +632,6 @@ pub(crate) fn import_keys(
         key_id: own.id(),
         trusted_imported_key,
     })
-}
-
-impl Context {
-    /// The keys this fleet trusts (its own, `[trust] keys`, `keys/trusted`).
-    pub(crate) fn trusted_keys(&self) -> Result<TrustedKeys> {
-        TrustedKeys::load(&self.root, &self.config)
-    }
-
-    /// The fleet's public key and the keys it trusts.
-    pub(crate) fn public_key(&self) -> Result<KeyInfo> {
-        key_info(&self.root)
-    }
 }
 
 #[cfg(test)]

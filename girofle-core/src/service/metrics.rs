@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +23,7 @@ use tokio::sync::Mutex;
 
 use crate::adapters::store::LOCAL_STORE_NAME;
 use crate::error::{Error, Result};
+pub use crate::model::config::MetricsConfig;
 use crate::model::context::Context;
 use crate::model::journal::Record;
 use crate::ops::fleet::InstanceState;
@@ -33,16 +33,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9531";
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The `[metrics]` section of girofle.toml.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Where `girofle daemon` serves `GET /metrics` (none: it does not serve them).
-    /// Keep it on loopback unless a firewall guards it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
-}
 
 const STATES: &[InstanceState] = &[
     InstanceState::Running,

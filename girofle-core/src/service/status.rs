@@ -17,6 +17,7 @@ use crate::model::context::Context;
 use crate::ops::backup::BackupEntry;
 use crate::ops::fleet::InstanceState;
 use crate::service::schedule::{next_slot, RunKind, Schedule};
+pub use crate::text::human_age;
 
 /// How old a newest backup may be when no schedule says otherwise.
 pub const DEFAULT_OVERDUE_AFTER: Duration = Duration::from_secs(8 * 3600);
@@ -293,17 +294,6 @@ pub(crate) fn summarise(facts: &Facts) -> FleetStatus {
         engine_reachable: facts.engine_reachable,
         instances,
         stores,
-    }
-}
-
-/// A duration in seconds as people read it: `42s`, `17m`, `5h12m`, `3d4h`.
-pub fn human_age(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
     }
 }
 

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error::{Error, Result};
-use crate::model::instance::InstanceRecord;
+use crate::record::InstanceRecord;
 
 /// The whole fleet as the inventory knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub trait InventoryExt: Inventory {
     async fn get(&self, name: &str) -> Result<InstanceRecord> {
         // Every command that acts on an instance looks it up here first: a name that is
         // not one (`../x`) never reaches a path, a lock or the engine.
-        crate::model::instance::validate_name(name)?;
+        crate::record::validate_name(name)?;
         self.load()
             .await?
             .instances

@@ -242,6 +242,34 @@ pub(crate) fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Checks a Docker engine address: `unix:///path`, `tcp://HOST:PORT`, `http(s)://...`.
+///
+/// # Errors
+/// `InvalidInput` naming `field` and saying what is expected.
+pub fn validate_docker_host(field: &str, host: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::invalid(
+            field,
+            format!("`{host}` {why}; use unix:///var/run/docker.sock or tcp://HOST:2375"),
+        )
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(bad("is not an absolute socket path"));
+        }
+        return Ok(());
+    }
+    let url = url::Url::parse(host).map_err(|e| bad(&format!("is not an address ({e})")))?;
+    match url.scheme() {
+        "tcp" | "http" | "https" => {}
+        other => return Err(bad(&format!("has the unsupported scheme `{other}`"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host"));
+    }
+    Ok(())
+}
+
 /// [`ContainerRuntime`] on the Docker engine.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -273,7 +301,7 @@ impl DockerRuntime {
                 ),
             )
         };
-        crate::model::config::validate_docker_host(
+        validate_docker_host(
             "docker host (--docker-host, DOCKER_HOST or [docker] host)",
             &host,
         )?;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -36,8 +36,11 @@ use crate::archive::{
 use crate::error::{Error, IoContext, Result};
 use crate::model::context::Context;
 use crate::model::instance::{self, InstanceDirs, InstanceRecord};
+use crate::model::intent::{ColdBackupPhase, IntentFile, OnlineBackupPhase, Operation};
+pub use crate::model::policy::{retained, Retention, Strategy};
 use crate::model::signing::{SignatureCheck, Signed, TrustedKeys, SIGNATURE_SUFFIX};
-use crate::ops::recovery::{IntentFile, Operation};
+
+mod undo;
 
 /// The archive format this Girofle writes (and the only one it reads): 2 has the index as
 /// JSON lines, in the archive and beside it as its own object.
@@ -52,33 +55,6 @@ const CHECKSUM_TRAILER: &str = "\nblake3:";
 /// What the archive writer says when the store stopped reading its stream (`archive`'s
 /// `ChannelWriter`).
 const CONSUMER_GONE: &str = "the archive consumer is gone";
-
-/// How a backup is taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    /// `gitlab-backup create` inside the running container, plus `/etc/gitlab`: no
-    /// downtime.
-    #[default]
-    Online,
-    /// Stop the container, archive the three directories, start it again: consistent by
-    /// construction, with downtime.
-    Cold,
-}
-
-impl std::str::FromStr for Strategy {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "online" => Ok(Strategy::Online),
-            "cold" => Ok(Strategy::Cold),
-            other => Err(Error::invalid(
-                "--strategy",
-                format!("`{other}`: use `online` or `cold`"),
-            )),
-        }
-    }
-}
 
 /// The first entry of every archive, and the head of its manifest.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -297,14 +273,6 @@ impl std::fmt::Display for DamagedBackup {
             self.id, self.store, self.reason
         )
     }
-}
-
-/// A retention policy.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Retention {
-    pub keep_last: usize,
-    pub keep_daily: usize,
-    pub keep_weekly: usize,
 }
 
 /// Splits an id `<instance>/<ts>` and checks its shape.
@@ -750,11 +718,11 @@ impl Context {
                     &self.root,
                     &record.name,
                     Operation::ColdBackup {
+                        phase: ColdBackupPhase::Archiving,
                         was_running: running,
                         store: store.name().to_string(),
                         id: id.clone(),
                     },
-                    "archiving",
                 )?;
                 let down = Instant::now();
                 let stopped = if running {
@@ -832,12 +800,12 @@ impl Context {
                     &self.root,
                     &record.name,
                     Operation::OnlineBackup {
+                        phase: OnlineBackupPhase::GitlabBackup,
                         store: store.name().to_string(),
                         id: id.clone(),
                         gitlab_tar: produced.clone(),
                         holder: holder.clone(),
                     },
-                    "gitlab-backup",
                 )?;
                 // Under CRON=1 GitLab prints nothing, errors included: its reasons are
                 // only what it appends to backup_json.log from now on.
@@ -868,7 +836,7 @@ impl Context {
                         return Err(e);
                     }
                 }
-                intent.phase("archiving")?;
+                intent.phase(OnlineBackupPhase::Archiving)?;
                 let moved = holder.join(&tar_name);
                 let result = match std::fs::create_dir_all(&holder)
                     .ctx("create directory", &holder)
@@ -1309,39 +1277,6 @@ async fn copy_checked(
         other => other,
     })?;
     Ok(())
-}
-
-/// Which of `times` (newest first) a policy keeps, as indexes. Index 0 (the newest) is
-/// always kept.
-pub fn retained(times: &[DateTime<Utc>], policy: Retention) -> BTreeSet<usize> {
-    let mut keep = BTreeSet::new();
-    if times.is_empty() {
-        return keep;
-    }
-    keep.insert(0);
-    for i in 0..policy.keep_last.min(times.len()) {
-        keep.insert(i);
-    }
-    let mut days = BTreeSet::new();
-    for (i, t) in times.iter().enumerate() {
-        if days.len() >= policy.keep_daily {
-            break;
-        }
-        if days.insert(t.date_naive()) {
-            keep.insert(i);
-        }
-    }
-    let mut weeks = BTreeSet::new();
-    for (i, t) in times.iter().enumerate() {
-        if weeks.len() >= policy.keep_weekly {
-            break;
-        }
-        let w = t.iso_week();
-        if weeks.insert((w.year(), w.week())) {
-            keep.insert(i);
-        }
-    }
-    keep
 }
 
 /// A manifest as a store holds it: parsed, its bytes (what the signature covers) and its

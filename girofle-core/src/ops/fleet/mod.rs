@@ -24,7 +24,11 @@ use crate::model::instance::{
     self, container_spec, render_gitlab_rb, InstanceDirs, InstanceRecord, Stage, LABEL_MANAGED,
     LABEL_ROOT,
 };
-use crate::ops::recovery::{IntentFile, Operation, Recovery};
+use crate::model::intent::{
+    CommissionPhase, DecommissionPhase, IntentFile, Operation, ReconfigurePhase,
+};
+
+mod undo;
 
 /// What to commission.
 #[derive(Clone, Debug, Default)]
@@ -270,7 +274,13 @@ impl Context {
             .await?;
         let record = record.expect("set by the transaction");
         // Until this record goes, a crash leaves a half-made instance: recovery removes it.
-        let intent = match IntentFile::begin(&self.root, &name, Operation::Commission, "creating") {
+        let intent = match IntentFile::begin(
+            &self.root,
+            &name,
+            Operation::Commission {
+                phase: CommissionPhase::Creating,
+            },
+        ) {
             Ok(i) => i,
             Err(e) => {
                 let _ = self.forget(&name).await;
@@ -470,20 +480,9 @@ impl Context {
         Ok(())
     }
 
-    /// The instances of this root, reconciled with what the engine really has.
-    pub(crate) async fn list(&self) -> Result<Vec<InstanceStatus>> {
-        Ok(self.list_with_recoveries().await?.0)
-    }
-
-    /// [`Girofle::list`], with what recovery did first: operations that died half-way
-    /// are put right before the listing (one directory read when there are none), so it
-    /// shows what will stay. A recovery that failed leaves its instance as it found it
-    /// (often listed `missing`) and is reported here with its error, for the caller to
-    /// say so; `girofle recover` tries again.
-    pub(crate) async fn list_with_recoveries(
-        &self,
-    ) -> Result<(Vec<InstanceStatus>, Vec<Recovery>)> {
-        let recoveries = self.recover_pending().await;
+    /// The instances of this root as the inventory and the engine have them now (no
+    /// recovery first: that is `list`).
+    pub(crate) async fn listing(&self) -> Result<Vec<InstanceStatus>> {
         let fleet = self.inventory.load().await?;
         let containers = self
             .runtime
@@ -552,7 +551,7 @@ impl Context {
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((out, recoveries))
+        Ok(out)
     }
 
     /// One instance, reconciled with the engine.
@@ -714,10 +713,10 @@ impl Context {
             &self.root,
             &record.name,
             Operation::Reconfigure {
+                phase: ReconfigurePhase::Applying,
                 previous_rb: previous.clone(),
                 settings: updated.settings.clone(),
             },
-            "applying",
         )?;
         let next = render_gitlab_rb(
             &previous,
@@ -789,7 +788,7 @@ impl Context {
             crate::fsutil::write_atomic(rb, previous.as_bytes(), 0o600)?;
             let restored = self.runtime.exec_ok(&container, &reconfigure).await;
             if let (Ok(_), Some(intent)) = (restored, intent) {
-                intent.phase("restored")?;
+                intent.phase(ReconfigurePhase::Restored)?;
             }
             return Err(match e {
                 Error::Command { output, exit_code, .. } => Error::invalid(
@@ -845,7 +844,7 @@ impl Context {
         let outcome = match back {
             Ok(()) => {
                 if let Some(intent) = intent {
-                    intent.phase("restored")?;
+                    intent.phase(ReconfigurePhase::Restored)?;
                 }
                 "the new settings were rolled back: the previous gitlab.rb is back in place and GitLab answers again".to_string()
             }
@@ -881,7 +880,7 @@ impl Context {
         let dirs = InstanceDirs::new(&self.root, name);
         match archive_to {
             Some(dest) => {
-                intent.phase("moving")?;
+                intent.phase(DecommissionPhase::Moving)?;
                 if dirs.base.exists() {
                     let parent = self.root.join("decommissioned");
                     std::fs::create_dir_all(&parent).ctx("create directory", &parent)?;
@@ -889,7 +888,7 @@ impl Context {
                     std::fs::rename(&dirs.base, dest).ctx("move instance data to", dest)?;
                     crate::fsutil::sync_dir(&parent)?;
                 }
-                intent.phase("removing")?;
+                intent.phase(DecommissionPhase::Removing)?;
                 self.runtime
                     .remove(&container, true)
                     .await
@@ -906,7 +905,7 @@ impl Context {
                         Error::NotFound { .. } => Ok(()),
                         e => Err(e),
                     })?;
-                intent.phase("purging")?;
+                intent.phase(DecommissionPhase::Purging)?;
                 if dirs.base.exists() {
                     std::fs::remove_dir_all(&dirs.base).ctx("delete", &dirs.base)?;
                 }
@@ -956,11 +955,11 @@ impl Context {
             &self.root,
             &name,
             Operation::Decommission {
+                phase: DecommissionPhase::Stopping,
                 record: record.clone(),
                 purge: options.purge,
                 archive_to: archived_to.clone(),
             },
-            "stopping",
         )?;
         let done = self
             .take_down(&record, archived_to.as_deref(), &mut intent)

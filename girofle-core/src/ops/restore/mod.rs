@@ -23,11 +23,13 @@ use crate::fsutil::sync_filesystem;
 use crate::model::address::{allocate, AddressRequest};
 use crate::model::context::Context;
 use crate::model::instance::{self, InstanceDirs, InstanceRecord, Stage};
+use crate::model::intent::{IntentFile, Operation, RestorePhase};
 use crate::ops::backup::{
     extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy,
 };
 use crate::ops::checks::GitLabChecks;
-use crate::ops::recovery::{IntentFile, Operation};
+
+mod undo;
 
 /// What to restore, and where.
 #[derive(Clone, Default)]
@@ -233,11 +235,11 @@ impl Context {
             &self.root,
             &target,
             Operation::Restore {
+                phase: RestorePhase::Extracting,
                 previous: existing.clone(),
                 staging: staging.clone(),
                 aside: aside.clone(),
             },
-            "extracting",
         )?;
         let extracted = self
             .extract_to(&store, &manifest, &staging, request.progress.clone())
@@ -346,14 +348,14 @@ impl Context {
                 Ok(())
             })
             .await;
-        if let Err(e) = reservation.and_then(|_| intent.phase("reserved")) {
+        if let Err(e) = reservation.and_then(|_| intent.phase(RestorePhase::Reserved)) {
             self.settle(intent).await;
             return Err(e);
         }
         let record = new_record.expect("set by the transaction");
 
         // 5. Swap the directories, bring the restored instance up, check it.
-        if let Err(e) = intent.phase("swapping") {
+        if let Err(e) = intent.phase(RestorePhase::Swapping) {
             self.settle(intent).await;
             return Err(e);
         }
@@ -384,7 +386,7 @@ impl Context {
                     return Err(e);
                 }
                 // The point of no return: the restored instance is the instance now.
-                intent.phase("committed")?;
+                intent.phase(RestorePhase::Committed)?;
                 let _ = std::fs::remove_dir_all(&aside);
                 let _ = std::fs::remove_dir_all(&staging);
                 intent.finish()?;
