@@ -226,20 +226,26 @@ fn describe(url: &url::Url) -> String {
     )
 }
 
-/// Why a request failed, without its URL (reqwest's own message names it) and with the
-/// causes underneath ("connection refused", "invalid peer certificate: UnknownIssuer").
+/// Why a request failed, in the words of its causes ("tcp connect error: Connection
+/// refused", "invalid peer certificate: UnknownIssuer"): reqwest's own message names the
+/// URL, and hyper's "client error (Connect)" adds nothing to ours.
 fn failure(e: reqwest::Error) -> String {
     let e = e.without_url();
-    let mut text = e.to_string();
+    let mut causes = Vec::new();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
+        let text = s.to_string();
+        if !text.starts_with("client error (") && !causes.iter().any(|c: &String| c.contains(&text))
+        {
+            causes.push(text);
         }
         source = s.source();
     }
+    let mut text = if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    };
     if text.contains("certificate") {
         text.push_str(
             "; add the webhook's CA to the system's trust store (or point SSL_CERT_FILE at a bundle holding it)",
