@@ -592,7 +592,7 @@ pub struct MetricsConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
-    /// `http://host[:port]/path`: receives one JSON document per notified operation.
+    /// `http(s)://host[:port]/path`: receives one JSON document per notified operation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     /// Notify successes too (failures always are).

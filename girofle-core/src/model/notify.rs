@@ -2,9 +2,9 @@
 //! failed backup, copy, restore or scheduled run (and for successes with `on_success`).
 //!
 //! Responsible for the document (which never holds a secret: the error text is scrubbed
-//! of credentials and known secret values, the webhook URL is never echoed) and for a
-//! minimal HTTP/1.1 client on a tokio `TcpStream`, so no TLS stack is pulled in: only
-//! `http://` URLs are supported for now. It does not decide when an operation ended:
+//! of credentials and known secret values, the webhook URL is never echoed) and for its
+//! delivery with reqwest over `http://` or `https://` (rustls, the system's trust store;
+//! `SSL_CERT_FILE` points it at another bundle). It does not decide when an operation ended:
 //! `Girofle::journaled` calls [`after_operation`] once per operation, and a notification
 //! that cannot be delivered is logged to stderr, never failing the operation.
 
@@ -13,8 +13,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
 pub use crate::model::config::NotifyConfig;
@@ -156,8 +154,9 @@ pub fn document(record: &Record, made: Option<&str>, secrets: &[String]) -> Valu
 /// POSTs `event` as JSON to `[notify] webhook_url` and waits for a 2xx answer.
 ///
 /// # Errors
-/// `InvalidInput` when no webhook is configured or its URL is not `http://`, `Backend`
-/// when it cannot be reached in `[notify] timeout_secs` or answers anything but 2xx.
+/// `InvalidInput` when no webhook is configured or its URL is not `http://` or
+/// `https://`, `Backend` when it cannot be reached in `[notify] timeout_secs`, its
+/// certificate is not trusted, or it answers anything but 2xx (a redirect included).
 pub async fn send(config: &NotifyConfig, secrets: &[String], event: &Value) -> Result<()> {
     let url = config.webhook_url.as_deref().ok_or_else(|| {
         Error::invalid(
@@ -185,7 +184,38 @@ fn describe(url: &url::Url) -> String {
     )
 }
 
-/// A minimal HTTP/1.1 POST of a JSON body; `Connection: close`, status line checked.
+/// Why a request failed, in the words of its causes ("tcp connect error: Connection
+/// refused", "invalid peer certificate: UnknownIssuer"): reqwest's own message names the
+/// URL, and hyper's "client error (Connect)" adds nothing to ours.
+fn failure(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.starts_with("client error (") && !causes.iter().any(|c: &String| c.contains(&text))
+        {
+            causes.push(text);
+        }
+        source = s.source();
+    }
+    let mut text = if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    };
+    if text.contains("certificate") {
+        text.push_str(
+            "; add the webhook's CA to the system's trust store (or point SSL_CERT_FILE at a bundle holding it)",
+        );
+    }
+    text
+}
+
+/// POSTs a JSON body over HTTP/1.1, `http://` or `https://` (rustls, the system's trust
+/// store or `SSL_CERT_FILE`); `Connection: close`, no proxy, no redirect followed (a 3xx
+/// is a failed delivery: a webhook that moved must be configured anew), and the whole
+/// exchange, connection included, bounded by `timeout`.
 ///
 /// # Errors
 /// As [`send`].
@@ -193,82 +223,65 @@ pub async fn post_json(url: &str, body: &[u8], timeout: Duration) -> Result<()> 
     let parsed = url::Url::parse(url)
         .map_err(|e| Error::invalid("notify.webhook_url", format!("not a URL: {e}")))?;
     match parsed.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(Error::invalid(
-                "notify.webhook_url",
-                "only http:// webhooks are supported for now (no TLS client is built in); use a local relay on http://127.0.0.1 or an http endpoint",
-            ))
-        }
+        "http" | "https" => {}
         other => {
             return Err(Error::invalid(
                 "notify.webhook_url",
-                format!("scheme `{other}` is not supported; use http://"),
+                format!("scheme `{other}` is not supported; use http:// or https://"),
             ))
         }
     }
-    let what = describe(&parsed);
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| Error::invalid("notify.webhook_url", "the URL has no host"))?
-        .to_string();
-    let port = parsed.port().unwrap_or(80);
-    let mut target = parsed.path().to_string();
-    if let Some(q) = parsed.query() {
-        target.push('?');
-        target.push_str(q);
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid("notify.webhook_url", "the URL has no host"));
     }
-    let host_header = match parsed.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
-    let connect_host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let what = describe(&parsed);
+    let client = reqwest::Client::builder()
+        .user_agent(format!("girofle/{}", crate::VERSION))
+        .redirect(reqwest::redirect::Policy::none())
+        // As before TLS came: the webhook is reached directly, whatever HTTP(S)_PROXY says.
+        .no_proxy()
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        // The trust store is read (each time: a renewed CA is picked up) only when needed.
+        .tls_built_in_root_certs(parsed.scheme() == "https")
+        .timeout(timeout)
+        .build()
+        .map_err(|e| {
+            Error::backend(
+                &what,
+                format!("cannot set up the HTTP client: {}", failure(e)),
+            )
+        })?;
     let exchange = async {
-        let mut stream = TcpStream::connect((connect_host.as_str(), port))
+        let answer = client
+            .post(parsed.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONNECTION, "close")
+            .body(body.to_vec())
+            .send()
             .await
-            .map_err(|e| Error::backend(&what, format!("cannot connect: {e}")))?;
-        let head = format!(
-            "POST {target} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: girofle/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            crate::VERSION,
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|e| Error::backend(&what, format!("cannot send: {e}")))?;
-        stream
-            .write_all(body)
-            .await
-            .map_err(|e| Error::backend(&what, format!("cannot send: {e}")))?;
-        stream
-            .flush()
-            .await
-            .map_err(|e| Error::backend(&what, format!("cannot send: {e}")))?;
-        // Only the status line matters; read until its end (bounded).
-        let mut answer = Vec::with_capacity(256);
-        let mut buf = [0u8; 512];
-        while !answer.contains(&b'\n') && answer.len() < 8192 {
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| Error::backend(&what, format!("no answer: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&answer);
-        let line = line.lines().next().unwrap_or("");
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::backend(&what, "it did not answer with an HTTP status line"))?;
-        if (200..300).contains(&status) {
+            .map_err(|e| {
+                if e.is_timeout() {
+                    Error::backend(&what, format!("no answer within {timeout:?}"))
+                } else {
+                    let step = if e.is_connect() {
+                        "cannot connect"
+                    } else {
+                        "no answer"
+                    };
+                    Error::backend(&what, format!("{step}: {}", failure(e)))
+                }
+            })?;
+        let status = answer.status().as_u16();
+        if answer.status().is_success() {
             Ok(())
+        } else if answer.status().is_redirection() {
+            Err(Error::backend(
+                &what,
+                format!(
+                    "it answered HTTP {status}, a redirect, which is not followed; set [notify] webhook_url to the address it points to"
+                ),
+            ))
         } else {
             Err(Error::backend(
                 &what,
@@ -285,6 +298,8 @@ pub async fn post_json(url: &str, body: &[u8], timeout: Duration) -> Result<()> 
 mod tests {
     use super::*;
     use chrono::Utc;
+    use std::sync::Arc;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
     fn record(outcome: &str, error: Option<&str>) -> Record {
         Record {
@@ -348,38 +363,66 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_is_refused_clearly() {
-        let e = post_json("https://example.invalid/x", b"{}", Duration::from_secs(1))
+    async fn other_schemes_are_refused_clearly() {
+        let e = post_json("ftp://127.0.0.1/x", b"{}", Duration::from_secs(1))
             .await
             .unwrap_err();
         assert_eq!(e.kind(), "invalid_input");
-        assert!(e.to_string().contains("only http://"), "{e}");
+        assert!(e.to_string().contains("use http:// or https://"), "{e}");
     }
 
-    #[tokio::test]
-    async fn posts_and_checks_the_status() {
+    /// A loopback receiver: answers each connection with the next of `answers` (a status
+    /// line and headers) after reading one request; yields what it read.
+    async fn receiver(answers: Vec<String>) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
             let mut got = Vec::new();
-            for status in [204, 500] {
+            for answer in answers {
                 let (mut s, _) = listener.accept().await.unwrap();
-                let mut buf = vec![0u8; 4096];
-                let mut data = Vec::new();
-                loop {
-                    let n = s.read(&mut buf).await.unwrap();
-                    data.extend_from_slice(&buf[..n]);
-                    if n == 0 || data.ends_with(b"}") {
-                        break;
-                    }
-                }
-                got.push(String::from_utf8_lossy(&data).into_owned());
-                s.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
-                    .await
-                    .unwrap();
+                got.push(read_request(&mut s).await);
+                s.write_all(answer.as_bytes()).await.unwrap();
+                let _ = s.shutdown().await;
             }
             got
         });
+        (port, server)
+    }
+
+    /// Reads one request (head and a Content-Length body).
+    async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> String {
+        let mut data = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            data.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return text;
+                }
+            }
+            if n == 0 {
+                return text;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn posts_and_checks_the_status() {
+        let (port, server) = receiver(vec![
+            "HTTP/1.1 204 X\r\nContent-Length: 0\r\n\r\n".into(),
+            "HTTP/1.1 500 X\r\nContent-Length: 0\r\n\r\n".into(),
+        ])
+        .await;
         let url = format!("http://127.0.0.1:{port}/hook?t=1");
         post_json(&url, br#"{"a":1}"#, Duration::from_secs(5))
             .await
@@ -392,11 +435,169 @@ mod tests {
             "{e}"
         );
         let got = server.await.unwrap();
+        let head = got[0].to_ascii_lowercase();
+        assert!(head.starts_with("post /hook?t=1 http/1.1\r\n"), "{head}");
+        for h in [
+            "content-type: application/json\r\n",
+            "content-length: 7\r\n",
+            "connection: close\r\n",
+            &format!("user-agent: girofle/{}\r\n", crate::VERSION),
+            &format!("host: 127.0.0.1:{port}\r\n"),
+        ] {
+            assert!(head.contains(h), "{h} missing: {head}");
+        }
+        assert!(got[0].ends_with("\r\n\r\n{\"a\":1}"), "{}", got[0]);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_refused() {
+        // Where the redirect points: it must never be asked anything.
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = elsewhere.local_addr().unwrap().port();
+        let (port, server) = receiver(vec![format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{target}/moved\r\nContent-Length: 0\r\n\r\n"
+        )])
+        .await;
+        let url = format!("http://127.0.0.1:{port}/hook?token=abc");
+        let e = post_json(&url, b"{}", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), "backend");
+        let text = e.to_string();
         assert!(
-            got[0].starts_with("POST /hook?t=1 HTTP/1.1\r\n"),
-            "{}",
-            got[0]
+            text.contains("HTTP 307") && text.contains("not followed"),
+            "{text}"
         );
-        assert!(got[0].contains("Content-Length: 7"));
+        assert!(!text.contains("token") && !text.contains("moved"), "{text}");
+        assert_eq!(server.await.unwrap().len(), 1);
+        let asked = tokio::time::timeout(Duration::from_millis(300), elsewhere.accept()).await;
+        assert!(asked.is_err(), "the redirect was followed");
+    }
+
+    #[tokio::test]
+    async fn a_silent_receiver_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let started = std::time::Instant::now();
+        let e = post_json(
+            &format!("http://127.0.0.1:{port}/hook"),
+            b"{}",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(e.to_string().contains("no answer within 1s"), "{e}");
+        hold.abort();
+    }
+
+    /// Set by [`delivers_over_https_to_a_ca_named_by_ssl_cert_file`] for its child.
+    const CHILD_URL: &str = "GIROFLE_TEST_HTTPS_WEBHOOK";
+
+    /// The child half of [`delivers_over_https_to_a_ca_named_by_ssl_cert_file`], run in a
+    /// process of its own with `SSL_CERT_FILE` set (setting it in this process would
+    /// race with the other tests' threads). Run alone, it has nothing to do.
+    #[tokio::test]
+    #[ignore = "run by delivers_over_https_to_a_ca_named_by_ssl_cert_file"]
+    async fn https_child() {
+        let Ok(url) = std::env::var(CHILD_URL) else {
+            return;
+        };
+        post_json(&url, br#"{"over":"tls"}"#, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn delivers_over_https_to_a_ca_named_by_ssl_cert_file() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
+
+        // A CA made here, and the receiver's certificate for 127.0.0.1 signed by it.
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            // First this process, which does not trust the CA: the handshake fails.
+            let (s, _) = listener.accept().await.unwrap();
+            assert!(acceptor.accept(s).await.is_err());
+            // Then the child, which does.
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = acceptor.accept(s).await.unwrap();
+            let request = read_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = s.shutdown().await;
+            request
+        });
+        let url = format!("https://127.0.0.1:{port}/hooks/girofle?token=abc");
+
+        let e = post_json(&url, b"{}", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot connect")
+                && text.contains("certificate")
+                && text.contains("SSL_CERT_FILE")
+                && !text.contains("token"),
+            "{text}"
+        );
+
+        let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "notify::tests::https_child",
+                "--exact",
+                "--include-ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_URL, &url)
+            .env("SSL_CERT_FILE", &ca_file)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("POST /hooks/girofle?token=abc HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.ends_with(r#"{"over":"tls"}"#), "{request}");
     }
 }

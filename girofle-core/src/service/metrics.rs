@@ -2,23 +2,32 @@
 //! and the freshness, duration and size of its newest backup in each store, the last
 //! failure, the lag of remote copies; per store the bytes used.
 //!
-//! Responsible for rendering ([`render`]), serving `GET /metrics` over a minimal HTTP/1.1
+//! Responsible for rendering ([`render`]), serving `GET /metrics` with hyper's HTTP/1.1
 //! server on a tokio `TcpListener` ([`serve`]; `girofle daemon` runs it when `[metrics]
 //! listen` is set) and writing a node-exporter textfile ([`write_textfile`]). Metrics hold
 //! names, states and numbers only: never a URL, a secret or an error text. Gathering the
 //! facts is `status`'s job.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use crate::adapters::store::LOCAL_STORE_NAME;
@@ -394,27 +403,55 @@ pub async fn serve(g: Context, addr: SocketAddr) -> Result<()> {
 /// How long a rendering is reused: scrapes arriving together share one reading of the
 /// engine and stores.
 const CACHE_FOR: Duration = Duration::from_millis(900);
-/// A client that does not send its request within this is dropped.
+/// A client that does not send its request head within this is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head read (hyper answers 431 beyond it).
 const MAX_REQUEST: usize = 16 * 1024;
 
-type Cache = Arc<Mutex<Option<(Instant, Arc<String>)>>>;
+type Cache = Arc<Mutex<Option<(Instant, Bytes)>>>;
+/// What produces the exposition text (the root's [`render`], or a test's).
+type Renderer = Arc<dyn Fn() -> BoxFuture<'static, Result<String>> + Send + Sync>;
 
 /// Serves `GET /metrics` on a bound listener (see [`serve`]).
 ///
 /// # Errors
 /// `Backend` when accepting connections fails repeatedly.
 pub async fn serve_on(g: Context, listener: TcpListener) -> Result<()> {
+    let secrets = g.known_secrets();
+    let renderer: Renderer = Arc::new(move || {
+        let g = g.clone();
+        Box::pin(async move { render(&g).await })
+    });
+    serve_with(listener, renderer, secrets).await
+}
+
+/// The HTTP side of [`serve_on`]: hyper's HTTP/1.1 server, one connection per request
+/// (`Connection: close`, as Prometheus copes with either).
+async fn serve_with(listener: TcpListener, renderer: Renderer, secrets: Vec<String>) -> Result<()> {
     let cache: Cache = Arc::new(Mutex::new(None));
+    let secrets: Arc<[String]> = secrets.into();
     let mut failures = 0u32;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 failures = 0;
-                let g = g.clone();
-                let cache = cache.clone();
+                let (renderer, cache, secrets) = (renderer.clone(), cache.clone(), secrets.clone());
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let (renderer, cache, secrets) =
+                        (renderer.clone(), cache.clone(), secrets.clone());
+                    async move {
+                        Ok::<_, Infallible>(respond(&request, &renderer, &cache, &secrets).await)
+                    }
+                });
                 tokio::spawn(async move {
-                    let _ = handle(stream, &g, &cache).await;
+                    // A client that stalls or sends garbage only loses its own connection.
+                    let _ = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(REQUEST_TIMEOUT)
+                        .max_buf_size(MAX_REQUEST)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
             Err(e) => {
@@ -429,118 +466,162 @@ pub async fn serve_on(g: Context, listener: TcpListener) -> Result<()> {
     }
 }
 
-async fn cached_render(g: &Context, cache: &Cache) -> Result<Arc<String>> {
+async fn cached_render(renderer: &Renderer, cache: &Cache) -> Result<Bytes> {
     let mut slot = cache.lock().await;
     if let Some((at, text)) = slot.as_ref() {
         if at.elapsed() < CACHE_FOR {
             return Ok(text.clone());
         }
     }
-    let text = Arc::new(render(g).await?);
+    let text = Bytes::from(renderer().await?);
     *slot = Some((Instant::now(), text.clone()));
     Ok(text)
 }
 
-/// The request line of an HTTP request: method and path (query dropped).
-pub fn parse_request_line(head: &str) -> Option<(&str, &str)> {
-    let line = head.lines().next()?;
-    let mut parts = line.split(' ');
-    let method = parts.next()?;
-    let target = parts.next()?;
-    let version = parts.next()?;
-    if parts.next().is_some() || !version.starts_with("HTTP/1.") || method.is_empty() {
-        return None;
+/// The answer to one request: the metrics for `GET`/`HEAD /metrics` (query ignored; hyper
+/// leaves the body out for `HEAD`), 405 for other methods there, 404 elsewhere, 500 when
+/// they cannot be gathered (the reason goes to stderr, scrubbed, never to the client).
+async fn respond(
+    request: &Request<Incoming>,
+    renderer: &Renderer,
+    cache: &Cache,
+    secrets: &[String],
+) -> Response<Full<Bytes>> {
+    if request.uri().path() != "/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        );
     }
-    let path = target.split('?').next().unwrap_or(target);
-    Some((method, path))
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match cached_render(renderer, cache).await {
+        Ok(text) => answer(StatusCode::OK, CONTENT_TYPE, text),
+        Err(e) => {
+            eprintln!(
+                "girofle: metrics: {}",
+                crate::journal::scrub_known(&e.to_string(), secrets)
+            );
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "girofle could not gather its metrics; see its log\n",
+            )
+        }
+    }
 }
 
-async fn handle(mut stream: TcpStream, g: &Context, cache: &Cache) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 2048];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-            if head.len() > MAX_REQUEST {
-                break;
-            }
-        }
-        std::io::Result::Ok(())
-    };
-    if tokio::time::timeout(REQUEST_TIMEOUT, read).await.is_err() {
-        return Ok(());
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let (status, content_type, body, head_only) = match parse_request_line(&text) {
-        None => (
-            "400 Bad Request",
-            "text/plain",
-            Arc::new("bad request\n".to_string()),
-            false,
-        ),
-        Some((method, "/metrics")) if method == "GET" || method == "HEAD" => {
-            match cached_render(g, cache).await {
-                Ok(text) => ("200 OK", CONTENT_TYPE, text, method == "HEAD"),
-                Err(e) => {
-                    eprintln!(
-                        "girofle: metrics: {}",
-                        crate::model::journal::scrub_known(&e.to_string(), &g.known_secrets())
-                    );
-                    (
-                        "500 Internal Server Error",
-                        "text/plain",
-                        Arc::new("girofle could not gather its metrics; see its log\n".to_string()),
-                        false,
-                    )
-                }
-            }
-        }
-        Some((_, "/metrics")) => (
-            "405 Method Not Allowed",
-            "text/plain",
-            Arc::new("use GET\n".to_string()),
-            false,
-        ),
-        Some(_) => (
-            "404 Not Found",
-            "text/plain",
-            Arc::new("not found; metrics are at /metrics\n".to_string()),
-            false,
-        ),
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status.starts_with("405") {
-        response.push_str("Allow: GET, HEAD\r\n");
-    }
-    response.push_str("\r\n");
-    stream.write_all(response.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.flush().await?;
-    let _ = stream.shutdown().await;
-    Ok(())
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    answer(status, "text/plain", Bytes::from_static(body.as_bytes()))
+}
+
+fn answer(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn request_lines_parse() {
-        assert_eq!(
-            parse_request_line("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
-            Some(("GET", "/metrics"))
+    /// One raw request on a fresh connection; the whole answer (the server closes).
+    async fn exchange(port: u16, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn head_of(answer: &str) -> (String, String) {
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head.to_ascii_lowercase(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_as_prometheus_expects() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = fail.clone();
+        let renderer: Renderer = Arc::new(move || {
+            let fail = f.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if fail {
+                    Err(Error::backend("store", "refused by s3cr3t-value"))
+                } else {
+                    Ok("girofle_engine_up 1\n".to_string())
+                }
+            })
+        });
+        let server = tokio::spawn(serve_with(
+            listener,
+            renderer,
+            vec!["s3cr3t-value".to_string()],
+        ));
+
+        let (head, body) =
+            head_of(&exchange(port, "GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").await);
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("content-type: {CONTENT_TYPE}")),
+            "{head}"
         );
-        assert_eq!(parse_request_line("GET /metrics\r\n"), None);
-        assert_eq!(parse_request_line("garbage"), None);
+        assert!(head.contains("content-length: 20") && head.contains("connection: close"));
+        assert_eq!(body, "girofle_engine_up 1\n");
+
+        let (head, body) =
+            head_of(&exchange(port, "HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await);
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert!(head.contains("content-length: 20"), "{head}");
+        assert_eq!(body, "");
+
+        let (head, body) = head_of(
+            &exchange(
+                port,
+                "POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            )
+            .await,
+        );
+        assert!(
+            head.starts_with("http/1.1 405 method not allowed\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("allow: get, head"), "{head}");
+        assert_eq!(body, "use GET\n");
+
+        let (head, body) = head_of(&exchange(port, "GET /nope HTTP/1.1\r\nHost: a\r\n\r\n").await);
+        assert!(head.starts_with("http/1.1 404 not found\r\n"), "{head}");
+        assert!(head.contains("content-type: text/plain\r\n"), "{head}");
+        assert_eq!(body, "not found; metrics are at /metrics\n");
+
+        let answer = exchange(port, "garbage\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
+        // Past the cache's life, a failure: 500, and the reason stays on this side.
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(CACHE_FOR).await;
+        let (head, body) =
+            head_of(&exchange(port, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await);
+        assert!(
+            head.starts_with("http/1.1 500 internal server error\r\n"),
+            "{head}"
+        );
+        assert_eq!(body, "girofle could not gather its metrics; see its log\n");
+        server.abort();
     }
 
     #[test]
