@@ -4,7 +4,6 @@
 //! Start with [`Girofle::open`] on a root initialised by [`Girofle::init`].
 
 pub mod address;
-pub mod archive;
 pub mod backup;
 pub mod checks;
 pub mod config;
@@ -35,6 +34,8 @@ pub use error::{Error, Result};
 pub use fleet::{
     CommissionRequest, DecommissionOptions, Girofle, InstanceState, InstanceStatus, OpenOptions,
 };
+/// The archive format (its own crate, `girofle-archive`), at the path it always had.
+pub use girofle_archive as archive;
 
 /// The version of Girofle recorded in journals and backup manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -16,7 +16,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::address::{allocate, AddressRequest};
-use crate::archive::IndexSummary;
 use crate::backup::{extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy};
 use crate::checks::GitLabChecks;
 use crate::error::{Error, IoContext, Result};
@@ -26,6 +25,7 @@ use crate::instance::{self, InstanceDirs, InstanceRecord, Stage};
 use crate::inventory::Fleet;
 use crate::recovery::{IntentFile, Operation};
 use crate::runtime::{ContainerRuntimeExt, ExecSpec};
+use girofle_archive::IndexSummary;
 
 /// What to restore, and where.
 #[derive(Clone, Default)]
