@@ -4,7 +4,7 @@
 //! `restore --as` must refuse each one without creating anything: no container, no
 //! instance directory, no inventory record, and not a byte outside its staging directory.
 //!
-//! The archive module's unit tests cover each rule on `extract_archive` itself; these put
+//! girofle-archive's unit tests cover each rule on `extract_archive` itself; these put
 //! the same attacks in a store behind a manifest that vouches for them.
 //!
 //! With `GIROFLE_FUZZ_SEEDS=<dir>` the archives made here are also written there as seeds
