@@ -4,18 +4,18 @@
 //! `restore --as` must refuse each one without creating anything: no container, no
 //! instance directory, no inventory record, and not a byte outside its staging directory.
 //!
-//! The archive module's unit tests cover each rule on `extract_archive` itself; these put
+//! girofle-archive's unit tests cover each rule on `extract_archive` itself; these put
 //! the same attacks in a store behind a manifest that vouches for them.
 //!
 //! With `GIROFLE_FUZZ_SEEDS=<dir>` the archives made here are also written there as seeds
 //! for the fuzz targets (`fuzz/`, `scripts/fuzz`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use girofle_core::archive::{ArchiveIndex, EntryKind, FileEntry, HEADER_PATH, INDEX_PATH};
+use girofle_archive::testing::{compress, dir, file, listed, raw, symlink, tar_of, Name, Raw};
+use girofle_core::archive::{ArchiveIndex, EntryKind, FileEntry};
 use girofle_core::backup::{
     ArchiveRef, BackupHeader, BackupOptions, IndexRef, Manifest, Strategy, FORMAT_VERSION,
 };
@@ -24,188 +24,10 @@ use girofle_core::restore::RestoreRequest;
 use girofle_core::{CommissionRequest, Error, Girofle};
 use girofle_tests::*;
 
-const T0: u64 = 1_600_000_000;
-
 // --- hand-made archives -----------------------------------------------------------------
 
-/// How an entry's path is written.
-#[derive(Clone, Copy, PartialEq)]
-enum Name {
-    /// In the header's 100-byte name field.
-    Plain,
-    /// In a GNU long name (`././@LongLink`) entry before it, as Girofle's writer does.
-    GnuLong,
-    /// In a PAX `path` record before it.
-    Pax,
-}
-
-/// One hand-made tar entry: names and link targets are written raw, bypassing the tar
-/// crate's own checks.
-#[derive(Clone)]
-struct Raw {
-    path: String,
-    kind: tar::EntryType,
-    link: Option<String>,
-    data: Vec<u8>,
-    name: Name,
-    /// Extra PAX records written before the entry (and not listed anywhere).
-    pax_extra: Vec<(String, Vec<u8>)>,
-}
-
-fn raw(path: &str, kind: tar::EntryType) -> Raw {
-    Raw {
-        path: path.to_string(),
-        kind,
-        link: None,
-        data: Vec::new(),
-        name: Name::Plain,
-        pax_extra: Vec::new(),
-    }
-}
-
-fn dir(path: &str) -> Raw {
-    raw(path, tar::EntryType::Directory)
-}
-
-fn file(path: &str, data: &[u8]) -> Raw {
-    Raw {
-        data: data.to_vec(),
-        ..raw(path, tar::EntryType::Regular)
-    }
-}
-
-fn symlink(path: &str, target: &str) -> Raw {
-    Raw {
-        link: Some(target.to_string()),
-        ..raw(path, tar::EntryType::Symlink)
-    }
-}
-
-fn mode_of(kind: tar::EntryType) -> u32 {
-    if kind == tar::EntryType::Directory {
-        0o755
-    } else {
-        0o644
-    }
-}
-
-/// The index line of a raw entry, so that only the safety rules can refuse it.
-fn listed(r: &Raw) -> FileEntry {
-    let kind = match r.kind {
-        tar::EntryType::Directory => EntryKind::Dir,
-        tar::EntryType::Symlink => EntryKind::Symlink,
-        _ => EntryKind::File,
-    };
-    let is_file = kind == EntryKind::File;
-    FileEntry {
-        path: r.path.clone(),
-        kind,
-        size: if is_file { r.data.len() as u64 } else { 0 },
-        mode: mode_of(r.kind),
-        uid: 0,
-        gid: 0,
-        mtime: T0 as i64,
-        hash: is_file.then(|| blake3::hash(&r.data).to_hex().to_string()),
-        link: r.link.clone(),
-    }
-}
-
-fn set_raw(slot: &mut [u8], value: &[u8]) {
-    slot.fill(0);
-    let n = value.len().min(slot.len());
-    slot[..n].copy_from_slice(&value[..n]);
-}
-
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = body + 1;
-    while format!("{len}").len() + body != len {
-        len = format!("{len}").len() + body;
-    }
-    let mut rec = format!("{len} {key}=").into_bytes();
-    rec.extend_from_slice(value);
-    rec.push(b'\n');
-    rec
-}
-
-fn append_pax(b: &mut tar::Builder<Vec<u8>>, records: &[u8]) {
-    let mut x = tar::Header::new_ustar();
-    set_raw(&mut x.as_ustar_mut().unwrap().name, b"PaxHeader");
-    x.set_entry_type(tar::EntryType::XHeader);
-    x.set_size(records.len() as u64);
-    x.set_cksum();
-    b.append(&x, records).unwrap();
-}
-
-/// The plain tar stream of `entries` between the backup header and an index listing them
-/// (`archive_index`: what the archive's own last entry says).
-fn tar_of(header: &serde_json::Value, entries: &[Raw], archive_index: &ArchiveIndex) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let hj = serde_json::to_vec(header).unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(hj.len() as u64);
-    h.set_mode(0o644);
-    b.append_data(&mut h, HEADER_PATH, &hj[..]).unwrap();
-    for r in entries {
-        let mut pax = Vec::new();
-        for (k, v) in &r.pax_extra {
-            pax.extend(pax_record(k, v));
-        }
-        if r.name == Name::Pax {
-            pax.extend(pax_record("path", r.path.as_bytes()));
-        }
-        if !pax.is_empty() {
-            append_pax(&mut b, &pax);
-        }
-        if r.name == Name::GnuLong {
-            let mut l = tar::Header::new_gnu();
-            set_raw(&mut l.as_gnu_mut().unwrap().name, b"././@LongLink");
-            l.set_entry_type(tar::EntryType::GNULongName);
-            let mut name = r.path.clone().into_bytes();
-            name.push(0);
-            l.set_size(name.len() as u64);
-            l.set_cksum();
-            b.append(&l, &name[..]).unwrap();
-        }
-        let mut h = if r.name == Name::Pax {
-            tar::Header::new_ustar()
-        } else {
-            tar::Header::new_gnu()
-        };
-        let short = if r.name == Name::Plain {
-            r.path.as_bytes()
-        } else {
-            b"placeholder"
-        };
-        set_raw(&mut h.as_old_mut().name, short);
-        if let Some(l) = &r.link {
-            set_raw(&mut h.as_old_mut().linkname, l.as_bytes());
-        }
-        h.set_entry_type(r.kind);
-        h.set_size(r.data.len() as u64);
-        h.set_mode(mode_of(r.kind));
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(T0);
-        h.set_cksum();
-        b.append(&h, &r.data[..]).unwrap();
-    }
-    let ij = archive_index.to_jsonl();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(ij.len() as u64);
-    h.set_mode(0o644);
-    b.append_data(&mut h, INDEX_PATH, &ij[..]).unwrap();
-    b.into_inner().unwrap()
-}
-
-/// zstd with the frame parameters Girofle writes (checksum, 2 MiB window).
-fn compress(tar: &[u8]) -> Vec<u8> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-    enc.include_checksum(true).unwrap();
-    enc.window_log(21).unwrap();
-    enc.write_all(tar).unwrap();
-    enc.finish().unwrap()
-}
+// The builder of hand-made archives is `girofle_archive::testing`, shared with the
+// archive crate's unit tests.
 
 /// The manifest of a hand-made backup of a fictitious instance, vouching for exactly
 /// these archive and index bytes.

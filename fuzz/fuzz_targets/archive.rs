@@ -22,10 +22,10 @@ use std::io::{Cursor, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use girofle_core::archive::{extract_archive, verify_archive, ExpectedIndex};
+use girofle_archive::{extract_archive, verify_archive, ExpectedIndex};
 use libfuzzer_sys::fuzz_target;
 
-/// The zstd window Girofle's writer pins (`archive::WINDOW_LOG`).
+/// The zstd window Girofle's writer pins (`girofle_archive`'s `WINDOW_LOG`).
 const WINDOW_LOG: u32 = 21;
 
 fuzz_target!(|data: &[u8]| {

@@ -189,6 +189,28 @@ impl Error {
     }
 }
 
+/// The archive format's errors are the same kinds, with the same texts.
+impl From<girofle_archive::Error> for Error {
+    fn from(e: girofle_archive::Error) -> Self {
+        use girofle_archive::Error as A;
+        match e {
+            A::InvalidInput { field, message } => Error::InvalidInput { field, message },
+            A::Corrupt { what, message } => Error::Corrupt { what, message },
+            A::VersionMismatch(m) => Error::VersionMismatch(m),
+            A::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path,
+                source,
+            },
+            A::Backend { backend, message } => Error::Backend { backend, message },
+        }
+    }
+}
+
 /// Attach a path and an action to an `io::Result`.
 pub(crate) trait IoContext<T> {
     fn ctx(self, action: &str, path: &std::path::Path) -> Result<T>;

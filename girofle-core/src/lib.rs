@@ -8,7 +8,6 @@
 //! state) and the front door, [`Girofle`].
 
 pub mod adapters;
-pub mod archive;
 pub mod error;
 pub mod fsutil;
 mod girofle;
@@ -28,6 +27,8 @@ pub use service::{daemon, metrics, schedule, state, status};
 pub use error::{Error, Result};
 pub use fleet::{CommissionRequest, DecommissionOptions, InstanceState, InstanceStatus};
 pub use girofle::{Girofle, OpenOptions};
+/// The archive format (its own crate, `girofle-archive`), at the path it always had.
+pub use girofle_archive as archive;
 
 /// The version of Girofle recorded in journals and backup manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -110,23 +110,8 @@ pub fn image_version(image: &str) -> Option<(String, String)> {
 /// # Errors
 /// `InvalidInput` naming `field` and saying what is expected.
 pub fn validate_label(field: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            format!(
-                "`{name}` is not valid: use 1-40 lowercase letters, digits and '-', starting with a letter and not ending with '-' (e.g. `ci-2`)"
-            ),
-        ))
-    }
+    // The rule is the backup format's too (ids start with an instance name).
+    Ok(girofle_archive::manifest::validate_label(field, name)?)
 }
 
 /// Checks an instance name.

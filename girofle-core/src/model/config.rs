@@ -356,7 +356,7 @@ impl Config {
             validate_http_url("notify.webhook_url", u)?;
         }
         for (i, key) in self.trust.keys.iter().enumerate() {
-            crate::model::signing::PublicKey::parse(key).map_err(|m| {
+            girofle_archive::signature::PublicKey::parse(key).map_err(|m| {
                 Error::invalid(
                     "trust.keys",
                     format!(

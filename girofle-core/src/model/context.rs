@@ -22,7 +22,7 @@ use crate::model::config::Config;
 use crate::model::fingerprint::FingerprintKey;
 use crate::model::instance::{self, HealthSettings};
 use crate::model::journal::{self, Journal, Record};
-use crate::model::signing::{key_info, KeyInfo, TrustedKeys};
+use crate::model::signing::{key_info, load_trusted_keys, KeyInfo, TrustedKeys};
 
 /// A Girofle root opened: what every operation works with.
 #[derive(Debug, Clone)]
@@ -252,7 +252,7 @@ impl Context {
 impl Context {
     /// The keys this fleet trusts (its own, `[trust] keys`, `keys/trusted`).
     pub(crate) fn trusted_keys(&self) -> Result<TrustedKeys> {
-        TrustedKeys::load(&self.root, &self.config)
+        load_trusted_keys(&self.root, &self.config)
     }
 
     /// The fleet's public key and the keys it trusts.

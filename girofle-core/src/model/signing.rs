@@ -22,10 +22,14 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, Result};
 use crate::model::config::Config;
 
+// Keys and signatures as data live in `girofle_archive` (the fuzz targets build on it
+// alone); they keep their paths here.
+pub use girofle_archive::signature::{
+    PublicKey, SignatureCheck, Signed, TrustedKey, TrustedKeys, SIGNATURE_SUFFIX,
+};
+
 /// The directory of the keys under the root.
 pub const KEYS_DIR: &str = "keys";
-/// What a manifest's signature object adds to the manifest's key.
-pub const SIGNATURE_SUFFIX: &str = ".minisig";
 const SECRET_FILE: &str = "signing.key";
 const PUBLIC_FILE: &str = "signing.pub";
 const TRUSTED_DIR: &str = "trusted";
@@ -44,76 +48,6 @@ pub fn public_key_path(root: &Path) -> PathBuf {
 /// Where the public keys of imported fleets are (`<KEYID>.pub`).
 pub fn trusted_keys_dir(root: &Path) -> PathBuf {
     root.join(KEYS_DIR).join(TRUSTED_DIR)
-}
-
-/// minisign's key id: the key number as a little-endian u64, in 16 hex digits.
-fn key_id(keynum: &[u8]) -> String {
-    let mut n = [0u8; 8];
-    for (d, s) in n.iter_mut().zip(keynum) {
-        *d = *s;
-    }
-    format!("{:016X}", u64::from_le_bytes(n))
-}
-
-/// A minisign public key.
-#[derive(Clone)]
-pub struct PublicKey(minisign::PublicKey);
-
-impl std::fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PublicKey({})", self.id())
-    }
-}
-
-impl PartialEq for PublicKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.to_bytes() == other.0.to_bytes()
-    }
-}
-
-impl PublicKey {
-    /// Parses a minisign public key: its base64 line (`RWQ...`, 56 characters), or a
-    /// whole `.pub` file (an untrusted comment line, then that line).
-    ///
-    /// # Errors
-    /// What is wrong, for the caller to name where the text came from.
-    pub fn parse(text: &str) -> std::result::Result<PublicKey, String> {
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-            .collect();
-        let [line] = lines[..] else {
-            return Err(
-                "it is not one minisign public key (a line like `RWQ...` of 56 characters)".into(),
-            );
-        };
-        let key = minisign::PublicKey::from_base64(line)
-            .map_err(|e| format!("`{line}` is not a minisign public key ({e})"))?;
-        if key.to_bytes().get(..2) != Some(b"Ed".as_slice()) {
-            return Err(format!("`{line}` is not an Ed25519 minisign public key"));
-        }
-        Ok(PublicKey(key))
-    }
-
-    /// The key id minisign prints (16 hex digits).
-    pub fn id(&self) -> String {
-        key_id(self.0.keynum())
-    }
-
-    /// The base64 line (`RWQ...`): what `[trust] keys` takes.
-    pub fn base64(&self) -> String {
-        self.0.to_base64()
-    }
-
-    /// minisign's `.pub` file: `minisign -V -p FILE` reads it.
-    pub fn pub_file(&self) -> String {
-        format!(
-            "untrusted comment: minisign public key {}\n{}\n",
-            self.id(),
-            self.base64()
-        )
-    }
 }
 
 /// A fleet's key pair.
@@ -137,7 +71,7 @@ impl SigningKey {
         let public = minisign::PublicKey::from_secret_key(&secret).map_err(|e| e.to_string())?;
         Ok(SigningKey {
             secret,
-            public: PublicKey(public),
+            public: PublicKey::from_minisign(public),
         })
     }
 
@@ -178,7 +112,7 @@ impl SigningKey {
             self.public.id()
         );
         let signature = minisign::sign(
-            Some(&self.public.0),
+            Some(self.public.minisign()),
             &self.secret,
             Cursor::new(manifest),
             Some(&trusted),
@@ -299,215 +233,73 @@ pub fn own_public_key(root: &Path) -> Result<PublicKey> {
         .map_err(|m| Error::corrupt(format!("public key `{}`", path.display()), m))
 }
 
-/// A key a backup may be signed by, and why it is trusted.
-#[derive(Clone, Debug)]
-pub struct TrustedKey {
-    pub key: PublicKey,
-    /// `own key`, `girofle.toml [trust] keys`, or the file it was read from.
-    pub source: String,
+/// The keys the root at `root` trusts with configuration `config`.
+///
+/// # Errors
+/// As [`own_public_key`]; `InvalidInput` naming a bad key in `[trust] keys` or in
+/// `keys/trusted`.
+pub fn load_trusted_keys(root: &Path, config: &Config) -> Result<TrustedKeys> {
+    let mut keys = vec![TrustedKey {
+        key: own_public_key(root)?,
+        source: "own key".into(),
+    }];
+    for text in &config.trust.keys {
+        let key = PublicKey::parse(text).map_err(|m| Error::invalid("trust.keys", m))?;
+        keys.push(TrustedKey {
+            key,
+            source: "girofle.toml [trust] keys".into(),
+        });
+    }
+    let dir = trusted_keys_dir(root);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).ctx("read", &path)?;
+        let key =
+            PublicKey::parse(&text).map_err(|m| Error::invalid(path.display().to_string(), m))?;
+        keys.push(TrustedKey {
+            key,
+            source: path.display().to_string(),
+        });
+    }
+    Ok(TrustedKeys::new(keys))
 }
 
-/// The keys this fleet trusts: its own, `[trust] keys`, and `keys/trusted/*.pub`.
-#[derive(Clone, Debug)]
-pub struct TrustedKeys {
-    keys: Vec<TrustedKey>,
-}
-
-/// How a backup is signed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Signed {
-    /// By a trusted key, and the signature matches the manifest.
-    Trusted,
-    /// No signature object (a backup made before backups were signed).
-    Unsigned,
-    /// A valid-looking signature by a key this fleet does not trust.
-    Untrusted,
-    /// A signature that does not match the manifest, or is not a signature.
-    Bad,
-}
-
-impl std::fmt::Display for Signed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Signed::Trusted => "trusted",
-            Signed::Unsigned => "unsigned",
-            Signed::Untrusted => "untrusted",
-            Signed::Bad => "bad",
-        })
-    }
-}
-
-/// What checking a backup's signature found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignatureCheck {
-    pub signed: Signed,
-    /// The key id the signature names, when there is one.
-    pub key_id: Option<String>,
-    /// Why it is not trusted (empty when it is).
-    pub reason: String,
-}
-
-impl TrustedKeys {
-    /// The keys the root at `root` trusts with configuration `config`.
-    ///
-    /// # Errors
-    /// As [`own_public_key`]; `InvalidInput` naming a bad key in `[trust] keys` or in
-    /// `keys/trusted`.
-    pub fn load(root: &Path, config: &Config) -> Result<TrustedKeys> {
-        let mut keys = vec![TrustedKey {
-            key: own_public_key(root)?,
-            source: "own key".into(),
-        }];
-        for text in &config.trust.keys {
-            let key = PublicKey::parse(text).map_err(|m| Error::invalid("trust.keys", m))?;
-            keys.push(TrustedKey {
-                key,
-                source: "girofle.toml [trust] keys".into(),
-            });
-        }
-        let dir = trusted_keys_dir(root);
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "pub"))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("read directory", dir, e)),
-        };
-        files.sort();
-        for path in files {
-            let text = std::fs::read_to_string(&path).ctx("read", &path)?;
-            let key = PublicKey::parse(&text)
-                .map_err(|m| Error::invalid(path.display().to_string(), m))?;
-            keys.push(TrustedKey {
-                key,
-                source: path.display().to_string(),
-            });
-        }
-        Ok(TrustedKeys { keys })
-    }
-
-    /// Trusts exactly `keys` (for tools and fuzzing; a fleet's are [`TrustedKeys::load`]).
-    pub fn from_keys(keys: Vec<PublicKey>) -> TrustedKeys {
-        TrustedKeys {
-            keys: keys
-                .into_iter()
-                .map(|key| TrustedKey {
-                    key,
-                    source: "given".into(),
-                })
-                .collect(),
-        }
-    }
-
-    /// The keys, the fleet's own first.
-    pub fn keys(&self) -> &[TrustedKey] {
-        &self.keys
-    }
-
-    /// The ids of the trusted keys, for messages.
-    pub fn ids(&self) -> String {
-        self.keys
-            .iter()
-            .map(|k| k.key.id())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Checks `signature` (the `.minisig` object, absent when there is none) of backup
-    /// `id` over its manifest's bytes.
-    pub fn check(&self, id: &str, manifest: &[u8], signature: Option<&[u8]>) -> SignatureCheck {
-        let outcome = |signed, key_id: Option<String>, reason: String| SignatureCheck {
-            signed,
-            key_id,
-            reason,
-        };
-        let Some(signature) = signature else {
-            return outcome(Signed::Unsigned, None, "it has no signature".into());
-        };
-        let parsed = std::str::from_utf8(signature)
-            .map_err(|e| e.to_string())
-            .and_then(|s| minisign::SignatureBox::from_string(s).map_err(|e| e.to_string()));
-        let signature = match parsed {
-            Ok(s) => s,
-            Err(e) => {
-                return outcome(
-                    Signed::Bad,
-                    None,
-                    format!("its signature object is not a minisign signature ({e})"),
-                )
-            }
-        };
-        let kid = key_id(signature.keynum());
-        let Some(trusted) = self
-            .keys
-            .iter()
-            .find(|k| k.key.0.keynum() == signature.keynum())
-        else {
-            return outcome(
-                Signed::Untrusted,
-                Some(kid.clone()),
-                format!(
-                    "it is signed by key {kid}, which this fleet does not trust (trusted keys: {})",
-                    self.ids()
-                ),
-            );
-        };
-        if let Err(e) = minisign::verify(
-            &trusted.key.0,
-            &signature,
-            Cursor::new(manifest),
-            true,
-            false,
-            false,
-        ) {
-            return outcome(
-                Signed::Bad,
-                Some(kid.clone()),
-                format!("its signature by key {kid} does not match its manifest ({e}): it was altered after it was signed"),
-            );
-        }
-        let names_it = signature
-            .trusted_comment()
-            .map(|c| c.split('\t').any(|f| f == format!("backup:{id}")))
-            .unwrap_or(false);
-        if !names_it {
-            return outcome(
-                Signed::Bad,
-                Some(kid.clone()),
-                format!("its signature by key {kid} was made for another backup"),
-            );
-        }
-        outcome(Signed::Trusted, Some(kid), String::new())
-    }
-}
-
-impl SignatureCheck {
-    /// The refusal of backup `id` in store `store` when its signature is not trusted, with
-    /// what to do; `None` when it is.
-    pub fn refusal(&self, id: &str, store: &str, trusted: &TrustedKeys) -> Option<Error> {
-        let what = format!("backup `{id}` in store `{store}`");
-        let store_arg = if store == crate::adapters::store::LOCAL_STORE_NAME {
-            String::new()
-        } else {
-            format!(" --store {store}")
-        };
-        let sign = format!("girofle backup sign {id}{store_arg}");
-        let message = match self.signed {
-            Signed::Trusted => return None,
-            Signed::Unsigned => format!(
-                "it has no signature (`{id}.manifest{SIGNATURE_SUFFIX}`), so nothing shows that a trusted fleet made it (trusted keys: {}); to restore it, run {sign} after checking where it came from",
-                trusted.ids()
-            ),
-            Signed::Untrusted => format!(
-                "{}; add that fleet's public key to `[trust] keys` in girofle.toml, or run {sign} after checking where it came from",
-                self.reason
-            ),
-            Signed::Bad => format!("{}; use another backup", self.reason),
-        };
-        Some(Error::corrupt(what, message))
-    }
+/// The refusal of backup `id` in store `store` when its signature is not trusted, with
+/// what to do; `None` when it is.
+pub fn refusal(
+    check: &SignatureCheck,
+    id: &str,
+    store: &str,
+    trusted: &TrustedKeys,
+) -> Option<Error> {
+    let what = format!("backup `{id}` in store `{store}`");
+    let store_arg = if store == crate::store::LOCAL_STORE_NAME {
+        String::new()
+    } else {
+        format!(" --store {store}")
+    };
+    let sign = format!("girofle backup sign {id}{store_arg}");
+    let message = match check.signed {
+        Signed::Trusted => return None,
+        Signed::Unsigned => format!(
+            "it has no signature (`{id}.manifest{SIGNATURE_SUFFIX}`), so nothing shows that a trusted fleet made it (trusted keys: {}); to restore it, run {sign} after checking where it came from",
+            trusted.ids()
+        ),
+        Signed::Untrusted => format!(
+            "{}; add that fleet's public key to `[trust] keys` in girofle.toml, or run {sign} after checking where it came from",
+            check.reason
+        ),
+        Signed::Bad => format!("{}; use another backup", check.reason),
+    };
+    Some(Error::corrupt(what, message))
 }
 
 /// The fleet's public key and the keys it trusts (`girofle key show`).
@@ -541,15 +333,15 @@ pub struct TrustedKeyInfo {
 pub fn key_info(root: &Path) -> Result<KeyInfo> {
     let config = Config::load(root)?;
     ensure_key(root)?;
-    let trusted = TrustedKeys::load(root, &config)?;
-    let own = &trusted.keys[0].key;
+    let trusted = load_trusted_keys(root, &config)?;
+    let own = &trusted.keys()[0].key;
     Ok(KeyInfo {
         key_id: own.id(),
         public_key: own.base64(),
         pub_file: own.pub_file(),
         path: public_key_path(root),
         trusted: trusted
-            .keys
+            .keys()
             .iter()
             .map(|k| TrustedKeyInfo {
                 key_id: k.key.id(),
@@ -674,7 +466,7 @@ mod tests {
     fn signatures_verify_only_for_their_manifest_and_trusted_keys() {
         let dir = root();
         let other = root();
-        let trust = TrustedKeys::load(dir.path(), &Config::default()).unwrap();
+        let trust = load_trusted_keys(dir.path(), &Config::default()).unwrap();
         let id = "web/20261125T220000Z";
         let manifest = b"{\"id\": \"web/20261125T220000Z\"}\nblake3:00\n";
         let sig = sign_manifest(dir.path(), id, manifest).unwrap();
@@ -687,7 +479,7 @@ mod tests {
             ok.key_id.as_deref(),
             Some(trust.keys()[0].key.id().as_str())
         );
-        assert!(ok.refusal(id, "local", &trust).is_none());
+        assert!(refusal(&ok, id, "local", &trust).is_none());
 
         // A changed manifest, another backup's id, another fleet's key, nothing, garbage.
         let mut forged = manifest.to_vec();
@@ -703,7 +495,7 @@ mod tests {
         let foreign = sign_manifest(other.path(), id, manifest).unwrap();
         let untrusted = trust.check(id, manifest, Some(&foreign));
         assert_eq!(untrusted.signed, Signed::Untrusted);
-        let e = untrusted.refusal(id, "offsite", &trust).unwrap();
+        let e = refusal(&untrusted, id, "offsite", &trust).unwrap();
         assert_eq!(e.kind(), "corrupt");
         let other_id = own_public_key(other.path()).unwrap().id();
         assert!(
@@ -712,7 +504,9 @@ mod tests {
         );
         let unsigned = trust.check(id, manifest, None);
         assert_eq!(unsigned.signed, Signed::Unsigned);
-        let e = unsigned.refusal(id, "offsite", &trust).unwrap().to_string();
+        let e = refusal(&unsigned, id, "offsite", &trust)
+            .unwrap()
+            .to_string();
         assert!(
             e.contains(&format!(
                 "girofle backup sign {id} --store offsite after checking where it came from"
@@ -726,7 +520,7 @@ mod tests {
         // Trusted once the other fleet's key is in [trust] keys.
         let mut config = Config::default();
         config.trust.keys = vec![own_public_key(other.path()).unwrap().base64()];
-        let trust = TrustedKeys::load(dir.path(), &config).unwrap();
+        let trust = load_trusted_keys(dir.path(), &config).unwrap();
         assert_eq!(
             trust.check(id, manifest, Some(&foreign)).signed,
             Signed::Trusted
@@ -768,7 +562,7 @@ mod tests {
             assert_eq!(r.key_id, own.id());
             assert_eq!(r.trusted_imported_key, Some(old_key.id()));
         }
-        let trust = TrustedKeys::load(busy.path(), &Config::default()).unwrap();
+        let trust = load_trusted_keys(busy.path(), &Config::default()).unwrap();
         let ids: Vec<String> = trust.keys().iter().map(|k| k.key.id()).collect();
         assert_eq!(ids, vec![own.id(), old_key.id()]);
         assert!(import_keys(busy.path(), Some(b"garbage"), &[]).is_err());

@@ -33,8 +33,8 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BackupStore, ObjectInfo, StoreConfig};
-use crate::archive::{ChannelReader, ChannelWriter};
 use crate::error::{Error, Result};
+use girofle_archive::{ChannelReader, ChannelWriter};
 
 /// The first bytes of every binary age file.
 const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";

@@ -29,29 +29,31 @@ use tokio::sync::mpsc;
 use crate::adapters::inventory::InventoryExt;
 use crate::adapters::runtime::{ContainerRuntimeExt, ExecSpec};
 use crate::adapters::store::BackupStore;
-use crate::archive::{
-    self, ChannelReader, ChannelWriter, CompressionOptions, ExpectedIndex, IndexSummary, Progress,
-    Source,
-};
 use crate::error::{Error, IoContext, Result};
 use crate::model::context::Context;
 use crate::model::instance::{self, InstanceDirs, InstanceRecord};
 use crate::model::intent::{ColdBackupPhase, IntentFile, OnlineBackupPhase, Operation};
 pub use crate::model::policy::{retained, Retention, Strategy};
-use crate::model::signing::{SignatureCheck, Signed, TrustedKeys, SIGNATURE_SUFFIX};
+use crate::model::signing::{SignatureCheck, Signed, TrustedKeys};
+use girofle_archive::{
+    self as archive, ChannelReader, ChannelWriter, CompressionOptions, ExpectedIndex, IndexSummary,
+    Progress, Source,
+};
 
 mod undo;
 
-/// The archive format this Girofle writes (and the only one it reads): 2 has the index as
-/// JSON lines, in the archive and beside it as its own object.
-pub const FORMAT_VERSION: u32 = 2;
+// The format's parts as data live in `girofle_archive` (the fuzz targets build on it
+// alone); they keep their paths here.
+pub(crate) use girofle_archive::manifest::{
+    archive_key, index_key, manifest_key, signature_key, MANIFEST_SUFFIX,
+};
+pub use girofle_archive::manifest::{parse_id, ArchiveRef, IndexRef, FORMAT_VERSION};
 
-const ARCHIVE_SUFFIX: &str = ".tar.zst";
-const INDEX_SUFFIX: &str = ".index";
-const MANIFEST_SUFFIX: &str = ".manifest";
+/// Everything known about a backup but its per-file index; kept beside the archive.
+pub type Manifest = girofle_archive::manifest::Manifest<BackupHeader>;
+
 /// Chunks of the index object when it is uploaded.
 const INDEX_CHUNK: usize = 1 << 20;
-const CHECKSUM_TRAILER: &str = "\nblake3:";
 /// What the archive writer says when the store stopped reading its stream (`archive`'s
 /// `ChannelWriter`).
 const CONSUMER_GONE: &str = "the archive consumer is gone";
@@ -77,109 +79,6 @@ pub struct BackupHeader {
     pub include_logs: bool,
     /// The id `gitlab-backup create` was given (online backups).
     pub gitlab_backup_id: Option<String>,
-}
-
-/// Where the archive is and what it must hash to.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ArchiveRef {
-    pub key: String,
-    pub size: u64,
-    pub blake3: String,
-}
-
-/// Where the index is, what it must hash to, and its totals.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IndexRef {
-    pub key: String,
-    /// Size of the JSON lines in bytes.
-    pub size: u64,
-    pub blake3: String,
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    /// Sum of the sizes of the regular files.
-    pub bytes: u64,
-    /// Entries not archived (sockets, names that are not UTF-8...), listed in the index.
-    pub skipped: u64,
-    /// Files whose size changed while read, listed in the index.
-    pub changed_while_read: u64,
-}
-
-impl IndexRef {
-    fn new(key: String, s: &IndexSummary) -> Self {
-        IndexRef {
-            key,
-            size: s.size,
-            blake3: s.blake3.clone(),
-            files: s.files,
-            dirs: s.dirs,
-            symlinks: s.symlinks,
-            bytes: s.bytes,
-            skipped: s.skipped,
-            changed_while_read: s.changed_while_read,
-        }
-    }
-}
-
-/// Everything known about a backup but its per-file index; kept beside the archive.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-    #[serde(flatten)]
-    pub header: BackupHeader,
-    pub archive: ArchiveRef,
-    pub index: IndexRef,
-    pub duration_ms: u64,
-    /// How long GitLab was down (cold backups).
-    pub downtime_ms: Option<u64>,
-}
-
-impl Manifest {
-    /// The bytes stored: the JSON, then a trailer line with the BLAKE3 of those bytes, so
-    /// any flipped byte is detected.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut body = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::backend("manifest", e.to_string()))?;
-        let hash = blake3::hash(&body).to_hex().to_string();
-        body.extend_from_slice(format!("{CHECKSUM_TRAILER}{hash}\n").as_bytes());
-        Ok(body)
-    }
-
-    /// Parses and checks stored manifest bytes.
-    ///
-    /// # Errors
-    /// `Corrupt` when the checksum does not match or the JSON is malformed,
-    /// `VersionMismatch` when a newer Girofle wrote it.
-    pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Manifest> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| Error::corrupt(what, "the manifest is not UTF-8"))?;
-        let (body, trailer) = text
-            .rsplit_once(CHECKSUM_TRAILER)
-            .ok_or_else(|| Error::corrupt(what, "the manifest has no checksum line"))?;
-        // Exactly the hash and the newline `to_bytes` writes: trimming would let a flipped
-        // last byte (a newline turned into a space) pass unnoticed.
-        let expected = trailer.strip_suffix('\n').unwrap_or(trailer);
-        let actual = blake3::hash(body.as_bytes()).to_hex().to_string();
-        if expected != actual {
-            return Err(Error::corrupt(
-                what,
-                "the manifest's checksum does not match its content: it was damaged; use another backup",
-            ));
-        }
-        let probe: serde_json::Value = serde_json::from_str(body)
-            .map_err(|e| Error::corrupt(what, format!("manifest JSON: {e}")))?;
-        let version = probe["format_version"].as_u64().unwrap_or(0);
-        if version > u64::from(FORMAT_VERSION) {
-            return Err(Error::VersionMismatch(format!(
-                "{what} has format {version}, this Girofle reads up to {FORMAT_VERSION}: upgrade Girofle"
-            )));
-        }
-        if version < u64::from(FORMAT_VERSION) {
-            return Err(Error::VersionMismatch(format!(
-                "{what} has format {version} (a pre-release Girofle wrote it), this Girofle reads format {FORMAT_VERSION}: restore it with the Girofle that made it"
-            )));
-        }
-        serde_json::from_str(body).map_err(|e| Error::corrupt(what, format!("manifest: {e}")))
-    }
 }
 
 /// A progress callback (files and bytes so far).
@@ -273,41 +172,6 @@ impl std::fmt::Display for DamagedBackup {
             self.id, self.store, self.reason
         )
     }
-}
-
-/// Splits an id `<instance>/<ts>` and checks its shape.
-///
-/// # Errors
-/// `InvalidInput` saying what an id looks like.
-pub fn parse_id(id: &str) -> Result<(String, String)> {
-    let bad = || {
-        Error::invalid(
-            "backup id",
-            format!("`{id}` is not a backup id like `web/20261125T220000Z` (`girofle backup list` shows them)"),
-        )
-    };
-    let (name, ts) = id.split_once('/').ok_or_else(bad)?;
-    instance::validate_name(name).map_err(|_| bad())?;
-    if chrono::NaiveDateTime::parse_from_str(ts, "%Y%m%dT%H%M%SZ").is_err() {
-        return Err(bad());
-    }
-    Ok((name.to_string(), ts.to_string()))
-}
-
-pub(crate) fn archive_key(id: &str) -> String {
-    format!("{id}{ARCHIVE_SUFFIX}")
-}
-
-pub(crate) fn manifest_key(id: &str) -> String {
-    format!("{id}{MANIFEST_SUFFIX}")
-}
-
-pub(crate) fn index_key(id: &str) -> String {
-    format!("{id}{INDEX_SUFFIX}")
-}
-
-pub(crate) fn signature_key(id: &str) -> String {
-    format!("{id}{MANIFEST_SUFFIX}{SIGNATURE_SUFFIX}")
 }
 
 /// Forwards a store's stream into a bounded channel, for a blocking reader. Returns the
@@ -409,7 +273,7 @@ pub async fn archive_to_store(
             },
             Err(e) => {
                 writer.abort(std::io::Error::other(e.to_string()));
-                Err(e)
+                Err(Error::from(e))
             }
         }
     });
@@ -524,6 +388,7 @@ pub async fn extract_from_store(
             &mut report,
         )
         .map(|(_, s)| s)
+        .map_err(Error::from)
     })
     .await
 }
@@ -550,6 +415,7 @@ pub async fn verify_in_store(
             Some((archive_ref.size, &archive_ref.blake3)),
         )
         .map(|(_, s)| s)
+        .map_err(Error::from)
     })
     .await
 }
@@ -889,6 +755,7 @@ impl Context {
         // The signature, then the manifest last: only now does the backup list.
         let written = match manifest
             .to_bytes()
+            .map_err(Error::from)
             .and_then(|bytes| Ok((signer.sign(&id, &bytes)?, bytes)))
         {
             Ok((signature, bytes)) => {
@@ -1310,7 +1177,7 @@ async fn read_trusted(
     let (manifest, bytes) = fetch_manifest(store, id).await?;
     let signature = fetch_signature(store, id).await?;
     let check = trust.check(id, &bytes, signature.as_deref());
-    if let Some(refused) = check.refusal(id, store.name(), trust) {
+    if let Some(refused) = crate::signing::refusal(&check, id, store.name(), trust) {
         return Err(refused);
     }
     Ok(StoredManifest {
@@ -1486,19 +1353,5 @@ mod tests {
             }),
             vec![0, 2]
         );
-    }
-
-    #[test]
-    fn ids_are_checked() {
-        assert!(parse_id("web/20261125T220000Z").is_ok());
-        for bad in [
-            "web",
-            "web/x",
-            "Web/20261125T220000Z",
-            "/20261125T220000Z",
-            "a/b/c",
-        ] {
-            assert!(parse_id(bad).is_err(), "{bad}");
-        }
     }
 }

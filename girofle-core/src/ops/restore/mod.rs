@@ -17,7 +17,6 @@ use serde_json::json;
 
 use crate::adapters::inventory::Fleet;
 use crate::adapters::runtime::{ContainerRuntimeExt, ExecSpec};
-use crate::archive::IndexSummary;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::sync_filesystem;
 use crate::model::address::{allocate, AddressRequest};
@@ -28,6 +27,7 @@ use crate::ops::backup::{
     extract_from_store, parse_id, read_manifest, Manifest, ProgressFn, Strategy,
 };
 use crate::ops::checks::GitLabChecks;
+use girofle_archive::IndexSummary;
 
 mod undo;
 
