@@ -2,7 +2,8 @@
 //! implementation of it on `bollard`.
 //!
 //! This module knows about containers, images, health states and exec; it knows nothing
-//! about GitLab, instances or the inventory. Operations on instances live in `instance`.
+//! about GitLab, instances or the inventory. [`MemoryRuntime`] is the in-memory double
+//! of the fast tests, and [`conformance`] the battery both engines pass. Operations on instances live in `instance`.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -23,6 +24,13 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+mod memory;
+#[cfg(any(test, feature = "conformance"))]
+pub use memory::{ExecCall, ExecScript, MemoryRuntime};
 
 /// A host directory bind-mounted into a container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
