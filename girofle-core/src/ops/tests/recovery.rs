@@ -1,0 +1,1 @@
+//! Recovery of each phase on the doubles.

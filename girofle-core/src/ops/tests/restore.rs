@@ -1,0 +1,1 @@
+//! Restore validation on the doubles.
