@@ -14,8 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Fleet, Inventory, InventoryExt};
 use crate::error::Error;
-use crate::model::instance::{Bindings, Stage};
-use crate::record::InstanceRecord;
+use crate::record::{Bindings, InstanceRecord, Stage};
 
 /// Hands out a new handle on the book under test.
 pub type Open<'a> = dyn Fn() -> Arc<dyn Inventory> + Sync + 'a;
@@ -120,9 +119,9 @@ pub async fn transact_returns_the_fleet_as_written(open: &Open<'_>) {
     let prefix = unique_prefix("returned");
     let inv = open();
     let a = record(&format!("{prefix}-a"), 20_100);
-    insert(&*inv, &[a.clone()]).await;
+    insert(&*inv, std::slice::from_ref(&a)).await;
     let b = record(&format!("{prefix}-b"), 20_110);
-    let returned = insert(&*inv, &[b.clone()]).await;
+    let returned = insert(&*inv, std::slice::from_ref(&b)).await;
     assert_eq!(
         mine(&returned, &prefix),
         BTreeMap::from([(a.name.clone(), a), (b.name.clone(), b)])
@@ -145,7 +144,8 @@ pub async fn updates_and_removals_are_kept(open: &Open<'_>) {
     insert(&*inv, &[a.clone(), b.clone()]).await;
     inv.transact(&mut |fleet: &mut Fleet| {
         let r = fleet.instances.get_mut(&a.name).expect("a is there");
-        r.settings.insert("nginx['listen_https']".into(), "false".into());
+        r.settings
+            .insert("nginx['listen_https']".into(), "false".into());
         r.stage = Stage::Active;
         fleet.instances.remove(&b.name);
         Ok(())
@@ -167,7 +167,7 @@ pub async fn failed_change_writes_nothing(open: &Open<'_>) {
     let prefix = unique_prefix("failed");
     let inv = open();
     let a = record(&format!("{prefix}-a"), 20_300);
-    insert(&*inv, &[a.clone()]).await;
+    insert(&*inv, std::slice::from_ref(&a)).await;
     let r = inv
         .transact(&mut |fleet: &mut Fleet| {
             fleet.instances.remove(&a.name);
@@ -181,7 +181,11 @@ pub async fn failed_change_writes_nothing(open: &Open<'_>) {
         other => panic!("expected the change's own Conflict, got {other:?}"),
     }
     let read = mine(&open().load().await.expect("load"), &prefix);
-    assert_eq!(read, BTreeMap::from([(a.name.clone(), a)]), "nothing written");
+    assert_eq!(
+        read,
+        BTreeMap::from([(a.name.clone(), a)]),
+        "nothing written"
+    );
     remove_prefixed(&*inv, &prefix).await;
 }
 
@@ -190,7 +194,7 @@ pub async fn another_handle_sees_committed_changes(open: &Open<'_>) {
     let prefix = unique_prefix("seen");
     let (one, two) = (open(), open());
     let a = record(&format!("{prefix}-a"), 20_400);
-    insert(&*one, &[a.clone()]).await;
+    insert(&*one, std::slice::from_ref(&a)).await;
     let mut seen = None;
     two.transact(&mut |fleet: &mut Fleet| {
         seen = fleet.instances.get(&a.name).cloned();
@@ -242,7 +246,7 @@ pub async fn get_tells_unknown_from_known(open: &Open<'_>) {
     let prefix = unique_prefix("get");
     let inv = open();
     let a = record(&format!("{prefix}-a"), 20_500);
-    insert(&*inv, &[a.clone()]).await;
+    insert(&*inv, std::slice::from_ref(&a)).await;
     assert_eq!(inv.get(&a.name).await.expect("get"), a);
     match inv.get(&format!("{prefix}-none")).await {
         Err(e @ Error::NotFound { .. }) => {

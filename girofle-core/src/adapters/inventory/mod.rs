@@ -24,8 +24,8 @@ mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
 pub use memory::MemoryInventory;
-pub(crate) use sqlite::{connect_db, connect_db_to_read, unwritable_db_err};
 pub use sqlite::SqliteInventory;
+pub(crate) use sqlite::{connect_db, connect_db_to_read, unwritable_db_err};
 
 /// The whole fleet as the inventory knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,4 +83,3 @@ pub fn unknown_instance(name: &str) -> Error {
         "`girofle instance list` shows the instances of this root",
     )
 }
-

@@ -150,7 +150,11 @@ pub async fn created_container_shows_its_spec(rt: &dyn ContainerRuntime, image: 
     assert_eq!(info.image, image);
     assert_eq!(info.labels.get("team").map(String::as_str), Some("ops"));
     assert_eq!(info.labels.get(LABEL).map(String::as_str), Some(run));
-    assert!(info.env.iter().any(|e| e == "GIROFLE_CONFORMANCE=1"), "{:?}", info.env);
+    assert!(
+        info.env.iter().any(|e| e == "GIROFLE_CONFORMANCE=1"),
+        "{:?}",
+        info.env
+    );
     assert_eq!(info.status, "created");
     assert!(!info.running);
     assert_eq!(info.ports, s.ports);
@@ -168,7 +172,14 @@ pub async fn taken_name_is_refused(rt: &dyn ContainerRuntime, image: &str, run: 
         }
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
-    assert_eq!(rt.inspect(&s.name).await.expect("inspect").expect("kept").id, id);
+    assert_eq!(
+        rt.inspect(&s.name)
+            .await
+            .expect("inspect")
+            .expect("kept")
+            .id,
+        id
+    );
     rt.remove(&s.name, true).await.expect("remove");
 }
 
@@ -255,7 +266,9 @@ pub async fn list_filters_on_every_label(rt: &dyn ContainerRuntime, image: &str,
         listed(rt, &[(LABEL, run), ("team", "ops")]).await,
         vec![names[0].clone(), names[2].clone()]
     );
-    assert!(listed(rt, &[(LABEL, run), ("team", "nobody")]).await.is_empty());
+    assert!(listed(rt, &[(LABEL, run), ("team", "nobody")])
+        .await
+        .is_empty());
     for n in &names {
         rt.remove(n, true).await.expect("remove");
     }
@@ -338,18 +351,21 @@ pub async fn taken_host_port_is_refused_at_start(
 
 /// An exec returns its exit code (non-zero is not an error) and its stdout and stderr;
 /// into a stopped container it is refused.
-pub async fn exec_reports_exit_code_and_output(
-    rt: &dyn ContainerRuntime,
-    image: &str,
-    run: &str,
-) {
+pub async fn exec_reports_exit_code_and_output(rt: &dyn ContainerRuntime, image: &str, run: &str) {
     let s = spec(image, run, "exec");
     running(rt, &s).await;
     let out = rt.exec(&s.name, &sh(FAILING)).await.expect("exec");
     assert_eq!(out.exit_code, 3);
-    assert!(out.output.contains("out") && out.output.contains("err"), "{:?}", out.output);
+    assert!(
+        out.output.contains("out") && out.output.contains("err"),
+        "{:?}",
+        out.output
+    );
     rt.stop(&s.name, GRACE).await.expect("stop");
-    assert!(rt.exec(&s.name, &sh(FAILING)).await.is_err(), "exec into a stopped container");
+    assert!(
+        rt.exec(&s.name, &sh(FAILING)).await.is_err(),
+        "exec into a stopped container"
+    );
     rt.remove(&s.name, true).await.expect("remove");
 }
 

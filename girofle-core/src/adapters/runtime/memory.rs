@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{ContainerInfo, ContainerRuntime, ContainerSpec, ExecOutput, ExecSpec, Health};
 use super::PublishedPort;
+use super::{ContainerInfo, ContainerRuntime, ContainerSpec, ExecOutput, ExecSpec, Health};
 use crate::error::{Error, Result};
 
 /// One exec as the double received it.
@@ -349,11 +349,7 @@ impl ContainerRuntime for MemoryRuntime {
             .engine()
             .containers
             .values()
-            .filter(|c| {
-                labels
-                    .iter()
-                    .all(|(k, v)| c.info.labels.get(k) == Some(v))
-            })
+            .filter(|c| labels.iter().all(|(k, v)| c.info.labels.get(k) == Some(v)))
             .map(|c| c.info.clone())
             .collect())
     }
@@ -363,7 +359,12 @@ impl ContainerRuntime for MemoryRuntime {
             .engine()
             .containers
             .values()
-            .flat_map(|c| c.info.ports.iter().map(|p| (c.info.name.clone(), p.clone())))
+            .flat_map(|c| {
+                c.info
+                    .ports
+                    .iter()
+                    .map(|p| (c.info.name.clone(), p.clone()))
+            })
             .collect())
     }
 

@@ -12,7 +12,11 @@ use crate::model::instance::container_name;
 const BOOT: Duration = Duration::from_millis(300);
 
 fn ports(r: &crate::model::instance::InstanceRecord) -> [u16; 3] {
-    [r.bindings.http_port, r.bindings.https_port, r.bindings.ssh_port]
+    [
+        r.bindings.http_port,
+        r.bindings.https_port,
+        r.bindings.ssh_port,
+    ]
 }
 
 /// A container of another client of the engine publishing `127.0.0.1:port`.
@@ -41,7 +45,10 @@ async fn a_commission_that_never_turns_healthy_leaves_nothing_behind() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Unhealthy { .. }), "{e}");
-    assert!(e.to_string().contains("502"), "the probe's output is shown: {e}");
+    assert!(
+        e.to_string().contains("502"),
+        "the probe's output is shown: {e}"
+    );
     assert!(b.runtime.container_names().is_empty(), "no container left");
     assert_eq!(b.record("web").await, None, "no record left");
     assert!(!b.dirs("web").base.exists(), "no directory left");
@@ -61,7 +68,10 @@ async fn a_commission_writes_gitlab_rb_from_the_image_template_before_the_first_
     b.ctx.commission(request).await.unwrap();
     let rb = std::fs::read_to_string(b.gitlab_rb("web")).unwrap();
     assert!(rb.starts_with("## GitLab's template"), "{rb}");
-    assert!(rb.contains("gitlab_rails['time_zone'] = 'Europe/Paris'"), "{rb}");
+    assert!(
+        rb.contains("gitlab_rails['time_zone'] = 'Europe/Paris'"),
+        "{rb}"
+    );
     let record = b.record("web").await.unwrap();
     assert!(rb.contains(&record.external_url), "{rb}");
 }
@@ -85,7 +95,11 @@ async fn addresses_skip_ports_held_by_instances_and_other_containers() {
     let b = Bench::with_ports("20000-20006");
     foreign_container(&b, "someone-else", 20000).await;
     let first = b.commissioned("one").await;
-    assert_eq!(ports(&first), [20001, 20002, 20003], "20000 is held by a container");
+    assert_eq!(
+        ports(&first),
+        [20001, 20002, 20003],
+        "20000 is held by a container"
+    );
     let second = b.commissioned("two").await;
     assert_eq!(ports(&second), [20004, 20005, 20006]);
 }
@@ -159,9 +173,16 @@ async fn a_reconfigure_gitlab_refuses_puts_the_previous_gitlab_rb_back() {
         matches!(&e, Error::InvalidInput { message, .. } if message.contains("GitLab refused") && message.contains("bad setting")),
         "{e}"
     );
-    assert_eq!(std::fs::read_to_string(b.gitlab_rb("web")).unwrap(), rb_before);
+    assert_eq!(
+        std::fs::read_to_string(b.gitlab_rb("web")).unwrap(),
+        rb_before
+    );
     assert_eq!(b.record("web").await, Some(before), "inventory unchanged");
-    assert_eq!(b.reconfigures(), 2, "the refused file, then the previous one");
+    assert_eq!(
+        b.reconfigures(),
+        2,
+        "the refused file, then the previous one"
+    );
     assert!(!b.intent_exists("web"));
 }
 
@@ -180,9 +201,15 @@ async fn a_reconfigure_gitlab_does_not_survive_is_rolled_back() {
         matches!(&e, Error::Unhealthy { message, .. } if message.contains("rolled back")),
         "{e}"
     );
-    assert_eq!(std::fs::read_to_string(b.gitlab_rb("web")).unwrap(), rb_before);
+    assert_eq!(
+        std::fs::read_to_string(b.gitlab_rb("web")).unwrap(),
+        rb_before
+    );
     assert_eq!(b.record("web").await, Some(before), "inventory unchanged");
-    assert!(!b.gitlab.down.load(Ordering::SeqCst), "GitLab answers again");
+    assert!(
+        !b.gitlab.down.load(Ordering::SeqCst),
+        "GitLab answers again"
+    );
     assert!(!b.intent_exists("web"));
 }
 

@@ -64,7 +64,10 @@ impl Gitlab {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
             {
-                return out(1, "FATAL: Mixlib::ShellOut::ShellCommandFailed: bad setting");
+                return out(
+                    1,
+                    "FATAL: Mixlib::ShellOut::ShellCommandFailed: bad setting",
+                );
             }
             if let Some(marker) = self.breaks_on.lock().unwrap().as_ref() {
                 let name = call.container.trim_start_matches("girofle-");
@@ -83,10 +86,16 @@ impl Gitlab {
                 return out(3, "down: puma: 0s, normally up; run: log: (pid 42) 60s");
             }
             let pid = self.puma.load(Ordering::SeqCst) + 100;
-            return out(0, &format!("run: puma: (pid {pid}) 5s; run: log: (pid 42) 60s"));
+            return out(
+                0,
+                &format!("run: puma: (pid {pid}) 5s; run: log: (pid 42) 60s"),
+            );
         }
         if call.starts_with(&["gitlab-rake", "gitlab:check"]) {
-            return out(0, "Checking GitLab subtasks ...\nChecking GitLab subtasks ... Finished\n");
+            return out(
+                0,
+                "Checking GitLab subtasks ...\nChecking GitLab subtasks ... Finished\n",
+            );
         }
         if call.starts_with(&["gitlab-rake", "gitlab:doctor:secrets"]) {
             return out(0, "I, -- : Checking encrypted values in the database\nI, -- : Total: 0 row(s) affected\nI, -- : Done!\n");

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use super::Bench;
 use crate::model::instance::{container_name, InstanceRecord, Stage};
 use crate::model::intent::{
-    ColdBackupPhase, CommissionPhase, DecommissionPhase, IntentFile, OnlineBackupPhase,
-    Operation, ReconfigurePhase, RecoveryOutcome, RestorePhase,
+    ColdBackupPhase, CommissionPhase, DecommissionPhase, IntentFile, OnlineBackupPhase, Operation,
+    ReconfigurePhase, RecoveryOutcome, RestorePhase,
 };
 use crate::ops::backup::archive_key;
 
@@ -56,7 +56,9 @@ async fn remove_container(b: &Bench, name: &str) {
 }
 
 fn staging(b: &Bench, what: &str) -> PathBuf {
-    b.root.join("staging").join(format!("{what}-20261204T000000.000Z"))
+    b.root
+        .join("staging")
+        .join(format!("{what}-20261204T000000.000Z"))
 }
 
 // Commission.
@@ -67,7 +69,13 @@ async fn a_commission_killed_while_creating_is_rolled_back_to_nothing() {
     let mut r = b.commissioned("web").await;
     r.stage = Stage::Commissioning;
     b.ctx.put_record(&r).await.unwrap();
-    interrupted(&b, "web", Operation::Commission { phase: CommissionPhase::Creating });
+    interrupted(
+        &b,
+        "web",
+        Operation::Commission {
+            phase: CommissionPhase::Creating,
+        },
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert!(!b.has_container("web").await);
     assert!(!b.dirs("web").base.exists());
@@ -79,7 +87,13 @@ async fn a_commission_killed_after_its_record_went_active_is_finished() {
     let b = Bench::new();
     let r = b.commissioned("web").await;
     stop(&b, "web").await;
-    interrupted(&b, "web", Operation::Commission { phase: CommissionPhase::Creating });
+    interrupted(
+        &b,
+        "web",
+        Operation::Commission {
+            phase: CommissionPhase::Creating,
+        },
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert!(b.running("web").await);
     assert_eq!(b.record("web").await, Some(r));
@@ -110,7 +124,10 @@ async fn a_cold_backup_killed_while_archiving_starts_gitlab_again_and_drops_its_
     );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert!(b.running("web").await);
-    assert!(store.head(&archive_key(id)).await.is_err(), "unlisted archive deleted");
+    assert!(
+        store.head(&archive_key(id)).await.is_err(),
+        "unlisted archive deleted"
+    );
 }
 
 async fn online_backup_killed(phase: OnlineBackupPhase) {
@@ -139,7 +156,11 @@ async fn online_backup_killed(phase: OnlineBackupPhase) {
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert!(!gitlab_tar.exists(), "GitLab's tar removed");
     assert!(!holder.exists(), "the holder removed");
-    assert_eq!(read(&keep), "not ours", "other files of the backup path kept");
+    assert_eq!(
+        read(&keep),
+        "not ours",
+        "other files of the backup path kept"
+    );
     assert!(b.running("web").await, "GitLab never stopped");
 }
 
@@ -199,7 +220,11 @@ async fn a_restore_in_place_killed_while_swapping_puts_the_previous_data_back() 
     std::fs::rename(&dirs.base, staging(&b, "aside-web")).unwrap();
     write(&dirs.data.join("marker"), "restored");
     remove_container(&b, "web").await;
-    interrupted(&b, "web", restore_op(&b, RestorePhase::Swapping, Some(r.clone())));
+    interrupted(
+        &b,
+        "web",
+        restore_op(&b, RestorePhase::Swapping, Some(r.clone())),
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(read(&dirs.data.join("marker")), "previous");
     assert!(!staging(&b, "aside-web").exists());
@@ -242,7 +267,11 @@ async fn a_restore_killed_after_it_committed_is_finished() {
     write(&b.dirs("web").data.join("marker"), "restored");
     write(&staging(&b, "aside-web").join("data/marker"), "previous");
     write(&staging(&b, "restore-web").join("x"), "left over");
-    interrupted(&b, "web", restore_op(&b, RestorePhase::Committed, Some(r.clone())));
+    interrupted(
+        &b,
+        "web",
+        restore_op(&b, RestorePhase::Committed, Some(r.clone())),
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert_eq!(read(&b.dirs("web").data.join("marker")), "restored");
     assert!(!staging(&b, "aside-web").exists() && !staging(&b, "restore-web").exists());
@@ -270,7 +299,11 @@ async fn a_decommission_killed_while_stopping_is_undone() {
     let b = Bench::new();
     let r = b.commissioned("web").await;
     stop(&b, "web").await;
-    interrupted(&b, "web", decommission_op(&b, DecommissionPhase::Stopping, &r, false));
+    interrupted(
+        &b,
+        "web",
+        decommission_op(&b, DecommissionPhase::Stopping, &r, false),
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert!(b.running("web").await);
     assert_eq!(b.record("web").await, Some(r));
@@ -311,7 +344,11 @@ async fn a_purge_killed_while_deleting_is_finished() {
     let r = b.commissioned("web").await;
     remove_container(&b, "web").await;
     std::fs::remove_dir_all(b.dirs("web").config).unwrap();
-    interrupted(&b, "web", decommission_op(&b, DecommissionPhase::Purging, &r, true));
+    interrupted(
+        &b,
+        "web",
+        decommission_op(&b, DecommissionPhase::Purging, &r, true),
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert!(!b.dirs("web").base.exists());
     assert!(!b.has_container("web").await);
@@ -341,10 +378,18 @@ async fn a_reconfigure_killed_while_applying_puts_the_previous_settings_back() {
     let previous = read(&b.gitlab_rb("web"));
     write(&b.gitlab_rb("web"), NEW_RB);
     let before = b.reconfigures();
-    interrupted(&b, "web", reconfigure_op(&previous, ReconfigurePhase::Applying));
+    interrupted(
+        &b,
+        "web",
+        reconfigure_op(&previous, ReconfigurePhase::Applying),
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(read(&b.gitlab_rb("web")), previous);
-    assert_eq!(b.reconfigures(), before + 1, "GitLab applied the previous file");
+    assert_eq!(
+        b.reconfigures(),
+        before + 1,
+        "GitLab applied the previous file"
+    );
     assert_eq!(b.record("web").await, Some(r));
 }
 
@@ -356,7 +401,11 @@ async fn a_reconfigure_killed_after_the_inventory_took_the_new_settings_is_finis
     write(&b.gitlab_rb("web"), NEW_RB);
     r.settings = new_settings();
     b.ctx.put_record(&r).await.unwrap();
-    interrupted(&b, "web", reconfigure_op(&previous, ReconfigurePhase::Applying));
+    interrupted(
+        &b,
+        "web",
+        reconfigure_op(&previous, ReconfigurePhase::Applying),
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert_eq!(read(&b.gitlab_rb("web")), NEW_RB, "the new file stays");
     assert_eq!(b.record("web").await, Some(r));
@@ -368,7 +417,11 @@ async fn a_reconfigure_killed_after_it_restored_the_previous_file_is_not_applied
     let r = b.commissioned("web").await;
     let previous = read(&b.gitlab_rb("web"));
     let before = b.reconfigures();
-    interrupted(&b, "web", reconfigure_op(&previous, ReconfigurePhase::Restored));
+    interrupted(
+        &b,
+        "web",
+        reconfigure_op(&previous, ReconfigurePhase::Restored),
+    );
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(read(&b.gitlab_rb("web")), previous);
     assert_eq!(b.reconfigures(), before, "no second reconfigure");

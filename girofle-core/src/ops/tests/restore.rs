@@ -85,7 +85,11 @@ async fn refused(b: &Bench, id: &str, as_name: Option<&str>) -> Error {
         .restore(request(id, as_name))
         .await
         .expect_err("the restore must be refused");
-    assert_eq!(written(b).await, before, "nothing written by a refused restore");
+    assert_eq!(
+        written(b).await,
+        before,
+        "nothing written by a refused restore"
+    );
     e
 }
 
@@ -160,7 +164,10 @@ async fn a_manifest_of_another_gitlab_version_than_the_image_is_refused() {
 async fn a_manifest_whose_version_is_not_a_version_is_refused() {
     let b = Bench::new();
     let id = backed_up(&b).await;
-    forge(&b, &id, |m| m.header.gitlab_version = "17.5.1; rm -rf /".into()).await;
+    forge(&b, &id, |m| {
+        m.header.gitlab_version = "17.5.1; rm -rf /".into()
+    })
+    .await;
     let e = refused(&b, &id, Some("copy")).await;
     assert!(matches!(&e, Error::Corrupt { .. }), "{e}");
 }

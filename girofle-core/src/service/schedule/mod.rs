@@ -742,7 +742,9 @@ mod tests {
         );
         assert!(
             matches!(
-                b.ctx.claim_due(&other, &record, &schedule, RunKind::Copy, now).unwrap(),
+                b.ctx
+                    .claim_due(&other, &record, &schedule, RunKind::Copy, now)
+                    .unwrap(),
                 Claim::Busy(_)
             ),
             "one run per instance at a time: its due copy waits"
@@ -750,7 +752,11 @@ mod tests {
         run.outcome = RunOutcome::Ok;
         run.ended_at = Some(Utc::now());
         book.finish(&run).unwrap();
-        assert_eq!(claim(&other, &record, &schedule), Claim::NotDue, "the slot ran");
+        assert_eq!(
+            claim(&other, &record, &schedule),
+            Claim::NotDue,
+            "the slot ran"
+        );
     }
 
     /// Two claimers (each with its own connection, as two processes) racing for one due
