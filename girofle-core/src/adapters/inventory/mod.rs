@@ -4,7 +4,7 @@
 //! Responsible for storing that book and changing it atomically, so two `girofle`
 //! processes (an operator and cron) never lose each other's updates or hand out one address
 //! twice. The embedded default is one SQLite file under the root ([`SqliteInventory`]);
-//! [`MemoryInventory`] is the in-memory double of the tests, and [`conformance`] the
+//! `MemoryInventory` is the in-memory double of the tests, and `conformance` the
 //! battery every backend passes. It does not talk to Docker: reconciling the book with
 //! the engine is `fleet`'s job.
 

@@ -2,8 +2,10 @@
 //! implementation of it ([`DockerRuntime`], in `docker.rs`).
 //!
 //! This module knows about containers, images, health states and exec; it knows nothing
-//! about GitLab, instances or the inventory. [`MemoryRuntime`] is the in-memory double
-//! of the fast tests, and [`conformance`] the battery both engines pass. Operations on instances live in `instance`.
+//! about GitLab, instances or the inventory. `MemoryRuntime` is the in-memory double
+//! of the fast tests, and `conformance` the battery both engines pass (both with the
+//! `conformance` feature, or in core's own tests). Operations on instances live in
+//! `instance`.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
