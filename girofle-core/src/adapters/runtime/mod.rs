@@ -133,7 +133,10 @@ pub trait ContainerRuntime: Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// `AlreadyExists` when the name is taken, `NotFound` when the image is absent,
-    /// `Conflict` when a published port is taken, `Backend` otherwise.
+    /// `Backend` otherwise. A published port that is taken is refused at [`start`], as
+    /// Docker does (the conformance battery checks it).
+    ///
+    /// [`start`]: ContainerRuntime::start
     async fn create(&self, spec: &ContainerSpec) -> Result<String>;
 
     /// Starts a created or stopped container.
@@ -153,8 +156,8 @@ pub trait ContainerRuntime: Debug + Send + Sync + 'static {
     /// once this returns Ok the container is gone.
     ///
     /// # Errors
-    /// `Backend` when the engine refuses, `Conflict` when a removal under way does not
-    /// end in time.
+    /// `Conflict` when the container runs and `force` is not set, or when a removal under
+    /// way does not end in time; `Backend` when the engine fails otherwise.
     async fn remove(&self, name: &str, force: bool) -> Result<()>;
 
     /// Inspects a container; `None` when it does not exist.
