@@ -85,6 +85,22 @@ impl Girofle {
         })
     }
 
+    /// Opens a root with a given runtime and inventory (other backends, or the doubles of
+    /// the tests: `MemoryRuntime` and `MemoryInventory` with the `conformance` feature).
+    ///
+    /// # Errors
+    /// `Io` when the root cannot be resolved or made private, or its signing key made.
+    pub fn with_backends(
+        root: &Path,
+        config: Config,
+        runtime: Arc<dyn ContainerRuntime>,
+        inventory: Arc<dyn Inventory>,
+    ) -> Result<Self> {
+        Ok(Girofle {
+            ctx: Context::with_backends(root, config, runtime, inventory)?,
+        })
+    }
+
     /// The opened root every operation works on.
     pub fn context(&self) -> &Context {
         &self.ctx

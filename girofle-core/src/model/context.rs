@@ -75,7 +75,8 @@ impl Context {
         Ok(wrote)
     }
 
-    /// Opens a root with a given runtime (another engine, or a test double).
+    /// Opens a root with a given runtime (another engine, or a test double), on the
+    /// root's own SQLite inventory.
     ///
     /// # Errors
     /// `Backend` when the inventory cannot be opened.
@@ -87,6 +88,23 @@ impl Context {
         let root = std::path::absolute(root).ctx("resolve", root)?;
         make_root_private(&root)?;
         let inventory = Arc::new(SqliteInventory::open(&root.join("inventory.db"))?);
+        Self::with_backends(&root, config, runtime, inventory)
+    }
+
+    /// Opens a root with a given runtime and inventory (other backends, or the doubles
+    /// of the tests). The root is still a directory: the journal, intent records, locks
+    /// and instance data live there.
+    ///
+    /// # Errors
+    /// `Io` when the root cannot be resolved or made private, or its signing key made.
+    pub fn with_backends(
+        root: &Path,
+        config: Config,
+        runtime: Arc<dyn ContainerRuntime>,
+        inventory: Arc<dyn Inventory>,
+    ) -> Result<Self> {
+        let root = std::path::absolute(root).ctx("resolve", root)?;
+        make_root_private(&root)?;
         // A root made before backups were signed gets its key on first open.
         crate::model::signing::ensure_key(&root)?;
         Ok(Context {

@@ -1,6 +1,7 @@
 //! The operations: commission and the rest of an instance's life ([`fleet`]), backups
 //! ([`backup`], with GitLab's own tool in `gitlab_backup`), restores ([`restore`]) and
 //! the recovery of interrupted ones ([`recovery`]). Each works on the model and adapters.
+//! `tests` runs them on the in-memory doubles: the fast tier, no Docker needed.
 
 pub mod backup;
 pub mod checks;
@@ -8,3 +9,5 @@ pub mod fleet;
 pub(crate) mod gitlab_backup;
 pub mod recovery;
 pub mod restore;
+#[cfg(test)]
+pub(crate) mod tests;

@@ -519,7 +519,7 @@ impl Context {
 mod tests {
     use super::*;
     use crate::adapters::store::StoreConfig;
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Timelike};
     use chrono_tz::Tz;
     use std::path::Path;
 
@@ -693,6 +693,101 @@ mod tests {
         assert!(runs
             .iter()
             .all(|r| r.slot == Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap()));
+    }
+
+    /// The daemon's claim of due work (`claim_due`) on a root opened on the doubles: an
+    /// hourly backup of an instance created two hours ago is due for the newest hour
+    /// only, once, whoever claims; while it runs, the instance's copy waits (busy); a
+    /// disabled schedule or an instance not active is never due.
+    #[tokio::test]
+    async fn due_work_is_claimed_once_for_active_instances_only() {
+        let b = crate::ops::tests::Bench::new();
+        let mut record = b.commissioned("web").await;
+        let now = Utc::now();
+        record.created_at = now - chrono::Duration::hours(2);
+        b.ctx.put_record(&record).await.unwrap();
+        let mut schedule = b.ctx.default_schedule();
+        schedule.backup = "0 * * * *".into();
+        schedule.copy = Some("0 * * * *".into());
+        schedule.store = Some("offsite".into());
+        schedule.enabled = true;
+        let book = b.ctx.schedule_book().unwrap();
+        let other = ScheduleBook::open(&b.root.join("inventory.db")).unwrap();
+        let claim = |book: &ScheduleBook, record: &InstanceRecord, schedule: &Schedule| {
+            b.ctx
+                .claim_due(book, record, schedule, RunKind::Backup, now)
+                .unwrap()
+        };
+
+        let mut disabled = schedule.clone();
+        disabled.enabled = false;
+        assert_eq!(claim(&book, &record, &disabled), Claim::NotDue);
+        let mut reserved = record.clone();
+        reserved.stage = Stage::Commissioning;
+        assert_eq!(claim(&book, &reserved, &schedule), Claim::NotDue);
+
+        let Claim::Claimed(mut run) = claim(&book, &record, &schedule) else {
+            panic!("an hourly backup two hours after creation is due")
+        };
+        let newest_hour = now
+            .with_minute(0)
+            .and_then(|t| t.with_second(0))
+            .and_then(|t| t.with_nanosecond(0))
+            .unwrap();
+        assert_eq!(run.slot, newest_hour, "only the newest missed slot");
+        assert_eq!(
+            claim(&other, &record, &schedule),
+            Claim::NotDue,
+            "another claimer finds the slot taken"
+        );
+        assert!(
+            matches!(
+                b.ctx
+                    .claim_due(&other, &record, &schedule, RunKind::Copy, now)
+                    .unwrap(),
+                Claim::Busy(_)
+            ),
+            "one run per instance at a time: its due copy waits"
+        );
+        run.outcome = RunOutcome::Ok;
+        run.ended_at = Some(Utc::now());
+        book.finish(&run).unwrap();
+        assert_eq!(
+            claim(&other, &record, &schedule),
+            Claim::NotDue,
+            "the slot ran"
+        );
+    }
+
+    /// Two claimers (each with its own connection, as two processes) racing for one due
+    /// slot: exactly one wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_racing_claimers_one_wins() {
+        let b = crate::ops::tests::Bench::new();
+        let mut record = b.commissioned("web").await;
+        let now = Utc::now();
+        record.created_at = now - chrono::Duration::hours(2);
+        let mut schedule = b.ctx.default_schedule();
+        schedule.backup = "0 * * * *".into();
+        schedule.enabled = true;
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let (ctx, record, schedule) = (b.ctx.clone(), record.clone(), schedule.clone());
+            let db = b.root.join("inventory.db");
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let book = ScheduleBook::open(&db).unwrap();
+                ctx.claim_due(&book, &record, &schedule, RunKind::Backup, now)
+                    .unwrap()
+            }));
+        }
+        let mut claimed = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Claim::Claimed(_) => claimed += 1,
+                Claim::Busy(_) | Claim::NotDue => {}
+            }
+        }
+        assert_eq!(claimed, 1, "the due slot is claimed exactly once");
     }
 
     #[test]
