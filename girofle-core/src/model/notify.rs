@@ -576,7 +576,11 @@ mod tests {
 
         let child = tokio::process::Command::new(std::env::current_exe().unwrap())
             .args([
-                "notify::tests::https_child",
+                // This module's path without the crate's name: the test's own name.
+                &format!(
+                    "{}::https_child",
+                    module_path!().split_once("::").unwrap().1
+                ),
                 "--exact",
                 "--include-ignored",
                 "--nocapture",
@@ -593,7 +597,11 @@ mod tests {
             String::from_utf8_lossy(&child.stdout),
             String::from_utf8_lossy(&child.stderr)
         );
-        let request = server.await.unwrap();
+        // A child that ran no test would leave the receiver waiting: bounded.
+        let request = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the child process delivered nothing over https")
+            .unwrap();
         assert!(
             request.starts_with("POST /hooks/girofle?token=abc HTTP/1.1\r\n"),
             "{request}"
