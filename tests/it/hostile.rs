@@ -753,27 +753,6 @@ async fn hand_made_hostile_backups_are_refused() {
     println!("{refused} of {} hostile backups refused", cases.len());
 }
 
-/// A small deterministic generator (xorshift), seeded and printed so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A byte that changes what it is XORed into.
-    fn flip(&mut self) -> u8 {
-        1 + (self.next() % 255) as u8
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_flips_are_always_detected_and_refused() {
     const ARCHIVES: usize = 100;
@@ -927,7 +906,7 @@ async fn byte_flips_are_always_detected_and_refused() {
 
 /// Writes `m` as the manifest of backup `id` in the local store of `root`, with a valid
 /// checksum and signed by the fleet's own key: the worst case, a forger who holds the key
-/// (tests/signing.rs covers forgers who do not). Every field is still checked.
+/// (tests/it/signing.rs covers forgers who do not). Every field is still checked.
 fn forge(root: &Path, id: &str, m: &Manifest) {
     let bytes = m.to_bytes().unwrap();
     let signature = girofle_core::signing::sign_manifest(root, id, &bytes).unwrap();

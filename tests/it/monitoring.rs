@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use girofle_core::backup::{BackupOptions, Strategy};
 use girofle_core::CommissionRequest;
@@ -22,29 +22,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (bounded) until `f` returns `Some`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "gave up after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -276,9 +253,8 @@ async fn prometheus_scrapes_backup_freshness_and_failures_reach_the_webhook() {
 
     // The endpoint, served by the daemon (as a child process).
     let metrics_port = free_port();
-    let server = Command::new(girofle_bin())
-        .arg("--root")
-        .arg(&t.root)
+    let server = t
+        .girofle()
         .args(["daemon", "--metrics-addr"])
         .arg(format!("127.0.0.1:{metrics_port}"))
         .stdout(Stdio::null())

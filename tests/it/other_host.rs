@@ -8,11 +8,7 @@ use girofle_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restore_on_another_engine_from_s3() {
-    let second = std::env::var("GIROFLE_TEST_DOCKER2_HOST").unwrap_or_else(|_| {
-        panic!(
-            "GIROFLE_TEST_DOCKER2_HOST is not set: this test needs a second Docker engine. Run `scripts/second-docker start` and `eval \"$(scripts/second-docker env)\"` (scripts/test does)"
-        )
-    });
+    let second = second_engine();
     let image = stand_in("17.5.1");
     let prefix = unique("xhost");
 

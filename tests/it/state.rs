@@ -13,8 +13,10 @@ use serde_json::Value;
 
 /// `instance list --json` without what depends on the engine's view of this root.
 fn instances(root: &Path) -> Vec<Value> {
-    let list: Value = serde_json::from_str(&ok(cli_on(root, &["--json", "instance", "list"])))
-        .expect("instance list --json");
+    let list = json_ok(
+        &cli_on(root, &["--json", "instance", "list"]),
+        "instance list --json",
+    );
     list.as_array()
         .unwrap()
         .iter()
@@ -31,8 +33,10 @@ fn instances(root: &Path) -> Vec<Value> {
 }
 
 fn schedules(root: &Path) -> Value {
-    serde_json::from_str(&ok(cli_on(root, &["--json", "schedule", "list"])))
-        .expect("schedule list --json")
+    json_ok(
+        &cli_on(root, &["--json", "schedule", "list"]),
+        "schedule list --json",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
