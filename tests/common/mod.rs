@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use girofle_core::backup::{BackupOptions, Strategy};
 use girofle_core::config::Config;
 use girofle_core::store::StoreConfig;
 use girofle_core::{Girofle, OpenOptions};
@@ -448,6 +449,24 @@ pub fn s3_store(prefix: &str) -> StoreConfig {
     }
 }
 
+/// Options of an online backup into `store` (`None`: the local one).
+pub fn online(store: Option<&str>) -> BackupOptions {
+    BackupOptions {
+        strategy: Strategy::Online,
+        store: store.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+/// Options of a cold backup into `store` (`None`: the local one).
+pub fn cold(store: Option<&str>) -> BackupOptions {
+    BackupOptions {
+        strategy: Strategy::Cold,
+        store: store.map(str::to_string),
+        ..Default::default()
+    }
+}
+
 /// A store configuration for a directory (created when missing), as a `file://` URL.
 pub fn file_store(dir: &Path) -> StoreConfig {
     std::fs::create_dir_all(dir).unwrap();
@@ -538,6 +557,16 @@ pub struct WithProject {
     pub refs: String,
 }
 
+/// Commissions instance `tag-…` on `g` with the defaults; its record.
+pub async fn commission(g: &Girofle, tag: &str) -> girofle_core::instance::InstanceRecord {
+    g.commission(girofle_core::CommissionRequest {
+        name: unique(tag),
+        ..Default::default()
+    })
+    .await
+    .expect("commission")
+}
+
 /// Commissions instance `tag-…` on `g` and pushes a project with `commits` commits,
 /// a branch and a tag to it (work tree under `t`).
 pub async fn commission_with_project(
@@ -546,14 +575,8 @@ pub async fn commission_with_project(
     tag: &str,
     commits: usize,
 ) -> WithProject {
-    let name = unique(tag);
-    let record = g
-        .commission(girofle_core::CommissionRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("commission");
+    let record = commission(g, tag).await;
+    let name = record.name.clone();
     let password = root_password(&t.root, &name);
     let url = project_url(&record.external_url, &password, "team/app.git");
     let refs = push_project(&t.dir.path().join(format!("work-{name}")), &url, commits);

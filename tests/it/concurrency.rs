@@ -103,13 +103,7 @@ fn ten_commissions_at_once_get_distinct_names_and_addresses() {
 async fn a_second_backup_process_is_refused_naming_the_holder() {
     let t = TestRoot::new(&stand_in("17.5.1"));
     let g = t.open().await;
-    let name = unique("busy");
-    g.commission(girofle_core::CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let name = commission(&g, "busy").await.name;
     // A cold backup holds the lock for seconds (stop, archive, start).
     let first = t
         .girofle()
@@ -178,13 +172,7 @@ fn cli_retrying_busy(t: &TestRoot, args: &[&str]) -> Output {
 async fn the_daemon_and_a_person_at_the_cli_lose_no_update() {
     let t = TestRoot::new(&stand_in("17.5.1"));
     let g = t.open().await;
-    let busy = unique("dmn");
-    g.commission(girofle_core::CommissionRequest {
-        name: busy.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let busy = commission(&g, "dmn").await.name;
     let set = |name: &str, extra: &[&str]| {
         let mut args = vec!["schedule", "set", name];
         args.extend_from_slice(extra);

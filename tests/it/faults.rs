@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use girofle_core::backup::{BackupOptions, Strategy};
+use girofle_core::backup::BackupOptions;
 use girofle_core::Girofle;
 use girofle_tests::*;
 
@@ -521,13 +521,7 @@ async fn sigkill_during_upload() {
 async fn sigkill_during_in_place_restore() {
     let (t, g, p) = setup("frestore").await;
     let b0 = g
-        .backup(
-            &p.name,
-            BackupOptions {
-                strategy: Strategy::Cold,
-                ..Default::default()
-            },
-        )
+        .backup(&p.name, cold(None))
         .await
         .expect("the backup to restore");
     let mut verified = HashSet::new();
@@ -551,13 +545,7 @@ async fn sigkill_during_in_place_restore() {
 async fn sigkill_during_decommission() {
     let (t, g, p) = setup("fdecom").await;
     let b0 = g
-        .backup(
-            &p.name,
-            BackupOptions {
-                strategy: Strategy::Cold,
-                ..Default::default()
-            },
-        )
+        .backup(&p.name, cold(None))
         .await
         .expect("the backup to bring the instance back with");
     let decommissioned = |t: &TestRoot| -> usize {

@@ -758,18 +758,7 @@ async fn byte_flips_are_always_detected_and_refused() {
     const ARCHIVES: usize = 100;
     const MANIFESTS: usize = 100;
     const INDEXES: usize = 20;
-    let seed_value = std::env::var("GIROFLE_FLIP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("byte flips: seed {seed_value} (GIROFLE_FLIP_SEED={seed_value} replays this run)");
-    let mut rng = Rng(seed_value);
+    let mut rng = Rng::seeded("GIROFLE_FLIP_SEED", "byte flips");
 
     let image = stand_in("17.5.1");
     let t = TestRoot::new(&image);

@@ -8,8 +8,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use girofle_core::backup::{BackupOptions, Strategy};
-use girofle_core::CommissionRequest;
 use girofle_tests::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -228,23 +226,8 @@ async fn prometheus_scrapes_backup_freshness_and_failures_reach_the_webhook() {
         c.notify.webhook_url = Some(format!("http://127.0.0.1:{hook_port}/hooks/girofle"));
     });
     let g = t.open().await;
-    let name = unique("mon");
-    g.commission(CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("commission");
-    let report = g
-        .backup(
-            &name,
-            BackupOptions {
-                strategy: Strategy::Online,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("backup");
+    let name = commission(&g, "mon").await.name;
+    let report = g.backup(&name, online(None)).await.expect("backup");
     g.copy_backup(&report.id, None, "offsite")
         .await
         .expect("copy to S3");
@@ -498,13 +481,7 @@ async fn a_successful_backup_notifies_the_id_it_made() {
         c.notify.on_success = true;
     });
     let g = t.open().await;
-    let name = unique("okid");
-    g.commission(CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("commission");
+    let name = commission(&g, "okid").await.name;
     let out = t.cli(&["--json", "backup", "create", &name]);
     let e = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{e}");

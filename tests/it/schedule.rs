@@ -46,17 +46,6 @@ async fn all_listed_verify(g: &Girofle, name: &str, store: Option<&str>) -> Vec<
     listed.into_iter().map(|b| b.id).collect()
 }
 
-async fn commission(g: &Girofle, tag: &str) -> String {
-    let name = unique(tag);
-    g.commission(girofle_core::CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("commission");
-    name
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn daemon_backs_up_copies_and_applies_retention() {
     let t = TestRoot::new(&stand_in("17.5.1"));
@@ -65,7 +54,7 @@ async fn daemon_backs_up_copies_and_applies_retention() {
         c.stores.insert("offsite".into(), s3_store(&prefix));
     });
     let g = t.open().await;
-    let name = commission(&g, "sd").await;
+    let name = commission(&g, "sd").await.name;
     let schedule = g
         .set_schedule(
             &name,
@@ -149,7 +138,7 @@ async fn daemon_backs_up_copies_and_applies_retention() {
 async fn killed_daemon_lists_nothing_invalid_and_sigterm_lets_a_backup_finish() {
     let t = TestRoot::new(&stand_in("17.5.1"));
     let g = t.open().await;
-    let name = commission(&g, "sk").await;
+    let name = commission(&g, "sk").await.name;
     // Some weight in the logs, so a backup takes long enough to be caught mid-way.
     let logs = girofle_core::instance::InstanceDirs::new(&t.root, &name).logs;
     let mut noise = vec![0u8; 48 << 20];
@@ -299,7 +288,7 @@ fn sleep_until(t: chrono::DateTime<Utc>) {
 async fn missed_slots_are_caught_up_once() {
     let t = TestRoot::new(&stand_in("17.5.1"));
     let g = t.open().await;
-    let name = commission(&g, "sc").await;
+    let name = commission(&g, "sc").await.name;
 
     // Bad input is refused, naming the option; nothing changes.
     let out = t.cli(&["schedule", "set", &name, "--backup", "* * *"]);

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use girofle_core::backup::{BackupOptions, Manifest, Strategy};
+use girofle_core::backup::Manifest;
 use girofle_core::Girofle;
 use girofle_tests::*;
 use serde_json::Value;
@@ -88,16 +88,7 @@ async fn backups_are_signed_checked_by_minisign_and_refused_when_forged_or_unsig
     let WithProject {
         name, url, refs, ..
     } = commission_with_project(&g, &t, "sig", 2).await;
-    let b = g
-        .backup(
-            &name,
-            BackupOptions {
-                strategy: Strategy::Cold,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let b = g.backup(&name, cold(None)).await.unwrap();
     let store = t.root.join("backups");
     let manifest_path = store.join(format!("{}.manifest", b.id));
     let signature_path = store.join(format!("{}.manifest.minisig", b.id));
@@ -300,17 +291,7 @@ async fn another_fleets_backups_are_trusted_only_when_its_key_is() {
     })
     .await
     .unwrap();
-    let backup = ga
-        .backup(
-            &name,
-            BackupOptions {
-                strategy: Strategy::Cold,
-                store: Some("shared".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let backup = ga.backup(&name, cold(Some("shared"))).await.unwrap();
     let a_key = json_ok(&a.cli(&["--json", "key", "show"]), "--json output");
     let a_id = a_key["key_id"].as_str().unwrap();
     let b_key = json_ok(&b.cli(&["--json", "key", "show"]), "--json output");

@@ -6,7 +6,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use girofle_core::backup::{BackupOptions, Strategy};
 use girofle_core::CommissionRequest;
 use girofle_tests::*;
 use serde_json::Value;
@@ -54,15 +53,7 @@ async fn state_moves_to_a_new_root_and_back_again_idempotently() {
         .await
         .expect("commission");
     }
-    g.backup(
-        &a,
-        BackupOptions {
-            strategy: Strategy::Online,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("backup");
+    g.backup(&a, online(None)).await.expect("backup");
     // A schedule of its own, so the schedule tables have something to carry.
     let set = cli_on(&t.root, &["schedule", "set", &b, "--backup", "0 */2 * * *"]);
     assert!(
