@@ -1,13 +1,27 @@
-//! Shared helpers of Girofle's integration tests: a throw-away Girofle root with its own
-//! port range whose containers are removed even when a test fails, the stand-in GitLab
-//! image, the `girofle` binary, and git helpers.
+//! Shared helpers of Girofle's integration tests (the one test binary, tests/it/): a
+//! throw-away Girofle root with its own port range whose containers are removed even when
+//! a test fails, the stand-in GitLab image, the `girofle` binary and the checks of what it
+//! printed, stores, git helpers; in modules of their own, the engines' sharing
+//! ([`engine`]), the daemon handle ([`Daemon`]), the seeded generator ([`Rng`]) and
+//! bounded waits ([`wait_for`], [`poll`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use girofle_core::backup::{BackupOptions, Strategy};
 use girofle_core::config::Config;
+use girofle_core::store::StoreConfig;
 use girofle_core::{Girofle, OpenOptions};
+
+mod daemon;
+pub mod engine;
+mod rng;
+mod wait;
+
+pub use daemon::Daemon;
+pub use rng::Rng;
+pub use wait::{poll, wait_for};
 
 /// Where the stand-in images live: `GIROFLE_TEST_IMAGE_PREFIX` (as for
 /// `tests/gitlab-stand-in/build`, so that two checkouts can test side by side without
@@ -44,7 +58,8 @@ pub fn unique(tag: &str) -> String {
 }
 
 /// A Girofle root in a temporary directory, with a port range of its own; its containers
-/// are removed when it is dropped, even after a failed assertion.
+/// are removed when it is dropped, even after a failed assertion. It holds a share of the
+/// engines while it lives (see [`engine`]).
 #[derive(Debug)]
 pub struct TestRoot {
     pub dir: tempfile::TempDir,
@@ -52,6 +67,8 @@ pub struct TestRoot {
     pub ports: (u16, u16),
     /// The engine this root uses (`None`: the default one).
     pub docker_host: Option<String>,
+    /// Released after the containers are removed (fields drop after `drop`).
+    _engine: engine::EngineGuard,
 }
 
 impl TestRoot {
@@ -62,14 +79,24 @@ impl TestRoot {
 
     /// A fresh root whose instances run on the engine at `docker_host`.
     pub fn on_engine(image: &str, docker_host: Option<String>) -> TestRoot {
+        Self::holding(engine::shared(), image, docker_host)
+    }
+
+    /// A fresh root on the engine at `docker_host`, holding the engines as `engine`
+    /// says (a test that has them [`engine::alone`] passes its guard).
+    pub fn holding(
+        engine: engine::EngineGuard,
+        image: &str,
+        docker_host: Option<String>,
+    ) -> TestRoot {
         let dir = tempfile::Builder::new()
             .prefix("girofle-test-")
             .tempdir()
             .unwrap();
         let root = dir.path().join("root");
         Girofle::init(&root).unwrap();
-        // Test binaries run one after the other, tests of one binary in parallel: a range
-        // per root from an in-process counter keeps parallel tests off each other's ports.
+        // Every test runs in the one test binary, in parallel: a range per root from an
+        // in-process counter keeps parallel tests off each other's ports.
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let base = 30000 + ((std::process::id() * 7 + n * 13) % 900) as u16 * 32;
         let ports = (base, base + 31);
@@ -85,6 +112,7 @@ impl TestRoot {
             root,
             ports,
             docker_host,
+            _engine: engine,
         }
     }
 
@@ -95,14 +123,14 @@ impl TestRoot {
             .unwrap()
     }
 
+    /// The `girofle` command on this root, to add arguments to, spawn or run.
+    pub fn girofle(&self) -> Command {
+        girofle(&self.root)
+    }
+
     /// Runs the `girofle` binary on this root.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(girofle_bin())
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .output()
-            .unwrap()
+        cli_on(&self.root, args)
     }
 
     /// Edits girofle.toml.
@@ -173,14 +201,36 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The `girofle` command on `root` (any root, not only a [`TestRoot`]).
+pub fn girofle(root: &Path) -> Command {
+    let mut c = Command::new(girofle_bin());
+    c.arg("--root").arg(root);
+    c
+}
+
 /// Runs the `girofle` binary on `root` (any root, not only a [`TestRoot`]).
 pub fn cli_on(root: &Path, args: &[&str]) -> Output {
-    Command::new(girofle_bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
+    girofle(root).args(args).output().unwrap()
+}
+
+/// What a run printed on stdout.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a run printed on stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A run's exit code and both streams, for a failure message.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    )
 }
 
 /// The stdout of a `girofle` run that must have succeeded.
@@ -189,10 +239,29 @@ pub fn ok(out: Output) -> String {
         out.status.success(),
         "girofle failed ({:?}): {}{}",
         out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        stdout(&out),
+        stderr(&out)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout(&out)
+}
+
+/// The JSON a run printed on stdout, whether or not it succeeded; fails the test when
+/// it is not JSON.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
+}
+
+/// The JSON of a run of `what` that must have succeeded.
+pub fn json_ok(out: &Output, what: &str) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", stdout(out)))
 }
 
 /// The names in a directory, sorted (none when it does not exist).
@@ -339,9 +408,17 @@ pub fn clone_and_fsck(url: &str, dest: &Path) -> String {
     run(git(dest).args(["fsck", "--full", "--strict"]))
 }
 
-/// A store configuration for the local S3-compatible test server, under a prefix of its
-/// own; fails with how to start the server when its variables are missing.
-pub fn s3_store(prefix: &str) -> girofle_core::store::StoreConfig {
+/// The local S3-compatible test server's coordinates (`scripts/s3-server env`).
+#[derive(Debug, Clone)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// The local S3 server's coordinates, or a failure saying how to start it.
+pub fn s3_env() -> S3Env {
     let var = |k: &str| {
         std::env::var(k).unwrap_or_else(|_| {
             panic!(
@@ -349,15 +426,73 @@ pub fn s3_store(prefix: &str) -> girofle_core::store::StoreConfig {
             )
         })
     };
-    girofle_core::store::StoreConfig {
-        url: format!("s3://{}/{prefix}", var("GIROFLE_TEST_S3_BUCKET")),
-        endpoint: Some(var("GIROFLE_TEST_S3_ENDPOINT")),
+    S3Env {
+        endpoint: var("GIROFLE_TEST_S3_ENDPOINT"),
+        bucket: var("GIROFLE_TEST_S3_BUCKET"),
+        access_key: var("GIROFLE_TEST_S3_ACCESS_KEY"),
+        secret_key: var("GIROFLE_TEST_S3_SECRET_KEY"),
+    }
+}
+
+/// A store configuration for the local S3-compatible test server, under a prefix of its
+/// own; fails with how to start the server when its variables are missing.
+pub fn s3_store(prefix: &str) -> StoreConfig {
+    let env = s3_env();
+    StoreConfig {
+        url: format!("s3://{}/{prefix}", env.bucket),
+        endpoint: Some(env.endpoint),
         region: Some("us-east-1".into()),
-        access_key_id: Some(var("GIROFLE_TEST_S3_ACCESS_KEY")),
-        secret_access_key: Some(var("GIROFLE_TEST_S3_SECRET_KEY")),
+        access_key_id: Some(env.access_key),
+        secret_access_key: Some(env.secret_key),
         allow_http: Some(true),
         ..Default::default()
     }
+}
+
+/// Options of an online backup into `store` (`None`: the local one).
+pub fn online(store: Option<&str>) -> BackupOptions {
+    BackupOptions {
+        strategy: Strategy::Online,
+        store: store.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+/// Options of a cold backup into `store` (`None`: the local one).
+pub fn cold(store: Option<&str>) -> BackupOptions {
+    BackupOptions {
+        strategy: Strategy::Cold,
+        store: store.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+/// A store configuration for a directory (created when missing), as a `file://` URL.
+pub fn file_store(dir: &Path) -> StoreConfig {
+    std::fs::create_dir_all(dir).unwrap();
+    StoreConfig {
+        url: url::Url::from_directory_path(dir).unwrap().to_string(),
+        ..Default::default()
+    }
+}
+
+/// The address of the second Docker engine ("another host"), or a failure saying how to
+/// start it.
+pub fn second_engine() -> String {
+    std::env::var("GIROFLE_TEST_DOCKER2_HOST").unwrap_or_else(|_| {
+        panic!(
+            "GIROFLE_TEST_DOCKER2_HOST is not set: this test needs a second Docker engine. Run `scripts/second-docker start` and `eval \"$(scripts/second-docker env)\"` (scripts/test does)"
+        )
+    })
+}
+
+/// A loopback port free right now (the system's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// (path, uid, gid, mode) of everything under `dir`, sorted: what a restore must keep.
@@ -422,6 +557,16 @@ pub struct WithProject {
     pub refs: String,
 }
 
+/// Commissions instance `tag-…` on `g` with the defaults; its record.
+pub async fn commission(g: &Girofle, tag: &str) -> girofle_core::instance::InstanceRecord {
+    g.commission(girofle_core::CommissionRequest {
+        name: unique(tag),
+        ..Default::default()
+    })
+    .await
+    .expect("commission")
+}
+
 /// Commissions instance `tag-…` on `g` and pushes a project with `commits` commits,
 /// a branch and a tag to it (work tree under `t`).
 pub async fn commission_with_project(
@@ -430,14 +575,8 @@ pub async fn commission_with_project(
     tag: &str,
     commits: usize,
 ) -> WithProject {
-    let name = unique(tag);
-    let record = g
-        .commission(girofle_core::CommissionRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("commission");
+    let record = commission(g, tag).await;
+    let name = record.name.clone();
     let password = root_password(&t.root, &name);
     let url = project_url(&record.external_url, &password, "team/app.git");
     let refs = push_project(&t.dir.path().join(format!("work-{name}")), &url, commits);

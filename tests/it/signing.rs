@@ -7,8 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use girofle_core::backup::{BackupOptions, Manifest, Strategy};
-use girofle_core::store::StoreConfig;
+use girofle_core::backup::Manifest;
 use girofle_core::Girofle;
 use girofle_tests::*;
 use serde_json::Value;
@@ -18,18 +17,6 @@ fn refused(out: Output, what: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(5), "{what}: {out:?}");
     err
-}
-
-fn json(out: Output) -> Value {
-    serde_json::from_str(&ok(out)).expect("--json output")
-}
-
-fn file_store(dir: &Path) -> StoreConfig {
-    std::fs::create_dir_all(dir).unwrap();
-    StoreConfig {
-        url: url::Url::from_directory_path(dir).unwrap().to_string(),
-        ..Default::default()
-    }
 }
 
 fn minisign_bin() -> &'static str {
@@ -85,7 +72,7 @@ fn listed(root: &Path, name: &str, store: Option<&str>, id: &str) -> Value {
     if let Some(s) = store {
         args.extend(["--store", s]);
     }
-    let list = json(cli_on(root, &args));
+    let list = json_ok(&cli_on(root, &args), "--json output");
     list.as_array()
         .unwrap()
         .iter()
@@ -101,16 +88,7 @@ async fn backups_are_signed_checked_by_minisign_and_refused_when_forged_or_unsig
     let WithProject {
         name, url, refs, ..
     } = commission_with_project(&g, &t, "sig", 2).await;
-    let b = g
-        .backup(
-            &name,
-            BackupOptions {
-                strategy: Strategy::Cold,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let b = g.backup(&name, cold(None)).await.unwrap();
     let store = t.root.join("backups");
     let manifest_path = store.join(format!("{}.manifest", b.id));
     let signature_path = store.join(format!("{}.manifest.minisig", b.id));
@@ -119,7 +97,7 @@ async fn backups_are_signed_checked_by_minisign_and_refused_when_forged_or_unsig
     // 1. Debian's minisign checks it with the key `girofle key show` prints.
     let pub_file = t.dir.path().join("fleet.pub");
     std::fs::write(&pub_file, ok(t.cli(&["key", "show"]))).unwrap();
-    let key = json(t.cli(&["--json", "key", "show"]));
+    let key = json_ok(&t.cli(&["--json", "key", "show"]), "--json output");
     let key_id = key["key_id"].as_str().unwrap().to_string();
     assert!(
         std::fs::read_to_string(&pub_file)
@@ -231,7 +209,10 @@ async fn backups_are_signed_checked_by_minisign_and_refused_when_forged_or_unsig
     );
     assert!(!signature_path.exists(), "a damaged backup was signed");
     std::fs::write(&archive, &good).unwrap();
-    let r = json(t.cli(&["--json", "backup", "sign", &b.id]));
+    let r = json_ok(
+        &t.cli(&["--json", "backup", "sign", &b.id]),
+        "--json output",
+    );
     assert_eq!(
         (r["signed_now"].as_bool(), r["was"].as_str()),
         (Some(true), Some("unsigned")),
@@ -240,7 +221,10 @@ async fn backups_are_signed_checked_by_minisign_and_refused_when_forged_or_unsig
     assert_eq!(r["key_id"], key_id.as_str());
     let signature = std::fs::read(&signature_path).unwrap();
     // Signing again changes nothing.
-    let r = json(t.cli(&["--json", "backup", "sign", &b.id]));
+    let r = json_ok(
+        &t.cli(&["--json", "backup", "sign", &b.id]),
+        "--json output",
+    );
     assert_eq!(r["signed_now"].as_bool(), Some(false), "{r}");
     assert_eq!(std::fs::read(&signature_path).unwrap(), signature);
     ok(t.cli(&["backup", "verify", &b.id]));
@@ -307,20 +291,10 @@ async fn another_fleets_backups_are_trusted_only_when_its_key_is() {
     })
     .await
     .unwrap();
-    let backup = ga
-        .backup(
-            &name,
-            BackupOptions {
-                strategy: Strategy::Cold,
-                store: Some("shared".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let a_key = json(a.cli(&["--json", "key", "show"]));
+    let backup = ga.backup(&name, cold(Some("shared"))).await.unwrap();
+    let a_key = json_ok(&a.cli(&["--json", "key", "show"]), "--json output");
     let a_id = a_key["key_id"].as_str().unwrap();
-    let b_key = json(b.cli(&["--json", "key", "show"]));
+    let b_key = json_ok(&b.cli(&["--json", "key", "show"]), "--json output");
     assert_ne!(a_key["key_id"], b_key["key_id"], "two fleets, one key");
 
     // Fleet B: listed as untrusted, refused naming A's key, nothing created.
@@ -383,18 +357,24 @@ async fn another_fleets_backups_are_trusted_only_when_its_key_is() {
     let file = a.dir.path().join("a.girofle-state");
     ok(a.cli(&["state", "export", file.to_str().unwrap()]));
     let fresh = a.dir.path().join("fresh");
-    let r = json(cli_on(
-        &fresh,
-        &["--json", "state", "import", file.to_str().unwrap()],
-    ));
+    let r = json_ok(
+        &cli_on(
+            &fresh,
+            &["--json", "state", "import", file.to_str().unwrap()],
+        ),
+        "--json output",
+    );
     assert_eq!(r["signing_key"], a_key["key_id"], "{r}");
     assert_eq!(
-        json(cli_on(&fresh, &["--json", "key", "show"]))["public_key"],
+        json_ok(&cli_on(&fresh, &["--json", "key", "show"]), "--json output")["public_key"],
         a_key["public_key"]
     );
     let c = TestRoot::new(&image);
-    let c_key = json(c.cli(&["--json", "key", "show"]));
-    let r = json(c.cli(&["--json", "state", "import", file.to_str().unwrap()]));
+    let c_key = json_ok(&c.cli(&["--json", "key", "show"]), "--json output");
+    let r = json_ok(
+        &c.cli(&["--json", "state", "import", file.to_str().unwrap()]),
+        "--json output",
+    );
     assert_eq!(
         (&r["signing_key"], &r["trusted_imported_key"]),
         (&c_key["key_id"], &a_key["key_id"]),
@@ -402,7 +382,7 @@ async fn another_fleets_backups_are_trusted_only_when_its_key_is() {
     );
     // The imported girofle.toml has no [trust] keys: A's key is trusted through keys/trusted.
     ok(c.cli(&["backup", "verify", &backup.id, "--store", "shared"]));
-    let trusted = json(c.cli(&["--json", "key", "show"]));
+    let trusted = json_ok(&c.cli(&["--json", "key", "show"]), "--json output");
     assert_eq!(trusted["key_id"], c_key["key_id"], "the root's key changed");
     assert!(
         trusted["trusted"]

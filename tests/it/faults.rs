@@ -10,54 +10,13 @@
 //! `GIROFLE_FAULT_TRIALS` sets the number of trials per fault class (default 20).
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use girofle_core::backup::{BackupOptions, Strategy};
+use girofle_core::backup::BackupOptions;
 use girofle_core::Girofle;
 use girofle_tests::*;
-
-/// Restarting the second engine re-creates the main engine's `docker0` (see
-/// scripts/second-docker): the Docker restart test runs alone, the others share.
-static ENGINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-async fn shared_engine() -> tokio::sync::RwLockReadGuard<'static, ()> {
-    ENGINE.read().await
-}
-
-/// A small seeded generator (SplitMix64): reproducible kill points without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(class: &str) -> Rng {
-        let seed = std::env::var("GIROFLE_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("faults/{class}: seed {seed} (GIROFLE_FAULT_SEED={seed} replays it)");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, d).
-    fn below(&mut self, d: Duration) -> Duration {
-        Duration::from_nanos(self.next() % (d.as_nanos() as u64).max(1))
-    }
-}
 
 fn trials() -> usize {
     std::env::var("GIROFLE_FAULT_TRIALS")
@@ -114,25 +73,10 @@ impl Tally {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn girofle(t: &TestRoot) -> Command {
-    let mut c = Command::new(girofle_bin());
-    c.arg("--root").arg(&t.root);
-    c
-}
-
 /// Runs the CLI to the end; fails the test when it fails. Returns how long it took.
 fn timed(t: &TestRoot, args: &[&str]) -> (Duration, Output) {
     let started = Instant::now();
-    let out = girofle(t).args(args).output().unwrap();
+    let out = t.girofle().args(args).output().unwrap();
     let took = started.elapsed();
     assert!(out.status.success(), "girofle {args:?}: {}", text(&out));
     (took, out)
@@ -140,7 +84,8 @@ fn timed(t: &TestRoot, args: &[&str]) -> (Duration, Output) {
 
 /// Starts the CLI and SIGKILLs it after `after`; false when it ended before.
 fn kill_after(t: &TestRoot, args: &[&str], after: Duration) -> bool {
-    let mut child: Child = girofle(t)
+    let mut child: Child = t
+        .girofle()
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -163,14 +108,11 @@ fn kill_after(t: &TestRoot, args: &[&str], after: Duration) -> bool {
     true
 }
 
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
-}
-
 /// The state `girofle instance show` reports (this is also "the next Girofle command",
 /// which recovers what the killed one left), or the error.
 fn state_of(t: &TestRoot, name: &str) -> Result<String, String> {
-    let out = girofle(t)
+    let out = t
+        .girofle()
         .args(["--json", "instance", "show", name])
         .output()
         .unwrap();
@@ -192,7 +134,7 @@ fn listed_backups_verify(
     if let Some(s) = store {
         args.extend(["--store", s]);
     }
-    let out = girofle(t).args(&args).output().unwrap();
+    let out = t.girofle().args(&args).output().unwrap();
     tally.check(out.status.success(), || {
         format!("backup list: {}", text(&out))
     });
@@ -208,7 +150,7 @@ fn listed_backups_verify(
         if let Some(s) = store {
             args.extend(["--store", s]);
         }
-        let v = girofle(t).args(&args).output().unwrap();
+        let v = t.girofle().args(&args).output().unwrap();
         tally.check(v.status.success(), || {
             format!("listed backup {id} does not verify: {}", text(&v))
         });
@@ -271,7 +213,7 @@ fn kill_trials(
     args: &[&str],
     mut after: impl FnMut(&mut Tally, bool),
 ) {
-    let mut rng = Rng::new(class);
+    let mut rng = Rng::seeded("GIROFLE_FAULT_SEED", &format!("faults/{class}"));
     let mut tally = Tally::new(class);
     let (duration, _) = timed(t, args);
     eprintln!(
@@ -281,7 +223,7 @@ fn kill_trials(
     after(&mut tally, false);
     for _ in 0..trials() {
         tally.trials += 1;
-        let at = rng.below(duration);
+        let at = rng.duration_below(duration);
         let killed = kill_after(t, args, at);
         if killed {
             tally.killed += 1;
@@ -293,7 +235,6 @@ fn kill_trials(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_cold_backup() {
-    let _engine = shared_engine().await;
     let (t, _g, p) = setup("fcold").await;
     let mut verified = HashSet::new();
     kill_trials(
@@ -307,7 +248,6 @@ async fn sigkill_during_cold_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_online_backup() {
-    let _engine = shared_engine().await;
     let (t, _g, p) = setup("fonline").await;
     let mut verified = HashSet::new();
     let gitlab_backups = data_dir(&t, &p.name).join("backups");
@@ -337,7 +277,8 @@ async fn sigkill_during_online_backup() {
 /// its parts into the data volume (`db/` appears in its backup path): the `docker exec`
 /// outlives its client, so `gitlab-backup` goes on in the container.
 fn kill_once_gitlab_backs_up(t: &TestRoot, name: &str) {
-    let mut child = girofle(t)
+    let mut child = t
+        .girofle()
         .args(["backup", "create", name, "--strategy", "online"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -372,7 +313,7 @@ fn gitlab_backups_running(name: &str) -> usize {
 /// interrupted online backup.
 fn recover_online_backup(t: &TestRoot) -> (Duration, Output, serde_json::Value) {
     let started = Instant::now();
-    let out = girofle(t).args(["--json", "recover"]).output().unwrap();
+    let out = t.girofle().args(["--json", "recover"]).output().unwrap();
     let took = started.elapsed();
     assert!(out.status.success(), "recover: {}", text(&out));
     let record = json(&out)
@@ -392,7 +333,6 @@ fn recover_online_backup(t: &TestRoot) -> (Duration, Output, serde_json::Value) 
 /// fixed few minutes), then stops it and says so; either way nothing of GitLab's is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gitlab_backup_left_running_is_waited_for_up_to_its_bound() {
-    let _engine = shared_engine().await;
     let (t, _g, p) = setup("fslow").await;
     let backups = data_dir(&t, &p.name).join("backups");
     let container = format!("girofle-{}", p.name);
@@ -451,7 +391,7 @@ async fn a_gitlab_backup_left_running_is_waited_for_up_to_its_bound() {
         gitlab_backups_running(&p.name) > 0,
         "the kill stopped GitLab's backup"
     );
-    let listed = girofle(&t).args(["instance", "list"]).output().unwrap();
+    let listed = t.girofle().args(["instance", "list"]).output().unwrap();
     assert!(
         listed.status.success() && String::from_utf8_lossy(&listed.stderr).contains("still runs"),
         "{}",
@@ -524,7 +464,7 @@ fn incompressible(path: &Path, size: usize) {
     let mut rng = Rng(0x5eed);
     let mut bytes = Vec::with_capacity(size);
     while bytes.len() < size {
-        bytes.extend_from_slice(&rng.next().to_le_bytes());
+        bytes.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     bytes.truncate(size);
     std::fs::write(path, bytes).unwrap();
@@ -532,7 +472,6 @@ fn incompressible(path: &Path, size: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_upload() {
-    let _engine = shared_engine().await;
     let (t, _g, p) = setup("fupload").await;
     t.edit_config(|c| {
         c.stores
@@ -547,7 +486,7 @@ async fn sigkill_during_upload() {
         .expect("a local backup to copy");
     let s3 = g.store(Some("s3")).unwrap();
     let mut verified = HashSet::new();
-    let mut rng = Rng::new("upload");
+    let mut rng = Rng::seeded("GIROFLE_FAULT_SEED", "faults/upload");
     let create = ["backup", "create", &p.name, "--store", "s3"];
     let copy = ["backup", "copy", &local.id, "--to", "s3"];
     let (d_create, _) = timed(&t, &create);
@@ -561,14 +500,14 @@ async fn sigkill_during_upload() {
     for i in 0..trials() {
         tally.trials += 1;
         let killed = if i % 2 == 0 {
-            kill_after(&t, &create, rng.below(d_create))
+            kill_after(&t, &create, rng.duration_below(d_create))
         } else {
             // The copy starts from nothing in the destination each time.
             for key in ["manifest", "manifest.minisig", "tar.zst", "index"] {
                 let _ = s3.delete(&format!("{}.{key}", local.id)).await;
             }
             verified.remove(&local.id);
-            kill_after(&t, &copy, rng.below(d_copy))
+            kill_after(&t, &copy, rng.duration_below(d_copy))
         };
         if killed {
             tally.killed += 1;
@@ -580,16 +519,9 @@ async fn sigkill_during_upload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_in_place_restore() {
-    let _engine = shared_engine().await;
     let (t, g, p) = setup("frestore").await;
     let b0 = g
-        .backup(
-            &p.name,
-            BackupOptions {
-                strategy: Strategy::Cold,
-                ..Default::default()
-            },
-        )
+        .backup(&p.name, cold(None))
         .await
         .expect("the backup to restore");
     let mut verified = HashSet::new();
@@ -611,16 +543,9 @@ async fn sigkill_during_in_place_restore() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_decommission() {
-    let _engine = shared_engine().await;
     let (t, g, p) = setup("fdecom").await;
     let b0 = g
-        .backup(
-            &p.name,
-            BackupOptions {
-                strategy: Strategy::Cold,
-                ..Default::default()
-            },
-        )
+        .backup(&p.name, cold(None))
         .await
         .expect("the backup to bring the instance back with");
     let decommissioned = |t: &TestRoot| -> usize {
@@ -637,7 +562,8 @@ async fn sigkill_during_decommission() {
         &["instance", "rm", &p.name],
         |tally, _| {
             // The next command recovers; then it is all there, or all gone.
-            let list = girofle(&t)
+            let list = t
+                .girofle()
                 .args(["--json", "instance", "list"])
                 .output()
                 .unwrap();
@@ -683,7 +609,7 @@ async fn sigkill_during_decommission() {
                     nothing_left(&t, &p.name, tally);
                     archived = now;
                     // Bring it back for the next trial.
-                    let restored = girofle(&t).args(["restore", &b0.id]).output().unwrap();
+                    let restored = t.girofle().args(["restore", &b0.id]).output().unwrap();
                     tally.check(restored.status.success(), || {
                         format!("restore after decommission: {}", text(&restored))
                     });
@@ -698,7 +624,6 @@ async fn sigkill_during_decommission() {
 /// or the previous one, never a mix), the instance is healthy, its data intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_reconfigure() {
-    let _engine = shared_engine().await;
     let (t, _g, p) = setup("freconf").await;
     let key = "gitlab_rails['time_zone']";
     // Real zones (GitLab refuses an unknown one), none a substring of another.
@@ -733,7 +658,7 @@ async fn sigkill_during_reconfigure() {
             .chain(std::iter::once(format!("{key}={}", zone(i))))
             .collect()
     };
-    let mut rng = Rng::new("reconfigure");
+    let mut rng = Rng::seeded("GIROFLE_FAULT_SEED", "faults/reconfigure");
     let mut tally = Tally::new("reconfigure");
     let first = reconfigure(0);
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
@@ -748,7 +673,7 @@ async fn sigkill_during_reconfigure() {
         tally.trials += 1;
         let owned = reconfigure(i);
         let argv: Vec<&str> = owned.iter().map(String::as_str).collect();
-        if kill_after(&t, &argv, rng.below(duration)) {
+        if kill_after(&t, &argv, rng.duration_below(duration)) {
             tally.killed += 1;
         }
         let state = state_of(&t, &p.name);
@@ -759,7 +684,8 @@ async fn sigkill_during_reconfigure() {
             )
         });
         // What the inventory records...
-        let show = girofle(&t)
+        let show = t
+            .girofle()
             .args(["--json", "instance", "show", &p.name, "--reveal"])
             .output()
             .unwrap();
@@ -833,11 +759,7 @@ impl PrivateS3 {
             .expect("s3s-fs is not installed: run `scripts/s3-server start` once (it installs it)");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("faults")).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut s = PrivateS3 {
             child: None,
             port,
@@ -897,7 +819,6 @@ impl Drop for PrivateS3 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_server_dies_mid_upload() {
-    let _engine = shared_engine().await;
     let mut tally = Tally::new("s3-server-killed");
     let (t, _g, p) = setup("fs3").await;
     let mut s3 = PrivateS3::start();
@@ -918,7 +839,8 @@ async fn s3_server_dies_mid_upload() {
     for attempt in 1..=5 {
         let before = verified.len();
         let known = files_under(s3.dir.path());
-        let mut child = girofle(&t)
+        let mut child = t
+            .girofle()
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -983,7 +905,7 @@ async fn s3_server_dies_mid_upload() {
         tally.check(verified.len() == before, || {
             format!("the interrupted backup is listed: {verified:?}")
         });
-        let next = girofle(&t).args(args).output().unwrap();
+        let next = t.girofle().args(args).output().unwrap();
         tally.check(next.status.success(), || {
             format!("the next run failed: {}", text(&next))
         });
@@ -1059,7 +981,6 @@ fn unfinished_files(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_disk_full_during_backup() {
-    let _engine = shared_engine().await;
     let mut tally = Tally::new("disk-full");
     let (t, _g, p) = setup("ffull").await;
     let disk = SmallDisk::mount(8 * 1024);
@@ -1077,7 +998,7 @@ async fn local_disk_full_during_backup() {
     let old = json(&first)["id"].as_str().unwrap().to_string();
     // Now the instance holds more than the disk has left.
     incompressible(&logs_dir(&t, &p.name).join("big.log"), 9 << 20);
-    let out = girofle(&t).args(&args[1..]).output().unwrap();
+    let out = t.girofle().args(&args[1..]).output().unwrap();
     tally.trials += 1;
     tally.killed += 1;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -1109,10 +1030,9 @@ async fn local_disk_full_during_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_daemon_restarts_mid_operation() {
-    let _alone = ENGINE.write().await;
-    let host = std::env::var("GIROFLE_TEST_DOCKER2_HOST").unwrap_or_else(|_| {
-        panic!("GIROFLE_TEST_DOCKER2_HOST is not set: run `scripts/second-docker start` and `eval \"$(scripts/second-docker env)\"`")
-    });
+    // The restart cuts every container of the main engine off for a while too.
+    let alone = engine::alone();
+    let host = second_engine();
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -1127,7 +1047,7 @@ async fn docker_daemon_restarts_mid_operation() {
         "the second Docker engine is not running: run `scripts/second-docker start`"
     );
     let mut tally = Tally::new("docker-restart");
-    let t = TestRoot::on_engine(&stand_in("17.5.1"), Some(host.clone()));
+    let t = TestRoot::holding(alone, &stand_in("17.5.1"), Some(host.clone()));
     let g = t.open().await;
     let p = commission_with_project(&g, &t, "fdock", 2).await;
     let restart = || {
@@ -1141,7 +1061,8 @@ async fn docker_daemon_restarts_mid_operation() {
     // Engine and inventory agree: every record's container is there and running, and
     // no container of this root is unknown to the inventory.
     let agree = |tally: &mut Tally, what: &str| {
-        let out = girofle(&t)
+        let out = t
+            .girofle()
             .args(["--json", "instance", "list"])
             .output()
             .unwrap();
@@ -1179,7 +1100,8 @@ async fn docker_daemon_restarts_mid_operation() {
     };
     // 1. A cold backup while the engine restarts.
     let started = Instant::now();
-    let child = girofle(&t)
+    let child = t
+        .girofle()
         .args(["backup", "create", &p.name, "--strategy", "cold"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1207,7 +1129,8 @@ async fn docker_daemon_restarts_mid_operation() {
     listed_backups_verify(&t, &p.name, None, &mut verified, &mut tally);
     // 2. A commission while the engine restarts.
     let name = unique("fdock2");
-    let child = girofle(&t)
+    let child = t
+        .girofle()
         .args(["instance", "create", &name])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1236,7 +1159,8 @@ async fn docker_daemon_restarts_mid_operation() {
         || format!("commission {}: then `{name}` is {s:?}", out.status),
     );
     // The engine restarted the first instance by its restart policy; `start` waits for it.
-    let started = girofle(&t)
+    let started = t
+        .girofle()
         .args(["instance", "start", &p.name])
         .output()
         .unwrap();
@@ -1256,7 +1180,8 @@ async fn docker_daemon_restarts_mid_operation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_already_under_way_is_waited_for() {
     use girofle_core::runtime::{ContainerRuntime, DockerRuntime};
-    let _engine = shared_engine().await;
+    // No test root here: its own share of the engines.
+    let _engine = engine::shared();
     let image = stand_in("17.5.1");
     let runtime = DockerRuntime::connect(None)
         .await

@@ -6,10 +6,6 @@ use std::process::Output;
 
 use girofle_tests::*;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn assert_nothing_changed(t: &TestRoot) {
     let out = t.cli(&["--json", "instance", "list"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -148,9 +144,7 @@ fn concurrent_processes_never_share_an_address() {
     let children: Vec<_> = names
         .iter()
         .map(|n| {
-            std::process::Command::new(girofle_bin())
-                .arg("--root")
-                .arg(&t.root)
+            t.girofle()
                 .args(["--json", "instance", "create", n])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -177,23 +171,9 @@ fn concurrent_processes_never_share_an_address() {
 fn fresh_root() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let out = std::process::Command::new(girofle_bin())
-        .arg("--root")
-        .arg(&root)
-        .arg("init")
-        .output()
-        .unwrap();
+    let out = cli_on(&root, &["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
     (dir, root)
-}
-
-fn girofle_at(root: &std::path::Path, args: &[&str]) -> Output {
-    std::process::Command::new(girofle_bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// Every file under `dir` with its content.
@@ -205,7 +185,7 @@ fn lists_nothing_and_warns(
     what: &str,
     needles: &[&str],
 ) -> String {
-    let out = girofle_at(root, args);
+    let out = cli_on(root, args);
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{what}: {e}");
     assert_eq!(
@@ -381,7 +361,7 @@ fn malformed_configuration_names_the_key_the_line_and_what_is_expected() {
     for (what, text, needles) in cases {
         std::fs::write(&config, &text).unwrap();
         let before = files(&root);
-        let out = girofle_at(&root, &["instance", "list"]);
+        let out = cli_on(&root, &["instance", "list"]);
         let e = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{what}: {e}");
         for n in needles {
@@ -461,7 +441,7 @@ fn garbage_files_and_malformed_arguments_are_refused_clearly() {
     ];
     for (what, args, code, needles) in cases {
         let before = files(&root);
-        let out = girofle_at(&root, &args);
+        let out = cli_on(&root, &args);
         let e = stderr(&out);
         assert_eq!(out.status.code(), Some(code), "{what}: {e}");
         for n in needles {
@@ -519,7 +499,7 @@ fn garbage_files_and_malformed_arguments_are_refused_clearly() {
     for f in ["inventory.db-wal", "inventory.db-shm"] {
         let _ = std::fs::remove_file(root.join(f));
     }
-    let out = girofle_at(&root, &["instance", "list"]);
+    let out = cli_on(&root, &["instance", "list"]);
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{e}");
     for n in [
@@ -551,7 +531,7 @@ fn configuration_that_is_not_utf8_names_the_line_and_the_byte() {
     std::fs::write(&config, text).unwrap();
     let before = files(&root);
     for args in [&["instance", "list"][..], &["backup", "list"], &["init"]] {
-        let out = girofle_at(&root, args);
+        let out = cli_on(&root, args);
         let e = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
         for n in [
@@ -592,7 +572,7 @@ fn a_root_that_is_a_file_is_refused_with_what_to_do() {
         ),
     ];
     for (root, args, needle) in cases {
-        let out = girofle_at(root, &args);
+        let out = cli_on(root, &args);
         let e = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
         for n in [
@@ -655,9 +635,8 @@ fn two_roots_sharing_a_port_pool_take_the_next_free_ports() {
     for t in [&a, &b] {
         for i in 0..3 {
             let name = unique(&format!("pool{i}"));
-            let child = std::process::Command::new(girofle_bin())
-                .arg("--root")
-                .arg(&t.root)
+            let child = t
+                .girofle()
                 .args(["--json", "instance", "create", &name])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -733,7 +712,7 @@ impl RootOnTmpfs {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        girofle_at(&self.root, args)
+        cli_on(&self.root, args)
     }
 
     /// A new instance with `n` online backups: its name and the backups' ids.
@@ -777,9 +756,7 @@ impl RootOnTmpfs {
     fn cli_ok(&self, args: &[&str]) -> serde_json::Value {
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
-        let out = self.cli(&full);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
+        json_ok(&self.cli(&full), &format!("{args:?}"))
     }
 
     /// Fills the file system to its last byte.

@@ -4,27 +4,11 @@
 
 use std::process::Command;
 
-use girofle_core::backup::{BackupOptions, Retention, Strategy};
+use girofle_core::backup::Retention;
 use girofle_core::instance::InstanceDirs;
 use girofle_core::restore::RestoreRequest;
 use girofle_core::{CommissionRequest, DecommissionOptions, Error, InstanceState};
 use girofle_tests::*;
-
-fn online(store: Option<&str>) -> BackupOptions {
-    BackupOptions {
-        strategy: Strategy::Online,
-        store: store.map(str::to_string),
-        ..Default::default()
-    }
-}
-
-fn cold(store: Option<&str>) -> BackupOptions {
-    BackupOptions {
-        strategy: Strategy::Cold,
-        store: store.map(str::to_string),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_trips_keep_commits_secrets_owners_and_modes() {
@@ -404,13 +388,7 @@ async fn retention_and_one_backup_at_a_time() {
         c.stores.insert("offsite".into(), s3_store(&prefix));
     });
     let g = t.open().await;
-    let name = unique("ret");
-    g.commission(CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let name = commission(&g, "ret").await.name;
 
     // Two backups at once: one runs, the other is refused naming the holder.
     let (a, b) = tokio::join!(g.backup(&name, online(None)), g.backup(&name, online(None)));

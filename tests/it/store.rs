@@ -5,13 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use girofle_core::store::{conformance, local_store, open_store, BackupStore, StoreConfig};
+use girofle_tests::{file_store, s3_env, S3Env};
 
-fn file_store(name: &str, dir: &Path) -> Arc<dyn BackupStore> {
-    let config = StoreConfig {
-        url: url::Url::from_directory_path(dir).unwrap().to_string(),
-        ..Default::default()
-    };
-    open_store(name, &config).unwrap()
+fn open_file_store(name: &str, dir: &Path) -> Arc<dyn BackupStore> {
+    open_store(name, &file_store(dir)).unwrap()
 }
 
 /// No staging file (`name#digits`) may survive a run, whatever failed.
@@ -39,7 +36,7 @@ async fn local_store_conforms() {
     let other = tempfile::tempdir().unwrap();
     let store = local_store(&dir.path().join("created/on/open")).unwrap();
     assert_eq!(store.name(), "local");
-    conformance::run_all(store, file_store("other", other.path())).await;
+    conformance::run_all(store, open_file_store("other", other.path())).await;
     assert_no_staging_files(dir.path());
     assert_no_staging_files(other.path());
 }
@@ -48,7 +45,7 @@ async fn local_store_conforms() {
 async fn file_url_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
-    let store = file_store("nas", dir.path());
+    let store = open_file_store("nas", dir.path());
     assert_eq!(store.name(), "nas");
     assert!(
         store.location().starts_with("file:///"),
@@ -58,31 +55,6 @@ async fn file_url_store_conforms() {
     conformance::run_all(store, local_store(other.path()).unwrap()).await;
     assert_no_staging_files(dir.path());
     assert_no_staging_files(other.path());
-}
-
-struct S3Env {
-    endpoint: String,
-    bucket: String,
-    access_key: String,
-    secret_key: String,
-}
-
-/// The test server's coordinates, or a failure saying how to start it.
-fn s3_env() -> S3Env {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!(
-                "{name} is not set: this test needs the local S3 server. Run \
-                 `scripts/s3-server start` and `eval \"$(scripts/s3-server env)\"`, then rerun"
-            )
-        })
-    };
-    S3Env {
-        endpoint: var("GIROFLE_TEST_S3_ENDPOINT"),
-        bucket: var("GIROFLE_TEST_S3_BUCKET"),
-        access_key: var("GIROFLE_TEST_S3_ACCESS_KEY"),
-        secret_key: var("GIROFLE_TEST_S3_SECRET_KEY"),
-    }
 }
 
 fn s3_config(env: &S3Env, url: String) -> StoreConfig {

@@ -51,14 +51,6 @@ fn sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn file_store(dir: &Path) -> StoreConfig {
-    std::fs::create_dir_all(dir).unwrap();
-    StoreConfig {
-        url: url::Url::from_directory_path(dir).unwrap().to_string(),
-        ..Default::default()
-    }
-}
-
 fn starts_with(path: &Path, magic: &[u8]) -> bool {
     let bytes = std::fs::read(path).unwrap();
     bytes.starts_with(magic)

@@ -443,6 +443,8 @@ async fn a_root_password_set_after_the_first_boot_changes_nothing() {
 /// The stand-in image with Puma restarts as slow as `secs` (a derived image: the knob is
 /// the container's environment, which Girofle does not let a caller set).
 fn stand_in_with_puma_restart(secs: u32) -> String {
+    // `docker run` below needs the main engine's bridge: no test root holds a share yet.
+    let _engine = engine::shared();
     let base = stand_in("17.5.1");
     let image = format!("{}/gitlab-ce-puma{secs}s:17.5.1-ce.0", image_prefix());
     let mut build = Command::new("docker");

@@ -575,44 +575,12 @@ async fn hand_made_hostile_backups_are_refused() {
     println!("{refused} of {} hostile backups refused", cases.len());
 }
 
-/// A small deterministic generator (xorshift), seeded and printed so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A byte that changes what it is XORed into.
-    fn flip(&mut self) -> u8 {
-        1 + (self.next() % 255) as u8
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_flips_are_always_detected_and_refused() {
     const ARCHIVES: usize = 100;
     const MANIFESTS: usize = 100;
     const INDEXES: usize = 20;
-    let seed_value = std::env::var("GIROFLE_FLIP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("byte flips: seed {seed_value} (GIROFLE_FLIP_SEED={seed_value} replays this run)");
-    let mut rng = Rng(seed_value);
+    let mut rng = Rng::seeded("GIROFLE_FLIP_SEED", "byte flips");
 
     let image = stand_in("17.5.1");
     let t = TestRoot::new(&image);
@@ -749,7 +717,7 @@ async fn byte_flips_are_always_detected_and_refused() {
 
 /// Writes `m` as the manifest of backup `id` in the local store of `root`, with a valid
 /// checksum and signed by the fleet's own key: the worst case, a forger who holds the key
-/// (tests/signing.rs covers forgers who do not). Every field is still checked.
+/// (tests/it/signing.rs covers forgers who do not). Every field is still checked.
 fn forge(root: &Path, id: &str, m: &Manifest) {
     let bytes = m.to_bytes().unwrap();
     let signature = girofle_core::signing::sign_manifest(root, id, &bytes).unwrap();

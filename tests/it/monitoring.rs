@@ -6,10 +6,8 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use girofle_core::backup::{BackupOptions, Strategy};
-use girofle_core::CommissionRequest;
 use girofle_tests::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,29 +20,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (bounded) until `f` returns `Some`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "gave up after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -251,23 +226,8 @@ async fn prometheus_scrapes_backup_freshness_and_failures_reach_the_webhook() {
         c.notify.webhook_url = Some(format!("http://127.0.0.1:{hook_port}/hooks/girofle"));
     });
     let g = t.open().await;
-    let name = unique("mon");
-    g.commission(CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("commission");
-    let report = g
-        .backup(
-            &name,
-            BackupOptions {
-                strategy: Strategy::Online,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("backup");
+    let name = commission(&g, "mon").await.name;
+    let report = g.backup(&name, online(None)).await.expect("backup");
     g.copy_backup(&report.id, None, "offsite")
         .await
         .expect("copy to S3");
@@ -276,9 +236,8 @@ async fn prometheus_scrapes_backup_freshness_and_failures_reach_the_webhook() {
 
     // The endpoint, served by the daemon (as a child process).
     let metrics_port = free_port();
-    let server = Command::new(girofle_bin())
-        .arg("--root")
-        .arg(&t.root)
+    let server = t
+        .girofle()
         .args(["daemon", "--metrics-addr"])
         .arg(format!("127.0.0.1:{metrics_port}"))
         .stdout(Stdio::null())
@@ -522,13 +481,7 @@ async fn a_successful_backup_notifies_the_id_it_made() {
         c.notify.on_success = true;
     });
     let g = t.open().await;
-    let name = unique("okid");
-    g.commission(CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("commission");
+    let name = commission(&g, "okid").await.name;
     let out = t.cli(&["--json", "backup", "create", &name]);
     let e = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{e}");

@@ -6,15 +6,16 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use girofle_core::backup::{BackupOptions, Strategy};
 use girofle_core::CommissionRequest;
 use girofle_tests::*;
 use serde_json::Value;
 
 /// `instance list --json` without what depends on the engine's view of this root.
 fn instances(root: &Path) -> Vec<Value> {
-    let list: Value = serde_json::from_str(&ok(cli_on(root, &["--json", "instance", "list"])))
-        .expect("instance list --json");
+    let list = json_ok(
+        &cli_on(root, &["--json", "instance", "list"]),
+        "instance list --json",
+    );
     list.as_array()
         .unwrap()
         .iter()
@@ -31,8 +32,10 @@ fn instances(root: &Path) -> Vec<Value> {
 }
 
 fn schedules(root: &Path) -> Value {
-    serde_json::from_str(&ok(cli_on(root, &["--json", "schedule", "list"])))
-        .expect("schedule list --json")
+    json_ok(
+        &cli_on(root, &["--json", "schedule", "list"]),
+        "schedule list --json",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,15 +53,7 @@ async fn state_moves_to_a_new_root_and_back_again_idempotently() {
         .await
         .expect("commission");
     }
-    g.backup(
-        &a,
-        BackupOptions {
-            strategy: Strategy::Online,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("backup");
+    g.backup(&a, online(None)).await.expect("backup");
     // A schedule of its own, so the schedule tables have something to carry.
     let set = cli_on(&t.root, &["schedule", "set", &b, "--backup", "0 */2 * * *"]);
     assert!(

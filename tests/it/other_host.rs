@@ -2,17 +2,12 @@
 //! root and bridge, started by `scripts/second-docker`) and a second Girofle root, fed
 //! only by the backup in the shared S3 store.
 
-use girofle_core::backup::{BackupOptions, Strategy};
 use girofle_core::restore::RestoreRequest;
 use girofle_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restore_on_another_engine_from_s3() {
-    let second = std::env::var("GIROFLE_TEST_DOCKER2_HOST").unwrap_or_else(|_| {
-        panic!(
-            "GIROFLE_TEST_DOCKER2_HOST is not set: this test needs a second Docker engine. Run `scripts/second-docker start` and `eval \"$(scripts/second-docker env)\"` (scripts/test does)"
-        )
-    });
+    let second = second_engine();
     let image = stand_in("17.5.1");
     let prefix = unique("xhost");
 
@@ -28,17 +23,7 @@ async fn restore_on_another_engine_from_s3() {
         refs,
         ..
     } = commission_with_project(&ga, &a, "prod", 3).await;
-    let b = ga
-        .backup(
-            &name,
-            BackupOptions {
-                strategy: Strategy::Online,
-                store: Some("offsite".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let b = ga.backup(&name, online(Some("offsite"))).await.unwrap();
 
     // Host B: a fresh root on the second engine, knowing only the store and host A's
     // public key (its backups are signed with A's key).

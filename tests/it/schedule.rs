@@ -4,102 +4,13 @@
 //! SIGTERM lets the running backup finish; missed slots are caught up once; the systemd
 //! and cron files `schedule install` writes.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{Timelike, Utc};
 use girofle_core::schedule::{RunKind, RunOutcome, RunRecord, ScheduleBook, ScheduleOverrides};
 use girofle_core::Girofle;
 use girofle_tests::*;
-
-/// A `girofle daemon` child process, killed when dropped (even after a failed assertion).
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(t: &TestRoot, tag: &str) -> Daemon {
-        Self::with_grace(t, tag, 60)
-    }
-
-    fn with_grace(t: &TestRoot, tag: &str, grace_secs: u64) -> Daemon {
-        let log = t.dir.path().join(format!("daemon-{tag}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(girofle_bin())
-            .arg("--root")
-            .arg(&t.root)
-            .args(["daemon", "--tick-ms", "200", "--stop-grace-secs"])
-            .arg(grace_secs.to_string())
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap();
-        Daemon {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then its exit status (bounded wait).
-    fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {within:?} of SIGTERM; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `f` every `every` until it returns `Some`, for at most `within`.
-fn wait_for<T>(within: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
 
 fn book(t: &TestRoot) -> ScheduleBook {
     ScheduleBook::open(&t.root.join("inventory.db")).unwrap()
@@ -116,7 +27,7 @@ fn runs(t: &TestRoot, name: &str, kind: RunKind) -> Vec<RunRecord> {
 
 /// The backup run `daemon` has under way, once it is recorded (within 20 s).
 fn running_backup(t: &TestRoot, name: &str, daemon: &Daemon) -> RunRecord {
-    wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
+    poll(Duration::from_secs(20), Duration::from_millis(20), || {
         runs(t, name, RunKind::Backup)
             .into_iter()
             .find(|r| r.outcome == RunOutcome::Running)
@@ -135,17 +46,6 @@ async fn all_listed_verify(g: &Girofle, name: &str, store: Option<&str>) -> Vec<
     listed.into_iter().map(|b| b.id).collect()
 }
 
-async fn commission(g: &Girofle, tag: &str) -> String {
-    let name = unique(tag);
-    g.commission(girofle_core::CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("commission");
-    name
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn daemon_backs_up_copies_and_applies_retention() {
     let t = TestRoot::new(&stand_in("17.5.1"));
@@ -154,7 +54,7 @@ async fn daemon_backs_up_copies_and_applies_retention() {
         c.stores.insert("offsite".into(), s3_store(&prefix));
     });
     let g = t.open().await;
-    let name = commission(&g, "sd").await;
+    let name = commission(&g, "sd").await.name;
     let schedule = g
         .set_schedule(
             &name,
@@ -175,7 +75,7 @@ async fn daemon_backs_up_copies_and_applies_retention() {
 
     let started = Instant::now();
     let mut daemon = Daemon::start(&t, "a");
-    let done = wait_for(Duration::from_secs(35), Duration::from_millis(250), || {
+    let done = poll(Duration::from_secs(35), Duration::from_millis(250), || {
         let backups = runs(&t, &name, RunKind::Backup)
             .into_iter()
             .filter(|r| r.outcome == RunOutcome::Ok)
@@ -238,7 +138,7 @@ async fn daemon_backs_up_copies_and_applies_retention() {
 async fn killed_daemon_lists_nothing_invalid_and_sigterm_lets_a_backup_finish() {
     let t = TestRoot::new(&stand_in("17.5.1"));
     let g = t.open().await;
-    let name = commission(&g, "sk").await;
+    let name = commission(&g, "sk").await.name;
     // Some weight in the logs, so a backup takes long enough to be caught mid-way.
     let logs = girofle_core::instance::InstanceDirs::new(&t.root, &name).logs;
     let mut noise = vec![0u8; 48 << 20];
@@ -282,7 +182,7 @@ async fn killed_daemon_lists_nothing_invalid_and_sigterm_lets_a_backup_finish() 
 
     // 2. A new daemon records the killed run interrupted, once, and backs up again.
     let mut second = Daemon::start(&t, "second");
-    let next_ok = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+    let next_ok = poll(Duration::from_secs(30), Duration::from_millis(100), || {
         let all = runs(&t, &name, RunKind::Backup);
         let k = all.iter().find(|r| r.id == killed)?;
         if k.outcome != RunOutcome::Interrupted {
@@ -388,7 +288,7 @@ fn sleep_until(t: chrono::DateTime<Utc>) {
 async fn missed_slots_are_caught_up_once() {
     let t = TestRoot::new(&stand_in("17.5.1"));
     let g = t.open().await;
-    let name = commission(&g, "sc").await;
+    let name = commission(&g, "sc").await.name;
 
     // Bad input is refused, naming the option; nothing changes.
     let out = t.cli(&["schedule", "set", &name, "--backup", "* * *"]);
@@ -419,9 +319,7 @@ async fn missed_slots_are_caught_up_once() {
 
     // Two run-due at once: the missed slots make exactly one backup, for the newest slot.
     let spawn = || {
-        Command::new(girofle_bin())
-            .arg("--root")
-            .arg(&t.root)
+        t.girofle()
             .args(["schedule", "run-due"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -5,35 +5,12 @@
 //! removes instances and sets schedules loses no update on either side.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use girofle_core::schedule::{RunKind, RunOutcome, ScheduleBook};
 use girofle_tests::*;
 use serde_json::Value;
-
-fn girofle(t: &TestRoot, args: &[&str]) -> Command {
-    let mut c = Command::new(girofle_bin());
-    c.arg("--root").arg(&t.root).args(args);
-    c
-}
-
-fn json_ok(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 /// `instance list --json`, by name: (state, record).
 fn listed(t: &TestRoot) -> Vec<Value> {
@@ -59,7 +36,9 @@ fn ten_commissions_at_once_get_distinct_names_and_addresses() {
     let children: Vec<(String, Child)> = names
         .iter()
         .map(|n| {
-            let child = girofle(&t, &["--json", "instance", "create", n])
+            let child = t
+                .girofle()
+                .args(["--json", "instance", "create", n])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -124,22 +103,15 @@ fn ten_commissions_at_once_get_distinct_names_and_addresses() {
 async fn a_second_backup_process_is_refused_naming_the_holder() {
     let t = TestRoot::new(&stand_in("17.5.1"));
     let g = t.open().await;
-    let name = unique("busy");
-    g.commission(girofle_core::CommissionRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let name = commission(&g, "busy").await.name;
     // A cold backup holds the lock for seconds (stop, archive, start).
-    let first = girofle(
-        &t,
-        &["--json", "backup", "create", &name, "--strategy", "cold"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let first = t
+        .girofle()
+        .args(["--json", "backup", "create", &name, "--strategy", "cold"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let holder_pid = first.id();
     let lock = t.root.join("locks").join(format!("{name}.lock"));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -180,62 +152,6 @@ async fn a_second_backup_process_is_refused_naming_the_holder() {
     );
 }
 
-/// A `girofle daemon` child, killed when dropped.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(t: &TestRoot) -> Daemon {
-        let log = t.dir.path().join("daemon.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = girofle(
-            t,
-            &["daemon", "--tick-ms", "200", "--stop-grace-secs", "60"],
-        )
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap();
-        Daemon {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) {
-        let mut child = self.child.take().unwrap();
-        run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "daemon exit {status:?}: {}", self.log());
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not stop: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs a CLI command that may meet the daemon's lock: retried while refused as busy
 /// (exit 4), each refusal naming the daemon's operation.
 fn cli_retrying_busy(t: &TestRoot, args: &[&str]) -> Output {
@@ -256,13 +172,7 @@ fn cli_retrying_busy(t: &TestRoot, args: &[&str]) -> Output {
 async fn the_daemon_and_a_person_at_the_cli_lose_no_update() {
     let t = TestRoot::new(&stand_in("17.5.1"));
     let g = t.open().await;
-    let busy = unique("dmn");
-    g.commission(girofle_core::CommissionRequest {
-        name: busy.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let busy = commission(&g, "dmn").await.name;
     let set = |name: &str, extra: &[&str]| {
         let mut args = vec!["schedule", "set", name];
         args.extend_from_slice(extra);
@@ -284,15 +194,14 @@ async fn the_daemon_and_a_person_at_the_cli_lose_no_update() {
             "3",
         ],
     );
-    let mut daemon = Daemon::start(&t);
+    let mut daemon = Daemon::start(&t, "cli");
 
     // Meanwhile, a person: two new instances, schedules set over and over, a
     // reconfigure of the instance the daemon backs up, a removal.
     let kept = unique("cli");
     let gone = unique("cligone");
-    let created = Command::new(girofle_bin())
-        .arg("--root")
-        .arg(&t.root)
+    let created = t
+        .girofle()
         .args(["instance", "create", &kept])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -342,7 +251,8 @@ async fn the_daemon_and_a_person_at_the_cli_lose_no_update() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    daemon.terminate();
+    let status = daemon.terminate(Duration::from_secs(90));
+    assert!(status.success(), "daemon exit {status:?}: {}", daemon.log());
 
     // Every change the person made is there.
     let g = t.open().await;
