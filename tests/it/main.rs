@@ -15,6 +15,7 @@ mod hostile;
 mod lifecycle;
 mod monitoring;
 mod other_host;
+mod runtime;
 mod schedule;
 mod secrets;
 mod signing;
