@@ -374,7 +374,7 @@ impl BackupStore for EncryptedStore {
             return self.inner.put_stream(key, rx).await;
         }
         // Before anything is encrypted: a bad key must not leave the producer waiting.
-        super::key_path(self.inner.name(), key)?;
+        super::common::key_path(self.inner.name(), key)?;
         let (tx, encrypted) = mpsc::channel::<std::io::Result<Bytes>>(4);
         let recipients = self.age.recipients.clone();
         let encrypt = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
