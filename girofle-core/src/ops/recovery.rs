@@ -459,7 +459,7 @@ fn staging_owner(file: &str) -> Option<String> {
     Some(name.to_string())
 }
 
-/// Local stores stage objects as `<name>#<digits>` (see `store`).
+/// Local stores stage objects as `<name>#<digits>` (see `store::local`).
 fn is_store_staging(file: &str) -> bool {
     file.rsplit_once('#')
         .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
