@@ -281,3 +281,37 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| Error::io(action, path, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes the CLI documents in --help, and the names the journal and Python keep.
+    #[test]
+    fn each_kind_keeps_its_name_and_exit_code() {
+        let cases = [
+            (Error::invalid("f", "m"), "invalid_input", 2),
+            (Error::not_found("w", "h"), "not_found", 3),
+            (Error::already_exists("w", "h"), "already_exists", 4),
+            (Error::Conflict("c".into()), "conflict", 4),
+            (Error::corrupt("w", "m"), "corrupt", 5),
+            (Error::VersionMismatch("v".into()), "version_mismatch", 5),
+            (
+                Error::Unhealthy {
+                    message: String::new(),
+                    health_log: String::new(),
+                    logs: String::new(),
+                },
+                "unhealthy",
+                6,
+            ),
+            (Error::backend("b", "m"), "backend", 1),
+            (Error::io("read", "/x", std::io::Error::other("e")), "io", 1),
+        ];
+        for (e, name, code) in cases {
+            assert_eq!(e.kind(), name);
+            assert_eq!(e.error_kind().as_str(), name);
+            assert_eq!(e.error_kind().exit_code(), code, "{name}");
+        }
+    }
+}
