@@ -37,11 +37,11 @@ async fn run() -> anyhow::Result<()> {
     };
 
     // Idempotent: an existing root keeps its girofle.toml and inventory.
-    let wrote = Girofle::init(&root).with_context(|| format!("initialise {}", root.display()))?;
+    let init = Girofle::init(&root).with_context(|| format!("initialise {}", root.display()))?;
     println!(
         "root {} {}",
         root.display(),
-        if wrote {
+        if init.config_written {
             "initialised"
         } else {
             "already initialised"

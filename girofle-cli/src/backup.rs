@@ -4,7 +4,7 @@ use clap::Subcommand;
 use girofle_core::backup::{BackupOptions, Retention, Strategy};
 use girofle_core::Result;
 
-use crate::output::{print, progress_printer, with_spinner};
+use crate::output::{print, progress_printer, warn, with_spinner};
 use crate::Ctx;
 
 #[derive(Debug, Subcommand)]
@@ -105,13 +105,9 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
             });
         }
         BackupCommand::List { name, store } => {
-            let (list, damaged) = g.scan_backups(name.as_deref(), store.as_deref()).await?;
-            for d in &damaged {
-                eprintln!(
-                    "girofle: warning: {d} (`girofle backup verify {} --store {}` checks it again)",
-                    d.id, d.store
-                );
-            }
+            let scan = g.scan_backups(name.as_deref(), store.as_deref()).await?;
+            warn(&scan.warnings());
+            let list = scan.backups;
             print(ctx, &list, || {
                 let mut out = format!(
                     "{:<40} {:<8} {:<8} {:>10} {:>10}  {}",
@@ -143,36 +139,28 @@ pub async fn run(ctx: &Ctx, command: BackupCommand) -> Result<()> {
                     )
                 });
             } else {
-                let m = with_spinner(&format!("verifying {id}"), g.verify(&id, store.as_deref()))
+                let r = with_spinner(&format!("verifying {id}"), g.verify(&id, store.as_deref()))
                     .await?;
-                print(
-                    ctx,
-                    &serde_json::json!({ "id": id, "ok": true, "files": m.index.files, "bytes": m.index.bytes }),
-                    || {
-                        format!(
-                            "{id}: ok ({} files, {} bytes, every hash matches)",
-                            m.index.files, m.index.bytes
-                        )
-                    },
-                );
+                print(ctx, &r, || {
+                    format!(
+                        "{}: ok ({} files, {} bytes, every hash matches)",
+                        r.id, r.files, r.bytes
+                    )
+                });
             }
         }
         BackupCommand::Copy { id, store, to } => {
-            let m = with_spinner(
+            let r = with_spinner(
                 &format!("copying {id} to {to}"),
                 g.copy_backup(&id, store.as_deref(), &to),
             )
             .await?;
-            print(
-                ctx,
-                &serde_json::json!({ "id": id, "to": to, "size": m.archive.size }),
-                || {
-                    format!(
-                        "{id} copied to `{to}` ({} bytes, hash checked)",
-                        m.archive.size
-                    )
-                },
-            );
+            print(ctx, &r, || {
+                format!(
+                    "{} copied to `{}` ({} bytes, hash checked)",
+                    r.id, r.to, r.size
+                )
+            });
         }
         BackupCommand::Sign { id, store } => {
             let r = with_spinner(

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use girofle_core::address::AddressRequest;
-use girofle_core::recovery::Recovery;
 use girofle_core::{CommissionRequest, DecommissionOptions, Result};
 
-use crate::output::{print, with_spinner};
+use crate::output::{print, warn, with_spinner};
 use crate::Ctx;
 
 #[derive(Debug, Subcommand)]
@@ -130,12 +129,9 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
             print(ctx, &record, || record.external_url.clone());
         }
         InstanceCommand::List => {
-            let (list, recoveries) = g.list_with_recoveries().await?;
-            for failure in recoveries.iter().filter_map(Recovery::failure) {
-                eprintln!(
-                    "girofle: warning: {failure}; its state below may be wrong: fix that, then run `girofle recover`"
-                );
-            }
+            let listing = g.list_with_recoveries().await?;
+            warn(&listing.warnings());
+            let list = listing.instances;
             for s in &list {
                 warn_pin_overrides(s);
             }

@@ -128,24 +128,20 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init => {
-                let wrote = Girofle::init(&ctx.root)?;
-                output::print(
-                    &ctx,
-                    &serde_json::json!({ "root": ctx.root, "config_written": wrote }),
-                    || {
-                        if wrote {
-                            format!(
-                                "initialised {} (edit girofle.toml to change the address pool)",
-                                ctx.root.display()
-                            )
-                        } else {
-                            format!(
-                                "{} was already initialised; girofle.toml kept",
-                                ctx.root.display()
-                            )
-                        }
-                    },
-                );
+                let r = Girofle::init(&ctx.root)?;
+                output::print(&ctx, &r, || {
+                    if r.config_written {
+                        format!(
+                            "initialised {} (edit girofle.toml to change the address pool)",
+                            r.root.display()
+                        )
+                    } else {
+                        format!(
+                            "{} was already initialised; girofle.toml kept",
+                            r.root.display()
+                        )
+                    }
+                });
                 Ok(())
             }
             Command::Instance(c) => instance::run(&ctx, c).await,

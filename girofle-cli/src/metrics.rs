@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use girofle_core::{metrics, Error, Result};
+use girofle_core::{daemon, metrics, Error, Result};
 
 use crate::Ctx;
 
@@ -46,24 +46,9 @@ pub async fn run(ctx: &Ctx, args: MetricsArgs) -> Result<()> {
             let listener = metrics::bind(addr).await?;
             let local = listener.local_addr().unwrap_or(addr);
             eprintln!("girofle: serving metrics on http://{local}/metrics");
-            let stop = async {
-                use tokio::signal::unix::{signal, SignalKind};
-                match (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) {
-                    (Ok(mut t), Ok(mut i)) => {
-                        tokio::select! {
-                            _ = t.recv() => {}
-                            _ = i.recv() => {}
-                        }
-                    }
-                    _ => std::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
                 r = g.serve_metrics_on(listener) => r?,
-                () = stop => eprintln!("girofle: metrics server stopped"),
+                () = daemon::until_terminated() => eprintln!("girofle: metrics server stopped"),
             }
         }
     }

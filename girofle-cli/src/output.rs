@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use girofle_core::warning::{Front, Warning};
 use girofle_core::Error;
 use serde::Serialize;
 
@@ -26,15 +27,10 @@ pub fn print<T: Serialize>(ctx: &Ctx, value: &T, text: impl FnOnce() -> String) 
     }
 }
 
-/// The exit code of an error kind (documented in --help).
-pub fn exit_code(e: &Error) -> u8 {
-    match e.kind() {
-        "invalid_input" => 2,
-        "not_found" => 3,
-        "already_exists" | "conflict" => 4,
-        "corrupt" | "version_mismatch" => 5,
-        "unhealthy" => 6,
-        _ => 1,
+/// Prints each of core's warnings on stderr, as `girofle: warning: <text>`.
+pub fn warn(warnings: &[Warning]) {
+    for w in warnings {
+        eprintln!("girofle: warning: {}", w.text(Front::Cli));
     }
 }
 
@@ -45,7 +41,7 @@ pub fn fail(ctx: &Ctx, e: &Error) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
     eprintln!("girofle: error: {e}");
-    ExitCode::from(exit_code(e))
+    ExitCode::from(e.error_kind().exit_code())
 }
 
 /// Runs `work`, showing `message` with elapsed seconds on a terminal while it runs.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use girofle_core::{state, Result};
+use girofle_core::{Girofle, Result};
 
 use crate::output::print;
 use crate::Ctx;
@@ -26,7 +26,7 @@ pub enum StateCommand {
 pub async fn run(ctx: &Ctx, command: StateCommand) -> Result<()> {
     match command {
         StateCommand::Export { file } => {
-            let r = state::export(&ctx.root, &file).await?;
+            let r = Girofle::export_state(&ctx.root, &file).await?;
             print(ctx, &r, || {
                 format!(
                     "exported {} instance(s) and {} journal line(s) to {} ({} bytes, mode 0600)",
@@ -38,7 +38,7 @@ pub async fn run(ctx: &Ctx, command: StateCommand) -> Result<()> {
             });
         }
         StateCommand::Import { file, force } => {
-            let r = state::import(&ctx.root, &file, force).await?;
+            let r = Girofle::import_state(&ctx.root, &file, force).await?;
             print(ctx, &r, || {
                 let mut out = format!(
                     "imported {} instance(s) ({}) into {}; {} new journal line(s){}",

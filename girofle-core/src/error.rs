@@ -171,21 +171,81 @@ impl Error {
         }
     }
 
-    /// A short stable name for the kind of error (used by the CLI's exit codes,
-    /// the journal and the Python exception classes).
-    pub fn kind(&self) -> &'static str {
+    /// The kind of error, for a caller to act on (the CLI's exit code, the Python
+    /// exception class, the journal's `error_kind`).
+    pub fn error_kind(&self) -> ErrorKind {
         match self {
-            Error::NotFound { .. } => "not_found",
-            Error::AlreadyExists { .. } => "already_exists",
-            Error::Conflict(_) => "conflict",
-            Error::InvalidInput { .. } => "invalid_input",
-            Error::Unhealthy { .. } => "unhealthy",
-            Error::Corrupt { .. } => "corrupt",
-            Error::VersionMismatch(_) => "version_mismatch",
-            Error::Command { .. } => "command",
-            Error::Io { .. } => "io",
-            Error::Backend { .. } => "backend",
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Error::Unhealthy { .. } => ErrorKind::Unhealthy,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::VersionMismatch(_) => ErrorKind::VersionMismatch,
+            Error::Command { .. } => ErrorKind::Command,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Backend { .. } => ErrorKind::Backend,
         }
+    }
+
+    /// A short stable name for the kind of error (the journal, the CLI's `--json` error
+    /// document and the Python exception classes use it); see [`ErrorKind::as_str`].
+    pub fn kind(&self) -> &'static str {
+        self.error_kind().as_str()
+    }
+}
+
+/// The kind of an [`Error`], one per variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    Conflict,
+    InvalidInput,
+    Unhealthy,
+    Corrupt,
+    VersionMismatch,
+    Command,
+    Io,
+    Backend,
+}
+
+impl ErrorKind {
+    /// The stable name written in the journal and shown to Python (`not_found`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Unhealthy => "unhealthy",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::VersionMismatch => "version_mismatch",
+            ErrorKind::Command => "command",
+            ErrorKind::Io => "io",
+            ErrorKind::Backend => "backend",
+        }
+    }
+
+    /// The process exit code of a command failing with this kind (the CLI documents
+    /// them in `--help`): 2 invalid input, 3 not found, 4 already exists or conflict,
+    /// 5 corrupt or version mismatch, 6 unhealthy, 1 anything else.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::InvalidInput => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::AlreadyExists | ErrorKind::Conflict => 4,
+            ErrorKind::Corrupt | ErrorKind::VersionMismatch => 5,
+            ErrorKind::Unhealthy => 6,
+            ErrorKind::Command | ErrorKind::Io | ErrorKind::Backend => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -219,5 +279,39 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, action: &str, path: &std::path::Path) -> Result<T> {
         self.map_err(|e| Error::io(action, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes the CLI documents in --help, and the names the journal and Python keep.
+    #[test]
+    fn each_kind_keeps_its_name_and_exit_code() {
+        let cases = [
+            (Error::invalid("f", "m"), "invalid_input", 2),
+            (Error::not_found("w", "h"), "not_found", 3),
+            (Error::already_exists("w", "h"), "already_exists", 4),
+            (Error::Conflict("c".into()), "conflict", 4),
+            (Error::corrupt("w", "m"), "corrupt", 5),
+            (Error::VersionMismatch("v".into()), "version_mismatch", 5),
+            (
+                Error::Unhealthy {
+                    message: String::new(),
+                    health_log: String::new(),
+                    logs: String::new(),
+                },
+                "unhealthy",
+                6,
+            ),
+            (Error::backend("b", "m"), "backend", 1),
+            (Error::io("read", "/x", std::io::Error::other("e")), "io", 1),
+        ];
+        for (e, name, code) in cases {
+            assert_eq!(e.kind(), name);
+            assert_eq!(e.error_kind().as_str(), name);
+            assert_eq!(e.error_kind().exit_code(), code, "{name}");
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! fleet's status to `service::status`, state export and import to `service::state`. They
 //! all work on a [`Context`] (the opened root), which never depends on this file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 use std::sync::Arc;
 
 use crate::adapters::inventory::Inventory;
@@ -21,10 +23,11 @@ use crate::model::instance::InstanceRecord;
 use crate::model::journal::Journal;
 use crate::model::signing::{KeyInfo, TrustedKeys};
 use crate::ops::backup::{
-    BackupEntry, BackupOptions, BackupReport, DamagedBackup, Manifest, Retention, SignReport,
+    BackupEntry, BackupOptions, BackupReport, BackupScan, Copied, Manifest, Retention, SignReport,
+    Verified,
 };
 use crate::ops::fleet::{CommissionRequest, DecommissionOptions, Decommissioned, InstanceStatus};
-use crate::ops::recovery::Recovery;
+use crate::ops::recovery::{InstanceListing, Recovery};
 use crate::ops::restore::{DrillReport, RestoreReport, RestoreRequest};
 use crate::service::daemon::{DaemonOptions, DaemonReport};
 use crate::service::schedule::{
@@ -41,6 +44,18 @@ pub struct OpenOptions {
     pub docker_host: Option<String>,
 }
 
+/// A root prepared by [`Girofle::init`].
+///
+/// The fields are in name order, as the CLI's `--json` printed them before this type
+/// existed (a `serde_json` map sorts its keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Initialised {
+    /// Whether a default `girofle.toml` was written (`false`: one was there, kept).
+    pub config_written: bool,
+    /// The root, as given.
+    pub root: PathBuf,
+}
+
 /// Girofle opened on a root directory.
 #[derive(Debug, Clone)]
 pub struct Girofle {
@@ -49,14 +64,18 @@ pub struct Girofle {
 
 impl Girofle {
     /// Prepares a root: directories, default `girofle.toml` (unless present), the
-    /// inventory and the fleet's signing key (`keys/`). Idempotent. Returns whether a
+    /// inventory and the fleet's signing key (`keys/`). Idempotent. Says whether a
     /// configuration was written.
     ///
     /// # Errors
     /// `Io` when the root cannot be written, `InvalidInput` when the root is a file or an
     /// existing configuration is malformed.
-    pub fn init(root: &Path) -> Result<bool> {
-        Context::init(root)
+    pub fn init(root: &Path) -> Result<Initialised> {
+        let config_written = Context::init(root)?;
+        Ok(Initialised {
+            config_written,
+            root: root.to_path_buf(),
+        })
     }
 
     /// Opens an initialised root, connecting to the Docker engine.
@@ -171,8 +190,12 @@ impl Girofle {
     ///
     /// # Errors
     /// As [`Girofle::list`].
-    pub async fn list_with_recoveries(&self) -> Result<(Vec<InstanceStatus>, Vec<Recovery>)> {
-        self.ctx.list_with_recoveries().await
+    pub async fn list_with_recoveries(&self) -> Result<InstanceListing> {
+        let (instances, recoveries) = self.ctx.list_with_recoveries().await?;
+        Ok(InstanceListing {
+            instances,
+            recoveries,
+        })
     }
 
     /// One instance, reconciled with the engine.
@@ -301,17 +324,19 @@ impl Girofle {
         &self,
         name: Option<&str>,
         store: Option<&str>,
-    ) -> Result<(Vec<BackupEntry>, Vec<DamagedBackup>)> {
-        self.ctx.scan_backups(name, store).await
+    ) -> Result<BackupScan> {
+        let (backups, damaged) = self.ctx.scan_backups(name, store).await?;
+        Ok(BackupScan { backups, damaged })
     }
 
     /// Checks a backup end to end without restoring it: manifest checksum, archive size
-    /// and hash, zstd checksum, every file's hash. Returns the manifest.
+    /// and hash, zstd checksum, every file's hash.
     ///
     /// # Errors
     /// `Corrupt` naming what is damaged, `NotFound` when absent.
-    pub async fn verify(&self, id: &str, store: Option<&str>) -> Result<Manifest> {
-        self.ctx.verify(id, store).await
+    pub async fn verify(&self, id: &str, store: Option<&str>) -> Result<Verified> {
+        let manifest = self.ctx.verify(id, store).await?;
+        Ok(Verified::of(id, &manifest))
     }
 
     /// Copies a backup to another store, archive first (its hash checked on the way),
@@ -321,8 +346,13 @@ impl Girofle {
     /// `Corrupt` when the source archive does not match its manifest (nothing is left at
     /// the destination) or the backup is not signed by a trusted key, `NotFound` for an
     /// unknown backup or store.
-    pub async fn copy_backup(&self, id: &str, from: Option<&str>, to: &str) -> Result<Manifest> {
-        self.ctx.copy_backup(id, from, to).await
+    pub async fn copy_backup(&self, id: &str, from: Option<&str>, to: &str) -> Result<Copied> {
+        let manifest = self.ctx.copy_backup(id, from, to).await?;
+        Ok(Copied {
+            id: id.to_string(),
+            size: manifest.archive.size,
+            to: to.to_string(),
+        })
     }
 
     /// Signs a backup with the fleet's key: one made before backups were signed, or one
@@ -487,20 +517,27 @@ impl Girofle {
 
     // State export and import: service/state.rs
 
-    /// Exports this root's state into `file`; see [`export`].
+    /// Exports the state of the root at `root` (configuration, inventory with schedules,
+    /// journal) into `file`, a zstd tar of mode 0600; see [`crate::state`]. Needs no
+    /// engine, so it takes a root rather than an opened `Girofle`. Journaled as
+    /// `state-export`.
     ///
     /// # Errors
-    /// As [`export`].
-    pub async fn export_state(&self, file: &Path) -> Result<StateReport> {
-        self.ctx.export_state(file).await
+    /// `NotFound` when the root is not initialised, `Backend` when the inventory cannot be
+    /// snapshotted, `Io` when the file cannot be written.
+    pub async fn export_state(root: &Path, file: &Path) -> Result<StateReport> {
+        crate::service::state::export(root, file).await
     }
 
-    /// Imports a state file into `root` (which may be uninitialised); see [`import`].
+    /// Imports a state file into `root` (which may be uninitialised); see
+    /// [`crate::state`]. Journaled as `state-import`.
     ///
     /// # Errors
-    /// As [`import`].
+    /// `Conflict` when the root's inventory has other instances and `force` is not set,
+    /// `Corrupt` for a damaged file, `VersionMismatch` for a newer state format,
+    /// `InvalidInput` when its configuration does not parse here, `NotFound` for no file.
     pub async fn import_state(root: &Path, file: &Path, force: bool) -> Result<StateReport> {
-        Context::import_state(root, file, force).await
+        crate::service::state::import(root, file, force).await
     }
     // What runs over time: service/daemon.rs, service/metrics.rs
 

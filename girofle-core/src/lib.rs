@@ -20,13 +20,15 @@ pub mod text;
 
 // The public paths of the first wave, kept for the fronts and for users' code.
 pub use adapters::{inventory, runtime, store};
-pub use model::{address, config, fingerprint, health, instance, journal, lock, notify, signing};
+pub use model::{
+    address, config, fingerprint, health, instance, journal, lock, notify, signing, warning,
+};
 pub use ops::{backup, checks, fleet, recovery, restore};
 pub use service::{daemon, metrics, schedule, state, status};
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use fleet::{CommissionRequest, DecommissionOptions, InstanceState, InstanceStatus};
-pub use girofle::{Girofle, OpenOptions};
+pub use girofle::{Girofle, Initialised, OpenOptions};
 /// The archive format (its own crate, `girofle-archive`), at the path it always had.
 pub use girofle_archive as archive;
 

@@ -26,7 +26,6 @@ use std::time::Duration;
 use girofle_core::address::AddressRequest;
 use girofle_core::archive::Progress;
 use girofle_core::backup::{BackupOptions, ProgressFn, Retention, Strategy};
-use girofle_core::recovery::Recovery;
 use girofle_core::restore::RestoreRequest;
 use girofle_core::schedule::ScheduleOverrides;
 use girofle_core::{CommissionRequest, DecommissionOptions, Error, OpenOptions};
@@ -258,6 +257,14 @@ fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
     PyErr::warn(py, py.get_type::<PyUserWarning>().as_any(), &message, 2)
 }
 
+/// Each of core's warnings as a `UserWarning`, in core's words for Python.
+fn warn_all(py: Python<'_>, warnings: &[girofle_core::warning::Warning]) -> PyResult<()> {
+    for w in warnings {
+        warn(py, &w.text(girofle_core::warning::Front::Python))?;
+    }
+    Ok(())
+}
+
 fn invalid(py: Python<'_>, field: &str, message: impl Into<String>) -> PyErr {
     to_py_err(py, Error::invalid(field, message))
 }
@@ -394,21 +401,10 @@ impl PyGirofle {
     /// Idempotent. Returns `{"root": str, "config_written": bool}`.
     #[staticmethod]
     fn init(py: Python<'_>, root: PathBuf) -> PyResult<Py<PyAny>> {
-        let written = py
+        let initialised = py
             .detach(|| girofle_core::Girofle::init(&root))
             .map_err(|e| to_py_err(py, e))?;
-        #[derive(Serialize)]
-        struct Init {
-            root: PathBuf,
-            config_written: bool,
-        }
-        to_py(
-            py,
-            &Init {
-                root,
-                config_written: written,
-            },
-        )
+        to_py(py, &initialised)
     }
 
     /// The root directory (absolute).
@@ -458,16 +454,11 @@ impl PyGirofle {
 
     /// The instances of this root with their state, reconciled with the engine.
     fn list(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let (list, recoveries) = self.call(py, &Call::default(), |g| async move {
+        let listing = self.call(py, &Call::default(), |g| async move {
             g.list_with_recoveries().await
         })?;
-        for failure in recoveries.iter().filter_map(Recovery::failure) {
-            warn(
-                py,
-                &format!("{failure}; its state may be wrong: fix that, then call recover()"),
-            )?;
-        }
-        to_py(py, &list)
+        warn_all(py, &listing.warnings())?;
+        to_py(py, &listing.instances)
     }
 
     /// One instance with its state; setting values are `REDACTED` unless `reveal=True`
@@ -599,21 +590,13 @@ impl PyGirofle {
         name: Option<String>,
         store: Option<String>,
     ) -> PyResult<Py<PyAny>> {
-        let (list, damaged) = self.call(py, &Call::default(), |g| async move {
+        let scan = self.call(py, &Call::default(), |g| async move {
             g.scan_backups(name.as_deref(), store.as_deref()).await
         })?;
         // Left out because they cannot be restored: whoever counts on them must know, as
         // the CLI says on stderr.
-        for d in &damaged {
-            warn(
-                py,
-                &format!(
-                    "{d} (verify(\"{}\", store=\"{}\") checks it again)",
-                    d.id, d.store
-                ),
-            )?;
-        }
-        to_py(py, &list)
+        warn_all(py, &scan.warnings())?;
+        to_py(py, &scan.backups)
     }
 
     /// Checks a backup end to end without restoring it; with `drill=True`, restores it
@@ -634,26 +617,10 @@ impl PyGirofle {
             })?;
             return to_py(py, &report);
         }
-        let checked = id.clone();
-        let manifest = self.call(py, &call, |g| async move {
-            g.verify(&checked, store.as_deref()).await
+        let verified = self.call(py, &call, |g| async move {
+            g.verify(&id, store.as_deref()).await
         })?;
-        #[derive(Serialize)]
-        struct Verified {
-            id: String,
-            ok: bool,
-            files: u64,
-            bytes: u64,
-        }
-        to_py(
-            py,
-            &Verified {
-                id,
-                ok: true,
-                files: manifest.index.files,
-                bytes: manifest.index.bytes,
-            },
-        )
+        to_py(py, &verified)
     }
 
     /// Copies a backup from `store` (default "local") to store `to`, hash checked.
@@ -667,24 +634,10 @@ impl PyGirofle {
         cancel: Option<Bound<'_, Cancel>>,
     ) -> PyResult<Py<PyAny>> {
         let call = Call::new(cancel.as_ref());
-        let (copied, target) = (id.clone(), to.clone());
-        let manifest = self.call(py, &call, |g| async move {
-            g.copy_backup(&copied, store.as_deref(), &target).await
+        let copied = self.call(py, &call, |g| async move {
+            g.copy_backup(&id, store.as_deref(), &to).await
         })?;
-        #[derive(Serialize)]
-        struct Copied {
-            id: String,
-            to: String,
-            size: u64,
-        }
-        to_py(
-            py,
-            &Copied {
-                id,
-                to,
-                size: manifest.archive.size,
-            },
-        )
+        to_py(py, &copied)
     }
 
     /// Signs a backup with the fleet's key (`girofle backup sign`): one made before
@@ -824,7 +777,9 @@ impl PyGirofle {
     /// Writes girofle.toml, the inventory (schedules included) and the journal into
     /// `file` (zstd tar, mode 0600: it holds the stores' credentials).
     fn export_state(&self, py: Python<'_>, file: PathBuf) -> PyResult<Py<PyAny>> {
-        self.data(py, |g| async move { g.export_state(&file).await })
+        self.data(py, |g| async move {
+            girofle_core::Girofle::export_state(g.root(), &file).await
+        })
     }
 
     /// Takes over the state in `file` into `root` (which may be uninitialised): refused

@@ -15,3 +15,4 @@ pub mod lock;
 pub mod notify;
 pub mod policy;
 pub mod signing;
+pub mod warning;

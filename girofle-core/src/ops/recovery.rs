@@ -36,6 +36,7 @@ use crate::model::intent::{
     intent_path, remove_intent, remove_tree, Intent, IntentFile, Operation, Patience, INTENT_SUFFIX,
 };
 use crate::model::lock::InstanceLock;
+use crate::model::warning::{NextStep, Warning};
 use crate::ops::fleet::InstanceStatus;
 
 pub use crate::model::intent::RUN_DIR;
@@ -62,7 +63,35 @@ pub struct Recovery {
     pub error: Option<String>,
 }
 
+/// The instances of a root, with what recovery did first (see
+/// [`crate::Girofle::list_with_recoveries`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceListing {
+    pub instances: Vec<InstanceStatus>,
+    pub recoveries: Vec<Recovery>,
+}
+
+impl InstanceListing {
+    /// One warning per interrupted operation recovery could not put right.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.recoveries
+            .iter()
+            .filter_map(Recovery::warning)
+            .collect()
+    }
+}
+
 impl Recovery {
+    /// When this recovery failed, the warning a front shows (fix it, recover again).
+    #[must_use]
+    pub fn warning(&self) -> Option<Warning> {
+        self.failure().map(|message| Warning {
+            message,
+            next: NextStep::Recover,
+        })
+    }
+
     /// When this recovery failed: what could not be recovered and why, naming the
     /// instance, for a front end to say (the caller adds what to do).
     #[must_use]

@@ -113,6 +113,16 @@ pub fn termination_signals() -> Result<Shutdown> {
     }))
 }
 
+/// Resolves at the first SIGTERM or SIGINT (a foreground server's stop: `girofle metrics
+/// serve`). The handlers are installed when it is first polled; when they cannot be, it
+/// never resolves (the process is then stopped the default way, by the signal itself).
+pub async fn until_terminated() {
+    match termination_signals() {
+        Ok(signals) => signals.await,
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
 struct Hooks {
     start: Option<RunHook>,
     end: Option<RunHook>,

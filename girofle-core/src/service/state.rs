@@ -580,7 +580,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// # Errors
 /// `NotFound` when the root is not initialised, `Backend` when the inventory cannot be
 /// snapshotted, `Io` when the file cannot be written.
-pub async fn export(root: &Path, file: &Path) -> Result<StateReport> {
+pub(crate) async fn export(root: &Path, file: &Path) -> Result<StateReport> {
     let root = std::path::absolute(root).ctx("resolve", root)?;
     let file = std::path::absolute(file).ctx("resolve", file)?;
     let started = Utc::now();
@@ -605,7 +605,7 @@ pub async fn export(root: &Path, file: &Path) -> Result<StateReport> {
 /// `Conflict` when the root's inventory has other instances and `force` is not set,
 /// `Corrupt` for a damaged file, `VersionMismatch` for a newer state format,
 /// `InvalidInput` when its configuration does not parse here, `NotFound` for no file.
-pub async fn import(root: &Path, file: &Path, force: bool) -> Result<StateReport> {
+pub(crate) async fn import(root: &Path, file: &Path, force: bool) -> Result<StateReport> {
     if let Some(e) = crate::model::config::root_not_a_directory(root) {
         return Err(e);
     }
@@ -640,18 +640,6 @@ fn secrets_of(root: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-impl Context {
-    /// Exports this root's state into `file`; see [`export`].
-    pub(crate) async fn export_state(&self, file: &Path) -> Result<StateReport> {
-        export(&self.root, file).await
-    }
-
-    /// Imports a state file into `root` (which may be uninitialised); see [`import`].
-    pub(crate) async fn import_state(root: &Path, file: &Path, force: bool) -> Result<StateReport> {
-        import(root, file, force).await
-    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use crate::model::instance::{self, InstanceDirs, InstanceRecord};
 use crate::model::intent::{ColdBackupPhase, IntentFile, OnlineBackupPhase, Operation};
 pub use crate::model::policy::{retained, Retention, Strategy};
 use crate::model::signing::{SignatureCheck, Signed, TrustedKeys};
+use crate::model::warning::{NextStep, Warning};
 use girofle_archive::{
     self as archive, ChannelReader, ChannelWriter, CompressionOptions, ExpectedIndex, IndexSummary,
     Progress, Source,
@@ -172,6 +173,77 @@ impl std::fmt::Display for DamagedBackup {
             self.id, self.store, self.reason
         )
     }
+}
+
+impl DamagedBackup {
+    /// The warning a front shows for it (with how to check it again).
+    #[must_use]
+    pub fn warning(&self) -> Warning {
+        Warning {
+            message: self.to_string(),
+            next: NextStep::VerifyBackup {
+                id: self.id.clone(),
+                store: self.store.clone(),
+            },
+        }
+    }
+}
+
+/// A listing of the complete backups in a store, and the damaged ones it leaves out.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupScan {
+    /// The complete backups, oldest first.
+    pub backups: Vec<BackupEntry>,
+    /// What was left out because it cannot be restored as it is.
+    pub damaged: Vec<DamagedBackup>,
+}
+
+impl BackupScan {
+    /// One warning per damaged backup left out.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.damaged.iter().map(DamagedBackup::warning).collect()
+    }
+}
+
+/// A backup checked end to end (`verify`): every hash matches.
+///
+/// The fields are in name order, as the CLI's `--json` printed them before this type
+/// existed (a `serde_json` map sorts its keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verified {
+    /// Bytes of the files it holds (uncompressed).
+    pub bytes: u64,
+    /// Files it holds.
+    pub files: u64,
+    pub id: String,
+    /// Always `true`: a backup that does not verify is an error.
+    pub ok: bool,
+}
+
+impl Verified {
+    /// What verifying backup `id` (of `manifest`) found, once every hash matched.
+    #[must_use]
+    pub fn of(id: &str, manifest: &Manifest) -> Self {
+        Verified {
+            bytes: manifest.index.bytes,
+            files: manifest.index.files,
+            id: id.to_string(),
+            ok: true,
+        }
+    }
+}
+
+/// A backup copied to another store (`backup copy`), hash checked on the way.
+///
+/// Fields in name order, as [`Verified`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Copied {
+    pub id: String,
+    /// Size of the archive copied, in bytes.
+    pub size: u64,
+    /// The store it was copied to.
+    pub to: String,
 }
 
 /// Forwards a store's stream into a bounded channel, for a blocking reader. Returns the
