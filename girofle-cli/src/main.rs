@@ -3,6 +3,7 @@
 mod backup;
 mod daemon;
 mod instance;
+mod inventory;
 mod key;
 mod metrics;
 mod output;
@@ -83,6 +84,9 @@ enum Command {
     /// The fleet's signing key (every backup's manifest is signed with it): show it.
     #[command(subcommand, after_help = EXIT_CODES)]
     Key(key::KeyCommand),
+    /// Where the fleet's book and the operation locks live: migrate it to etcd and back.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Inventory(inventory::InventoryCommand),
 }
 
 /// What every subcommand gets.
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
             Command::Status => status::run(&ctx).await,
             Command::Recover => recover::run(&ctx).await,
             Command::Key(c) => key::run(&ctx, c).await,
+            Command::Inventory(c) => inventory::run(&ctx, c).await,
         }
     });
     match result {

@@ -30,6 +30,7 @@ use crate::ops::fleet::{CommissionRequest, DecommissionOptions, Decommissioned, 
 use crate::ops::recovery::{InstanceListing, Recovery};
 use crate::ops::restore::{DrillReport, RestoreReport, RestoreRequest};
 use crate::service::daemon::{DaemonOptions, DaemonReport};
+use crate::service::migrate::{MigrateTo, Migrated};
 use crate::service::schedule::{
     InstallOptions, Installed, RunDueReport, RunHook, Schedule, ScheduleBook, ScheduleOverrides,
     ScheduleStatus,
@@ -437,6 +438,19 @@ impl Girofle {
     /// is reported with [`RecoveryOutcome::Failed`], not as an error.
     pub async fn recover(&self) -> Result<Vec<Recovery>> {
         self.ctx.recover().await
+    }
+
+    // The inventory's place: service/migrate.rs
+
+    /// Moves the fleet's book to etcd or back to `<root>/inventory.db`, then points
+    /// girofle.toml at it. Refused while an operation runs.
+    ///
+    /// # Errors
+    /// `InvalidInput` when it is there already, `Conflict` when an operation runs or left
+    /// work to recover or the target holds another fleet, `Backend` when a backend fails
+    /// (nothing changed then).
+    pub async fn migrate_inventory(&self, to: MigrateTo) -> Result<Migrated> {
+        self.ctx.migrate_inventory(to).await
     }
 
     // Schedules: service/schedule/

@@ -24,7 +24,7 @@ pub use model::{
     address, config, fingerprint, health, instance, journal, lock, notify, signing, warning,
 };
 pub use ops::{backup, checks, fleet, recovery, restore};
-pub use service::{daemon, metrics, schedule, state, status};
+pub use service::{daemon, metrics, migrate, schedule, state, status};
 
 pub use error::{Error, ErrorKind, Result};
 pub use fleet::{CommissionRequest, DecommissionOptions, InstanceState, InstanceStatus};

@@ -10,6 +10,7 @@
 mod backup;
 mod bad_input;
 mod concurrency;
+mod etcd;
 mod faults;
 mod hostile;
 mod lifecycle;

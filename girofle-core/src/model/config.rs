@@ -28,6 +28,10 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(default)]
     pub docker: DockerConfig,
+    /// Where the inventory and the operation locks live: the root's SQLite file unless
+    /// `[inventory] etcd` names a cluster.
+    #[serde(default)]
+    pub inventory: InventoryConfig,
     #[serde(default)]
     pub instances: InstanceDefaults,
     #[serde(default)]
@@ -351,6 +355,7 @@ impl Config {
             validate_store_url(&format!("stores.{name}.url"), &store.url)?;
         }
         self.schedule.validate(&self.stores)?;
+        self.inventory.validate()?;
         self.notify.validate()?;
         if let Some(u) = &self.notify.webhook_url {
             validate_http_url("notify.webhook_url", u)?;
@@ -578,6 +583,131 @@ pub fn validate_http_url(field: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The `[inventory]` section of girofle.toml: SQLite under the root (the default), or an
+/// etcd cluster that every machine running this fleet reaches.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// Client URLs of the etcd members (`http://10.0.0.1:2379`, `https://…`); empty: the
+    /// inventory is `<root>/inventory.db`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub etcd: Vec<String>,
+    /// The fleet's keys live under `/girofle/<namespace>/`: several fleets may share a
+    /// cluster.
+    pub namespace: String,
+    /// etcd user, when the cluster has authentication on; its password is read from
+    /// `password_file` (or `$GIROFLE_ETCD_PASSWORD`), never written here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate of the members (PEM), for `https://` endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), when the members ask for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// How long an operation's lock outlives a Girofle that died or was cut off.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            etcd: Vec::new(),
+            namespace: "default".into(),
+            user: None,
+            password_file: None,
+            ca: None,
+            cert: None,
+            key: None,
+            lease_ttl_secs: 15,
+        }
+    }
+}
+
+impl InventoryConfig {
+    /// Checks the section (URLs, namespace, the pairs that go together).
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the key.
+    pub fn validate(&self) -> Result<()> {
+        for (i, e) in self.etcd.iter().enumerate() {
+            let ok = url::Url::parse(e).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/"
+            });
+            if !ok {
+                return Err(Error::invalid(
+                    "inventory.etcd",
+                    format!(
+                        "entry {}: `{e}` is not an etcd client URL; use e.g. \"http://10.0.0.1:2379\" (https:// with `ca`)",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        crate::record::validate_label("inventory.namespace", &self.namespace)?;
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(Error::invalid(
+                "inventory.cert",
+                "give both `cert` and `key` (the client certificate and its key), or neither",
+            ));
+        }
+        if self.password_file.is_some() && self.user.is_none() {
+            return Err(Error::invalid(
+                "inventory.password_file",
+                "give the etcd `user` it is the password of",
+            ));
+        }
+        if !(2..=3600).contains(&self.lease_ttl_secs) {
+            return Err(Error::invalid(
+                "inventory.lease_ttl_secs",
+                "use 2 to 3600 seconds (15 is the default)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The etcd settings, when the inventory is on etcd (reads the password).
+    ///
+    /// # Errors
+    /// `InvalidInput` when the password cannot be read.
+    pub fn etcd_settings(&self) -> Result<Option<crate::adapters::inventory::EtcdSettings>> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        let mut s = crate::adapters::inventory::EtcdSettings::new(self.etcd.clone());
+        s.namespace.clone_from(&self.namespace);
+        s.lease_ttl = std::time::Duration::from_secs(self.lease_ttl_secs);
+        s.ca.clone_from(&self.ca);
+        s.cert = self.cert.clone().zip(self.key.clone());
+        if let Some(user) = &self.user {
+            let password = match (&self.password_file, std::env::var("GIROFLE_ETCD_PASSWORD")) {
+                (Some(file), _) => std::fs::read_to_string(file)
+                    .map_err(|e| {
+                        Error::invalid(
+                            "inventory.password_file",
+                            format!("cannot read `{}` ({e})", file.display()),
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                (None, Ok(p)) => p,
+                (None, Err(_)) => {
+                    return Err(Error::invalid(
+                        "inventory.user",
+                        "give its password in `password_file` or $GIROFLE_ETCD_PASSWORD",
+                    ))
+                }
+            };
+            s.user = Some((user.clone(), password));
+        }
+        Ok(Some(s))
+    }
+}
+
 /// The `[metrics]` section of girofle.toml.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -635,6 +765,48 @@ impl NotifyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inventory_section_is_checked_with_what_to_write() {
+        let with = |section: &str| {
+            Config::parse(
+                &format!("{DEFAULT_TEXT}\n[inventory]\n{section}\n"),
+                Path::new("g.toml"),
+            )
+        };
+        let c = with("etcd = [\"http://127.0.0.1:2379\", \"https://10.0.0.2:2379\"]").unwrap();
+        assert_eq!(c.inventory.etcd.len(), 2);
+        assert_eq!(c.inventory.lease_ttl_secs, 15);
+        assert!(Config::parse(DEFAULT_TEXT, Path::new("g.toml"))
+            .unwrap()
+            .inventory
+            .etcd
+            .is_empty());
+        for (section, field, says) in [
+            (
+                "etcd = [\"127.0.0.1:2379\"]",
+                "inventory.etcd",
+                "http://10.0.0.1:2379",
+            ),
+            ("etcd = [\"http://h:2379/v3\"]", "inventory.etcd", "entry 1"),
+            ("cert = \"/c.pem\"", "inventory.cert", "`key`"),
+            (
+                "user = \"u\"\npassword_file = \"/p\"\nlease_ttl_secs = 1",
+                "inventory.lease_ttl_secs",
+                "15",
+            ),
+            (
+                "password_file = \"/p\"",
+                "inventory.password_file",
+                "`user`",
+            ),
+            ("namespace = \"a/b\"", "inventory.namespace", ""),
+            ("password = \"x\"", "password", ""),
+        ] {
+            let e = with(section).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(says), "{section}: {e}");
+        }
+    }
 
     #[test]
     fn default_text_parses_to_the_defaults() {

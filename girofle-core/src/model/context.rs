@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::adapters::inventory::{Inventory, SqliteInventory};
+use crate::adapters::inventory::{EtcdInventory, Inventory, SqliteInventory};
 use crate::adapters::runtime::ContainerRuntime;
 use crate::adapters::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
 use crate::error::{Error, IoContext, Result};
@@ -76,10 +76,12 @@ impl Context {
     }
 
     /// Opens a root with a given runtime (another engine, or a test double), on the
-    /// root's own SQLite inventory.
+    /// inventory its configuration names: etcd when `[inventory] etcd` lists members,
+    /// otherwise the root's own SQLite file.
     ///
     /// # Errors
-    /// `Backend` when the inventory cannot be opened.
+    /// `Backend` when the inventory cannot be opened, `InvalidInput` when the etcd
+    /// password cannot be read.
     pub fn with_parts(
         root: &Path,
         config: Config,
@@ -87,7 +89,10 @@ impl Context {
     ) -> Result<Self> {
         let root = std::path::absolute(root).ctx("resolve", root)?;
         make_root_private(&root)?;
-        let inventory = Arc::new(SqliteInventory::open(&root.join("inventory.db"))?);
+        let inventory: Arc<dyn Inventory> = match config.inventory.etcd_settings()? {
+            Some(settings) => Arc::new(EtcdInventory::new(settings)),
+            None => Arc::new(SqliteInventory::open(&root.join("inventory.db"))?),
+        };
         Self::with_backends(&root, config, runtime, inventory)
     }
 
@@ -139,6 +144,23 @@ impl Context {
     /// The journal.
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// Takes the lock of instance `name` for `operation` where this fleet keeps its locks
+    /// (etcd or the root), or fails at once naming the holder. Operations go through
+    /// `lock_instance`, which also finishes what a dead operation left.
+    pub(crate) async fn take_lock(
+        &self,
+        name: &str,
+        operation: &str,
+    ) -> Result<crate::model::lock::InstanceLock> {
+        crate::model::lock::InstanceLock::acquire_for(
+            self.inventory.as_ref(),
+            &self.root,
+            name,
+            operation,
+        )
+        .await
     }
 
     pub(crate) fn health(&self, timeout: Option<Duration>) -> HealthSettings {

@@ -1,9 +1,11 @@
 //! Per-instance operation locks: only one backup, restore, reconfigure or decommission
 //! of an instance runs at a time, across processes.
 //!
-//! An exclusive `flock` on `<root>/locks/<name>.lock`, released by the kernel if Girofle
-//! dies, so a crash never leaves an instance locked for good. The file holds who took it,
-//! so a refused operation can name the holder.
+//! On one machine: an exclusive `flock` on `<root>/locks/<name>.lock`, released by the
+//! kernel if Girofle dies, so a crash never leaves an instance locked for good. With the
+//! inventory on etcd: a key on a lease the holder keeps alive, released when it dies or
+//! is cut off for longer than the lease (`EtcdInventory::lock`), and fencing its writes.
+//! Either way the lock holds who took it, so a refused operation can name the holder.
 
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -11,15 +13,59 @@ use std::path::Path;
 
 use fs2::FileExt;
 
+use crate::adapters::inventory::{EtcdLock, Inventory};
 use crate::error::{Error, IoContext, Result};
 
 /// A held instance lock; released when dropped.
 #[derive(Debug)]
 pub struct InstanceLock {
-    file: std::fs::File,
+    _held: Held,
+}
+
+/// What is held: only its `Drop` (the release) matters.
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Held {
+    File(FileLock),
+    Etcd(EtcdLock),
+}
+
+#[derive(Debug)]
+struct FileLock(std::fs::File);
+
+/// Who takes a lock for `operation`, as a refused operation names them.
+fn holder(operation: &str) -> String {
+    format!(
+        "`{operation}` by {} on {} (pid {}, since {})",
+        crate::model::journal::current_user(),
+        crate::model::journal::host_name(),
+        std::process::id(),
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    )
 }
 
 impl InstanceLock {
+    /// Takes the lock of instance `name` where this fleet keeps its locks: on etcd when
+    /// `inventory` is there, otherwise in a file under `root`.
+    ///
+    /// # Errors
+    /// `Conflict` naming the holder when another operation holds it; `Backend` when etcd
+    /// does not answer, `Io` when the file cannot be written.
+    pub async fn acquire_for(
+        inventory: &dyn Inventory,
+        root: &Path,
+        name: &str,
+        operation: &str,
+    ) -> Result<Self> {
+        crate::record::validate_name(name)?;
+        match inventory.as_etcd() {
+            Some(etcd) => Ok(InstanceLock {
+                _held: Held::Etcd(etcd.lock(name, &holder(operation)).await?),
+            }),
+            None => Self::acquire(root, name, operation),
+        }
+    }
+
     /// Takes the lock of instance `name` for `operation`, or fails at once naming the
     /// holder.
     ///
@@ -52,24 +98,20 @@ impl InstanceLock {
                 }
             )));
         }
-        let text = format!(
-            "`{operation}` by {} on {} (pid {}, since {})",
-            crate::model::journal::current_user(),
-            crate::model::journal::host_name(),
-            std::process::id(),
-            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-        );
         file.set_len(0).ctx("write lock", &path)?;
         file.rewind().ctx("write lock", &path)?;
-        file.write_all(text.as_bytes()).ctx("write lock", &path)?;
-        Ok(InstanceLock { file })
+        file.write_all(holder(operation).as_bytes())
+            .ctx("write lock", &path)?;
+        Ok(InstanceLock {
+            _held: Held::File(FileLock(file)),
+        })
     }
 }
 
-impl Drop for InstanceLock {
+impl Drop for FileLock {
     fn drop(&mut self) {
-        let _ = self.file.set_len(0);
-        let _ = FileExt::unlock(&self.file);
+        let _ = self.0.set_len(0);
+        let _ = FileExt::unlock(&self.0);
     }
 }
 

@@ -155,7 +155,7 @@ impl Context {
     /// `Conflict` when another operation holds the instance, or when an interrupted
     /// operation on it could not be recovered (saying what failed).
     pub(crate) async fn lock_instance(&self, name: &str, operation: &str) -> Result<InstanceLock> {
-        let lock = InstanceLock::acquire(&self.root, name, operation)?;
+        let lock = self.take_lock(name, operation).await?;
         // Boxed: recovery is rarely needed and would otherwise grow every operation's
         // future (deep `join!`s of operations overflowed test stacks).
         let mut recoveries = Box::pin(self.recover_instance(name, Patience::Full)).await;
@@ -210,7 +210,7 @@ impl Context {
         let mut out = Vec::new();
         for name in self.intent_names()? {
             // A live operation holds the lock: its record is not ours to touch.
-            let Ok(lock) = InstanceLock::acquire(&self.root, &name, "recover") else {
+            let Ok(lock) = self.take_lock(&name, "recover").await else {
                 continue;
             };
             out.extend(self.recover_instance(&name, patience).await);
@@ -399,7 +399,7 @@ impl Context {
             // The caller of `lock_instance` holds the lock already.
             let lock = match only {
                 Some(_) => None,
-                None => match InstanceLock::acquire(&self.root, &name, "recover") {
+                None => match self.take_lock(&name, "recover").await {
                     Ok(l) => Some(l),
                     Err(_) => continue,
                 },

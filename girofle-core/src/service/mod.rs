@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod metrics;
+pub mod migrate;
 pub mod schedule;
 pub mod state;
 pub mod status;

@@ -4,7 +4,8 @@
 //! Responsible for storing that book and changing it atomically, so two `girofle`
 //! processes (an operator and cron) never lose each other's updates or hand out one address
 //! twice. The embedded default is one SQLite file under the root ([`SqliteInventory`]);
-//! `MemoryInventory` is the in-memory double of the tests, and `conformance` the
+//! a fleet that several machines run keeps it on etcd ([`EtcdInventory`], which also
+//! holds the operation locks there); `MemoryInventory` is the in-memory double of the tests, and `conformance` the
 //! battery every backend passes. It does not talk to Docker: reconciling the book with
 //! the engine is `fleet`'s job.
 
@@ -18,9 +19,12 @@ use crate::record::InstanceRecord;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod etcd;
 #[cfg(any(test, feature = "conformance"))]
 mod memory;
 mod sqlite;
+
+pub use etcd::{EtcdInventory, EtcdLock, EtcdSettings};
 
 #[cfg(any(test, feature = "conformance"))]
 pub use memory::MemoryInventory;
@@ -53,6 +57,12 @@ pub trait Inventory: Debug + Send + Sync + 'static {
     /// # Errors
     /// Whatever `change` returns (nothing is written then), `Backend` when the store fails.
     async fn transact(&self, change: &mut Change<'_>) -> Result<Fleet>;
+
+    /// The etcd inventory behind this handle, when it is one: operations then take their
+    /// locks on etcd leases, where every machine sees them, instead of in files.
+    fn as_etcd(&self) -> Option<&EtcdInventory> {
+        None
+    }
 }
 
 /// Conveniences on top of [`Inventory`].

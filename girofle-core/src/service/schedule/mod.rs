@@ -23,7 +23,6 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::model::context::Context;
 use crate::model::instance::{InstanceRecord, Stage};
-use crate::model::lock::InstanceLock;
 use crate::ops::backup::BackupOptions;
 
 mod book;
@@ -240,7 +239,7 @@ impl Context {
     ) -> Result<Ended> {
         // An instance busy with another operation (a manual backup, a restore) is not a
         // failure: look before starting, so nothing is journaled or notified for it.
-        if let Err(e) = InstanceLock::acquire(&self.root, &run.instance, "scheduled run") {
+        if let Err(e) = self.take_lock(&run.instance, "scheduled run").await {
             if is_busy(&e) {
                 book.release(&run)?;
                 return Ok(Ended::Skipped);
@@ -329,7 +328,7 @@ impl Context {
         // moment.
         let mut lock = None;
         for _ in 0..40 {
-            match InstanceLock::acquire(&self.root, &run.instance, "scheduled retention") {
+            match self.take_lock(&run.instance, "scheduled retention").await {
                 Ok(l) => {
                     lock = Some(l);
                     break;
@@ -348,7 +347,7 @@ impl Context {
 
     async fn scheduled_copy(&self, run: &mut RunRecord, schedule: &Schedule) -> Result<()> {
         let store = run.store.clone();
-        let _lock = InstanceLock::acquire(&self.root, &run.instance, "scheduled copy")?;
+        let _lock = self.take_lock(&run.instance, "scheduled copy").await?;
         let local = self.list_backups(Some(&run.instance), None).await?;
         let remote = self.list_backups(Some(&run.instance), Some(&store)).await?;
         // Copy only what the remote retention keeps: the newest of both stores together,

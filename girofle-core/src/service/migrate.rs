@@ -1,0 +1,239 @@
+//! Moving the inventory between its backends (`girofle inventory migrate --to etcd|sqlite`):
+//! the fleet is copied whole, checked, and only then does girofle.toml name the new place,
+//! so an interruption at any point leaves the fleet where the configuration says it is.
+//!
+//! Refused while an operation runs (its lock is held, or it left an intent record):
+//! every instance's lock is held for the whole move, so no operation starts meanwhile.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::adapters::inventory::{EtcdInventory, Fleet, Inventory, SqliteInventory};
+use crate::error::{Error, IoContext, Result};
+use crate::model::config::{Config, InventoryConfig, CONFIG_FILE};
+use crate::model::context::Context;
+use crate::model::intent::{INTENT_SUFFIX, RUN_DIR};
+
+/// Where to move the inventory.
+#[derive(Clone, Debug)]
+pub enum MigrateTo {
+    /// To an etcd cluster: the `[inventory]` settings to write (endpoints, namespace, TLS,
+    /// user).
+    Etcd(InventoryConfig),
+    /// Back to `<root>/inventory.db`.
+    Sqlite,
+}
+
+/// What a migration did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Migrated {
+    pub from: String,
+    pub to: String,
+    /// The instances moved, by name.
+    pub instances: Vec<String>,
+}
+
+fn describe(config: &InventoryConfig) -> String {
+    if config.etcd.is_empty() {
+        "sqlite".into()
+    } else {
+        format!(
+            "etcd ({}; namespace `{}`)",
+            config.etcd.join(", "),
+            config.namespace
+        )
+    }
+}
+
+impl Context {
+    /// Moves the fleet's book to `to` and points girofle.toml at it.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the inventory is already there, `Conflict` when an operation
+    /// runs or left something to recover, or the target already holds another fleet;
+    /// `Backend` when either backend fails (nothing changed then).
+    pub async fn migrate_inventory(&self, to: MigrateTo) -> Result<Migrated> {
+        let from = self.config.inventory.clone();
+        let target_config = match &to {
+            MigrateTo::Etcd(c) => {
+                if c.etcd.is_empty() {
+                    return Err(Error::invalid(
+                        "--endpoint",
+                        "name at least one etcd member, e.g. --endpoint http://10.0.0.1:2379",
+                    ));
+                }
+                c.validate()?;
+                c.clone()
+            }
+            MigrateTo::Sqlite => InventoryConfig {
+                etcd: Vec::new(),
+                ..from.clone()
+            },
+        };
+        if describe(&from) == describe(&target_config) {
+            return Err(Error::invalid(
+                "--to",
+                format!("the inventory is already on {}", describe(&from)),
+            ));
+        }
+        if let MigrateTo::Etcd(_) = to {
+            if !from.etcd.is_empty() {
+                return Err(Error::invalid(
+                    "--to",
+                    "the inventory is on etcd already; migrate it back with `--to sqlite` first to move it to another cluster",
+                ));
+            }
+        }
+        let target: std::sync::Arc<dyn Inventory> = match target_config.etcd_settings()? {
+            Some(settings) => std::sync::Arc::new(EtcdInventory::new(settings)),
+            None => std::sync::Arc::new(SqliteInventory::open(&self.root.join("inventory.db"))?),
+        };
+        let fleet = self.inventory.load().await?;
+        // Every instance's lock for the whole move: no operation starts meanwhile, and one
+        // that runs now refuses the move, naming itself.
+        let mut locks = Vec::new();
+        for name in fleet.instances.keys() {
+            locks.push(self.take_lock(name, "inventory migrate").await?);
+        }
+        self.refuse_leftover_intents()?;
+        self.copy_fleet(&fleet, target.as_ref(), matches!(to, MigrateTo::Etcd(_)))
+            .await?;
+        let copied = target.load().await?;
+        if copied != fleet {
+            return Err(Error::backend(
+                "inventory migrate",
+                "the copy read back differs from the fleet; girofle.toml was not changed: try again",
+            ));
+        }
+        write_inventory_section(&self.root, &target_config)?;
+        drop(locks);
+        Ok(Migrated {
+            from: describe(&from),
+            to: describe(&target_config),
+            instances: fleet.instances.keys().cloned().collect(),
+        })
+    }
+
+    fn refuse_leftover_intents(&self) -> Result<()> {
+        let dir = self.root.join(RUN_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let left: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_suffix(INTENT_SUFFIX)
+                    .map(str::to_string)
+            })
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Conflict(format!(
+            "an interrupted operation left work to finish on {}; run `girofle recover`, then migrate",
+            left.join(", ")
+        )))
+    }
+
+    /// Writes `fleet` into `target`. An etcd target must hold no fleet yet (or this very
+    /// one: a migration interrupted after the copy); a SQLite target is overwritten, as the
+    /// configuration pointed away from it.
+    async fn copy_fleet(&self, fleet: &Fleet, target: &dyn Inventory, fresh: bool) -> Result<()> {
+        let existing = target.load().await?;
+        if fresh && !existing.instances.is_empty() && existing != *fleet {
+            let names: Vec<&String> = existing.instances.keys().take(5).collect();
+            return Err(Error::Conflict(format!(
+                "that etcd namespace already holds a fleet of {} instances ({}…); choose another `--namespace`, or have that fleet's girofle.toml use it",
+                existing.instances.len(),
+                names
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let wanted = fleet.clone();
+        target
+            .transact(&mut |f: &mut Fleet| {
+                *f = wanted.clone();
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Replaces the `[inventory]` table of girofle.toml with `config`, keeping every other
+/// line and comment, atomically (a crash leaves the old file or the new one).
+fn write_inventory_section(root: &Path, config: &InventoryConfig) -> Result<()> {
+    let path = root.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).ctx("read", &path)?;
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| {
+        Error::invalid(
+            CONFIG_FILE,
+            format!("{e}; fix the file, then migrate again"),
+        )
+    })?;
+    let section: toml_edit::DocumentMut = toml::to_string(config)
+        .map_err(|e| Error::backend("inventory migrate", e.to_string()))?
+        .parse()
+        .map_err(|e: toml_edit::TomlError| Error::backend("inventory migrate", e.to_string()))?;
+    // Edited in place: the comments above the section and beside its keys stay.
+    let inventory = doc
+        .entry("inventory")
+        .or_insert(toml_edit::table())
+        .as_table_mut()
+        .ok_or_else(|| {
+            Error::invalid(
+                "inventory",
+                "must be a table (`[inventory]`); fix girofle.toml, then migrate again",
+            )
+        })?;
+    let stale: Vec<String> = inventory
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .filter(|k| !section.contains_key(k))
+        .collect();
+    for key in stale {
+        inventory.remove(&key);
+    }
+    for (key, value) in section.iter() {
+        inventory.insert(key, value.clone());
+    }
+    inventory.set_implicit(false);
+    let new_text = doc.to_string();
+    // What is written must load: the next command reads it.
+    Config::parse(&new_text, &path)?;
+    crate::fsutil::write_atomic(&path, new_text.as_bytes(), 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inventory_section_is_replaced_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        Config::write_default(dir.path()).unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n# mine, keep me\n[inventory]\nlease_ttl_secs = 20\n");
+        std::fs::write(&path, &text).unwrap();
+        let mut to = InventoryConfig {
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            ..InventoryConfig::default()
+        };
+        write_inventory_section(dir.path(), &to).unwrap();
+        let loaded = Config::load(dir.path()).unwrap();
+        assert_eq!(loaded.inventory, to);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("# mine, keep me"));
+        to.etcd.clear();
+        write_inventory_section(dir.path(), &to).unwrap();
+        assert!(Config::load(dir.path()).unwrap().inventory.etcd.is_empty());
+    }
+}
