@@ -4,6 +4,7 @@ mod backup;
 mod daemon;
 mod instance;
 mod inventory;
+mod journal;
 mod key;
 mod metrics;
 mod output;
@@ -84,6 +85,10 @@ enum Command {
     /// The fleet's signing key (every backup's manifest is signed with it): show it.
     #[command(subcommand, after_help = EXIT_CODES)]
     Key(key::KeyCommand),
+    /// The operations journal: who ran what, where, when, and how it ended (every
+    /// machine's records when the inventory is on etcd).
+    #[command(after_help = EXIT_CODES)]
+    Journal(journal::JournalArgs),
     /// Where the fleet's book and the operation locks live: migrate it to etcd and back.
     #[command(subcommand, after_help = EXIT_CODES)]
     Inventory(inventory::InventoryCommand),
@@ -159,6 +164,7 @@ fn main() -> ExitCode {
             Command::Recover => recover::run(&ctx).await,
             Command::Key(c) => key::run(&ctx, c).await,
             Command::Inventory(c) => inventory::run(&ctx, c).await,
+            Command::Journal(a) => journal::run(&ctx, a).await,
         }
     });
     match result {

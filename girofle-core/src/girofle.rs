@@ -440,6 +440,18 @@ impl Girofle {
         self.ctx.recover().await
     }
 
+    /// The journal, oldest first: every machine's records when the inventory is on etcd,
+    /// this root's otherwise; from `since` on when given.
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer, `Io`/`Corrupt` when the file cannot be read.
+    pub async fn journal_records(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<crate::model::journal::Record>> {
+        self.ctx.journal_records(since).await
+    }
+
     // The inventory's place: service/migrate.rs
 
     /// Moves the fleet's book to etcd or back to `<root>/inventory.db`, then points

@@ -121,6 +121,26 @@ fn two_machines_share_one_fleet_and_sixteen_commissions_get_distinct_addresses()
     let seen_by_a = names(&a);
     assert_eq!(seen_by_a.len(), 16, "{seen_by_a:?}");
     assert_eq!(seen_by_a, names(&b));
+
+    // One journal for the fleet: either machine reads the other's records there, while
+    // each root's own file holds only its own.
+    let journal = json_ok(&b.cli(&["--json", "journal"]), "journal");
+    let journaled: BTreeSet<String> = journal
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "ok")
+        .filter_map(|r| r["arguments"]["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(journaled, seen_by_a, "{journal}");
+    let in_file = std::fs::read_to_string(a.root.join("journal.jsonl")).unwrap();
+    assert_eq!(in_file.lines().count(), 8, "{in_file}");
+    let one = seen_by_a.iter().next().unwrap();
+    let about_one = json_ok(
+        &a.cli(&["--json", "journal", "--instance", one, "--since", "1h"]),
+        "journal --instance",
+    );
+    assert_eq!(about_one.as_array().unwrap().len(), 1, "{about_one}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::adapters::inventory::{EtcdInventory, Inventory, SqliteInventory};
@@ -241,6 +241,7 @@ impl Context {
         };
         // A journal that cannot be written must not hide the operation's own result.
         let journaled = self.journal.append(&record, &self.known_secrets());
+        self.journal_to_fleet(&record).await;
         // A webhook that is down must not fail the operation: `notify` logs it.
         crate::model::notify::after_operation(
             &self.config.notify,
@@ -262,6 +263,64 @@ impl Context {
             _ => {}
         }
         result
+    }
+
+    /// With the inventory on etcd, the record goes to the fleet's journal there too, where
+    /// `girofle journal` on any machine reads it. The root's file keeps it in any case: a
+    /// failure here is a warning.
+    async fn journal_to_fleet(&self, record: &Record) {
+        let Some(etcd) = self.inventory.as_etcd() else {
+            return;
+        };
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let key = format!(
+            "{}/{}/{}/{}",
+            record.started_at.format(journal::KEY_TIME),
+            record.host,
+            record.pid,
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let written = match Journal::line(record, &self.known_secrets()) {
+            Ok(line) => etcd.append_journal(&key, &line).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            eprintln!(
+                "girofle: warning: `{}` is journaled in {} only, not in the fleet's journal on etcd: {e}",
+                record.operation,
+                self.journal.path().display()
+            );
+        }
+    }
+
+    /// The fleet's journal, oldest first: every machine's records when the inventory is on
+    /// etcd, this root's otherwise; only those from `since` on when given.
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer, `Io`/`Corrupt` when the file cannot be read.
+    pub async fn journal_records(&self, since: Option<DateTime<Utc>>) -> Result<Vec<Record>> {
+        let mut records = match self.inventory.as_etcd() {
+            Some(etcd) => {
+                let from = since.map(|t| t.format(journal::KEY_TIME).to_string());
+                etcd.journal_lines(from.as_deref())
+                    .await?
+                    .iter()
+                    .map(|l| {
+                        serde_json::from_str::<Record>(l).map_err(|e| {
+                            Error::corrupt(
+                                "a record of the fleet's journal on etcd",
+                                format!("{e}: {}", crate::text::scrub_text(l)),
+                            )
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            }
+            None => self.journal.read_all()?,
+        };
+        if let Some(since) = since {
+            records.retain(|r| r.started_at >= since);
+        }
+        Ok(records)
     }
 
     /// Opens a store by name: `local` (built in, `<root>/backups`) or one of `[stores]`.

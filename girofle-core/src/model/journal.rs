@@ -19,6 +19,10 @@ use serde_json::Value;
 use crate::error::{Error, IoContext, Result};
 pub use crate::text::{is_secret_key, scrub_known, scrub_text, REDACTED};
 
+/// How a record's start time begins its key in the fleet's journal on etcd: fixed width,
+/// so keys sort by time.
+pub const KEY_TIME: &str = "%Y%m%dT%H%M%S%.9fZ";
+
 /// One journal record.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -39,6 +43,18 @@ pub struct Record {
     pub error_kind: Option<String>,
     #[serde(default)]
     pub error: Option<String>,
+}
+
+impl Record {
+    /// Whether the record is about instance `name`: it is the operation's `name`,
+    /// `instance` or `as`, or the instance of its backup `id`.
+    pub fn concerns(&self, name: &str) -> bool {
+        let arg = |k: &str| self.arguments.get(k).and_then(Value::as_str);
+        ["name", "instance", "as"]
+            .iter()
+            .any(|k| arg(k) == Some(name))
+            || arg("id").is_some_and(|id| id.split('/').next() == Some(name))
+    }
 }
 
 /// The journal file of a root.
@@ -157,12 +173,12 @@ impl Journal {
         &self.path
     }
 
-    /// Appends one record, redacted, as one line (mode 0600; a lock keeps concurrent
-    /// writers' lines whole).
+    /// One record as the journal writes it: redacted JSON on one line (without its
+    /// newline).
     ///
     /// # Errors
-    /// `Io` when the file cannot be written.
-    pub fn append(&self, record: &Record, secrets: &[String]) -> Result<()> {
+    /// `Backend` when the record cannot be serialised.
+    pub fn line(record: &Record, secrets: &[String]) -> Result<String> {
         let mut record = record.clone();
         record.arguments = redact(&record.arguments);
         record.error = record.error.map(|e| scrub_known(&e, secrets));
@@ -173,6 +189,16 @@ impl Journal {
                 line = line.replace(s.as_str(), REDACTED);
             }
         }
+        Ok(line)
+    }
+
+    /// Appends one record, redacted, as one line (mode 0600; a lock keeps concurrent
+    /// writers' lines whole).
+    ///
+    /// # Errors
+    /// `Io` when the file cannot be written.
+    pub fn append(&self, record: &Record, secrets: &[String]) -> Result<()> {
+        let mut line = Self::line(record, secrets)?;
         line.push('\n');
         let mut f = std::fs::OpenOptions::new()
             .create(true)

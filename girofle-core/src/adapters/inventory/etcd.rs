@@ -527,6 +527,46 @@ impl EtcdInventory {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
+    /// Adds one line to the fleet's journal: `key` orders it (time first), `line` is the
+    /// record as the journal writes it.
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub async fn append_journal(&self, key: &str, line: &str) -> Result<()> {
+        let key = self.key(&format!("journal/{key}"));
+        self.call("write the journal", |mut c| {
+            let (key, line) = (key.clone(), line.to_string());
+            async move { c.put(key, line, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The fleet's journal lines, oldest first, from `from` (a key prefix: a time) on.
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub async fn journal_lines(&self, from: Option<&str>) -> Result<Vec<String>> {
+        let prefix = self.key("journal/");
+        let start = format!("{prefix}{}", from.unwrap_or(""));
+        // Everything after `start` up to the end of the prefix ('/' + 1 is '0').
+        let end = format!("{}0", prefix.trim_end_matches('/'));
+        let resp = self
+            .call("read the journal", |mut c| {
+                let (start, end) = (start.clone(), end.clone());
+                async move {
+                    c.get(start, Some(etcd_client::GetOptions::new().with_range(end)))
+                        .await
+                }
+            })
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .collect())
+    }
+
     /// Gives a lock back at once: deletes its key (when it is still the one taken at
     /// `token`) and revokes its lease.
     async fn release(&self, key: String, lease: i64, token: i64) {
