@@ -432,6 +432,27 @@ async fn the_inventory_moves_to_etcd_and_back_with_nothing_lost() {
     assert_eq!(fleet_view(&t), before, "the view changed on etcd");
     // Running twice is refused: it is there already.
     assert_eq!(t.cli(&to_etcd).status.code(), Some(2));
+    // The state export of a root on etcd carries etcd's book; another root importing it
+    // works on the same fleet.
+    let state = t.dir.path().join("fleet.state");
+    let state_arg = state.to_str().unwrap();
+    let exported = json_ok(
+        &t.cli(&["--json", "state", "export", state_arg]),
+        "state export",
+    );
+    let mut both = vec![one.clone(), two.clone()];
+    both.sort();
+    assert_eq!(exported["instances"], serde_json::json!(both));
+    let other = tempfile::tempdir().unwrap();
+    json_ok(
+        &cli_on(other.path(), &["--json", "state", "import", state_arg]),
+        "state import",
+    );
+    let listed = json_ok(
+        &cli_on(other.path(), &["--json", "instance", "list"]),
+        "list on the importing root",
+    );
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
 
     ok(t.cli(&["inventory", "migrate", "--to", "sqlite"]));
     assert!(girofle_core::config::Config::load(&t.root)

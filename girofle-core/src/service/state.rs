@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::adapters::inventory::Fleet;
+use crate::adapters::inventory::{EtcdInventory, Fleet, Inventory};
 use crate::error::{Error, IoContext, Result};
 use crate::model::config::{Config, CONFIG_FILE};
 use crate::model::context::Context;
@@ -170,7 +170,28 @@ fn read_journal(path: &Path) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-fn export_blocking(root: &Path, file: &Path) -> Result<StateReport> {
+/// The fleet on etcd when girofle.toml at `root` puts the inventory there (the SQLite file
+/// is not the book then).
+async fn etcd_fleet(config: &Config) -> Result<Option<(EtcdInventory, Fleet)>> {
+    let Some(settings) = config.inventory.etcd_settings()? else {
+        return Ok(None);
+    };
+    let inv = EtcdInventory::new(settings);
+    let fleet = inv.load().await?;
+    Ok(Some((inv, fleet)))
+}
+
+/// Makes the inventory database at `path` hold `fleet`'s instances.
+fn put_fleet(path: &Path, fleet: &Fleet) -> Result<()> {
+    let inv = crate::adapters::inventory::SqliteInventory::open(path)?;
+    futures::executor::block_on(inv.transact(&mut |f: &mut Fleet| {
+        f.clone_from(fleet);
+        Ok(())
+    }))?;
+    Ok(())
+}
+
+fn export_blocking(root: &Path, file: &Path, from_etcd: Option<Fleet>) -> Result<StateReport> {
     let config_path = Config::path(root);
     let config = match std::fs::read(&config_path) {
         Ok(c) => c,
@@ -198,6 +219,11 @@ fn export_blocking(root: &Path, file: &Path) -> Result<StateReport> {
                     format!("snapshot of {}: {e}", db_path.display()),
                 )
             })?;
+    }
+    // With the inventory on etcd, the snapshot carries etcd's book (its schedules and runs
+    // are the file's).
+    if let Some(fleet) = &from_etcd {
+        put_fleet(&scratch.0, fleet)?;
     }
     let inventory = std::fs::read(&scratch.0).ctx("read", &scratch.0)?;
     let fleet = read_fleet(&scratch.0)?;
@@ -585,7 +611,15 @@ pub(crate) async fn export(root: &Path, file: &Path) -> Result<StateReport> {
     let file = std::path::absolute(file).ctx("resolve", file)?;
     let started = Utc::now();
     let (r, f) = (root.clone(), file.clone());
-    let result = blocking(move || export_blocking(&r, &f)).await;
+    let result = match Config::load(&root) {
+        Ok(config) => match etcd_fleet(&config).await {
+            Ok(from_etcd) => {
+                blocking(move || export_blocking(&r, &f, from_etcd.map(|(_, fleet)| fleet))).await
+            }
+            Err(e) => Err(e),
+        },
+        Err(_) => blocking(move || export_blocking(&r, &f, None)).await,
+    };
     if Config::path(&root).exists() {
         let secrets = secrets_of(&root);
         let rec = record("state-export", json!({ "file": file }), started, &result);
@@ -613,7 +647,22 @@ pub(crate) async fn import(root: &Path, file: &Path, force: bool) -> Result<Stat
     let file = std::path::absolute(file).ctx("resolve", file)?;
     let started = Utc::now();
     let (r, f) = (root.clone(), file.clone());
-    let result = blocking(move || import_blocking(&r, &f, force)).await;
+    let result = match etcd_target(&file, force).await {
+        Ok(target) => {
+            let imported = blocking(move || import_blocking(&r, &f, force)).await;
+            match (imported, target) {
+                (Ok(report), Some((inv, fleet))) => inv
+                    .transact(&mut |f: &mut Fleet| {
+                        f.clone_from(&fleet);
+                        Ok(())
+                    })
+                    .await
+                    .map(|_| report),
+                (other, _) => other,
+            }
+        }
+        Err(e) => Err(e),
+    };
     if root.is_dir() {
         let secrets = secrets_of(&root);
         let rec = record(
@@ -629,6 +678,34 @@ pub(crate) async fn import(root: &Path, file: &Path, force: bool) -> Result<Stat
         }
     }
     result
+}
+
+/// When the state's girofle.toml puts the inventory on etcd: that inventory and the
+/// state's fleet, to write there once the root is imported. Refused, before anything is
+/// written, when etcd holds another fleet and `force` is not set.
+async fn etcd_target(file: &Path, force: bool) -> Result<Option<(EtcdInventory, Fleet)>> {
+    let f = file.to_path_buf();
+    let (config, fleet) = blocking(move || {
+        let loaded = load(&f)?;
+        let text = String::from_utf8_lossy(&loaded.files[CONFIG_FILE]).into_owned();
+        let config = Config::parse(&text, Path::new("girofle.toml (in the state file)"))?;
+        let scratch = tempfile::NamedTempFile::new().ctx("create", Path::new("/tmp"))?;
+        std::fs::write(scratch.path(), &loaded.files[INVENTORY]).ctx("write", scratch.path())?;
+        Ok((config, read_fleet(scratch.path())?))
+    })
+    .await?;
+    let Some((inv, current)) = etcd_fleet(&config).await? else {
+        return Ok(None);
+    };
+    if !current.instances.is_empty() && current != fleet && !force {
+        return Err(Error::Conflict(format!(
+            "the state puts the inventory on etcd, whose namespace `{}` holds another fleet ({}); pass --force to replace it with the state's ({})",
+            config.inventory.namespace,
+            current.instances.keys().cloned().collect::<Vec<_>>().join(", "),
+            fleet.instances.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(Some((inv, fleet)))
 }
 
 fn secrets_of(root: &Path) -> Vec<String> {
