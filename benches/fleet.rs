@@ -1,0 +1,236 @@
+//! Benchmarks listing a fleet whose inventory is on etcd: how long `girofle instance
+//! list` takes with `GIROFLE_BENCH_FLEET` instances (100 by default) on the real Docker
+//! engine, against the same fleet on SQLite, side by side in one run.
+//!
+//! It commissions the instances (the GitLab stand-in image, 8 at a time; not timed) in a
+//! fresh root whose `[inventory]` is a namespace of its own on the 3-member etcd cluster
+//! `scripts/etcd-cluster` runs (`GIROFLE_TEST_ETCD`, set by `benches/run`), then times,
+//! `GIROFLE_BENCH_FLEET_ROUNDS` times (10 by default): the `girofle --json instance list`
+//! command (a process: start, connect to etcd and Docker, list, print) and
+//! `Girofle::list` in this process (the listing alone). Then it moves the inventory to
+//! SQLite (`girofle inventory migrate --to sqlite`) and times the same again. The
+//! containers are removed at the end.
+//!
+//! Run with `benches/run` or `cargo bench -p girofle-benches --bench fleet` (after
+//! `cargo build --release -p girofle-cli`); see benches/README.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use girofle_core::config::Config;
+use girofle_core::{CommissionRequest, Girofle, OpenOptions};
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The stand-in image commissioned (`GIROFLE_BENCH_IMAGE` overrides it).
+const DEFAULT_IMAGE: &str = "girofle-test/gitlab-ce:17.6.0-ce.0";
+/// Ports of the bench's root, away from the integration tests' (30000-58799) and the
+/// commission bench's.
+const FIRST_PORT: u16 = 59200;
+
+fn main() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> BenchResult<usize> {
+    match std::env::var(name) {
+        Ok(v) => Ok(v.parse().map_err(|e| format!("{name}={v}: {e}"))?),
+        Err(_) => Ok(default),
+    }
+}
+
+/// The release `girofle` next to this bench's target directory.
+fn girofle_bin() -> BenchResult<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no target directory")?;
+    let bin = release.join("girofle");
+    if !bin.exists() {
+        return Err(format!(
+            "{} is missing: run `cargo build --release -p girofle-cli` first (benches/run does)",
+            bin.display()
+        )
+        .into());
+    }
+    Ok(bin)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn worst(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+/// (command times, library times) in milliseconds.
+async fn time_listing(
+    root: &Path,
+    bin: &Path,
+    rounds: usize,
+    expected: usize,
+) -> BenchResult<(Vec<f64>, Vec<f64>)> {
+    let mut cli = Vec::new();
+    let mut lib = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let out = Command::new(bin)
+            .arg("--root")
+            .arg(root)
+            .args(["--json", "instance", "list"])
+            .output()?;
+        cli.push(started.elapsed().as_secs_f64() * 1000.0);
+        if !out.status.success() {
+            return Err(format!(
+                "instance list failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let n = listed.as_array().map_or(0, Vec::len);
+        if n != expected {
+            return Err(format!("instance list showed {n} instances, not {expected}").into());
+        }
+        let g = Girofle::open(root, OpenOptions::default()).await?;
+        let started = Instant::now();
+        let listed = g.list().await?;
+        lib.push(started.elapsed().as_secs_f64() * 1000.0);
+        if listed.len() != expected {
+            return Err(format!("Girofle::list gave {} instances", listed.len()).into());
+        }
+    }
+    Ok((cli, lib))
+}
+
+async fn run() -> BenchResult<()> {
+    let size = env_usize("GIROFLE_BENCH_FLEET", 100)?;
+    let rounds = env_usize("GIROFLE_BENCH_FLEET_ROUNDS", 10)?.max(1);
+    let image = std::env::var("GIROFLE_BENCH_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into());
+    let endpoints: Vec<String> = std::env::var("GIROFLE_TEST_ETCD")
+        .map_err(|_| "GIROFLE_TEST_ETCD is not set: run `scripts/etcd-cluster start` and `eval \"$(scripts/etcd-cluster env)\"` (benches/run does)")?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let bin = girofle_bin()?;
+    let dir = tempfile::Builder::new()
+        .prefix("girofle-bench-fleet-")
+        .tempdir()?;
+    let root = dir.path().join("root");
+    Girofle::init(&root)?;
+    let mut config = Config::load(&root)?;
+    let last_port = FIRST_PORT + u16::try_from(size * 3 + 10)?;
+    config.network.ports = vec![format!("{FIRST_PORT}-{last_port}")];
+    config.instances.image.clone_from(&image);
+    config.instances.health_timeout_secs = 300;
+    config.inventory.etcd.clone_from(&endpoints);
+    config.inventory.namespace = format!("bench-fleet-{}", std::process::id());
+    config.save(&root)?;
+    let result = measure(&root, &bin, size, rounds).await;
+    // The containers go whatever happened.
+    let ids = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=io.girofle.root={}", root.display()))
+        .output()?;
+    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output()?;
+    }
+    result
+}
+
+async fn measure(root: &Path, bin: &Path, size: usize, rounds: usize) -> BenchResult<()> {
+    let g = Girofle::open(root, OpenOptions::default()).await?;
+    let started = Instant::now();
+    let names: Vec<String> = (0..size).map(|i| format!("fleet{i:03}")).collect();
+    let mut done = futures::stream::iter(names.iter().map(|name| {
+        let g = g.clone();
+        async move {
+            g.commission(CommissionRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+        }
+    }))
+    .buffer_unordered(8);
+    let mut made = 0;
+    while let Some(r) = done.next().await {
+        r?;
+        made += 1;
+    }
+    eprintln!(
+        "fleet bench: {made} instances commissioned in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Settle: every engine probe has run once at least.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (etcd_cli, etcd_lib) = time_listing(root, bin, rounds, size).await?;
+    let out = Command::new(bin)
+        .arg("--root")
+        .arg(root)
+        .args(["inventory", "migrate", "--to", "sqlite"])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "migrate --to sqlite failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let (sqlite_cli, sqlite_lib) = time_listing(root, bin, rounds, size).await?;
+    let report = format!(
+        "instance list of {size} instances on one Docker engine, {rounds} rounds (ms):\n\
+         {:<34} {:>8} {:>8}\n\
+         {:<34} {:>8.0} {:>8.0}\n\
+         {:<34} {:>8.0} {:>8.0}\n\
+         {:<34} {:>8.0} {:>8.0}\n\
+         {:<34} {:>8.0} {:>8.0}\n",
+        "",
+        "median",
+        "worst",
+        "etcd: `girofle instance list`",
+        median(etcd_cli.clone()),
+        worst(&etcd_cli),
+        "etcd: Girofle::list",
+        median(etcd_lib.clone()),
+        worst(&etcd_lib),
+        "sqlite: `girofle instance list`",
+        median(sqlite_cli.clone()),
+        worst(&sqlite_cli),
+        "sqlite: Girofle::list",
+        median(sqlite_lib.clone()),
+        worst(&sqlite_lib),
+    );
+    print!("{report}");
+    let target = bin.parent().and_then(Path::parent).ok_or("no target")?;
+    std::fs::write(target.join("bench-fleet.txt"), &report)?;
+    Ok(())
+}
