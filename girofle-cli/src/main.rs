@@ -2,6 +2,7 @@
 
 mod backup;
 mod daemon;
+mod host;
 mod instance;
 mod key;
 mod metrics;
@@ -83,6 +84,9 @@ enum Command {
     /// The fleet's signing key (every backup's manifest is signed with it): show it.
     #[command(subcommand, after_help = EXIT_CODES)]
     Key(key::KeyCommand),
+    /// The fleet's Docker hosts ([hosts.NAME] in girofle.toml): list, show, add, rm.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Host(host::HostCommand),
 }
 
 /// What every subcommand gets.
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
             Command::Status => status::run(&ctx).await,
             Command::Recover => recover::run(&ctx).await,
             Command::Key(c) => key::run(&ctx, c).await,
+            Command::Host(c) => host::run(&ctx, c).await,
         }
     });
     match result {

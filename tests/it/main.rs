@@ -12,6 +12,7 @@ mod bad_input;
 mod concurrency;
 mod faults;
 mod hostile;
+mod hosts;
 mod lifecycle;
 mod monitoring;
 mod other_host;
