@@ -293,7 +293,7 @@ fn host_add_refuses_bad_input_saying_what_works() {
     for (args, says) in [
         (
             vec!["--engine", "ssh://admin@10.0.0.5", "--ip", "10.0.0.5"],
-            "ssh://",
+            "scheme `ssh`, which this build",
         ),
         (
             vec!["--engine", "tcp://10.0.0.5:2376", "--ip", "10.0.0.5"],
@@ -343,4 +343,29 @@ fn host_add_refuses_bad_input_saying_what_works() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let after = std::fs::read_to_string(root.root.join("girofle.toml")).unwrap();
     assert_eq!(before, after, "a refused add changed the file");
+}
+
+#[test]
+fn free_disk_is_unknown_when_the_instance_image_is_not_on_the_host() {
+    let _up = remote::using();
+    let [a, _] = remote::remote_engines();
+    let root = TestRoot::new(&stand_in("17.5.1"));
+    add_host(&root, &a);
+    // Never pulled: the helper needs the image already on that host.
+    root.edit_config(|c| c.instances.image = format!("{}/absent:0", girofle_tests::image_prefix()));
+    let shown = json_ok(
+        &root.cli(&["host", "show", "host-a", "--json"]),
+        "host show",
+    );
+    assert_eq!(shown["state"], "up", "{shown}");
+    assert!(shown["disk_free_bytes"].is_null(), "{shown}");
+    assert!(
+        shown["disk_note"]
+            .as_str()
+            .unwrap()
+            .contains("not on that host"),
+        "{shown}"
+    );
+    let out = ok(root.cli(&["host", "show", "host-a"]));
+    assert!(out.contains("unknown"), "{out}");
 }

@@ -286,7 +286,7 @@ labels = { zone = "b" }
     fn a_bad_engine_says_what_forms_work() {
         for (bad, says) in [
             ("ftp://x:1", "unsupported scheme"),
-            ("ssh://admin@x", "ssh://"),
+            ("ssh://admin@x", "scheme `ssh`"),
             ("unix://relative.sock", "absolute socket path"),
             ("not an url", "not an address"),
         ] {

@@ -46,7 +46,7 @@ pub fn validate_docker_host(field: &str, host: &str) -> Result<()> {
         "tcp" | "http" | "https" => {}
         "ssh" => {
             return Err(bad(
-                "uses ssh://, which this build of Girofle does not speak (it would need OpenSSH's client and its control sockets); expose the engine with TLS (dockerd --tlsverify -H tcp://0.0.0.0:2376) and give its client certificates, or forward its socket (ssh -NL 127.0.0.1:2375:/var/run/docker.sock HOST) and use tcp://127.0.0.1:2375",
+                "has the scheme `ssh`, which this build of Girofle does not speak (it would need OpenSSH's client and its control sockets); expose the engine with TLS (dockerd --tlsverify -H tcp://0.0.0.0:2376) and give its client certificates, or forward its socket (ssh -NL 127.0.0.1:2375:/var/run/docker.sock HOST) and use tcp://127.0.0.1:2375",
             ))
         }
         other => return Err(bad(&format!("has the unsupported scheme `{other}`"))),
