@@ -104,10 +104,16 @@ pub async fn run(ctx: &Ctx, command: HostCommand) -> Result<()> {
         HostCommand::List => {
             let hosts = g.hosts().await?;
             print(ctx, &hosts, || {
-                std::iter::once(HEADER.to_string())
+                let mut out: Vec<String> = std::iter::once(HEADER.to_string())
                     .chain(hosts.iter().map(text))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                    .collect();
+                // Why an engine is unreachable, under the table.
+                out.extend(
+                    hosts
+                        .iter()
+                        .filter_map(|h| h.error.as_ref().map(|e| format!("{}: {e}", h.name))),
+                );
+                out.join("\n")
             });
         }
         HostCommand::Show { name } => {

@@ -182,6 +182,7 @@ impl HostConfig {
             // A named host is another machine, even when reached through a loopback
             // tunnel or port: the addresses its containers publish are not this one's.
             on_this_host: Some(self.engine.starts_with("unix://")),
+            host_name: Some(name.to_string()),
         })
     }
 }

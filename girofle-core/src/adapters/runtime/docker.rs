@@ -92,6 +92,8 @@ pub struct EngineOptions {
     /// Whether the engine runs on this machine (its published addresses are this
     /// machine's); default: a unix socket or a loopback address is.
     pub on_this_host: Option<bool>,
+    /// The `[hosts.NAME]` this engine is, for errors that say what to fix.
+    pub host_name: Option<String>,
 }
 
 /// [`ContainerRuntime`] on the Docker engine.
@@ -143,15 +145,21 @@ impl DockerRuntime {
         let unreachable = |e: &dyn std::fmt::Display| {
             Error::backend(
                 DOCKER,
-                format!(
-                    "cannot reach the Docker engine at {host}: {e}; start it (`systemctl start docker` or `dockerd &`) or point DOCKER_HOST / [docker] host in girofle.toml at a running one"
-                ),
+                match &options.host_name {
+                    Some(name) => format!(
+                        "cannot reach the Docker engine of host `{name}` at {host}: {e}; start it on that machine, or fix [hosts.{name}] engine and tls in girofle.toml"
+                    ),
+                    None => format!(
+                        "cannot reach the Docker engine at {host}: {e}; start it (`systemctl start docker` or `dockerd &`) or point DOCKER_HOST / [docker] host in girofle.toml at a running one"
+                    ),
+                },
             )
         };
-        validate_docker_host(
-            "docker host (--docker-host, DOCKER_HOST or [docker] host)",
-            &host,
-        )?;
+        let field = match &options.host_name {
+            Some(name) => format!("hosts.{name}.engine"),
+            None => "docker host (--docker-host, DOCKER_HOST or [docker] host)".to_string(),
+        };
+        validate_docker_host(&field, &host)?;
         let tls = options.tls.clone().or_else(|| {
             let verify =
                 std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -168,7 +176,7 @@ impl DockerRuntime {
         let (docker, version) = tokio::time::timeout(wait, answer)
             .await
             .map_err(|_| unreachable(&format!("no answer within {} s", wait.as_secs_f32())))?
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|e| unreachable(&with_causes(&e)))?;
         Ok(DockerRuntime {
             docker,
             host,
@@ -355,6 +363,21 @@ impl DockerRuntime {
     pub fn host(&self) -> &str {
         &self.host
     }
+}
+
+/// An error and its causes on one line: bollard's own text for a refused connection is
+/// "client error (Connect)", the cause ("Connection refused") is what a person needs.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text = format!("{text}: {t}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn status_code(e: &bollard::errors::Error) -> Option<u16> {
