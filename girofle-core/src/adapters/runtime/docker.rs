@@ -213,10 +213,12 @@ impl DockerRuntime {
                 }
                 // bollard wants https:// for TLS (a tcp:// address would be spoken to
                 // in plain HTTP).
-                let addr = match host.strip_prefix("tcp://") {
-                    Some(rest) => format!("https://{rest}"),
-                    None => host.to_string(),
-                };
+                let rest = host
+                    .strip_prefix("tcp://")
+                    .or_else(|| host.strip_prefix("http://"))
+                    .or_else(|| host.strip_prefix("https://"))
+                    .unwrap_or(host);
+                let addr = format!("https://{rest}");
                 Docker::connect_with_ssl(
                     &addr,
                     &files.key,
