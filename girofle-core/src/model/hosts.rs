@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::runtime::{validate_docker_host, EngineOptions, TlsFiles, ENGINE_FORMS};
+use crate::adapters::runtime::{validate_docker_host, EngineOptions, TlsFiles};
 use crate::error::{Error, Result};
 
 /// The name of the implicit host: this machine's engine (`[docker]`) and pool (`[network]`).
@@ -228,11 +228,6 @@ pub fn validate_all(hosts: &BTreeMap<String, HostConfig>) -> Result<()> {
         h.validate(name)?;
     }
     Ok(())
-}
-
-/// What the forms of an engine address are, for the CLI's help and errors.
-pub fn engine_forms() -> &'static str {
-    ENGINE_FORMS
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use super::{
 use crate::error::{Error, Result};
 
 /// What an engine address may be, for errors about one.
-pub const ENGINE_FORMS: &str = "use unix:///var/run/docker.sock, tcp://HOST:2376 with TLS client certificates, or tcp://HOST:2375 (plain, for a trusted network only)";
+const ENGINE_FORMS: &str = "use unix:///var/run/docker.sock, tcp://HOST:2376 with TLS client certificates, or tcp://HOST:2375 (plain, for a trusted network only)";
 
 /// Checks a Docker engine address: `unix:///path`, `tcp://HOST:PORT`, `http(s)://...`.
 /// `ssh://` is refused: bollard's ssh transport drives OpenSSH's client binary (the
