@@ -2,6 +2,7 @@
 
 mod backup;
 mod daemon;
+mod host;
 mod instance;
 mod inventory;
 mod journal;
@@ -92,6 +93,9 @@ enum Command {
     /// Where the fleet's book and the operation locks live: migrate it to etcd and back.
     #[command(subcommand, after_help = EXIT_CODES)]
     Inventory(inventory::InventoryCommand),
+    /// The fleet's Docker hosts ([hosts.NAME] in girofle.toml): list, show, add, rm.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Host(host::HostCommand),
 }
 
 /// What every subcommand gets.
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
             Command::Key(c) => key::run(&ctx, c).await,
             Command::Inventory(c) => inventory::run(&ctx, c).await,
             Command::Journal(a) => journal::run(&ctx, a).await,
+            Command::Host(c) => host::run(&ctx, c).await,
         }
     });
     match result {

@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::model::config::Config;
 use crate::model::context::Context;
 use crate::model::fingerprint::FingerprintKey;
+use crate::model::hosts::HostConfig;
 use crate::model::instance::InstanceRecord;
 use crate::model::journal::Journal;
 use crate::model::signing::{KeyInfo, TrustedKeys};
@@ -27,6 +28,7 @@ use crate::ops::backup::{
     Verified,
 };
 use crate::ops::fleet::{CommissionRequest, DecommissionOptions, Decommissioned, InstanceStatus};
+use crate::ops::hosts::{HostAdded, HostRemoved, HostStatus};
 use crate::ops::recovery::{InstanceListing, Recovery};
 use crate::ops::restore::{DrillReport, RestoreReport, RestoreRequest};
 use crate::service::daemon::{DaemonOptions, DaemonReport};
@@ -61,6 +63,8 @@ pub struct Initialised {
 #[derive(Debug, Clone)]
 pub struct Girofle {
     ctx: Context,
+    /// The engine address `open` was told (`--docker-host`), for `host list`'s `local`.
+    docker_host: Option<String>,
 }
 
 impl Girofle {
@@ -88,7 +92,9 @@ impl Girofle {
         let config = Config::load(root)?;
         let host = options.docker_host.or_else(|| config.docker.host.clone());
         let runtime = Arc::new(DockerRuntime::connect(host.as_deref()).await?);
-        Self::with_parts(root, config, runtime)
+        let mut g = Self::with_parts(root, config, runtime)?;
+        g.docker_host = host;
+        Ok(g)
     }
 
     /// Opens a root with a given runtime (another engine, or a test double).
@@ -102,6 +108,7 @@ impl Girofle {
     ) -> Result<Self> {
         Ok(Girofle {
             ctx: Context::with_parts(root, config, runtime)?,
+            docker_host: None,
         })
     }
 
@@ -118,6 +125,7 @@ impl Girofle {
     ) -> Result<Self> {
         Ok(Girofle {
             ctx: Context::with_backends(root, config, runtime, inventory)?,
+            docker_host: None,
         })
     }
 
@@ -529,6 +537,44 @@ impl Girofle {
     }
 
     // Status: service/status.rs
+
+    // The hosts: ops/hosts.rs, model/hosts.rs
+
+    /// Every Docker host of the fleet (`local` first, then `[hosts.*]`), each engine
+    /// asked in parallel within a few seconds: up or unreachable, version, this root's
+    /// instances on it, free addresses of its pool, free disk on its data directory.
+    ///
+    /// # Errors
+    /// None today: an engine that does not answer is reported `unreachable`.
+    pub async fn hosts(&self) -> Result<Vec<HostStatus>> {
+        self.ctx.host_list(self.docker_host.as_deref()).await
+    }
+
+    /// One host, as [`Girofle::hosts`] shows it.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such host.
+    pub async fn host(&self, name: &str) -> Result<HostStatus> {
+        self.ctx.host_show(name, self.docker_host.as_deref()).await
+    }
+
+    /// Adds `[hosts.NAME]` to girofle.toml, keeping its comments and layout. Takes effect
+    /// for the next opening of the root.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad table, `AlreadyExists` when the host is there.
+    pub fn add_host(&self, name: &str, host: HostConfig) -> Result<HostAdded> {
+        self.ctx.host_add(name, host)
+    }
+
+    /// Removes `[hosts.NAME]` from girofle.toml; refused while this root has instances
+    /// on that engine, or when the engine cannot be asked unless `force`.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` naming the instances or the unreachable engine.
+    pub async fn remove_host(&self, name: &str, force: bool) -> Result<HostRemoved> {
+        self.ctx.host_remove(name, force).await
+    }
 
     /// The fleet at a glance: every instance's state and the age of its newest valid
     /// backup in each store (`local` and every configured one), overdue when older than

@@ -21,7 +21,7 @@ pub mod text;
 // The public paths of the first wave, kept for the fronts and for users' code.
 pub use adapters::{inventory, runtime, store};
 pub use model::{
-    address, config, fingerprint, health, instance, journal, lock, notify, signing, warning,
+    address, config, fingerprint, health, hosts, instance, journal, lock, notify, signing, warning,
 };
 pub use ops::{backup, checks, fleet, recovery, restore};
 pub use service::{daemon, metrics, migrate, schedule, state, status};

@@ -2,7 +2,8 @@
 //! throw-away Girofle root with its own port range whose containers are removed even when
 //! a test fails, the stand-in GitLab image, the `girofle` binary and the checks of what it
 //! printed, stores, git helpers; in modules of their own, the engines' sharing
-//! ([`engine`]), the etcd clusters ([`etcd`]), the daemon handle ([`Daemon`]), the seeded generator ([`Rng`]) and
+//! ([`engine`]), the etcd clusters ([`etcd`]), the remote engines of scripts/remote-docker
+//! ([`remote`]), the daemon handle ([`Daemon`]), the seeded generator ([`Rng`]) and
 //! bounded waits ([`wait_for`], [`poll`]).
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use girofle_core::{Girofle, OpenOptions};
 mod daemon;
 pub mod engine;
 pub mod etcd;
+pub mod remote;
 mod rng;
 mod wait;
 

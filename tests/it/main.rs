@@ -13,6 +13,7 @@ mod concurrency;
 mod etcd;
 mod faults;
 mod hostile;
+mod hosts;
 mod lifecycle;
 mod monitoring;
 mod other_host;

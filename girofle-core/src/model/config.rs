@@ -51,6 +51,9 @@ pub struct Config {
     /// Keys whose signed backups this fleet trusts besides its own.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// Docker hosts besides this machine's (`[hosts.NAME]`, see `model::hosts`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, crate::model::hosts::HostConfig>,
 }
 
 /// `[trust]`: the public keys of other fleets whose backups this one restores.
@@ -354,6 +357,7 @@ impl Config {
             crate::record::validate_label(&format!("stores.{name}"), name)?;
             validate_store_url(&format!("stores.{name}.url"), &store.url)?;
         }
+        crate::model::hosts::validate_all(&self.hosts)?;
         self.schedule.validate(&self.stores)?;
         self.inventory.validate()?;
         self.notify.validate()?;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod context;
 pub mod fingerprint;
 pub mod health;
+pub mod hosts;
 pub mod instance;
 pub(crate) mod intent;
 pub mod journal;

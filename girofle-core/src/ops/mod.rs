@@ -7,6 +7,7 @@ pub mod backup;
 pub mod checks;
 pub mod fleet;
 pub(crate) mod gitlab_backup;
+pub mod hosts;
 pub mod recovery;
 pub mod restore;
 #[cfg(test)]

@@ -24,17 +24,17 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+/// What an engine address may be, for errors about one.
+const ENGINE_FORMS: &str = "use unix:///var/run/docker.sock, tcp://HOST:2376 with TLS client certificates, or tcp://HOST:2375 (plain, for a trusted network only)";
+
 /// Checks a Docker engine address: `unix:///path`, `tcp://HOST:PORT`, `http(s)://...`.
+/// `ssh://` is refused: bollard's ssh transport drives OpenSSH's client binary (the
+/// `openssh` crate), a system dependency Girofle does not take.
 ///
 /// # Errors
 /// `InvalidInput` naming `field` and saying what is expected.
 pub fn validate_docker_host(field: &str, host: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Error::invalid(
-            field,
-            format!("`{host}` {why}; use unix:///var/run/docker.sock or tcp://HOST:2375"),
-        )
-    };
+    let bad = |why: &str| Error::invalid(field, format!("`{host}` {why}; {ENGINE_FORMS}"));
     if let Some(path) = host.strip_prefix("unix://") {
         if !path.starts_with('/') {
             return Err(bad("is not an absolute socket path"));
@@ -44,6 +44,11 @@ pub fn validate_docker_host(field: &str, host: &str) -> Result<()> {
     let url = url::Url::parse(host).map_err(|e| bad(&format!("is not an address ({e})")))?;
     match url.scheme() {
         "tcp" | "http" | "https" => {}
+        "ssh" => {
+            return Err(bad(
+                "has the scheme `ssh`, which this build of Girofle does not speak (it would need OpenSSH's client and its control sockets); expose the engine with TLS (dockerd --tlsverify -H tcp://0.0.0.0:2376) and give its client certificates, or forward its socket (ssh -NL 127.0.0.1:2375:/var/run/docker.sock HOST) and use tcp://127.0.0.1:2375",
+            ))
+        }
         other => return Err(bad(&format!("has the unsupported scheme `{other}`"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -52,14 +57,60 @@ pub fn validate_docker_host(field: &str, host: &str) -> Result<()> {
     Ok(())
 }
 
+/// The client certificates of an engine that checks them (`dockerd --tlsverify`), as
+/// PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA that signed the engine's certificate.
+    pub ca: std::path::PathBuf,
+    /// This client's certificate and key.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// `ca.pem`, `cert.pem` and `key.pem` in `dir` (the layout of `$DOCKER_CERT_PATH`).
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+}
+
+/// How to reach an engine.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// `unix:///path` or `tcp://host:port`; default `$DOCKER_HOST`, then the local socket.
+    pub host: Option<String>,
+    /// Client certificates for a `tcp://` engine with TLS; default, when `host` comes
+    /// from `$DOCKER_HOST`: `$DOCKER_CERT_PATH` if `$DOCKER_TLS_VERIFY` is set.
+    pub tls: Option<TlsFiles>,
+    /// How long to wait for the engine's first answer (default 15 s).
+    pub connect_timeout: Option<Duration>,
+    /// Whether the engine runs on this machine (its published addresses are this
+    /// machine's); default: a unix socket or a loopback address is.
+    pub on_this_host: Option<bool>,
+    /// The `[hosts.NAME]` this engine is, for errors that say what to fix.
+    pub host_name: Option<String>,
+}
+
 /// [`ContainerRuntime`] on the Docker engine.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
+    on_this_host: Option<bool>,
+    server_version: String,
 }
 
 const DOCKER: &str = "Docker engine";
+/// How long `connect` waits for the engine's first answer unless told otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// bollard's own bound on one request (its default): long execs stream, so this is
+/// about an engine that stopped answering.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// How long `remove` waits for a removal the engine is already carrying out.
 const REMOVAL_WAIT: Duration = Duration::from_secs(120);
 
@@ -71,28 +122,222 @@ impl DockerRuntime {
     /// # Errors
     /// `Backend` saying how to start the engine when it cannot be reached.
     pub async fn connect(host: Option<&str>) -> Result<Self> {
-        let host = host
-            .map(str::to_string)
+        Self::connect_with(&EngineOptions {
+            host: host.map(str::to_string),
+            ..EngineOptions::default()
+        })
+        .await
+    }
+
+    /// Connects to an engine as `options` say (TLS client certificates, a bounded wait),
+    /// negotiates the API version and reads the engine's version.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a malformed address or unreadable certificates, `Backend`
+    /// saying how to start the engine when it cannot be reached in time.
+    pub async fn connect_with(options: &EngineOptions) -> Result<Self> {
+        let from_env = options.host.is_none();
+        let host = options
+            .host
+            .clone()
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
         let unreachable = |e: &dyn std::fmt::Display| {
             Error::backend(
                 DOCKER,
-                format!(
-                    "cannot reach the Docker engine at {host}: {e}; start it (`systemctl start docker` or `dockerd &`) or point DOCKER_HOST / [docker] host in girofle.toml at a running one"
-                ),
+                match &options.host_name {
+                    Some(name) => format!(
+                        "cannot reach the Docker engine of host `{name}` at {host}: {e}; start it on that machine, or fix [hosts.{name}] engine and tls in girofle.toml"
+                    ),
+                    None => format!(
+                        "cannot reach the Docker engine at {host}: {e}; start it (`systemctl start docker` or `dockerd &`) or point DOCKER_HOST / [docker] host in girofle.toml at a running one"
+                    ),
+                },
             )
         };
-        validate_docker_host(
-            "docker host (--docker-host, DOCKER_HOST or [docker] host)",
-            &host,
-        )?;
-        let docker = Docker::connect_with_host(&host).map_err(|e| unreachable(&e))?;
-        let docker = tokio::time::timeout(Duration::from_secs(15), docker.negotiate_version())
+        let field = match &options.host_name {
+            Some(name) => format!("hosts.{name}.engine"),
+            None => "docker host (--docker-host, DOCKER_HOST or [docker] host)".to_string(),
+        };
+        validate_docker_host(&field, &host)?;
+        let tls = options.tls.clone().or_else(|| {
+            let verify =
+                std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
+            let dir = std::env::var_os("DOCKER_CERT_PATH")?;
+            (from_env && verify).then(|| TlsFiles::in_dir(std::path::Path::new(&dir)))
+        });
+        let docker = Self::client(&host, tls.as_ref()).map_err(|e| unreachable(&e))?;
+        let wait = options.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
+        let answer = async {
+            let docker = docker.negotiate_version().await?;
+            let version = docker.version().await?;
+            Ok::<_, bollard::errors::Error>((docker, version))
+        };
+        let (docker, version) = tokio::time::timeout(wait, answer)
             .await
-            .map_err(|_| unreachable(&"no answer within 15 s"))?
-            .map_err(|e| unreachable(&e))?;
-        Ok(DockerRuntime { docker, host })
+            .map_err(|_| unreachable(&format!("no answer within {} s", wait.as_secs_f32())))?
+            .map_err(|e| unreachable(&with_causes(&e)))?;
+        Ok(DockerRuntime {
+            docker,
+            host,
+            on_this_host: options.on_this_host,
+            server_version: version.version.unwrap_or_default(),
+        })
+    }
+
+    /// The bollard client for `host`: a unix socket, plain HTTP, or HTTPS with client
+    /// certificates (checked here, so a missing file is named before any connection).
+    fn client(host: &str, tls: Option<&TlsFiles>) -> Result<Docker> {
+        let version = bollard::API_DEFAULT_VERSION;
+        let lifted = |e: bollard::errors::Error| Error::backend(DOCKER, e.to_string());
+        if let Some(path) = host.strip_prefix("unix://") {
+            return Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, version).map_err(lifted);
+        }
+        match tls {
+            None => Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, version).map_err(lifted),
+            Some(files) => {
+                for (what, path) in [
+                    ("CA certificate", &files.ca),
+                    ("client certificate", &files.cert),
+                    ("client key", &files.key),
+                ] {
+                    if let Err(e) = std::fs::File::open(path) {
+                        return Err(Error::invalid(
+                            format!("TLS {what} of {host}"),
+                            format!(
+                                "cannot read `{}` ({e}); give a directory with ca.pem, cert.pem and key.pem (tls = {{ dir = \"...\" }}) or each file (tls = {{ ca = \"...\", cert = \"...\", key = \"...\" }})",
+                                path.display()
+                            ),
+                        ));
+                    }
+                }
+                // bollard wants https:// for TLS (a tcp:// address would be spoken to
+                // in plain HTTP).
+                let rest = host
+                    .strip_prefix("tcp://")
+                    .or_else(|| host.strip_prefix("http://"))
+                    .or_else(|| host.strip_prefix("https://"))
+                    .unwrap_or(host);
+                let addr = format!("https://{rest}");
+                Docker::connect_with_ssl(
+                    &addr,
+                    &files.key,
+                    &files.cert,
+                    &files.ca,
+                    REQUEST_TIMEOUT_SECS,
+                    version,
+                )
+                .map_err(lifted)
+            }
+        }
+    }
+
+    /// The engine's own version (`docker version`'s server version), read at connect.
+    pub fn server_version(&self) -> &str {
+        &self.server_version
+    }
+
+    /// Runs `cmd` (as the entry point: the image's own is not started) in a short-lived
+    /// container from `image`, which must be on the engine already (never pulled), with
+    /// `binds` mounted read-only and no network; returns its exit code and output. The
+    /// container and its anonymous volumes are removed whatever happens. This is how a
+    /// directory on the engine's machine is looked at without a path on this one (the
+    /// free disk of `host list`).
+    ///
+    /// # Errors
+    /// `NotFound` when the image is absent, `Backend` when the engine fails or the
+    /// command does not end within `wait`.
+    pub async fn run_helper(
+        &self,
+        image: &str,
+        binds: &[super::Bind],
+        cmd: &[&str],
+        wait: Duration,
+    ) -> Result<(i64, String)> {
+        use bollard::query_parameters::WaitContainerOptions;
+        let name = format!(
+            "girofle-helper-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(cmd.iter().map(|c| (*c).to_string()).collect()),
+            cmd: Some(Vec::new()),
+            labels: Some(HashMap::from([(
+                "io.girofle.helper".to_string(),
+                "true".to_string(),
+            )])),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                binds: Some(
+                    binds
+                        .iter()
+                        .map(|b| format!("{}:{}:ro", b.host, b.container))
+                        .collect(),
+                ),
+                network_mode: Some("none".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let run = async {
+            let options = CreateContainerOptionsBuilder::default().name(&name).build();
+            self.docker
+                .create_container(Some(options), body)
+                .await
+                .map_err(|e| match status_code(&e) {
+                    Some(404) => Error::not_found(
+                        format!("image `{image}`"),
+                        "it is not on that engine (helpers are never pulled); load it there",
+                    ),
+                    _ => lift(e, &format!("create helper container from `{image}`")),
+                })?;
+            self.docker
+                .start_container(&name, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| lift(e, "start helper container"))?;
+            let mut waited = self
+                .docker
+                .wait_container(&name, None::<WaitContainerOptions>);
+            let code = match waited.next().await {
+                Some(Ok(r)) => r.status_code,
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(lift(e, "wait for helper container")),
+                None => -1,
+            };
+            let options = LogsOptionsBuilder::default()
+                .stdout(true)
+                .stderr(true)
+                .build();
+            let mut logs = self.docker.logs(&name, Some(options));
+            let mut out = String::new();
+            while let Some(chunk) = logs.next().await {
+                let chunk = chunk.map_err(|e| lift(e, "logs of helper container"))?;
+                out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+            Ok((code, out))
+        };
+        let result = tokio::time::timeout(wait, run).await;
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        let _ = self.docker.remove_container(&name, Some(options)).await;
+        result.map_err(|_| {
+            Error::backend(
+                DOCKER,
+                format!(
+                    "helper `{}` on {} did not end within {} s",
+                    cmd.join(" "),
+                    self.host,
+                    wait.as_secs()
+                ),
+            )
+        })?
     }
 
     /// Whether the API version negotiated with the engine is at least `major.minor`.
@@ -120,6 +365,21 @@ impl DockerRuntime {
     pub fn host(&self) -> &str {
         &self.host
     }
+}
+
+/// An error and its causes on one line: bollard's own text for a refused connection is
+/// "client error (Connect)", the cause ("Connection refused") is what a person needs.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text = format!("{text}: {t}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn status_code(e: &bollard::errors::Error) -> Option<u16> {
@@ -537,9 +797,14 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    /// A unix socket is an engine on this host; so is a TCP address on loopback. Any
-    /// other TCP address may be another machine, whose interfaces this one cannot see.
+    /// What the caller said ([`EngineOptions::on_this_host`]: a `[hosts.NAME]` engine is
+    /// another machine, even behind a loopback tunnel); else a unix socket is an engine on
+    /// this host, and so is a TCP address on loopback. Any other TCP address may be another
+    /// machine, whose interfaces this one cannot see.
     fn is_on_this_host(&self) -> bool {
+        if let Some(known) = self.on_this_host {
+            return known;
+        }
         if self.host.starts_with("unix://") {
             return true;
         }

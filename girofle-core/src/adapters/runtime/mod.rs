@@ -24,7 +24,7 @@ mod memory;
 #[cfg(any(test, feature = "conformance"))]
 pub use memory::{ExecCall, ExecScript, MemoryRuntime};
 
-pub use docker::{validate_docker_host, DockerRuntime};
+pub use docker::{validate_docker_host, DockerRuntime, EngineOptions, TlsFiles};
 
 /// A host directory bind-mounted into a container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
