@@ -451,7 +451,9 @@ pub async fn run_host_files(runtime: Arc<dyn ContainerRuntime>, image: &str, bas
             dirs_are_moved_and_removed(rt, root).await;
             free_space_is_reported(rt, root).await;
             dropped_export_leaves_no_helper(rt, root).await;
+            failed_import_stream_leaves_nothing(rt, root).await;
             no_helper_is_left(rt, root).await;
+            leftover_helper_is_found_and_removed(rt, root).await;
         })
     };
     let outcome = battery.await;
@@ -1036,6 +1038,47 @@ async fn helpers_of(rt: &dyn ContainerRuntime, root: &HostRoot) -> Vec<String> {
     .into_iter()
     .map(|c| c.name)
     .collect()
+}
+
+/// An import whose stream fails midway is refused and leaves nothing, not even the
+/// part of the tree that came before the failure.
+pub async fn failed_import_stream_leaves_nothing(rt: &dyn ContainerRuntime, root: &HostRoot) {
+    dirs(rt, root, &[HostEntry::new("cut", 0, 0, 0o755)]).await;
+    let tree = sample_tree();
+    let half = Bytes::copy_from_slice(&tree[..tree.len() / 2]);
+    let cut: TarStream = futures::stream::iter(vec![
+        Ok(half),
+        Err(Error::backend("test", "the source went away")),
+    ])
+    .boxed();
+    let r = rt.import_host_dir(root, "cut/web", cut).await;
+    assert!(r.is_err(), "a cut import succeeded: {r:?}");
+    let left = listed_at(rt, root, "cut").await;
+    assert_eq!(
+        left.keys().collect::<Vec<_>>(),
+        vec![""],
+        "a cut import left {left:?}"
+    );
+}
+
+/// A helper left by a killed process (a container with the helper labels) is found and
+/// removed by `remove_helpers`.
+pub async fn leftover_helper_is_found_and_removed(rt: &dyn ContainerRuntime, root: &HostRoot) {
+    let run = root
+        .trimmed()
+        .rsplit('/')
+        .next()
+        .unwrap_or("run")
+        .to_string();
+    let mut s = spec(&root.image, &run, "helper-leftover");
+    s.labels.insert(HELPER_LABEL.into(), "1".into());
+    s.labels
+        .insert(HELPER_ROOT_LABEL.into(), root.trimmed().into());
+    created(rt, &s).await;
+    assert_eq!(helpers_of(rt, root).await, vec![s.name.clone()]);
+    assert_eq!(rt.remove_helpers(root).await.expect("remove_helpers"), 1);
+    assert!(helpers_of(rt, root).await.is_empty());
+    assert!(rt.inspect(&s.name).await.expect("inspect").is_none());
 }
 
 /// After everything above, failures included, no helper container of the run is left.

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use super::host_files::{check_entry, check_relative, filter_import, image_absent, split_parent};
 use super::{ContainerInfo, ContainerRuntime, ContainerSpec, ExecOutput, ExecSpec, Health};
 use super::{HostEntry, HostRoot, ImportSummary, PublishedPort, TarStream};
+use super::{HELPER_LABEL, HELPER_ROOT_LABEL};
 use crate::error::{Error, Result};
 
 /// One exec as the double received it.
@@ -873,8 +874,23 @@ impl ContainerRuntime for MemoryRuntime {
 
     async fn remove_helpers(&self, root: &HostRoot) -> Result<usize> {
         root.check()?;
-        // The double's helpers live only within a call: none is ever left.
-        Ok(0)
+        // The double's own helpers live only within a call; a container made with the
+        // helper labels (a test's stand-in for a killed process's leftover) goes.
+        let mut e = self.engine();
+        let left: Vec<String> = e
+            .containers
+            .iter()
+            .filter(|(_, c)| {
+                c.info.labels.get(HELPER_LABEL).map(String::as_str) == Some("1")
+                    && c.info.labels.get(HELPER_ROOT_LABEL).map(String::as_str)
+                        == Some(root.trimmed())
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &left {
+            e.containers.remove(n);
+        }
+        Ok(left.len())
     }
 }
 
