@@ -882,6 +882,11 @@ pub async fn tree_round_trips_with_owners_modes_mtimes_and_links(
         .import_host_dir(root, "trip/none/web", tar_stream(sample_tree()))
         .await;
     assert!(matches!(orphan, Err(Error::NotFound { .. })), "{orphan:?}");
+    // Larger than the pipes between the source, the filter and the engine.
+    let orphan = rt
+        .import_host_dir(root, "trip/none/web", big_tree(3, 4 << 20))
+        .await;
+    assert!(matches!(orphan, Err(Error::NotFound { .. })), "{orphan:?}");
     assert_eq!(
         listed_at(rt, root, "trip")
             .await

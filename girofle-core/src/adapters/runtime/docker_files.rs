@@ -574,15 +574,20 @@ mv -T -- "$2" "$3""#
             .await
             .map_err(|e| Error::backend("tar import", format!("the filter task failed: {e}")))?;
         pump.abort();
-        let summary = filtered?;
-        uploaded.map_err(|e| match status_code(&e) {
-            Some(404) => Error::not_found(
+        // A missing parent is refused by the engine before it reads the body, and the
+        // filter then fails only because nobody reads it any more: say what matters.
+        // Otherwise the filter's error (a refused entry, a failed source) comes first:
+        // the engine only saw its tar cut.
+        match uploaded {
+            Err(e) if status_code(&e) == Some(404) => Err(Error::not_found(
                 format!("the parent directory of {what}"),
                 "make it first (make_host_dirs)",
-            ),
-            _ => lift(e, &format!("import {what}")),
-        })?;
-        Ok(summary)
+            )),
+            Err(e) => Err(filtered
+                .err()
+                .unwrap_or_else(|| lift(e, &format!("import {what}")))),
+            Ok(()) => filtered,
+        }
     }
 
     pub(super) async fn files_move(&self, root: &HostRoot, from: &str, to: &str) -> Result<()> {
