@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{ContainerRuntime, ContainerSpec, ExecSpec, PublishedPort};
-use super::{HostEntry, HostRoot, TarStream, HELPER_LABEL, HELPER_ROOT_LABEL};
+use super::{HostEntry, HostKind, HostRoot, TarStream, HELPER_LABEL, HELPER_ROOT_LABEL};
 use crate::error::Error;
 
 /// The label every container of a run carries, with the run's id.
@@ -447,6 +447,7 @@ pub async fn run_host_files(runtime: Arc<dyn ContainerRuntime>, image: &str, bas
             absent_helper_image_is_refused_and_nothing_made(rt, root).await;
             files_are_written_atomically_and_read_back(rt, root).await;
             tree_round_trips_with_owners_modes_mtimes_and_links(rt, root).await;
+            directories_are_listed_without_following_links(rt, root).await;
             hostile_imports_write_nothing_outside(rt, root).await;
             dirs_are_moved_and_removed(rt, root).await;
             free_space_is_reported(rt, root).await;
@@ -897,6 +898,46 @@ pub async fn tree_round_trips_with_owners_modes_mtimes_and_links(
         vec!["".to_string(), "web".into()],
         "nothing beside the import"
     );
+}
+
+/// A directory is listed by name with each entry's kind, owner, mode, size and mtime,
+/// links as links; a missing directory or a file is `NotFound`. Runs after the round
+/// trip, on the tree it imported.
+pub async fn directories_are_listed_without_following_links(
+    rt: &dyn ContainerRuntime,
+    root: &HostRoot,
+) {
+    let l = rt.list_host_dir(root, "trip/web/data").await.expect("list");
+    let names: Vec<&str> = l.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["empty", "hard", "head-link", "repo.git", "run.sh"]);
+    let at = |n: &str| l.iter().find(|e| e.name == n).expect("listed");
+    let run = at("run.sh");
+    assert_eq!(
+        (run.kind, run.uid, run.gid, run.mode, run.size, run.mtime),
+        (HostKind::File, GIT, GIT, 0o755, 17, 1_600_000_008)
+    );
+    assert_eq!(at("head-link").kind, HostKind::Symlink);
+    let repo = at("repo.git");
+    assert_eq!(
+        (repo.kind, repo.mode, repo.mtime),
+        (HostKind::Dir, 0o2770, 1_600_000_004)
+    );
+    let top: Vec<String> = rt
+        .list_host_dir(root, "")
+        .await
+        .expect("list the top")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(top.contains(&"trip".to_string()), "{top:?}");
+    for missing in [
+        "trip/none",
+        "trip/web/data/run.sh",
+        "trip/web/data/head-link",
+    ] {
+        let r = rt.list_host_dir(root, missing).await;
+        assert!(matches!(r, Err(Error::NotFound { .. })), "{missing}: {r:?}");
+    }
 }
 
 /// Imports with an absolute or `..` entry, a symlink leaving the directory (alone or

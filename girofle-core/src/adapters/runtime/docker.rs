@@ -20,7 +20,7 @@ use futures::StreamExt;
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ExecOutput, ExecSpec, Health, HealthProbe,
-    HostEntry, HostRoot, ImportSummary, PublishedPort, TarStream,
+    HostEntry, HostListing, HostRoot, ImportSummary, PublishedPort, TarStream,
 };
 
 // The host-file primitives (make_host_dirs ... remove_helpers): a child module, so that
@@ -596,6 +596,10 @@ impl ContainerRuntime for DockerRuntime {
         max_bytes: usize,
     ) -> Result<Option<Vec<u8>>> {
         self.files_read(root, path, max_bytes).await
+    }
+
+    async fn list_host_dir(&self, root: &HostRoot, path: &str) -> Result<Vec<HostListing>> {
+        self.files_list(root, path).await
     }
 
     async fn export_host_dir(&self, root: &HostRoot, path: &str) -> Result<TarStream> {

@@ -25,8 +25,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::super::host_files::{
-    check_entry, check_relative, filter_import, image_absent, split_parent, HostEntry, HostRoot,
-    ImportSummary, TarStream, HELPER_LABEL, HELPER_MOUNT, HELPER_ROOT_LABEL,
+    check_entry, check_relative, filter_import, image_absent, split_parent, HostEntry, HostKind,
+    HostListing, HostRoot, ImportSummary, TarStream, HELPER_LABEL, HELPER_MOUNT, HELPER_ROOT_LABEL,
 };
 use super::super::ContainerRuntime;
 use super::{docker_message, lift, status_code, DockerRuntime};
@@ -403,6 +403,56 @@ mv -fT -- "$2" "$3""#
         let out = result?;
         removed?;
         Ok(out)
+    }
+
+    pub(super) async fn files_list(&self, root: &HostRoot, path: &str) -> Result<Vec<HostListing>> {
+        root.check()?;
+        if !path.is_empty() {
+            check_relative("directory", path)?;
+        }
+        let what = format!("directory {}", self.where_(root, path));
+        let script = format!(
+            r#"cd {HELPER_MOUNT} || exit 1
+if [ -L "$1" ] || [ ! -d "$1" ]; then echo "\`$1\` is not a directory" >&2; exit {EXIT_NOT_FOUND}; fi
+find "$1" -mindepth 1 -maxdepth 1 -printf '%y %U %G %m %s %T@ %f\0'"#
+        );
+        let dir = if path.is_empty() { "." } else { path };
+        let out = self
+            .run_script(root, &script, vec![dir.to_string()], &what)
+            .await?;
+        let mut listing = Vec::new();
+        for record in out.split('\0').filter(|r| !r.is_empty()) {
+            let bad = || Error::backend("Docker engine", format!("{what}: `find` said {record:?}"));
+            let mut f = record.splitn(7, ' ');
+            let mut next = || f.next().ok_or_else(bad);
+            let kind = match next()? {
+                "f" => HostKind::File,
+                "d" => HostKind::Dir,
+                "l" => HostKind::Symlink,
+                _ => HostKind::Other,
+            };
+            let uid = next()?.parse().map_err(|_| bad())?;
+            let gid = next()?.parse().map_err(|_| bad())?;
+            let mode = u32::from_str_radix(next()?, 8).map_err(|_| bad())?;
+            let size = next()?.parse().map_err(|_| bad())?;
+            let mtime = next()?
+                .split('.')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(bad)?;
+            let name = next()?.to_string();
+            listing.push(HostListing {
+                name,
+                kind,
+                uid,
+                gid,
+                mode,
+                size,
+                mtime,
+            });
+        }
+        listing.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listing)
     }
 
     pub(super) async fn files_export(&self, root: &HostRoot, path: &str) -> Result<TarStream> {

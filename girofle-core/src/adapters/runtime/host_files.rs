@@ -116,6 +116,33 @@ impl HostEntry {
     }
 }
 
+/// What kind of thing a [`HostListing`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    File,
+    Dir,
+    Symlink,
+    /// A fifo, socket or device.
+    Other,
+}
+
+/// One entry of a host directory, as [`list_host_dir`] gives it (not following links).
+///
+/// [`list_host_dir`]: super::ContainerRuntime::list_host_dir
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostListing {
+    pub name: String,
+    pub kind: HostKind,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// Bytes of a file (a directory's own size otherwise, not what it holds).
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub mtime: u64,
+}
+
 /// Checks a path relative to a [`HostRoot`]: not empty, not absolute, `/`-separated
 /// normal components (no `.`, `..` or empty one), no NUL. `field` names it in the error.
 ///

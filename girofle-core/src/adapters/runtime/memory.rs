@@ -22,7 +22,7 @@ use futures::StreamExt;
 
 use super::host_files::{check_entry, check_relative, filter_import, image_absent, split_parent};
 use super::{ContainerInfo, ContainerRuntime, ContainerSpec, ExecOutput, ExecSpec, Health};
-use super::{HostEntry, HostRoot, ImportSummary, PublishedPort, TarStream};
+use super::{HostEntry, HostKind, HostListing, HostRoot, ImportSummary, PublishedPort, TarStream};
 use super::{HELPER_LABEL, HELPER_ROOT_LABEL};
 use crate::error::{Error, Result};
 
@@ -657,6 +657,41 @@ impl ContainerRuntime for MemoryRuntime {
                 format!("{what} is not a regular file"),
             )),
         }
+    }
+
+    async fn list_host_dir(&self, root: &HostRoot, path: &str) -> Result<Vec<HostListing>> {
+        root.check()?;
+        if !path.is_empty() {
+            check_relative("directory", path)?;
+        }
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        let dir = join(&base, path);
+        if !e.is_dir(&dir) {
+            return Err(Error::not_found(
+                format!("directory {}", where_(root, path)),
+                format!("`{path}` is not a directory"),
+            ));
+        }
+        Ok(below(&e.host_fs, &dir)
+            .filter(|(k, _)| !k[dir.len() + 1..].contains('/'))
+            .map(|(k, n)| {
+                let (kind, size) = match &n.kind {
+                    NodeKind::Dir => (HostKind::Dir, 4096),
+                    NodeKind::File(c) => (HostKind::File, c.len() as u64),
+                    NodeKind::Symlink(t) => (HostKind::Symlink, t.len() as u64),
+                };
+                HostListing {
+                    name: k[dir.len() + 1..].to_string(),
+                    kind,
+                    uid: n.uid,
+                    gid: n.gid,
+                    mode: n.mode,
+                    size,
+                    mtime: n.mtime,
+                }
+            })
+            .collect())
     }
 
     async fn export_host_dir(&self, root: &HostRoot, path: &str) -> Result<TarStream> {

@@ -27,8 +27,8 @@ pub use memory::{ExecCall, ExecScript, MemoryRuntime};
 
 pub use docker::{validate_docker_host, DockerRuntime};
 pub use host_files::{
-    check_relative, filter_import, HostEntry, HostRoot, ImportSummary, TarStream, HELPER_LABEL,
-    HELPER_MOUNT, HELPER_ROOT_LABEL,
+    check_relative, filter_import, HostEntry, HostKind, HostListing, HostRoot, ImportSummary,
+    TarStream, HELPER_LABEL, HELPER_MOUNT, HELPER_ROOT_LABEL,
 };
 
 /// A host directory bind-mounted into a container.
@@ -262,6 +262,14 @@ pub trait ContainerRuntime: Debug + Send + Sync + 'static {
         path: &str,
         max_bytes: usize,
     ) -> Result<Option<Vec<u8>>>;
+
+    /// The entries of a directory (`path` `""` is `root.path`), links not followed,
+    /// sorted by name. Names that are not UTF-8 are given lossily.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path, `NotFound` when the image is absent or `path` is
+    /// not a directory, `Backend` otherwise.
+    async fn list_host_dir(&self, root: &HostRoot, path: &str) -> Result<Vec<HostListing>>;
 
     /// Streams a directory out as a tar (see [`TarStream`]: owners, modes, mtimes,
     /// symlinks and hard links kept); `path` `""` is `root.path` itself. The stream is
