@@ -721,6 +721,13 @@ pub async fn bad_paths_are_refused_and_nothing_made(rt: &dyn ContainerRuntime, r
         );
         invalid("write", rt.write_host_file(root, &e, b"x").await);
         invalid("read", rt.read_host_file(root, bad, 10).await.map(|_| ()));
+        invalid(
+            "private",
+            rt.make_host_files_private(root, &[bad.to_string()]).await,
+        );
+        if !bad.is_empty() {
+            invalid("list", rt.list_host_dir(root, bad).await.map(|_| ()));
+        }
         invalid("move from", rt.move_host_dir(root, bad, "bad/y").await);
         invalid("move to", rt.move_host_dir(root, "bad", bad).await);
         invalid("remove", rt.remove_host_dir(root, bad).await);
@@ -843,6 +850,34 @@ pub async fn files_are_written_atomically_and_read_back(
     );
     let big = rt.read_host_file(root, &rb.path, 4).await;
     assert!(matches!(big, Err(Error::Backend { .. })), "{big:?}");
+    rt.write_host_file(
+        root,
+        &HostEntry::new("w/config/secrets.json", 0, 0, 0o664),
+        b"{}",
+    )
+    .await
+    .expect("write");
+    rt.make_host_files_private(
+        root,
+        &[
+            "w/config/gitlab.rb".into(),
+            "w/config/secrets.json".into(),
+            "w/config/none".into(),
+            "w".into(),
+        ],
+    )
+    .await
+    .expect("make private");
+    let l = listed_at(rt, root, "w").await;
+    assert_eq!(
+        (
+            l["config/gitlab.rb"].mode,
+            l["config/secrets.json"].mode,
+            l["config"].mode
+        ),
+        (0o600, 0o600, 0o775),
+        "only files made private"
+    );
     let dir = rt.read_host_file(root, "w/config", 100).await;
     assert!(matches!(dir, Err(Error::InvalidInput { .. })), "{dir:?}");
     let onto_dir = rt

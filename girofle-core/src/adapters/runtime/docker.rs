@@ -589,6 +589,10 @@ impl ContainerRuntime for DockerRuntime {
         self.files_write(root, file, content).await
     }
 
+    async fn make_host_files_private(&self, root: &HostRoot, paths: &[String]) -> Result<()> {
+        self.files_make_private(root, paths).await
+    }
+
     async fn read_host_file(
         &self,
         root: &HostRoot,

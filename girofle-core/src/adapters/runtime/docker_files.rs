@@ -328,6 +328,32 @@ mv -fT -- "$2" "$3""#
         removed
     }
 
+    pub(super) async fn files_make_private(&self, root: &HostRoot, paths: &[String]) -> Result<()> {
+        root.check()?;
+        for p in paths {
+            check_relative("file", p)?;
+        }
+        if paths.is_empty() {
+            return Ok(());
+        }
+        // A link swapped in between the test and the chmod resolves inside the helper,
+        // not on the host: at worst the helper's own file changes.
+        let script = format!(
+            r#"cd {HELPER_MOUNT} || exit 1
+for p in "$@"; do
+  if [ -f "$p" ] && [ ! -L "$p" ]; then chmod go-rwx -- "$p" || exit 1; fi
+done"#
+        );
+        self.run_script(
+            root,
+            &script,
+            paths.to_vec(),
+            &format!("files under `{}`", root.trimmed()),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// The first chunk of a `GET archive` of `path` in the helper; `None` on 404.
     async fn first_chunk(
         &self,

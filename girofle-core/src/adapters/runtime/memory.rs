@@ -634,6 +634,26 @@ impl ContainerRuntime for MemoryRuntime {
         Ok(())
     }
 
+    async fn make_host_files_private(&self, root: &HostRoot, paths: &[String]) -> Result<()> {
+        root.check()?;
+        for p in paths {
+            check_relative("file", p)?;
+        }
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        for p in paths {
+            if let Some(n) = e.host_fs.get_mut(&join(&base, p)) {
+                if matches!(n.kind, NodeKind::File(_)) {
+                    n.mode &= !0o077;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn read_host_file(
         &self,
         root: &HostRoot,

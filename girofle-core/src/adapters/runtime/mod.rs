@@ -250,6 +250,15 @@ pub trait ContainerRuntime: Debug + Send + Sync + 'static {
         content: &[u8],
     ) -> Result<()>;
 
+    /// Takes away the group's and others' permissions from those of `paths` that are
+    /// regular files (gitlab.rb, gitlab-secrets.json restored with the archive's modes);
+    /// a missing path, a directory or a symlink is left alone.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path, `NotFound` when the image is absent, `Backend`
+    /// otherwise.
+    async fn make_host_files_private(&self, root: &HostRoot, paths: &[String]) -> Result<()>;
+
     /// The content of a regular file, at most `max_bytes`; `None` when there is none.
     ///
     /// # Errors
