@@ -68,8 +68,10 @@ struct Helper {
 
 impl Helper {
     async fn remove(mut self) -> Result<()> {
-        self.armed = false;
-        remove_helper(&self.docker, &self.name).await
+        let removed = remove_helper(&self.docker, &self.name).await;
+        // When the engine did not answer, the drop tries once more in the background.
+        self.armed = removed.is_err();
+        removed
     }
 }
 
@@ -607,6 +609,19 @@ mv -T -- "$2" "$3""#
             return Err(Error::already_exists(
                 what.to_string(),
                 "an import makes a new directory; remove it first or choose another path",
+            ));
+        }
+        // Checked before the upload too: an engine refusing the upload early closes the
+        // connection while the body is still sent, and over TLS or a proxy the client may
+        // see that broken connection rather than the 404 (seen through a TLS proxy).
+        if self
+            .first_chunk(helper, &in_helper(parent))
+            .await?
+            .is_none()
+        {
+            return Err(Error::not_found(
+                format!("the parent directory of {what}"),
+                "make it first (make_host_dirs)",
             ));
         }
         let (in_tx, in_rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
