@@ -147,8 +147,13 @@ pub(crate) fn entry_err(path: &str, message: impl Into<String>) -> Error {
     Error::corrupt(format!("archive entry `{path}`"), message)
 }
 
-/// Checks an archive path: relative, `/`-separated normal components only.
-fn check_path(path: &str) -> Result<()> {
+/// Checks an archive path: relative, `/`-separated normal components only. Public so
+/// that other readers of untrusted tars (girofle-core's host-directory import) refuse
+/// exactly what the archive reader refuses.
+///
+/// # Errors
+/// `Corrupt` naming the entry and what is refused.
+pub fn check_path(path: &str) -> Result<()> {
     if path.is_empty() {
         return Err(entry_err(path, "empty path"));
     }
@@ -169,7 +174,10 @@ fn check_path(path: &str) -> Result<()> {
 
 /// Checks that a symlink target, resolved from the link's directory, stays inside the
 /// extraction directory.
-fn check_link(path: &str, link: &str) -> Result<()> {
+///
+/// # Errors
+/// `Corrupt` naming the entry when the target is empty, absolute, or leaves the directory.
+pub fn check_link(path: &str, link: &str) -> Result<()> {
     if link.is_empty() {
         return Err(entry_err(path, "symlink with an empty target refused"));
     }
@@ -204,8 +212,12 @@ fn check_link(path: &str, link: &str) -> Result<()> {
 
 /// Resolves a symlink through the other symlinks of the archive (the kernel would) and
 /// checks that it never leaves the extraction directory: two links that each stay inside,
-/// `a -> b/..` and `b -> ..`, together point outside.
-fn check_link_chain(links: &HashMap<String, String>, path: &str) -> Result<()> {
+/// `a -> b/..` and `b -> ..`, together point outside. `links` maps every symlink's path
+/// to its target; `path` must be one of them.
+///
+/// # Errors
+/// `Corrupt` naming the entry when it points outside or loops.
+pub fn check_link_chain(links: &HashMap<String, String>, path: &str) -> Result<()> {
     let mut stack: Vec<&str> = path.split('/').collect();
     stack.pop();
     let mut pending: Vec<&str> = links[path].split('/').rev().collect();

@@ -20,8 +20,13 @@ use futures::StreamExt;
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ExecOutput, ExecSpec, Health, HealthProbe,
-    PublishedPort,
+    HostEntry, HostListing, HostRoot, ImportSummary, PublishedPort, TarStream,
 };
+
+// The host-file primitives (make_host_dirs ... remove_helpers): a child module, so that
+// it shares this file's lifting of Docker's errors.
+#[path = "docker_files.rs"]
+mod files;
 use crate::error::{Error, Result};
 
 /// What an engine address may be, for errors about one.
@@ -833,5 +838,65 @@ impl ContainerRuntime for DockerRuntime {
             })?;
         }
         Ok(())
+    }
+    // The host-file primitives: see docker_files.rs.
+
+    async fn make_host_dirs(&self, root: &HostRoot, dirs: &[HostEntry]) -> Result<()> {
+        self.files_make_dirs(root, dirs).await
+    }
+
+    async fn write_host_file(
+        &self,
+        root: &HostRoot,
+        file: &HostEntry,
+        content: &[u8],
+    ) -> Result<()> {
+        self.files_write(root, file, content).await
+    }
+
+    async fn make_host_files_private(&self, root: &HostRoot, paths: &[String]) -> Result<()> {
+        self.files_make_private(root, paths).await
+    }
+
+    async fn read_host_file(
+        &self,
+        root: &HostRoot,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        self.files_read(root, path, max_bytes).await
+    }
+
+    async fn list_host_dir(&self, root: &HostRoot, path: &str) -> Result<Vec<HostListing>> {
+        self.files_list(root, path).await
+    }
+
+    async fn export_host_dir(&self, root: &HostRoot, path: &str) -> Result<TarStream> {
+        self.files_export(root, path).await
+    }
+
+    async fn import_host_dir(
+        &self,
+        root: &HostRoot,
+        path: &str,
+        tar: TarStream,
+    ) -> Result<ImportSummary> {
+        self.files_import(root, path, tar).await
+    }
+
+    async fn move_host_dir(&self, root: &HostRoot, from: &str, to: &str) -> Result<()> {
+        self.files_move(root, from, to).await
+    }
+
+    async fn remove_host_dir(&self, root: &HostRoot, path: &str) -> Result<()> {
+        self.files_remove(root, path).await
+    }
+
+    async fn host_free_space(&self, root: &HostRoot) -> Result<u64> {
+        self.files_free_space(root).await
+    }
+
+    async fn remove_helpers(&self, root: &HostRoot) -> Result<usize> {
+        self.files_remove_helpers(root).await
     }
 }

@@ -17,8 +17,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::PublishedPort;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::host_files::{check_entry, check_relative, filter_import, image_absent, split_parent};
 use super::{ContainerInfo, ContainerRuntime, ContainerSpec, ExecOutput, ExecSpec, Health};
+use super::{HostEntry, HostKind, HostListing, HostRoot, ImportSummary, PublishedPort, TarStream};
+use super::{HELPER_LABEL, HELPER_ROOT_LABEL};
 use crate::error::{Error, Result};
 
 /// One exec as the double received it.
@@ -60,6 +65,116 @@ struct Engine {
     scripts: Vec<Arc<ExecScript>>,
     execs: Vec<ExecCall>,
     next_id: u64,
+    /// The host's file system as the host-file primitives see it, by absolute path.
+    host_fs: BTreeMap<String, Node>,
+}
+
+/// One file, directory or symlink of the host's file system (a hard link is a copy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Node {
+    kind: NodeKind,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum NodeKind {
+    Dir,
+    File(Vec<u8>),
+    Symlink(String),
+}
+
+/// What the double says it is, where Docker names its engine's address.
+const ENGINE: &str = "memory";
+/// The free space the double's host reports, less what it holds.
+const HOST_SPACE: u64 = 1 << 40;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn join(root: &str, path: &str) -> String {
+    if path.is_empty() {
+        root.to_string()
+    } else {
+        format!("{root}/{path}")
+    }
+}
+
+fn where_(root: &HostRoot, path: &str) -> String {
+    format!(
+        "`{path}` under `{}` on the engine at {ENGINE}",
+        root.trimmed()
+    )
+}
+
+fn below<'a>(
+    fs: &'a BTreeMap<String, Node>,
+    dir: &str,
+) -> impl Iterator<Item = (&'a String, &'a Node)> {
+    let start = format!("{dir}/");
+    fs.range(start.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&start))
+}
+
+impl Engine {
+    /// Checks `root` and its image, and makes `root.path` as Docker's bind mount does.
+    fn host(&mut self, root: &HostRoot) -> Result<String> {
+        root.check()?;
+        if !self.images.contains_key(&root.image) {
+            return Err(image_absent(&root.image, ENGINE));
+        }
+        let path = root.trimmed().to_string();
+        self.host_fs.entry(path.clone()).or_insert(Node {
+            kind: NodeKind::Dir,
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+            mtime: now_secs(),
+        });
+        Ok(path)
+    }
+
+    fn is_dir(&self, path: &str) -> bool {
+        self.host_fs
+            .get(path)
+            .is_some_and(|n| n.kind == NodeKind::Dir)
+    }
+
+    /// Makes the missing directories of `path` (`root:root 0755`) below `root`.
+    fn make_parents(&mut self, root: &str, rel: &str) -> Result<()> {
+        let mut at = root.to_string();
+        for c in rel.split('/') {
+            at = format!("{at}/{c}");
+            match self.host_fs.get(&at) {
+                Some(n) if n.kind == NodeKind::Dir => {}
+                Some(_) => {
+                    return Err(Error::backend(
+                        ENGINE,
+                        format!("mkdir: `{at}` is not a directory"),
+                    ))
+                }
+                None => {
+                    self.host_fs.insert(
+                        at.clone(),
+                        Node {
+                            kind: NodeKind::Dir,
+                            uid: 0,
+                            gid: 0,
+                            mode: 0o755,
+                            mtime: now_secs(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// [`ContainerRuntime`] in memory (see the module documentation). Clones share one
@@ -452,6 +567,386 @@ impl ContainerRuntime for MemoryRuntime {
     fn is_on_this_host(&self) -> bool {
         self.on_this_host
     }
+    async fn make_host_dirs(&self, root: &HostRoot, dirs: &[HostEntry]) -> Result<()> {
+        root.check()?;
+        for d in dirs {
+            check_entry("directory", d)?;
+        }
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        for d in dirs {
+            let path = join(&base, &d.path);
+            if e.host_fs
+                .get(&path)
+                .is_some_and(|n| n.kind != NodeKind::Dir)
+            {
+                return Err(Error::Conflict(format!(
+                    "directories under `{}`: `{}` exists and is not a directory",
+                    root.trimmed(),
+                    d.path
+                )));
+            }
+            e.make_parents(&base, &d.path)?;
+            let node = e.host_fs.get_mut(&path).expect("made above");
+            (node.uid, node.gid, node.mode) = (d.uid, d.gid, d.mode);
+        }
+        Ok(())
+    }
+
+    async fn write_host_file(
+        &self,
+        root: &HostRoot,
+        file: &HostEntry,
+        content: &[u8],
+    ) -> Result<()> {
+        root.check()?;
+        check_entry("file", file)?;
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        let what = where_(root, &file.path);
+        let (parent, _) = split_parent(&file.path);
+        if !e.is_dir(&join(&base, parent)) {
+            return Err(Error::not_found(
+                format!("the directory of {what}"),
+                "make it first (make_host_dirs)",
+            ));
+        }
+        let path = join(&base, &file.path);
+        if e.is_dir(&path) {
+            return Err(Error::Conflict(format!(
+                "{what}: `{}` is a directory",
+                split_parent(&file.path).1
+            )));
+        }
+        e.host_fs.insert(
+            path,
+            Node {
+                kind: NodeKind::File(content.to_vec()),
+                uid: file.uid,
+                gid: file.gid,
+                mode: file.mode,
+                mtime: now_secs(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn make_host_files_private(&self, root: &HostRoot, paths: &[String]) -> Result<()> {
+        root.check()?;
+        for p in paths {
+            check_relative("file", p)?;
+        }
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        for p in paths {
+            if let Some(n) = e.host_fs.get_mut(&join(&base, p)) {
+                if matches!(n.kind, NodeKind::File(_)) {
+                    n.mode &= !0o077;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_host_file(
+        &self,
+        root: &HostRoot,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        root.check()?;
+        check_relative("file", path)?;
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        let what = where_(root, path);
+        match e.host_fs.get(&join(&base, path)).map(|n| &n.kind) {
+            None => Ok(None),
+            Some(NodeKind::File(c)) if c.len() > max_bytes => Err(Error::backend(
+                ENGINE,
+                format!("{what} is larger than {max_bytes} bytes"),
+            )),
+            Some(NodeKind::File(c)) => Ok(Some(c.clone())),
+            Some(_) => Err(Error::invalid(
+                "file",
+                format!("{what} is not a regular file"),
+            )),
+        }
+    }
+
+    async fn list_host_dir(&self, root: &HostRoot, path: &str) -> Result<Vec<HostListing>> {
+        root.check()?;
+        if !path.is_empty() {
+            check_relative("directory", path)?;
+        }
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        let dir = join(&base, path);
+        if !e.is_dir(&dir) {
+            return Err(Error::not_found(
+                format!("directory {}", where_(root, path)),
+                format!("`{path}` is not a directory"),
+            ));
+        }
+        Ok(below(&e.host_fs, &dir)
+            .filter(|(k, _)| !k[dir.len() + 1..].contains('/'))
+            .map(|(k, n)| {
+                let (kind, size) = match &n.kind {
+                    NodeKind::Dir => (HostKind::Dir, 4096),
+                    NodeKind::File(c) => (HostKind::File, c.len() as u64),
+                    NodeKind::Symlink(t) => (HostKind::Symlink, t.len() as u64),
+                };
+                HostListing {
+                    name: k[dir.len() + 1..].to_string(),
+                    kind,
+                    uid: n.uid,
+                    gid: n.gid,
+                    mode: n.mode,
+                    size,
+                    mtime: n.mtime,
+                }
+            })
+            .collect())
+    }
+
+    async fn export_host_dir(&self, root: &HostRoot, path: &str) -> Result<TarStream> {
+        root.check()?;
+        if !path.is_empty() {
+            check_relative("directory", path)?;
+        }
+        let tar = {
+            let mut e = self.engine();
+            let base = e.host(root)?;
+            let dir = join(&base, path);
+            if !e.is_dir(&dir) {
+                return Err(Error::not_found(
+                    format!("directory {}", where_(root, path)),
+                    "check the path, or list the host directory",
+                ));
+            }
+            let bad = |e: std::io::Error| Error::backend(ENGINE, format!("export: {e}"));
+            let mut b = tar::Builder::new(Vec::new());
+            let top = e.host_fs.get(&dir).expect("checked above").clone();
+            let nodes = std::iter::once((String::new(), top)).chain(
+                below(&e.host_fs, &dir).map(|(k, n)| (k[dir.len() + 1..].to_string(), n.clone())),
+            );
+            for (rel, n) in nodes {
+                let mut h = tar::Header::new_gnu();
+                h.set_uid(u64::from(n.uid));
+                h.set_gid(u64::from(n.gid));
+                h.set_mode(n.mode);
+                h.set_mtime(n.mtime);
+                let name = format!("./{rel}");
+                match &n.kind {
+                    NodeKind::Dir => {
+                        h.set_entry_type(tar::EntryType::Directory);
+                        h.set_size(0);
+                        b.append_data(&mut h, format!("{name}/"), std::io::empty())
+                    }
+                    NodeKind::File(c) => {
+                        h.set_entry_type(tar::EntryType::Regular);
+                        h.set_size(c.len() as u64);
+                        b.append_data(&mut h, &name, &c[..])
+                    }
+                    NodeKind::Symlink(t) => {
+                        h.set_entry_type(tar::EntryType::Symlink);
+                        h.set_size(0);
+                        b.append_link(&mut h, &name, t)
+                    }
+                }
+                .map_err(bad)?;
+            }
+            b.into_inner().map_err(bad)?
+        };
+        let chunks: Vec<Result<Bytes>> = tar
+            .chunks(64 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Ok(futures::stream::iter(chunks).boxed())
+    }
+
+    async fn import_host_dir(
+        &self,
+        root: &HostRoot,
+        path: &str,
+        mut tar: TarStream,
+    ) -> Result<ImportSummary> {
+        root.check()?;
+        check_relative("directory", path)?;
+        let what = where_(root, path);
+        let (parent, _) = split_parent(path);
+        {
+            let mut e = self.engine();
+            let base = e.host(root)?;
+            if e.host_fs.contains_key(&join(&base, path)) {
+                return Err(Error::already_exists(
+                    what,
+                    "an import makes a new directory; remove it first or choose another path",
+                ));
+            }
+            if !e.is_dir(&join(&base, parent)) {
+                return Err(Error::not_found(
+                    format!("the parent directory of {what}"),
+                    "make it first (make_host_dirs)",
+                ));
+            }
+        }
+        let mut input = Vec::new();
+        while let Some(chunk) = tar.next().await {
+            input.extend_from_slice(&chunk?);
+        }
+        // The same filter as on Docker: what it refuses is never written.
+        let (summary, filtered) = filter_import(&input[..], Vec::new(), "t")?;
+        let bad = |e: std::io::Error| Error::backend(ENGINE, format!("import {what}: {e}"));
+        let mut nodes: Vec<(String, Node)> = Vec::new();
+        let mut archive = tar::Archive::new(&filtered[..]);
+        for entry in archive.entries().map_err(bad)? {
+            let mut entry = entry.map_err(bad)?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let rel = name
+                .trim_end_matches('/')
+                .strip_prefix('t')
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            let h = entry.header();
+            let meta = |kind| Node {
+                kind,
+                uid: h.uid().unwrap_or(0) as u32,
+                gid: h.gid().unwrap_or(0) as u32,
+                mode: h.mode().unwrap_or(0) & 0o7777,
+                mtime: h.mtime().unwrap_or(0),
+            };
+            let link = || {
+                entry
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned())
+                    .unwrap_or_default()
+            };
+            let node = match h.entry_type() {
+                tar::EntryType::Directory => meta(NodeKind::Dir),
+                tar::EntryType::Symlink => meta(NodeKind::Symlink(link())),
+                tar::EntryType::Link => {
+                    let target = link();
+                    let target = target.strip_prefix("t/").unwrap_or_default();
+                    let content = nodes
+                        .iter()
+                        .find(|(p, _)| p == target)
+                        .map(|(_, n)| n.kind.clone())
+                        .unwrap_or(NodeKind::File(Vec::new()));
+                    meta(content)
+                }
+                _ => {
+                    let mut content = Vec::new();
+                    let node = meta(NodeKind::File(Vec::new()));
+                    std::io::Read::read_to_end(&mut entry, &mut content).map_err(bad)?;
+                    Node {
+                        kind: NodeKind::File(content),
+                        ..node
+                    }
+                }
+            };
+            nodes.push((rel, node));
+        }
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        let target = join(&base, path);
+        for (rel, node) in nodes {
+            e.host_fs.insert(join(&target, &rel), node);
+        }
+        Ok(summary)
+    }
+
+    async fn move_host_dir(&self, root: &HostRoot, from: &str, to: &str) -> Result<()> {
+        root.check()?;
+        check_relative("source directory", from)?;
+        check_relative("target directory", to)?;
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        let what = format!("move of {}", where_(root, from));
+        let (src, dst) = (join(&base, from), join(&base, to));
+        if !e.host_fs.contains_key(&src) {
+            return Err(Error::not_found(what, format!("`{from}` does not exist")));
+        }
+        if e.host_fs.contains_key(&dst) {
+            return Err(Error::already_exists(
+                what,
+                format!("`{to}` exists; remove it first or choose another path"),
+            ));
+        }
+        if dst.starts_with(&format!("{src}/")) {
+            return Err(Error::backend(
+                ENGINE,
+                format!("{what}: cannot move `{from}` to a subdirectory of itself"),
+            ));
+        }
+        let (to_parent, _) = split_parent(to);
+        if !to_parent.is_empty() {
+            e.make_parents(&base, to_parent)?;
+        }
+        let moved: Vec<String> = std::iter::once(src.clone())
+            .chain(below(&e.host_fs, &src).map(|(k, _)| k.clone()))
+            .collect();
+        for k in moved {
+            let node = e.host_fs.remove(&k).expect("listed above");
+            e.host_fs.insert(format!("{dst}{}", &k[src.len()..]), node);
+        }
+        Ok(())
+    }
+
+    async fn remove_host_dir(&self, root: &HostRoot, path: &str) -> Result<()> {
+        root.check()?;
+        check_relative("directory", path)?;
+        let mut e = self.engine();
+        let base = e.host(root)?;
+        let dir = join(&base, path);
+        let gone: Vec<String> = below(&e.host_fs, &dir).map(|(k, _)| k.clone()).collect();
+        for k in gone {
+            e.host_fs.remove(&k);
+        }
+        e.host_fs.remove(&dir);
+        Ok(())
+    }
+
+    async fn host_free_space(&self, root: &HostRoot) -> Result<u64> {
+        let mut e = self.engine();
+        e.host(root)?;
+        let used: u64 = e
+            .host_fs
+            .values()
+            .map(|n| match &n.kind {
+                NodeKind::File(c) => c.len() as u64,
+                _ => 4096,
+            })
+            .sum();
+        Ok(HOST_SPACE.saturating_sub(used))
+    }
+
+    async fn remove_helpers(&self, root: &HostRoot) -> Result<usize> {
+        root.check()?;
+        // The double's own helpers live only within a call; a container made with the
+        // helper labels (a test's stand-in for a killed process's leftover) goes.
+        let mut e = self.engine();
+        let left: Vec<String> = e
+            .containers
+            .iter()
+            .filter(|(_, c)| {
+                c.info.labels.get(HELPER_LABEL).map(String::as_str) == Some("1")
+                    && c.info.labels.get(HELPER_ROOT_LABEL).map(String::as_str)
+                        == Some(root.trimmed())
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &left {
+            e.containers.remove(n);
+        }
+        Ok(left.len())
+    }
 }
 
 #[cfg(test)]
@@ -499,6 +994,29 @@ mod tests {
         let rt = scripted();
         conformance::run_all(Arc::new(rt.clone()), "girofle-conformance/image:1").await;
         assert!(rt.container_names().is_empty(), "the battery cleans up");
+    }
+
+    #[tokio::test]
+    async fn the_double_passes_the_host_file_battery() {
+        let rt = scripted();
+        let base = "/srv/girofle-conformance";
+        conformance::run_host_files(Arc::new(rt.clone()), "girofle-conformance/image:1", base)
+            .await;
+        let left: Vec<String> = rt.engine().host_fs.keys().cloned().collect();
+        assert_eq!(left, vec![base.to_string()], "the battery cleans up");
+    }
+
+    #[tokio::test]
+    async fn a_tree_moves_between_two_doubles() {
+        let (a, b) = (scripted(), scripted());
+        let image = "girofle-conformance/image:1";
+        conformance::tree_moves_between_engines(
+            &a,
+            &b,
+            &HostRoot::new("/srv/a", image),
+            &HostRoot::new("/srv/b", image),
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -19,12 +19,17 @@ use crate::error::{Error, Result};
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod docker;
+mod host_files;
 #[cfg(any(test, feature = "conformance"))]
 mod memory;
 #[cfg(any(test, feature = "conformance"))]
 pub use memory::{ExecCall, ExecScript, MemoryRuntime};
 
 pub use docker::{validate_docker_host, DockerRuntime, EngineOptions, TlsFiles};
+pub use host_files::{
+    check_relative, filter_import, HostEntry, HostKind, HostListing, HostRoot, ImportSummary,
+    TarStream, HELPER_LABEL, HELPER_MOUNT, HELPER_ROOT_LABEL,
+};
 
 /// A host directory bind-mounted into a container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -216,6 +221,124 @@ pub trait ContainerRuntime: Debug + Send + Sync + 'static {
     fn is_on_this_host(&self) -> bool {
         true
     }
+
+    // Files on the engine's host, reached only through the engine (issue 15: nothing
+    // through local paths). Each call runs a short-lived helper container of
+    // `root.image` (never pulled), labelled [`HELPER_LABEL`], without network, with
+    // `root.path` bind-mounted at [`HELPER_MOUNT`]; it is removed afterwards, even on
+    // error. Paths are relative to `root.path` and checked by [`check_relative`].
+
+    /// Creates directories (and their missing parents, `root:root 0755`) and gives each
+    /// the owner and mode asked, also when it already exists.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path or mode (nothing is created), `NotFound` when
+    /// `root.image` is not on the engine (nothing is created), `Conflict` when a path is
+    /// a file, `Backend` when the engine fails.
+    async fn make_host_dirs(&self, root: &HostRoot, dirs: &[HostEntry]) -> Result<()>;
+
+    /// Writes a file atomically (a temporary file beside it, then a rename) with the
+    /// owner and mode of `file`, replacing an existing file.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path or mode, `NotFound` when the image or the file's
+    /// directory is absent, `Conflict` when the path is a directory, `Backend` otherwise.
+    async fn write_host_file(
+        &self,
+        root: &HostRoot,
+        file: &HostEntry,
+        content: &[u8],
+    ) -> Result<()>;
+
+    /// Takes away the group's and others' permissions from those of `paths` that are
+    /// regular files (gitlab.rb, gitlab-secrets.json restored with the archive's modes);
+    /// a missing path, a directory or a symlink is left alone.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path, `NotFound` when the image is absent, `Backend`
+    /// otherwise.
+    async fn make_host_files_private(&self, root: &HostRoot, paths: &[String]) -> Result<()>;
+
+    /// The content of a regular file, at most `max_bytes`; `None` when there is none.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path or when it is not a regular file, `NotFound` when
+    /// the image is absent, `Backend` when the engine fails or the file is larger than
+    /// `max_bytes`.
+    async fn read_host_file(
+        &self,
+        root: &HostRoot,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>>;
+
+    /// The entries of a directory (`path` `""` is `root.path`), links not followed,
+    /// sorted by name. Names that are not UTF-8 are given lossily.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path, `NotFound` when the image is absent or `path` is
+    /// not a directory, `Backend` otherwise.
+    async fn list_host_dir(&self, root: &HostRoot, path: &str) -> Result<Vec<HostListing>>;
+
+    /// Streams a directory out as a tar (see [`TarStream`]: owners, modes, mtimes,
+    /// symlinks and hard links kept); `path` `""` is `root.path` itself. The stream is
+    /// produced as it is read, never held whole in memory; the helper is removed when the
+    /// stream ends or is dropped.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path, `NotFound` when the image or the directory is
+    /// absent; the stream yields `Backend` when the engine fails midway.
+    async fn export_host_dir(&self, root: &HostRoot, path: &str) -> Result<TarStream>;
+
+    /// Creates directory `path` from a tar stream (as [`export_host_dir`] gives),
+    /// keeping owners, modes, mtimes, symlinks and hard links. The tar goes through
+    /// [`filter_import`], which refuses any entry that could write or point outside
+    /// `path`; it is extracted into a temporary sibling that is renamed to `path` only
+    /// when all of it was accepted, so a refused or failed import leaves nothing.
+    /// Streams: memory stays flat whatever the size.
+    ///
+    /// [`export_host_dir`]: ContainerRuntime::export_host_dir
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path, `NotFound` when the image or the parent directory
+    /// is absent, `AlreadyExists` when `path` exists, `Corrupt` naming a refused entry,
+    /// `Backend` when the engine or the stream fails.
+    async fn import_host_dir(
+        &self,
+        root: &HostRoot,
+        path: &str,
+        tar: TarStream,
+    ) -> Result<ImportSummary>;
+
+    /// Renames `from` to `to` on the host (the decommissioned copy set aside), making
+    /// the missing parents of `to` (`root:root 0755`).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path, `NotFound` when the image or `from` is absent,
+    /// `AlreadyExists` when `to` exists, `Backend` otherwise.
+    async fn move_host_dir(&self, root: &HostRoot, from: &str, to: &str) -> Result<()>;
+
+    /// Removes a directory or file and everything below it; a missing one is Ok.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad path, `NotFound` when the image is absent, `Backend`
+    /// otherwise.
+    async fn remove_host_dir(&self, root: &HostRoot, path: &str) -> Result<()>;
+
+    /// Bytes free for an unprivileged user on the file system holding `root.path`.
+    ///
+    /// # Errors
+    /// `NotFound` when the image is absent, `Backend` otherwise.
+    async fn host_free_space(&self, root: &HostRoot) -> Result<u64>;
+
+    /// Removes every helper container of `root` (labels [`HELPER_LABEL`] and
+    /// [`HELPER_ROOT_LABEL`]) with its anonymous volumes: the leftovers of a killed
+    /// process. Returns how many there were. It also removes the helpers of another
+    /// process working on `root` at the same moment: call it only when none does.
+    ///
+    /// # Errors
+    /// `Backend` when the engine fails.
+    async fn remove_helpers(&self, root: &HostRoot) -> Result<usize>;
 }
 
 /// Conveniences on top of [`ContainerRuntime`].
