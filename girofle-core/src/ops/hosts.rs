@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::adapters::runtime::{Bind, ContainerRuntime, DockerRuntime, EngineOptions};
+use crate::adapters::runtime::{ContainerRuntime, DockerRuntime, EngineOptions, HostRoot};
 use crate::error::{Error, Result};
 use crate::model::config::{Config, NetworkConfig};
 use crate::model::context::Context;
@@ -120,17 +120,8 @@ fn pool_counts(pool: &NetworkConfig, published: &[(String, u16)]) -> Result<(u64
     Ok((size, used.len() as u64))
 }
 
-/// Free kibibytes from `df -Pk`'s output (the "Available" column of its second line).
-fn parse_df(out: &str) -> Option<u64> {
-    let line = out
-        .lines()
-        .find(|l| !l.starts_with("Filesystem") && !l.trim().is_empty())?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// Free bytes under `data_dir` on the engine's machine, measured by the engine: a
-/// helper container from `image` (already there: never pulled) with the directory
-/// bind-mounted runs `df -Pk`.
+/// Free bytes under `data_dir` on the engine's machine, measured by the engine (a
+/// helper container from `image`, already there: never pulled).
 async fn disk_free(
     engine: &DockerRuntime,
     image: &str,
@@ -145,20 +136,13 @@ async fn disk_free(
             "image `{image}` ([instances] image) is not on that host: load it there to measure"
         ));
     }
-    let binds = [Bind {
-        host: data_dir.to_string(),
-        container: "/girofle-data".to_string(),
-    }];
-    let (code, out) = engine
-        .run_helper(image, &binds, &["df", "-Pk", "/girofle-data"], DISK_WAIT)
-        .await
-        .map_err(|e| e.to_string())?;
-    if code != 0 {
-        return Err(format!("df -Pk exited with {code}: {}", out.trim()));
-    }
-    parse_df(&out)
-        .map(|k| k * 1024)
-        .ok_or_else(|| format!("unexpected df output: {}", out.trim()))
+    tokio::time::timeout(
+        DISK_WAIT,
+        engine.host_free_space(&HostRoot::new(data_dir, image)),
+    )
+    .await
+    .map_err(|_| format!("no answer within {} s", DISK_WAIT.as_secs()))?
+    .map_err(|e| e.to_string())
 }
 
 /// Connects to a named host's engine within [`PROBE_WAIT`].
@@ -638,13 +622,6 @@ mod tests {
             ("10.0.0.2".to_string(), 300), // outside the ports
         ];
         assert_eq!(pool_counts(&p, &published).unwrap(), (22, 3));
-    }
-
-    #[test]
-    fn df_output_is_read() {
-        let out = "Filesystem     1024-blocks      Used Available Capacity Mounted on\n/dev/vda         264212084  13298736  81987152      14% /girofle-data\n";
-        assert_eq!(parse_df(out), Some(81_987_152));
-        assert_eq!(parse_df("nonsense"), None);
     }
 
     const GOOD: &str = r#"
