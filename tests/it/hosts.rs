@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use girofle_core::runtime::{
-    conformance, ContainerRuntime, ContainerSpec, DockerRuntime, PublishedPort,
+    conformance, ContainerRuntime, ContainerSpec, DockerRuntime, HostRoot, PublishedPort,
 };
 use girofle_tests::remote::{self, RemoteEngine};
 use girofle_tests::{json, json_ok, ok, poll, stand_in, text, unique, wait_for, TestRoot};
@@ -33,6 +33,49 @@ async fn a_remote_engine_over_tls_passes_the_runtime_battery() {
     assert!(!docker.is_on_this_host());
     assert!(!docker.server_version().is_empty());
     conformance::run_all(Arc::new(docker) as Arc<dyn ContainerRuntime>, &image).await;
+}
+
+/// A host's files reached only through its engine: the host-file battery on host-a, and
+/// a tree moved from host-a to host-b, whose directories do not exist on this machine
+/// (so nothing can have gone through a local path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_hosts_files_are_reached_through_their_engines_alone() {
+    let _up = remote::using();
+    let [a, b] = remote::remote_engines();
+    let image = stand_in("17.5.1");
+    let (da, db) = (connect(&a).await, connect(&b).await);
+    let base_a = format!("{}/conformance", a.data_dir);
+    let base_b = format!("{}/conformance", b.data_dir);
+    conformance::run_host_files(
+        Arc::new(da.clone()) as Arc<dyn ContainerRuntime>,
+        &image,
+        &base_a,
+    )
+    .await;
+    let run = conformance::unique_run();
+    let (root_a, root_b) = (
+        HostRoot::new(format!("{base_a}/{run}"), &image),
+        HostRoot::new(format!("{base_b}/{run}"), &image),
+    );
+    let moved = tokio::spawn({
+        let (da, db, root_a, root_b) = (da.clone(), db.clone(), root_a.clone(), root_b.clone());
+        async move {
+            conformance::tree_moves_between_engines(&da, &db, &root_a, &root_b).await;
+        }
+    })
+    .await;
+    for root in [&root_a, &root_b] {
+        assert!(
+            !std::path::Path::new(&root.path).exists(),
+            "{} exists on this machine: the test would not prove the engine path",
+            root.path
+        );
+    }
+    conformance::cleanup_host(&da, &image, &base_a, &run).await;
+    conformance::cleanup_host(&db, &image, &base_b, &run).await;
+    if let Err(e) = moved {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 /// A TLS engine refuses a client without certificates: the remote engines are reachable
