@@ -5,7 +5,8 @@
 //! It commissions the instances (the GitLab stand-in image, 8 at a time; not timed) in a
 //! fresh root whose `[inventory]` is a namespace of its own on the 3-member etcd cluster
 //! `scripts/etcd-cluster` runs (`GIROFLE_TEST_ETCD`, set by `benches/run`), then times,
-//! `GIROFLE_BENCH_FLEET_ROUNDS` times (10 by default): the `girofle --json instance list`
+//! `GIROFLE_BENCH_FLEET_ROUNDS` times (10 by default), once the engine's own health
+//! probe has passed on every container (before that a listing asks each GitLab itself): the `girofle --json instance list`
 //! command (a process: start, connect to etcd and Docker, list, print) and
 //! `Girofle::list` in this process (the listing alone). Then it moves the inventory to
 //! SQLite (`girofle inventory migrate --to sqlite`) and times the same again. The
@@ -144,6 +145,9 @@ async fn run() -> BenchResult<()> {
     config.network.ports = vec![format!("{FIRST_PORT}-{last_port}")];
     config.instances.image.clone_from(&image);
     config.instances.health_timeout_secs = 300;
+    // Girofle's default engine probe (every 30 s): the listing is timed once it has
+    // passed everywhere; more often, 100 probes load a 2-core machine.
+    config.instances.health_interval_secs = 30;
     config.inventory.etcd.clone_from(&endpoints);
     config.inventory.namespace = format!("bench-fleet-{}", std::process::id());
     config.save(&root)?;
@@ -190,8 +194,23 @@ async fn measure(root: &Path, bin: &Path, size: usize, rounds: usize) -> BenchRe
         "fleet bench: {made} instances commissioned in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    // Settle: every engine probe has run once at least.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Settle until the engine's own probe has passed on every container: before that
+    // a listing asks GitLab itself (an exec per instance), which is not what is measured.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = Command::new("docker")
+            .args(["ps", "-q", "--filter", "health=healthy", "--filter"])
+            .arg(format!("label=io.girofle.root={}", root.display()))
+            .output()?;
+        let healthy = String::from_utf8_lossy(&out.stdout).lines().count();
+        if healthy >= size {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {healthy} of {size} containers healthy after 180 s").into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let (etcd_cli, etcd_lib) = time_listing(root, bin, rounds, size).await?;
     let out = Command::new(bin)
         .arg("--root")

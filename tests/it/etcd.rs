@@ -111,9 +111,13 @@ fn two_machines_share_one_fleet_and_sixteen_commissions_get_distinct_addresses()
     assert_eq!(addresses.len(), 48);
     // Both machines see the one fleet.
     let names = |t: &TestRoot| -> BTreeSet<String> {
-        json_ok(&t.cli(&["--json", "instance", "list"]), "instance list")
-            .as_array()
-            .unwrap()
+        let listed = json_ok(&t.cli(&["--json", "instance", "list"]), "instance list");
+        let listed = listed.as_array().unwrap();
+        // Each machine sees the other's instances as they are: running.
+        for i in listed {
+            assert_eq!(i["state"], "running", "{i}");
+        }
+        listed
             .iter()
             .map(|i| i["name"].as_str().unwrap().to_string())
             .collect()

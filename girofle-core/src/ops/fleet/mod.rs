@@ -484,13 +484,15 @@ impl Context {
     /// recovery first: that is `list`).
     pub(crate) async fn listing(&self) -> Result<Vec<InstanceStatus>> {
         let fleet = self.inventory.load().await?;
-        let containers = self
-            .runtime
-            .list(&[
-                (LABEL_MANAGED.to_string(), "true".to_string()),
-                (LABEL_ROOT.to_string(), self.root.display().to_string()),
-            ])
-            .await?;
+        // On one machine the root's containers are this root's; a fleet on etcd is shared
+        // by roots on several machines, whose containers carry their own root: the
+        // fleet's are Girofle's containers named as its records (names are the engine's
+        // to keep unique).
+        let mut labels = vec![(LABEL_MANAGED.to_string(), "true".to_string())];
+        if self.inventory.as_etcd().is_none() {
+            labels.push((LABEL_ROOT.to_string(), self.root.display().to_string()));
+        }
+        let containers = self.runtime.list(&labels).await?;
         // GitLab is asked, all at once, where the engine's word may be out of date.
         let serving: std::collections::HashSet<String> =
             futures::future::join_all(containers.iter().map(|c| async {
