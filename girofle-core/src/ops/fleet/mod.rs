@@ -487,12 +487,22 @@ impl Context {
         // On one machine the root's containers are this root's; a fleet on etcd is shared
         // by roots on several machines, whose containers carry their own root: the
         // fleet's are Girofle's containers named as its records (names are the engine's
-        // to keep unique).
+        // to keep unique), and this root's own (a container the book lacks is shown).
+        let root = self.root.display().to_string();
         let mut labels = vec![(LABEL_MANAGED.to_string(), "true".to_string())];
         if self.inventory.as_etcd().is_none() {
-            labels.push((LABEL_ROOT.to_string(), self.root.display().to_string()));
+            labels.push((LABEL_ROOT.to_string(), root.clone()));
         }
-        let containers = self.runtime.list(&labels).await?;
+        let mut containers = self.runtime.list(&labels).await?;
+        if self.inventory.as_etcd().is_some() {
+            let names: std::collections::HashSet<String> = fleet
+                .instances
+                .values()
+                .map(InstanceRecord::container_name)
+                .collect();
+            containers
+                .retain(|c| names.contains(&c.name) || c.labels.get(LABEL_ROOT) == Some(&root));
+        }
         // GitLab is asked, all at once, where the engine's word may be out of date.
         let serving: std::collections::HashSet<String> =
             futures::future::join_all(containers.iter().map(|c| async {
