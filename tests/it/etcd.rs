@@ -198,6 +198,39 @@ async fn a_busy_instance_is_refused_across_machines_and_a_killed_holder_frees_it
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_on_this_machine_gives_its_lock_up_at_once() {
+    let namespace = unique("dead");
+    // A lease far longer than the test: only the dead-holder check can free the lock.
+    let ttl = 60;
+    let t = etcd_root(etcd::endpoints(), &namespace, ttl);
+    let inv = EtcdInventory::new(settings(etcd::endpoints(), &namespace, ttl));
+    let g = t.open().await;
+    let name = commission(&g, "dead").await.name;
+    let mut first = spawn(&t, &["backup", "create", &name, "--strategy", "cold"]);
+    wait_for_holder(&inv, &name).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed_at = Instant::now();
+    // The next command on this machine sees the holder dead and goes on: recovery puts
+    // the instance back, and a backup runs.
+    ok(t.cli(&["recover"]));
+    assert_eq!(
+        g.show(&name).await.unwrap().state,
+        girofle_core::InstanceState::Running
+    );
+    json_ok(
+        &t.cli(&["--json", "backup", "create", &name]),
+        "a backup after the holder died",
+    );
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(ttl / 2),
+        "waited {:?}: the dead holder's lock was not given up at once",
+        killed_at.elapsed()
+    );
+}
+
 /// The child of [`a_paused_holder_cannot_write_after_its_lease_ran_out`]: holds the lock
 /// of `web`, says so, waits for a line on stdin, then tries to write the fleet and says
 /// how that went. Runs only as that test's child (it sets GIROFLE_TEST_FENCE_NS).

@@ -404,8 +404,7 @@ impl EtcdInventory {
             let kv = now.kvs().first();
             if kv.map(etcd_client::KeyValue::create_revision) != Some(fence.token) {
                 let holder = kv
-                    .and_then(|kv| kv.value_str().ok())
-                    .map(|h| format!("{h} holds it now"))
+                    .map(|kv| format!("{} holds it now", Held::of(kv.value()).holder))
                     .unwrap_or_else(|| "nobody holds it now".into());
                 return Err(Error::Conflict(format!(
                     "this process lost the lock of instance `{name}` (its etcd lease ran out: the process was paused or cut off from etcd for longer than {} s); {holder}; this change was not written. Run `girofle recover` once that operation is over",
@@ -432,8 +431,14 @@ impl EtcdInventory {
             })
             .await?
             .id();
+        let value = serde_json::to_vec(&Held {
+            holder: holder.to_string(),
+            owner: this_owner(),
+            pid: std::process::id(),
+        })
+        .map_err(|e| Error::backend(ETCD, e.to_string()))?;
         let mut taken = None;
-        for _ in 0..=self.shared.settings.endpoints.len() {
+        for _ in 0..=self.shared.settings.endpoints.len() + 1 {
             let txn = Txn::new()
                 .when(vec![Compare::create_revision(
                     key.clone(),
@@ -442,20 +447,22 @@ impl EtcdInventory {
                 )])
                 .and_then(vec![TxnOp::put(
                     key.clone(),
-                    holder,
+                    value.clone(),
                     Some(PutOptions::new().with_lease(lease)),
                 )]);
             let mut client = self.client().await?;
-            match client.txn(txn).await {
+            let lost_answer = match client.txn(txn).await {
                 Ok(r) if r.succeeded() => {
                     taken = r.header().map(etcd_client::ResponseHeader::revision);
                     break;
                 }
-                Ok(_) => break,
-                Err(e) if transient(&e) => self.forget().await,
+                Ok(_) => false,
+                Err(e) if transient(&e) => {
+                    self.forget().await;
+                    true
+                }
                 Err(e) => return Err(self.err("take a lock", &e)),
-            }
-            // The answer was lost: ours when it carries our lease, otherwise try again.
+            };
             let k = key.clone();
             let now = self
                 .call("read a lock", |mut c| {
@@ -463,12 +470,37 @@ impl EtcdInventory {
                     async move { c.get(k, None).await }
                 })
                 .await?;
-            if let Some(kv) = now.kvs().first() {
-                if kv.lease() == lease {
-                    taken = Some(kv.create_revision());
-                }
+            let Some(kv) = now.kvs().first() else {
+                // Released meanwhile, or our put never landed: try again.
+                continue;
+            };
+            if lost_answer && kv.lease() == lease {
+                taken = Some(kv.create_revision());
                 break;
             }
+            // A holder on this machine that died gives its lock up at once, as the kernel
+            // releases a dead process's file lock; elsewhere its lease decides.
+            if dead_here(&Held::of(kv.value())) {
+                let (k, theirs, their_lease) = (key.clone(), kv.create_revision(), kv.lease());
+                self.call("release a dead holder's lock", |mut c| {
+                    let txn = Txn::new()
+                        .when(vec![Compare::create_revision(
+                            k.clone(),
+                            CompareOp::Equal,
+                            theirs,
+                        )])
+                        .and_then(vec![TxnOp::delete(k.clone(), None)]);
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+                let _ = self
+                    .call("give a lease back", |mut c| async move {
+                        c.lease_revoke(their_lease).await
+                    })
+                    .await;
+                continue;
+            }
+            break;
         }
         let Some(token) = taken else {
             let k = key.clone();
@@ -485,7 +517,7 @@ impl EtcdInventory {
                 .await?
                 .kvs()
                 .first()
-                .and_then(|kv| kv.value_str().ok().map(str::to_string))
+                .map(|kv| Held::of(kv.value()).holder)
                 .unwrap_or_else(|| "another operation".into());
             return Err(Error::Conflict(format!(
                 "instance `{name}` is busy: {holder} holds its lock; wait for it to finish and try again"
@@ -521,10 +553,7 @@ impl EtcdInventory {
                 async move { c.get(key, None).await }
             })
             .await?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        Ok(resp.kvs().first().map(|kv| Held::of(kv.value()).holder))
     }
 
     /// Adds one line to the fleet's journal: `key` orders it (time first), `line` is the
@@ -588,6 +617,60 @@ impl EtcdInventory {
                 c.lease_revoke(lease).await
             })
             .await;
+    }
+}
+
+/// What a lock key holds: who took it (as a refusal names them), and what tells, on the
+/// same machine, whether that process still lives.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Held {
+    holder: String,
+    /// [`this_owner`] of the holder.
+    owner: String,
+    pid: u32,
+}
+
+impl Held {
+    fn of(bytes: &[u8]) -> Held {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| Held {
+            holder: String::from_utf8_lossy(bytes).into_owned(),
+            owner: String::new(),
+            pid: 0,
+        })
+    }
+}
+
+/// Where this process's pid means something: this boot of this machine, in this pid
+/// namespace (a Girofle in another container has pids of its own). Empty when unknown.
+fn this_owner() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap_or_default();
+    if boot.trim().is_empty() || ns.as_os_str().is_empty() {
+        return String::new();
+    }
+    format!("{}/{}", boot.trim(), ns.display())
+}
+
+/// Whether the holder is a process of this boot and pid namespace that is gone.
+fn dead_here(held: &Held) -> bool {
+    let owner = this_owner();
+    !owner.is_empty()
+        && held.owner == owner
+        && held.pid != 0
+        && held.pid != std::process::id()
+        && !alive(held.pid)
+}
+
+/// Whether process `pid` of this pid namespace runs (a zombie, killed and not yet
+/// reaped, does not).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold any
+        // character.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
     }
 }
 
