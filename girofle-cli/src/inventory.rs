@@ -70,6 +70,12 @@ pub async fn run(ctx: &Ctx, command: InventoryCommand) -> Result<()> {
             lease_ttl,
         } => {
             let to = match to {
+                Backend::Sqlite if !endpoints.is_empty() => {
+                    return Err(girofle_core::Error::invalid(
+                        "--endpoint",
+                        "goes with --to etcd; --to sqlite moves the inventory back to <root>/inventory.db",
+                    ))
+                }
                 Backend::Sqlite => MigrateTo::Sqlite,
                 Backend::Etcd => MigrateTo::Etcd(InventoryConfig {
                     etcd: endpoints,

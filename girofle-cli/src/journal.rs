@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use clap::Args;
+use girofle_core::journal::JournalQuery;
 use girofle_core::{Error, Result};
 
 use crate::output::print;
@@ -44,15 +45,13 @@ fn parse_since(text: &str) -> Result<DateTime<Utc>> {
 }
 
 pub async fn run(ctx: &Ctx, args: JournalArgs) -> Result<()> {
-    let since = args.since.as_deref().map(parse_since).transpose()?;
+    let query = JournalQuery {
+        since: args.since.as_deref().map(parse_since).transpose()?,
+        host: args.host,
+        instance: args.instance,
+    };
     let g = ctx.open().await?;
-    let mut records = g.journal_records(since).await?;
-    if let Some(host) = &args.host {
-        records.retain(|r| &r.host == host);
-    }
-    if let Some(name) = &args.instance {
-        records.retain(|r| r.concerns(name));
-    }
+    let records = g.journal_records(&query).await?;
     print(ctx, &records, || {
         let mut out = format!(
             "{:<20}  {:<16}  {:<10}  {:<22}  {:<24}  {:>8}  OUTCOME",

@@ -449,15 +449,16 @@ impl Girofle {
     }
 
     /// The journal, oldest first: every machine's records when the inventory is on etcd,
-    /// this root's otherwise; from `since` on when given.
+    /// this root's otherwise; those `query` asks for.
     ///
     /// # Errors
-    /// `Backend` when etcd does not answer, `Io`/`Corrupt` when the file cannot be read.
+    /// `Backend` when etcd does not answer, `Io`/`Corrupt` when the file cannot be read,
+    /// `InvalidInput` for a bad instance name.
     pub async fn journal_records(
         &self,
-        since: Option<chrono::DateTime<chrono::Utc>>,
+        query: &crate::model::journal::JournalQuery,
     ) -> Result<Vec<crate::model::journal::Record>> {
-        self.ctx.journal_records(since).await
+        self.ctx.journal_records(query).await
     }
 
     // The inventory's place: service/migrate.rs

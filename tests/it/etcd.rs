@@ -491,6 +491,23 @@ async fn the_inventory_moves_to_etcd_and_back_with_nothing_lost() {
     );
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
 
+    // Endpoints with --to sqlite are a mistake said as such, nothing moved.
+    let mixed = t.cli(&[
+        "inventory",
+        "migrate",
+        "--to",
+        "sqlite",
+        "--endpoint",
+        &endpoints[0],
+    ]);
+    assert_eq!(mixed.status.code(), Some(2), "{}", text(&mixed));
+    assert_eq!(
+        girofle_core::config::Config::load(&t.root)
+            .unwrap()
+            .inventory
+            .etcd,
+        endpoints
+    );
     ok(t.cli(&["inventory", "migrate", "--to", "sqlite"]));
     assert!(girofle_core::config::Config::load(&t.root)
         .unwrap()

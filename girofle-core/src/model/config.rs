@@ -90,29 +90,7 @@ impl NetworkConfig {
     /// # Errors
     /// `InvalidInput` naming the bad entry.
     pub fn port_ranges(&self) -> Result<Vec<(u16, u16)>> {
-        self.ports
-            .iter()
-            .map(|r| {
-                let bad = || {
-                    Error::invalid(
-                        "network.ports",
-                        format!(
-                            "`{r}` is not a port or a range like \"20080-20999\" (ports 1-65535)"
-                        ),
-                    )
-                };
-                let (a, b) = match r.split_once('-') {
-                    Some((a, b)) => (a.trim(), b.trim()),
-                    None => (r.trim(), r.trim()),
-                };
-                let a: u16 = a.parse().map_err(|_| bad())?;
-                let b: u16 = b.parse().map_err(|_| bad())?;
-                if a == 0 || b < a {
-                    return Err(bad());
-                }
-                Ok((a, b))
-            })
-            .collect()
+        crate::model::hosts::port_ranges("network.ports", &self.ports)
     }
 
     /// Whether a port is in the pool.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::Value;
 
 use crate::adapters::inventory::{EtcdInventory, Inventory, SqliteInventory};
@@ -294,11 +294,16 @@ impl Context {
     }
 
     /// The fleet's journal, oldest first: every machine's records when the inventory is on
-    /// etcd, this root's otherwise; only those from `since` on when given.
+    /// etcd, this root's otherwise; those `query` asks for.
     ///
     /// # Errors
-    /// `Backend` when etcd does not answer, `Io`/`Corrupt` when the file cannot be read.
-    pub async fn journal_records(&self, since: Option<DateTime<Utc>>) -> Result<Vec<Record>> {
+    /// `Backend` when etcd does not answer, `Io`/`Corrupt` when the file cannot be read,
+    /// `InvalidInput` for a bad instance name.
+    pub async fn journal_records(&self, query: &journal::JournalQuery) -> Result<Vec<Record>> {
+        if let Some(name) = &query.instance {
+            crate::record::validate_name(name)?;
+        }
+        let since = query.since;
         let mut records = match self.inventory.as_etcd() {
             Some(etcd) => {
                 let from = since.map(|t| t.format(journal::KEY_TIME).to_string());
@@ -317,9 +322,7 @@ impl Context {
             }
             None => self.journal.read_all()?,
         };
-        if let Some(since) = since {
-            records.retain(|r| r.started_at >= since);
-        }
+        records.retain(|r| query.matches(r));
         Ok(records)
     }
 

@@ -190,8 +190,8 @@ impl HostConfig {
 }
 
 /// The port ranges of a pool, as `[network] ports` reads them (`"FIRST-LAST"` or
-/// `"PORT"`); the same rule as `NetworkConfig::port_ranges`, here so that this module does
-/// not lead back to `config`, which holds `[hosts]`.
+/// `"PORT"`), for `[network]` and every `[hosts.NAME]` alike. Here rather than in
+/// `config`, which holds `[hosts]` and calls it: this module does not lead back there.
 ///
 /// # Errors
 /// `InvalidInput` naming `field` and the bad entry.

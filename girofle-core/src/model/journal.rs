@@ -57,6 +57,26 @@ impl Record {
     }
 }
 
+/// Which journal records to read: all when every field is empty.
+#[derive(Clone, Debug, Default)]
+pub struct JournalQuery {
+    /// Those started then or later.
+    pub since: Option<DateTime<Utc>>,
+    /// Those run on this machine (its host name).
+    pub host: Option<String>,
+    /// Those about this instance ([`Record::concerns`]).
+    pub instance: Option<String>,
+}
+
+impl JournalQuery {
+    /// Whether `record` is one the query asks for.
+    pub fn matches(&self, record: &Record) -> bool {
+        self.since.is_none_or(|t| record.started_at >= t)
+            && self.host.as_ref().is_none_or(|h| &record.host == h)
+            && self.instance.as_ref().is_none_or(|n| record.concerns(n))
+    }
+}
+
 /// The journal file of a root.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -252,6 +272,45 @@ impl Journal {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_query_picks_records_by_time_host_and_instance() {
+        let at = |h: i64| chrono::DateTime::from_timestamp(h * 3600, 0).unwrap();
+        let rec = |host: &str, args: Value, hour: i64| Record {
+            operation: "op".into(),
+            arguments: args,
+            user: "u".into(),
+            host: host.into(),
+            pid: 1,
+            girofle_version: "0".into(),
+            versions: Value::Null,
+            started_at: at(hour),
+            ended_at: at(hour),
+            outcome: "ok".into(),
+            error_kind: None,
+            error: None,
+        };
+        let by_name = rec("a", json!({"name": "web"}), 1);
+        let by_id = rec("b", json!({"id": "web/20261204T000000Z", "store": "s3"}), 2);
+        let by_as = rec("a", json!({"id": "old/x", "as": "web"}), 3);
+        let other = rec("a", json!({"name": "webby"}), 4);
+        let q = |since: Option<i64>, host: Option<&str>, instance: Option<&str>| JournalQuery {
+            since: since.map(at),
+            host: host.map(str::to_string),
+            instance: instance.map(str::to_string),
+        };
+        let picked = |q: JournalQuery| {
+            [&by_name, &by_id, &by_as, &other]
+                .iter()
+                .filter(|r| q.matches(r))
+                .count()
+        };
+        assert_eq!(picked(q(None, None, None)), 4);
+        assert_eq!(picked(q(None, None, Some("web"))), 3);
+        assert_eq!(picked(q(None, Some("a"), Some("web"))), 2);
+        assert_eq!(picked(q(Some(2), None, Some("web"))), 2);
+        assert_eq!(picked(q(Some(5), None, None)), 0);
+    }
 
     #[test]
     fn secrets_never_reach_the_record() {
