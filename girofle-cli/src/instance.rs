@@ -43,6 +43,13 @@ pub enum InstanceCommand {
         /// Seconds to wait for health (default: [instances] health_timeout_secs).
         #[arg(long)]
         timeout: Option<u64>,
+        /// The host to run it on (`girofle host list`); default: the one with the fewest
+        /// instances among those with free addresses and the --host-label labels.
+        #[arg(long)]
+        host: Option<String>,
+        /// A label KEY=VALUE the chosen host must carry (repeatable), e.g. zone=b.
+        #[arg(long = "host-label", value_name = "KEY=VALUE")]
+        host_labels: Vec<String>,
     },
     /// List instances with their state (running, starting, unhealthy, stopped, missing, unknown).
     List,
@@ -67,6 +74,21 @@ pub enum InstanceCommand {
         #[arg(long = "unset", value_name = "KEY")]
         unset: Vec<String>,
     },
+    /// Move an instance to another host: stop it, stream its data engine to engine, start
+    /// it there, run GitLab's checks, then remove the old container (its data is kept
+    /// aside on the old host unless --purge). Prints the downtime.
+    Move {
+        name: String,
+        /// The host to move it to (`girofle host list`).
+        #[arg(long)]
+        to: String,
+        /// Delete the old data once the move is through, instead of keeping it aside.
+        #[arg(long)]
+        purge: bool,
+        /// Seconds to wait for health on the new host (default: [instances] health_timeout_secs).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Decommission: final backup, stop and remove the container, archive the data.
     Rm {
         name: String,
@@ -79,14 +101,14 @@ pub enum InstanceCommand {
     },
 }
 
-fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+fn parse_labels(flag: &str, labels: &[String]) -> Result<BTreeMap<String, String>> {
     labels
         .iter()
         .map(|l| {
             l.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .ok_or_else(|| {
-                    girofle_core::Error::invalid("--label", format!("`{l}` is not KEY=VALUE"))
+                    girofle_core::Error::invalid(flag, format!("`{l}` is not KEY=VALUE"))
                 })
         })
         .collect()
@@ -106,6 +128,8 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
             set,
             labels,
             timeout,
+            host,
+            host_labels,
         } => {
             let request = CommissionRequest {
                 name: name.clone(),
@@ -118,8 +142,10 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
                 },
                 hostname,
                 settings: set,
-                labels: parse_labels(&labels)?,
+                labels: parse_labels("--label", &labels)?,
                 timeout: timeout.map(Duration::from_secs),
+                host,
+                host_labels: parse_labels("--host-label", &host_labels)?,
             };
             let record = with_spinner(
                 &format!("commissioning {name}, waiting until healthy"),
@@ -136,12 +162,16 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
                 warn_pin_overrides(s);
             }
             print(ctx, &list, || {
-                let mut out = format!("{:<24} {:<13} {:<36} URL", "NAME", "STATE", "IMAGE");
+                let mut out = format!(
+                    "{:<24} {:<13} {:<12} {:<36} URL",
+                    "NAME", "STATE", "HOST", "IMAGE"
+                );
                 for s in &list {
                     out.push_str(&format!(
-                        "\n{:<24} {:<13} {:<36} {}",
+                        "\n{:<24} {:<13} {:<12} {:<36} {}",
                         s.name,
                         s.state.to_string(),
+                        s.host,
                         s.image,
                         s.url.as_deref().unwrap_or("-")
                     ));
@@ -158,8 +188,8 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
             warn_pin_overrides(&s);
             print(ctx, &s, || {
                 let mut out = format!(
-                    "name:      {}\nstate:     {}\ncontainer: {}\nimage:     {}",
-                    s.name, s.state, s.container, s.image
+                    "name:      {}\nstate:     {}\nhost:      {}\ncontainer: {}\nimage:     {}",
+                    s.name, s.state, s.host, s.container, s.image
                 );
                 if let Some(r) = &s.record {
                     out.push_str(&format!(
@@ -204,6 +234,50 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
             .await?;
             print(ctx, &r, || format!("{name} reconfigured and healthy"));
         }
+        InstanceCommand::Move {
+            name,
+            to,
+            purge,
+            timeout,
+        } => {
+            let m = with_spinner(
+                &format!("moving {name} to host {to}"),
+                g.move_instance(girofle_core::moving::MoveRequest {
+                    name: name.clone(),
+                    to,
+                    purge,
+                    timeout: timeout.map(Duration::from_secs),
+                }),
+            )
+            .await?;
+            print(ctx, &m, || {
+                let mut out = format!(
+                    "{name} moved from host {} to host {} in {:.1} s; downtime {:.1} s; {} copied; GitLab's checks passed",
+                    m.from,
+                    m.to,
+                    m.took_secs,
+                    m.downtime_secs,
+                    girofle_core::text::human_bytes(m.bytes_copied)
+                );
+                if m.addresses_kept {
+                    out.push_str(&format!("\nsame addresses: {}", m.record.external_url));
+                } else {
+                    out.push_str(&format!(
+                        "\nNEW ADDRESSES (host {}'s pool lacked the old ones): {} (was {}); point clients and DNS there",
+                        m.to, m.record.external_url, m.previous_url
+                    ));
+                }
+                match &m.kept_aside {
+                    Some(p) => out.push_str(&format!(
+                        "\nthe old data is kept in {} on host {} (delete it when you no longer need it)",
+                        p.display(),
+                        m.from
+                    )),
+                    None => out.push_str("\nthe old data is deleted (--purge)"),
+                }
+                out
+            });
+        }
         InstanceCommand::Rm {
             name,
             purge,
@@ -220,7 +294,14 @@ pub async fn run(ctx: &Ctx, command: InstanceCommand) -> Result<()> {
                     out.push_str(&format!("; final backup {b}"));
                 }
                 match &d.archived_to {
-                    Some(p) => out.push_str(&format!("; data kept in {}", p.display())),
+                    Some(p) if d.host == "local" => {
+                        out.push_str(&format!("; data kept in {}", p.display()))
+                    }
+                    Some(p) => out.push_str(&format!(
+                        "; data kept in {} on host {}",
+                        p.display(),
+                        d.host
+                    )),
                     None => out.push_str("; data deleted (--purge)"),
                 }
                 out

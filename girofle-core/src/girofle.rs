@@ -29,6 +29,7 @@ use crate::ops::backup::{
 };
 use crate::ops::fleet::{CommissionRequest, DecommissionOptions, Decommissioned, InstanceStatus};
 use crate::ops::hosts::{HostAdded, HostRemoved, HostStatus};
+use crate::ops::moving::{MoveRequest, Moved};
 use crate::ops::recovery::{InstanceListing, Recovery};
 use crate::ops::restore::{DrillReport, RestoreReport, RestoreRequest};
 use crate::service::daemon::{DaemonOptions, DaemonReport};
@@ -286,6 +287,19 @@ impl Girofle {
         options: DecommissionOptions,
     ) -> Result<Decommissioned> {
         self.ctx.decommission(name, options).await
+    }
+
+    /// Moves an instance to another host: its data streamed from engine to engine, the
+    /// same name, its addresses when the target's pool allows; the old data kept aside on
+    /// the old host (unless `purge`). Any failure before the switch leaves the old instance
+    /// running with its data untouched.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown instance or host, or the image absent on the target;
+    /// `InvalidInput` when it is already there; `Conflict` when busy; `Unhealthy` when
+    /// the moved instance does not serve or fails GitLab's checks (rolled back).
+    pub async fn move_instance(&self, request: MoveRequest) -> Result<Moved> {
+        self.ctx.move_instance(request).await
     }
 
     // Backups: ops/backup/

@@ -23,7 +23,7 @@ pub use adapters::{inventory, runtime, store};
 pub use model::{
     address, config, fingerprint, health, hosts, instance, journal, lock, notify, signing, warning,
 };
-pub use ops::{backup, checks, fleet, recovery, restore};
+pub use ops::{backup, checks, fleet, moving, recovery, restore};
 pub use service::{daemon, metrics, migrate, schedule, state, status};
 
 pub use error::{Error, ErrorKind, Result};

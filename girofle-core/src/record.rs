@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The name of the implicit host: this machine's engine and the root's own directories.
+pub const LOCAL_HOST_NAME: &str = "local";
+
 /// Label on every container Girofle creates.
 pub const LABEL_MANAGED: &str = "io.girofle.managed";
 /// Label carrying the instance name.
@@ -63,12 +66,22 @@ pub struct InstanceRecord {
     pub labels: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
     pub stage: Stage,
+    /// The `[hosts.NAME]` whose engine runs it; `None` is the implicit local host (the
+    /// engine of `[docker]`, the root's own `instances/`), as every record written before
+    /// hosts existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl InstanceRecord {
     /// The container name of the instance.
     pub fn container_name(&self) -> String {
         container_name(&self.name)
+    }
+
+    /// The name of the host it runs on (`local` for the implicit one).
+    pub fn host_name(&self) -> &str {
+        self.host.as_deref().unwrap_or(LOCAL_HOST_NAME)
     }
 
     /// A copy safe to print: every setting's value is replaced by `[REDACTED]`, whatever

@@ -420,7 +420,8 @@ impl PyGirofle {
     /// Commissions a new instance and waits until it is healthy; returns its record.
     #[pyo3(signature = (
         name, image=None, ip=None, http_port=None, https_port=None, ssh_port=None,
-        hostname=None, settings=None, labels=None, timeout=None, cancel=None
+        hostname=None, settings=None, labels=None, timeout=None, cancel=None, host=None,
+        host_labels=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn create(
@@ -437,6 +438,8 @@ impl PyGirofle {
         labels: Option<BTreeMap<String, String>>,
         timeout: Option<f64>,
         cancel: Option<Bound<'_, Cancel>>,
+        host: Option<String>,
+        host_labels: Option<BTreeMap<String, String>>,
     ) -> PyResult<Py<PyAny>> {
         let request = CommissionRequest {
             name,
@@ -446,6 +449,8 @@ impl PyGirofle {
             settings: settings_arg(py, settings.as_ref())?,
             labels: labels.unwrap_or_default(),
             timeout: timeout_arg(py, timeout)?,
+            host,
+            host_labels: host_labels.unwrap_or_default(),
         };
         let call = Call::new(cancel.as_ref());
         let record = self.call(py, &call, |g| async move { g.commission(request).await })?;

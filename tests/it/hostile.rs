@@ -84,6 +84,7 @@ fn header_of(id: &str, image: &str) -> BackupHeader {
             labels: BTreeMap::new(),
             created_at: chrono::Utc::now(),
             stage: Stage::Active,
+            host: None,
         },
         image: image.to_string(),
         gitlab_version: "17.5.1".into(),

@@ -412,3 +412,312 @@ fn free_disk_is_unknown_when_the_instance_image_is_not_on_the_host() {
     let out = ok(root.cli(&["host", "show", "host-a"]));
     assert!(out.contains("unknown"), "{out}");
 }
+
+/// Runs `sh -c script` in the container that runs engine `e` (its machine): what is on
+/// that machine's disk, seen without Girofle.
+fn on_machine(e: &RemoteEngine, script: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", &e.container(), "sh", "-c", script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Removes what the instances of a test left on the remote machines, even after a failed
+/// assertion: containers of the root, instance and decommissioned directories.
+struct RemoteLeftovers<'a> {
+    root: &'a TestRoot,
+    engines: Vec<RemoteEngine>,
+    names: Vec<String>,
+}
+
+impl Drop for RemoteLeftovers<'_> {
+    fn drop(&mut self) {
+        for e in &self.engines {
+            if let Ok(out) = e
+                .docker()
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!(
+                    "label=io.girofle.root={}",
+                    self.root.root.display()
+                ))
+                .output()
+            {
+                let ids = String::from_utf8_lossy(&out.stdout).to_string();
+                if !ids.trim().is_empty() {
+                    let _ = e
+                        .docker()
+                        .args(["rm", "-f"])
+                        .args(ids.split_whitespace())
+                        .output();
+                }
+            }
+            for n in &self.names {
+                on_machine(
+                    e,
+                    &format!(
+                        "rm -rf {d}/instances/{n} {d}/decommissioned/{n}-*",
+                        d = e.data_dir
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Whether GitLab's sign-in page answers 200 at `ip:port`, from this machine (the
+/// health endpoints answer local clients only, as GitLab's monitoring whitelist says).
+fn serves(ip: std::net::IpAddr, port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(2)).is_ok_and(
+        |mut s| {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let asked =
+                s.write_all(format!("GET /users/sign_in HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes());
+            let mut answer = String::new();
+            asked.is_ok() && s.read_to_string(&mut answer).is_ok() && answer.contains(" 200 ")
+        },
+    )
+}
+
+#[test]
+fn instances_live_on_remote_hosts_reached_through_their_engines_alone() {
+    let _down = remote::stopping();
+    let [a, b] = remote::remote_engines();
+    let root = TestRoot::new(&stand_in("17.5.1"));
+    add_host(&root, &a);
+    add_host(&root, &b);
+    let (web, api) = (unique("web"), unique("api"));
+    let _leftovers = RemoteLeftovers {
+        root: &root,
+        engines: vec![a.clone(), b.clone()],
+        names: vec![web.clone(), api.clone()],
+    };
+
+    // On the host named, and on the host carrying the label asked for.
+    let on_a = json_ok(
+        &root.cli(&["instance", "create", &web, "--host", "host-a", "--json"]),
+        "create --host",
+    );
+    assert_eq!(on_a["host"], "host-a", "{on_a}");
+    assert_eq!(on_a["bindings"]["ip"], a.ip.to_string(), "{on_a}");
+    let on_b = json_ok(
+        &root.cli(&[
+            "instance",
+            "create",
+            &api,
+            "--host-label",
+            "zone=host-b",
+            "--json",
+        ]),
+        "create --host-label",
+    );
+    assert_eq!(on_b["host"], "host-b", "{on_b}");
+    let port = on_a["bindings"]["http_port"].as_u64().unwrap() as u16;
+    assert!(
+        serves(a.ip, port),
+        "GitLab on host-a does not answer at {}:{port}",
+        a.ip
+    );
+
+    // Its directories are on host-a's machine only: none of them is a path here.
+    let base = format!("{}/instances/{web}", a.data_dir);
+    assert!(
+        !std::path::Path::new(&a.data_dir).exists(),
+        "{} exists on this machine",
+        a.data_dir
+    );
+    assert!(on_machine(&a, &format!("ls {base}/config")).contains("gitlab.rb"));
+    assert!(on_machine(&b, &format!("ls {base} 2>&1")).contains("No such file"));
+
+    // A label no host carries, and a host that does not carry the one asked: refused.
+    let none = root.cli(&[
+        "instance",
+        "create",
+        &unique("x"),
+        "--host-label",
+        "zone=mars",
+    ]);
+    assert_eq!(none.status.code(), Some(4), "{}", text(&none));
+    assert!(text(&none).contains("zone=mars"), "{}", text(&none));
+
+    // gitlab.rb edited through the engine.
+    ok(root.cli(&[
+        "instance",
+        "reconfigure",
+        &web,
+        "--set",
+        "gitlab_rails['time_zone']=Europe/Paris",
+    ]));
+    let rb = on_machine(
+        &a,
+        &format!("cat {base}/config/gitlab.rb; stat -c %a {base}/config/gitlab.rb"),
+    );
+    assert!(
+        rb.contains("gitlab_rails['time_zone'] = 'Europe/Paris'"),
+        "{rb}"
+    );
+    assert!(
+        rb.trim_end().ends_with("600"),
+        "gitlab.rb is not 0600: {rb}"
+    );
+
+    let list = json_ok(&root.cli(&["instance", "list", "--json"]), "instance list");
+    let state = |list: &serde_json::Value, name: &str| {
+        let s = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned();
+        s.unwrap_or_else(|| panic!("{name} not listed: {list}"))
+    };
+    assert_eq!(state(&list, &web)["host"], "host-a", "{list}");
+    assert_eq!(state(&list, &web)["state"], "running", "{list}");
+    assert_eq!(state(&list, &api)["host"], "host-b", "{list}");
+    let table = ok(root.cli(&["instance", "list"]));
+    assert!(table.lines().next().unwrap().contains("HOST"), "{table}");
+
+    // host-b's engine stopped: its instance is unreachable within seconds, host-a's not.
+    let restart = Restarted(&b);
+    ok(std::process::Command::new("docker")
+        .args(["stop", "-t", "5", &b.container()])
+        .output()
+        .unwrap());
+    let t0 = Instant::now();
+    let list = json_ok(&root.cli(&["instance", "list", "--json"]), "instance list");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "list took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(state(&list, &api)["state"], "unreachable", "{list}");
+    assert_eq!(state(&list, &web)["state"], "running", "{list}");
+    drop(restart);
+
+    // No final backup of a remote instance yet: refused, with nothing changed.
+    let refused = root.cli(&["instance", "rm", &web]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("--no-backup"), "{}", text(&refused));
+    assert!(serves(a.ip, port));
+
+    // Decommissioned: the container gone, the data kept aside on host-a's machine.
+    let gone = json_ok(
+        &root.cli(&["instance", "rm", &web, "--no-backup", "--json"]),
+        "instance rm",
+    );
+    assert_eq!(gone["host"], "host-a", "{gone}");
+    let kept = gone["archived_to"].as_str().unwrap().to_string();
+    assert!(
+        kept.starts_with(&format!("{}/decommissioned/{web}-", a.data_dir)),
+        "{gone}"
+    );
+    assert!(on_machine(&a, &format!("cat {kept}/config/gitlab.rb")).contains("Europe/Paris"));
+    assert!(on_machine(&a, &format!("ls {base} 2>&1")).contains("No such file"));
+    let containers = a
+        .docker()
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&containers.stdout).contains(&web));
+
+    // Purged: nothing left on host-b's machine.
+    ok(root.cli(&["instance", "rm", &api, "--no-backup", "--purge"]));
+    let left = on_machine(
+        &b,
+        &format!(
+            "ls {}/instances {}/decommissioned 2>&1",
+            b.data_dir, b.data_dir
+        ),
+    );
+    assert!(!left.contains(&api), "{left}");
+}
+
+#[test]
+fn an_instance_moves_between_remote_hosts_with_its_repositories() {
+    let _up = remote::using();
+    let [a, b] = remote::remote_engines();
+    let root = TestRoot::new(&stand_in("17.5.1"));
+    add_host(&root, &a);
+    add_host(&root, &b);
+    let app = unique("app");
+    let _leftovers = RemoteLeftovers {
+        root: &root,
+        engines: vec![a.clone(), b.clone()],
+        names: vec![app.clone()],
+    };
+    let made = json_ok(
+        &root.cli(&["instance", "create", &app, "--host", "host-a", "--json"]),
+        "create",
+    );
+    let password = on_machine(
+        &a,
+        &format!(
+            "cat {}/instances/{app}/config/initial_root_password",
+            a.data_dir
+        ),
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix("Password: "))
+    .expect("initial_root_password on host-a")
+    .trim()
+    .to_string();
+    let url = |external: &serde_json::Value| {
+        girofle_tests::project_url(external.as_str().unwrap(), &password, "team/app.git")
+    };
+    let work = root.dir.path().join("work");
+    let before = girofle_tests::push_project(&work, &url(&made["external_url"]), 3);
+
+    // Refused before anything is touched: a host it is already on, an unknown one.
+    let same = root.cli(&["instance", "move", &app, "--to", "host-a"]);
+    assert_eq!(same.status.code(), Some(2), "{}", text(&same));
+    let unknown = root.cli(&["instance", "move", &app, "--to", "mars"]);
+    assert_eq!(unknown.status.code(), Some(3), "{}", text(&unknown));
+    assert!(text(&unknown).contains("host-b"), "{}", text(&unknown));
+
+    let moved = json_ok(
+        &root.cli(&["instance", "move", &app, "--to", "host-b", "--json"]),
+        "instance move",
+    );
+    assert_eq!(
+        (moved["from"].as_str(), moved["to"].as_str()),
+        (Some("host-a"), Some("host-b"))
+    );
+    // host-b's pool has host-b's address only: new addresses, said so.
+    assert_eq!(moved["addresses_kept"], false, "{moved}");
+    assert_eq!(
+        moved["record"]["bindings"]["ip"],
+        b.ip.to_string(),
+        "{moved}"
+    );
+    assert_eq!(moved["checks"]["secrets_ok"], true, "{moved}");
+    let downtime = moved["downtime_secs"].as_f64().unwrap();
+    assert!(
+        downtime > 0.0 && downtime <= moved["took_secs"].as_f64().unwrap(),
+        "{moved}"
+    );
+    assert!(moved["bytes_copied"].as_u64().unwrap() > 0, "{moved}");
+
+    // The repositories came along: the same refs, and fsck is clean.
+    let new_url = url(&moved["record"]["external_url"]);
+    assert_eq!(girofle_tests::ls_remote(&new_url), before);
+    let fsck = girofle_tests::clone_and_fsck(&new_url, &root.dir.path().join("mirror"));
+    assert!(!fsck.contains("error"), "{fsck}");
+
+    // The old container is gone; its data is kept aside on host-a; the inventory says host-b.
+    let names = a
+        .docker()
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&names.stdout).contains(&app));
+    let kept = moved["kept_aside"].as_str().unwrap();
+    assert!(on_machine(&a, &format!("ls {kept}/config")).contains("gitlab-secrets.json"));
+    let shown = json_ok(&root.cli(&["instance", "show", &app, "--json"]), "show");
+    assert_eq!(
+        (shown["host"].as_str(), shown["state"].as_str()),
+        (Some("host-b"), Some("running"))
+    );
+    let journal = ok(root.cli(&["journal", "--instance", &app]));
+    assert!(journal.contains("move"), "{journal}");
+}

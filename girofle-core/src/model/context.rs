@@ -6,9 +6,10 @@
 //! The public face of it is the front door, [`crate::Girofle`]; operations take a
 //! `&Context` so they never depend on the front door that calls them.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -19,6 +20,7 @@ use crate::adapters::runtime::ContainerRuntime;
 use crate::adapters::store::{local_store, open_store, BackupStore, LOCAL_STORE_NAME};
 use crate::error::{Error, IoContext, Result};
 use crate::model::config::Config;
+use crate::model::files::{Files, Site};
 use crate::model::fingerprint::FingerprintKey;
 use crate::model::instance::{self, HealthSettings};
 use crate::model::journal::{self, Journal, Record};
@@ -32,6 +34,11 @@ pub struct Context {
     pub(crate) runtime: Arc<dyn ContainerRuntime>,
     pub(crate) inventory: Arc<dyn Inventory>,
     pub(crate) journal: Journal,
+    /// Where the directories of the instances this context acts on are: the root's own
+    /// (the root as opened), or a host's reached through its engine (`on_host`).
+    pub(crate) site: Site,
+    /// The engines of `[hosts]` connected so far, shared by every clone.
+    engines: Arc<Mutex<HashMap<String, Arc<dyn ContainerRuntime>>>>,
 }
 
 /// Makes the root 0700: instance data, the configuration and the inventory are
@@ -114,10 +121,12 @@ impl Context {
         crate::model::signing::ensure_key(&root)?;
         Ok(Context {
             journal: Journal::new(&root),
+            site: Site::Local { base: root.clone() },
             root,
             config,
             runtime,
             inventory,
+            engines: Arc::default(),
         })
     }
 
@@ -144,6 +153,156 @@ impl Context {
     /// The journal.
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// Uses `runtime` as the engine of host `name` (instead of connecting to its
+    /// `[hosts.NAME] engine`): another client of the same engine, or a test double.
+    pub fn set_host_engine(&self, name: &str, runtime: Arc<dyn ContainerRuntime>) {
+        self.engines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), runtime);
+    }
+
+    /// The engine of host `name` (`local`: the root's own), connected on first use.
+    ///
+    /// # Errors
+    /// `NotFound` naming the hosts when there is no `[hosts.NAME]`, `Backend` when its
+    /// engine does not answer, `InvalidInput` for incomplete certificates.
+    pub async fn host_engine(&self, name: &str) -> Result<Arc<dyn ContainerRuntime>> {
+        if name == crate::record::LOCAL_HOST_NAME {
+            return Ok(self.runtime.clone());
+        }
+        let known = self
+            .engines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if let Some(engine) = known {
+            return Ok(engine);
+        }
+        let config = crate::model::hosts::host_config(&self.config, name)?;
+        let engine: Arc<dyn ContainerRuntime> =
+            Arc::new(crate::model::hosts::connect(name, config).await?);
+        self.set_host_engine(name, engine.clone());
+        Ok(engine)
+    }
+
+    /// This context moved to host `host` (`None`: the root's own): the host's engine, and
+    /// its directories reached through local paths here or through the engine there, by
+    /// helper containers of `image` (an image already on that engine).
+    ///
+    /// # Errors
+    /// As [`Context::host_engine`].
+    pub(crate) async fn on_host(&self, host: Option<&str>, image: &str) -> Result<Context> {
+        let mut here = self.clone();
+        match host.filter(|h| *h != crate::record::LOCAL_HOST_NAME) {
+            None => {
+                here.runtime = self.host_engine(crate::record::LOCAL_HOST_NAME).await?;
+                here.site = Site::Local {
+                    base: self.root.clone(),
+                };
+            }
+            Some(name) => {
+                here.runtime = self.host_engine(name).await?;
+                let config = crate::model::hosts::host_config(&self.config, name)?;
+                here.site = Site::Engine {
+                    host: name.to_string(),
+                    root: crate::adapters::runtime::HostRoot::new(
+                        config.data_dir.trim_end_matches('/'),
+                        image,
+                    ),
+                };
+            }
+        }
+        Ok(here)
+    }
+
+    /// This context moved to the host of an instance (see [`Context::on_host`]).
+    ///
+    /// # Errors
+    /// As [`Context::host_engine`].
+    pub(crate) async fn at(&self, record: &crate::record::InstanceRecord) -> Result<Context> {
+        self.on_host(record.host.as_deref(), &record.image).await
+    }
+
+    /// The address pool of this context's host: `[network]` here, `[hosts.NAME]` there.
+    ///
+    /// # Errors
+    /// `NotFound` when the host's table is gone from girofle.toml.
+    pub(crate) fn pool(&self) -> Result<crate::model::config::NetworkConfig> {
+        match &self.site {
+            Site::Local { .. } => Ok(self.config.network.clone()),
+            Site::Engine { host, .. } => {
+                let h = crate::model::hosts::host_config(&self.config, host)?;
+                Ok(crate::model::config::NetworkConfig {
+                    ips: h.ips.clone(),
+                    ports: h.ports.clone(),
+                })
+            }
+        }
+    }
+
+    /// The instances of `fleet` on this context's host: the ones whose addresses a new
+    /// instance here must not take (another host's addresses are that machine's).
+    pub(crate) fn fleet_here(
+        &self,
+        fleet: &crate::adapters::inventory::Fleet,
+    ) -> crate::adapters::inventory::Fleet {
+        let host = self.site.host();
+        crate::adapters::inventory::Fleet {
+            instances: fleet
+                .instances
+                .iter()
+                .filter(|(_, r)| r.host_name() == host)
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
+        }
+    }
+
+    /// The files of this context's site.
+    pub(crate) fn files(&self) -> Files<'_> {
+        Files {
+            site: &self.site,
+            runtime: self.runtime.as_ref(),
+        }
+    }
+
+    /// This context's site as a directory its engine's helper containers (of `image`)
+    /// reach: the host's data directory, or the root here.
+    pub(crate) fn host_root(&self, image: &str) -> crate::adapters::runtime::HostRoot {
+        self.site.host_root(image)
+    }
+
+    /// `path` (on this context's site) relative to [`Context::host_root`].
+    ///
+    /// # Errors
+    /// `InvalidInput` when it is not below it.
+    pub(crate) fn relative(&self, path: &Path) -> Result<String> {
+        Files::relative(&self.host_root(""), path)
+    }
+
+    /// The directories of instance `name` on this context's site.
+    pub(crate) fn instance_dirs(&self, name: &str) -> instance::InstanceDirs {
+        instance::InstanceDirs::new(&self.site.base(), name)
+    }
+
+    /// Refuses an operation that reaches an instance's files through local paths only
+    /// (not yet through its host's engine) when this context is on another host.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the operation and the host.
+    pub(crate) fn local_only(&self, operation: &str) -> Result<()> {
+        match &self.site {
+            Site::Local { .. } => Ok(()),
+            Site::Engine { host, .. } => Err(Error::invalid(
+                "host",
+                format!(
+                    "`{operation}` reaches an instance's files through this machine's paths, and this instance runs on host `{host}`, reached only through its engine; this Girofle cannot {operation} it yet: run it where the directories are local, or move the instance to this machine's host"
+                ),
+            )),
+        }
     }
 
     /// Takes the lock of instance `name` for `operation` where this fleet keeps its locks

@@ -20,7 +20,57 @@ use crate::adapters::runtime::{validate_docker_host, EngineOptions, TlsFiles};
 use crate::error::{Error, Result};
 
 /// The name of the implicit host: this machine's engine (`[docker]`) and pool (`[network]`).
-pub const LOCAL_HOST: &str = "local";
+pub const LOCAL_HOST: &str = crate::record::LOCAL_HOST_NAME;
+
+/// How long an engine has to answer a connection (and `host list` each engine).
+pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The `[hosts.NAME]` table of host `name`.
+///
+/// # Errors
+/// `NotFound` naming the hosts there are.
+pub fn host_config<'a>(
+    config: &'a crate::model::config::Config,
+    name: &str,
+) -> Result<&'a HostConfig> {
+    config.hosts.get(name).ok_or_else(|| {
+        let mut names = vec![LOCAL_HOST.to_string()];
+        names.extend(config.hosts.keys().cloned());
+        Error::not_found(
+            format!("host `{name}`"),
+            format!(
+                "the hosts are {}; add one with `girofle host add {name} --engine URL ...`",
+                names.join(", ")
+            ),
+        )
+    })
+}
+
+/// Connects to a named host's engine within [`PROBE_WAIT`].
+///
+/// # Errors
+/// `InvalidInput` for incomplete certificates, `Backend` when it does not answer.
+pub async fn connect(
+    name: &str,
+    config: &HostConfig,
+) -> Result<crate::adapters::runtime::DockerRuntime> {
+    let options = config.engine_options(name, PROBE_WAIT)?;
+    tokio::time::timeout(
+        PROBE_WAIT,
+        crate::adapters::runtime::DockerRuntime::connect_with(&options),
+    )
+    .await
+    .map_err(|_| {
+        Error::backend(
+            "Docker engine",
+            format!(
+                "host `{name}`: {} did not answer within {} s",
+                config.engine,
+                PROBE_WAIT.as_secs()
+            ),
+        )
+    })?
+}
 
 /// One `[hosts.NAME]` table.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]

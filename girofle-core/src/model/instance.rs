@@ -498,6 +498,7 @@ mod tests {
             labels: BTreeMap::new(),
             created_at: chrono::Utc::now(),
             stage: Stage::Active,
+            host: None,
         };
         let shown = serde_json::to_string(&r.redacted()).unwrap();
         assert!(
@@ -570,6 +571,7 @@ mod pin_tests {
             labels: BTreeMap::new(),
             created_at: chrono::Utc::now(),
             stage: Stage::Active,
+            host: None,
         }
     }
 

@@ -121,6 +121,18 @@ phases! {
     }
 }
 
+phases! {
+    /// A move's phases.
+    MovePhase for Move {
+        /// The old container is stopped and its directories stream to the new host.
+        Copying = "copying",
+        /// The new container boots on the new host; GitLab's checks run.
+        Starting = "starting",
+        /// The inventory names the new host: past the point of no return.
+        Switched = "switched",
+    }
+}
+
 /// The interrupted operation, and what is needed to roll it back or forward.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "operation", rename_all = "kebab-case")]
@@ -168,6 +180,16 @@ pub(crate) enum Operation {
         previous_rb: String,
         settings: BTreeMap<String, String>,
     },
+    /// A move of `record` to `target` (its new host and addresses): rolled back (the
+    /// new host's copy removed, the old instance started) until the inventory names the
+    /// new host; finished after (the old container removed, its data to `aside` on the
+    /// old host, or deleted when `aside` is absent).
+    Move {
+        phase: MovePhase,
+        record: InstanceRecord,
+        target: InstanceRecord,
+        aside: Option<PathBuf>,
+    },
 }
 
 impl Operation {
@@ -180,6 +202,7 @@ impl Operation {
             Operation::Restore { phase, .. } => phase.as_str(),
             Operation::Decommission { phase, .. } => phase.as_str(),
             Operation::Reconfigure { phase, .. } => phase.as_str(),
+            Operation::Move { phase, .. } => phase.as_str(),
         }
     }
 
@@ -191,6 +214,7 @@ impl Operation {
             Operation::Restore { .. } => "restore",
             Operation::Decommission { .. } => "decommission",
             Operation::Reconfigure { .. } => "reconfigure",
+            Operation::Move { .. } => "move",
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod config;
 pub mod context;
+pub mod files;
 pub mod fingerprint;
 pub mod health;
 pub mod hosts;

@@ -24,7 +24,7 @@ use crate::model::hosts::{HostConfig, LOCAL_HOST};
 use crate::record::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOT};
 
 /// How long one host's engine may take to answer before it is called unreachable.
-pub const PROBE_WAIT: Duration = Duration::from_secs(4);
+pub use crate::model::hosts::PROBE_WAIT;
 /// How long measuring the free disk may take (a helper container is created, started,
 /// asked and removed); past it the disk is `unknown`.
 const DISK_WAIT: Duration = Duration::from_secs(20);
@@ -145,27 +145,101 @@ async fn disk_free(
     .map_err(|e| e.to_string())
 }
 
-/// Connects to a named host's engine within [`PROBE_WAIT`].
-///
-/// # Errors
-/// `InvalidInput` for incomplete certificates, `Backend` when it does not answer.
-pub async fn connect(name: &str, config: &HostConfig) -> Result<DockerRuntime> {
-    let options = config.engine_options(name, PROBE_WAIT)?;
-    tokio::time::timeout(PROBE_WAIT, DockerRuntime::connect_with(&options))
-        .await
-        .map_err(|_| {
-            Error::backend(
-                "Docker engine",
-                format!(
-                    "host `{name}`: {} did not answer within {} s",
-                    config.engine,
-                    PROBE_WAIT.as_secs()
-                ),
-            )
-        })?
-}
+pub use crate::model::hosts::connect;
 
 impl Context {
+    /// The host of a new instance: `host` when given (it must carry `labels`), else the
+    /// host with the fewest of the fleet's instances among those that carry `labels`,
+    /// whose engine answers and whose pool has an instance's three addresses free (ties:
+    /// `local` first, then by name). `None` is the local host. A root without `[hosts]`
+    /// asks nothing: its instances are local, as before hosts existed.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown host, `InvalidInput` when it lacks a label asked for,
+    /// `Conflict` when no host fits, saying why each one did not.
+    pub(crate) async fn place(
+        &self,
+        host: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<String>> {
+        let carries = |h: &Host| labels.iter().all(|(k, v)| h.labels.get(k) == Some(v));
+        let wanted = |labels: &BTreeMap<String, String>| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(name) = host {
+            let h = self::host(self.config(), self.root(), name)?;
+            if !carries(&h) {
+                return Err(Error::invalid(
+                    "--host-label",
+                    format!(
+                        "host `{name}` does not carry {} (its labels: {}); drop --host or --host-label",
+                        wanted(labels),
+                        if h.labels.is_empty() { "none".to_string() } else { wanted(&h.labels) }
+                    ),
+                ));
+            }
+            return Ok((!h.is_local()).then(|| name.to_string()));
+        }
+        if self.config().hosts.is_empty() && labels.is_empty() {
+            return Ok(None);
+        }
+        let fleet = self.inventory().load().await?;
+        let mut candidates: Vec<(usize, usize, Host)> = hosts(self.config(), self.root())
+            .into_iter()
+            .enumerate()
+            .filter(|(_, h)| carries(h))
+            .map(|(i, h)| {
+                let n = fleet
+                    .instances
+                    .values()
+                    .filter(|r| r.host_name() == h.name)
+                    .count();
+                (n, i, h)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(Error::Conflict(format!(
+                "no host carries {}; see `girofle host list` for each host's labels",
+                wanted(labels)
+            )));
+        }
+        candidates.sort_by_key(|(n, i, _)| (*n, *i));
+        let mut why = Vec::new();
+        for (_, _, h) in candidates {
+            let asked = tokio::time::timeout(PROBE_WAIT, async {
+                let engine = self.host_engine(&h.name).await?;
+                let published: Vec<(String, u16)> = engine
+                    .published_ports()
+                    .await?
+                    .into_iter()
+                    .map(|(_, p)| (p.host_ip, p.host_port))
+                    .collect();
+                pool_counts(&h.pool, &published)
+            })
+            .await;
+            match asked {
+                Ok(Ok((size, used))) if size - used >= 3 => {
+                    return Ok((!h.is_local()).then_some(h.name));
+                }
+                Ok(Ok(_)) => why.push(format!("`{}`: its address pool is full", h.name)),
+                Ok(Err(e)) => why.push(format!("`{}`: {e}", h.name)),
+                Err(_) => why.push(format!(
+                    "`{}`: its engine did not answer within {} s",
+                    h.name,
+                    PROBE_WAIT.as_secs()
+                )),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "no host can take a new instance: {}; free addresses, bring an engine back or add a host (`girofle host add`)",
+            why.join("; ")
+        )))
+    }
+
     /// The runtime of a host and its engine's version: the root's own runtime for
     /// `local` (whose version is read on a second connection to `local_engine`, the
     /// address the root was opened with), else a new connection.

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod fleet;
 pub(crate) mod gitlab_backup;
 pub mod hosts;
+pub mod moving;
 pub mod recovery;
 pub mod restore;
 #[cfg(test)]

@@ -258,7 +258,7 @@ impl Context {
         // them must not reach the journal or the caller.
         let values = match &intent.op {
             Operation::Reconfigure { settings, .. } => instance::setting_values(settings.values()),
-            Operation::Decommission { record, .. } => {
+            Operation::Decommission { record, .. } | Operation::Move { record, .. } => {
                 instance::setting_values(record.settings.values())
             }
             Operation::Restore {
@@ -296,6 +296,27 @@ impl Context {
     /// Rolls the interrupted operation back, or forward when it went past the point of
     /// no return: each operation's own recovery step, chosen by its intent record.
     async fn undo(
+        &self,
+        intent: &Intent,
+        patience: Patience,
+        actions: &mut Vec<String>,
+    ) -> Result<RecoveryOutcome> {
+        let name = intent.instance.as_str();
+        // The instance's host: the inventory's record says, or the decommission's own copy
+        // of it (a record already forgotten).
+        let record = match &intent.op {
+            Operation::Decommission { record, .. } => Some(record.clone()),
+            _ => self.inventory.load().await?.instances.get(name).cloned(),
+        };
+        let here = match &record {
+            Some(r) => self.at(r).await?,
+            None => self.clone(),
+        };
+        here.undo_on_host(intent, patience, actions).await
+    }
+
+    /// [`Context::undo`] on the instance's host.
+    async fn undo_on_host(
         &self,
         intent: &Intent,
         patience: Patience,
@@ -340,6 +361,15 @@ impl Context {
                 settings,
             } => {
                 self.undo_reconfigure(name, previous_rb, settings, *phase, actions)
+                    .await
+            }
+            Operation::Move {
+                phase,
+                record,
+                target,
+                aside,
+            } => {
+                self.undo_move(record, target, aside.as_deref(), *phase, actions)
                     .await
             }
         }

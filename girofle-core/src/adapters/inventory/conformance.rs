@@ -60,6 +60,7 @@ pub fn record(name: &str, port: u16) -> InstanceRecord {
         labels: BTreeMap::from([("team".to_string(), "ops".to_string())]),
         created_at: chrono::DateTime::from_timestamp(1_764_000_000, 0).expect("a time"),
         stage: Stage::Active,
+        host: None,
     }
 }
 

@@ -511,7 +511,10 @@ impl Context {
             "backup",
             json!({ "name": name, "strategy": options.strategy, "store": options.store, "no_logs": options.no_logs }),
             json!({ "image": record.image }),
-            Box::pin(self.backup_inner(record.clone(), options)),
+            Box::pin(async {
+                self.at(&record).await?.local_only("back up")?;
+                self.backup_inner(record.clone(), options).await
+            }),
         )
         .await
     }

@@ -15,14 +15,16 @@ use serde_json::{json, Value};
 
 use crate::adapters::inventory::{unknown_instance, Fleet, InventoryExt};
 use crate::adapters::runtime::{ContainerRuntimeExt, ExecSpec, Health, PublishedPort};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::model::address::{allocate, AddressRequest};
 use crate::model::context::Context;
+use crate::model::files::MAX_CONFIG_FILE;
 use crate::model::fingerprint::FingerprintKey;
 use crate::model::health;
+use crate::model::hosts::PROBE_WAIT;
 use crate::model::instance::{
     self, container_spec, render_gitlab_rb, InstanceDirs, InstanceRecord, Stage, LABEL_MANAGED,
-    LABEL_ROOT,
+    LABEL_ROOT, LOCAL_HOST_NAME,
 };
 use crate::model::intent::{
     CommissionPhase, DecommissionPhase, IntentFile, Operation, ReconfigurePhase,
@@ -43,6 +45,10 @@ pub struct CommissionRequest {
     pub labels: BTreeMap<String, String>,
     /// How long to wait for health; default `[instances] health_timeout_secs`.
     pub timeout: Option<Duration>,
+    /// The host to run it on (`[hosts.NAME]` or `local`); chosen when absent (`place`).
+    pub host: Option<String>,
+    /// Labels the chosen host must carry (`--host-label zone=b`), when `host` is absent.
+    pub host_labels: BTreeMap<String, String>,
 }
 
 /// What an instance is doing, reconciled between the inventory and the engine.
@@ -59,6 +65,8 @@ pub enum InstanceState {
     Stopped,
     /// In the inventory, but its container is gone.
     Missing,
+    /// Its host's engine does not answer: its state is not known.
+    Unreachable,
     /// A container with Girofle's labels for this root that the inventory does not know.
     Unknown,
     /// Being commissioned right now.
@@ -76,6 +84,8 @@ impl std::fmt::Display for InstanceState {
 #[derive(Clone, Debug, Serialize)]
 pub struct InstanceStatus {
     pub name: String,
+    /// The host it runs on (`local`: this machine's engine).
+    pub host: String,
     pub state: InstanceState,
     pub container: String,
     pub image: String,
@@ -100,10 +110,37 @@ pub struct DecommissionOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct Decommissioned {
     pub name: String,
-    /// Where the data was moved (absent when purged).
+    /// The host whose directory holds the data moved aside.
+    pub host: String,
+    /// Where the data was moved, on that host (absent when purged).
     pub archived_to: Option<PathBuf>,
     /// The id of the final backup, when one was taken.
     pub final_backup: Option<String>,
+}
+
+/// What `listing` learnt from one host's engine.
+struct SeenOnHost {
+    containers: Vec<crate::adapters::runtime::ContainerInfo>,
+    serving: std::collections::HashSet<String>,
+    gitlab_rb: BTreeMap<String, String>,
+}
+
+/// The line of `instance list` of a record in a given state.
+fn status_of(
+    record: &InstanceRecord,
+    state: InstanceState,
+    pin_overrides: Vec<String>,
+) -> InstanceStatus {
+    InstanceStatus {
+        name: record.name.clone(),
+        host: record.host_name().to_string(),
+        state,
+        container: record.container_name(),
+        image: record.image.clone(),
+        url: Some(record.external_url.clone()),
+        record: Some(record.redacted()),
+        pin_overrides,
+    }
 }
 
 fn now() -> DateTime<Utc> {
@@ -134,29 +171,12 @@ fn given_values(texts: &[String]) -> Vec<String> {
     instance::setting_values(raw.iter())
 }
 
-/// Makes the files of an instance's configuration that hold its settings and secrets
-/// (`gitlab.rb`, `gitlab-secrets.json`) 0600, when they exist.
-fn make_config_private(dirs: &InstanceDirs) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    for name in ["gitlab.rb", "gitlab-secrets.json"] {
-        let path = dirs.config.join(name);
-        // Through a descriptor opened without following symlinks: the container may
-        // swap the file for a link to a host file between a check and a chmod by path.
-        let Ok(file) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-        else {
-            continue;
-        };
-        let meta = file.metadata().ctx("read", &path)?;
-        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
-            let mode = meta.permissions().mode() & 0o7700;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .ctx("make private", &path)?;
-        }
-    }
-    Ok(())
+/// The files of an instance's configuration that hold its settings and secrets.
+fn secret_files(dirs: &InstanceDirs) -> Vec<PathBuf> {
+    ["gitlab.rb", "gitlab-secrets.json"]
+        .iter()
+        .map(|n| dirs.config.join(n))
+        .collect()
 }
 
 impl Context {
@@ -184,6 +204,8 @@ impl Context {
             "set": self.fingerprint_key()?.settings_texts(&request.settings),
             "labels": request.labels,
             "timeout_secs": request.timeout.map(|t| t.as_secs()),
+            "host": request.host,
+            "host_labels": request.host_labels,
         });
         self.journaled(
             "commission",
@@ -219,7 +241,22 @@ impl Context {
                 format!("`{image}` has no version tag; use e.g. gitlab/gitlab-ce:17.5.1-ce.0"),
             ));
         }
-        self.ensure_image(&image).await?;
+        let host = self
+            .place(request.host.as_deref(), &request.host_labels)
+            .await?;
+        let here = self.on_host(host.as_deref(), &image).await?;
+        here.ensure_image(&image).await?;
+        here.commission_on(request, image, settings, host).await
+    }
+
+    /// Commissions on this context's host (`host`: its name in the record).
+    async fn commission_on(
+        &self,
+        request: CommissionRequest,
+        image: String,
+        settings: BTreeMap<String, String>,
+        host: Option<String>,
+    ) -> Result<InstanceRecord> {
         let name = request.name.clone();
         let container = instance::container_name(&name);
         // First: a commission of this name that died half-way is cleaned up.
@@ -230,8 +267,19 @@ impl Context {
                 "another instance (maybe of another Girofle root) uses this name; choose another name",
             ));
         }
-        let dirs = InstanceDirs::new(&self.root, &name);
+        let dirs = self.instance_dirs(&name);
+        if self.files().exists(&dirs.base).await? {
+            return Err(Error::already_exists(
+                format!(
+                    "directory `{}` on host `{}`",
+                    dirs.base.display(),
+                    self.site.host()
+                ),
+                "it holds data of an earlier instance: move it away, or restore that instance",
+            ));
+        }
         let engine_ports = self.runtime.published_ports().await?;
+        let pool = self.pool()?;
         let mut record: Option<InstanceRecord> = None;
         self.inventory
             .transact(&mut |fleet: &mut Fleet| {
@@ -241,15 +289,9 @@ impl Context {
                         "choose another name, or decommission it first",
                     ));
                 }
-                if dirs.base.exists() {
-                    return Err(Error::already_exists(
-                        format!("directory `{}`", dirs.base.display()),
-                        "it holds data of an earlier instance: move it away, or restore that instance",
-                    ));
-                }
                 let bindings = allocate(
-                    &self.config.network,
-                    fleet,
+                    &pool,
+                    &self.fleet_here(fleet),
                     &engine_ports,
                     &request.addresses,
                     None,
@@ -266,6 +308,7 @@ impl Context {
                     labels: request.labels.clone(),
                     created_at: now(),
                     stage: Stage::Commissioning,
+                    host: host.clone(),
                 };
                 fleet.instances.insert(name.clone(), r.clone());
                 record = Some(r);
@@ -359,13 +402,17 @@ impl Context {
             };
             engine_ports.extend(refused.iter().cloned());
             let mut next: Option<InstanceRecord> = None;
+            let pool = match self.pool() {
+                Ok(p) => p,
+                Err(other) => return (record, Err(other)),
+            };
             let moved = self
                 .inventory
                 .transact(&mut |fleet: &mut Fleet| {
                     // Our own reservation holds the refused ports: it is replaced here.
                     let bindings = allocate(
-                        &self.config.network,
-                        fleet,
+                        &pool,
+                        &self.fleet_here(fleet),
                         &engine_ports,
                         asked,
                         None,
@@ -425,18 +472,17 @@ impl Context {
         dirs: &InstanceDirs,
         timeout: Option<Duration>,
     ) -> Result<()> {
-        for (_, dir, _) in dirs.volumes() {
-            std::fs::create_dir_all(dir).ctx("create directory", dir)?;
-        }
+        let volumes: Vec<&Path> = dirs.volumes().iter().map(|(_, dir, _)| *dir).collect();
+        self.files().make_dirs(&volumes).await?;
         // Restored files keep the archive's modes; GitLab writes its own at first boot.
-        make_config_private(dirs)?;
+        self.files().make_private(&secret_files(dirs)).await?;
         let health = self.health(timeout);
         let spec = container_spec(&self.root, record, dirs, health);
         self.runtime.create(&spec).await?;
         self.prepare_gitlab_rb(record, dirs, &spec.name).await?;
         self.runtime.start(&spec.name).await?;
         health::wait_booted(&*self.runtime, &spec.name, health.boot_timeout).await?;
-        make_config_private(dirs)
+        self.files().make_private(&secret_files(dirs)).await
     }
 
     /// Puts gitlab.rb in place before the container starts: GitLab's own template (read
@@ -451,9 +497,9 @@ impl Context {
         container: &str,
     ) -> Result<()> {
         let rb = dirs.config.join("gitlab.rb");
-        let current = match std::fs::read_to_string(&rb) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let current = match self.files().read_text(&rb).await? {
+            Some(text) => text,
+            None => {
                 match self
                     .runtime
                     .read_file(container, instance::GITLAB_RB_TEMPLATE, 4 << 20)
@@ -467,7 +513,6 @@ impl Context {
                     ),
                 }
             }
-            Err(e) => return Err(Error::io("read", &rb, e)),
         };
         let next = render_gitlab_rb(
             &current,
@@ -475,95 +520,159 @@ impl Context {
             &instance::pinned_settings(record),
         );
         if next != current {
-            crate::fsutil::write_atomic(&rb, next.as_bytes(), 0o600)?;
+            self.files().write_private(&rb, next.as_bytes()).await?;
         }
         Ok(())
     }
 
-    /// The instances of this root as the inventory and the engine have them now (no
-    /// recovery first: that is `list`).
+    /// The instances of this root as the inventory and the engines have them now (no
+    /// recovery first: that is `list`). Every host in use is asked at once, each within
+    /// [`PROBE_WAIT`]: the instances of a host whose engine does not answer are
+    /// `unreachable`, and the others are not held up by it.
     pub(crate) async fn listing(&self) -> Result<Vec<InstanceStatus>> {
         let fleet = self.inventory.load().await?;
+        let mut hosts: Vec<Option<String>> = vec![None];
+        for r in fleet.instances.values() {
+            let h = r.host.clone().filter(|h| h != LOCAL_HOST_NAME);
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        let asked = futures::future::join_all(hosts.iter().map(|h| async {
+            let seen = tokio::time::timeout(PROBE_WAIT, self.seen_on(h.as_deref(), &fleet)).await;
+            (h.clone(), seen.ok().and_then(Result::ok))
+        }))
+        .await;
+        let mut out = Vec::new();
+        for (host, seen) in &asked {
+            let host_name = host.as_deref().unwrap_or(LOCAL_HOST_NAME);
+            let records = fleet
+                .instances
+                .values()
+                .filter(|r| r.host_name() == host_name);
+            let Some(seen) = seen else {
+                // The local engine's failure is the command's: nothing could be listed.
+                if host.is_none() {
+                    self.seen_on(None, &fleet).await?;
+                }
+                out.extend(records.map(|r| status_of(r, InstanceState::Unreachable, Vec::new())));
+                continue;
+            };
+            for record in records {
+                let container = record.container_name();
+                let info = seen.containers.iter().find(|c| c.name == container);
+                let state = match (record.stage, info) {
+                    (Stage::Commissioning, _) => InstanceState::Commissioning,
+                    (_, None) => InstanceState::Missing,
+                    (_, Some(c)) if !c.running => InstanceState::Stopped,
+                    (_, Some(c)) if seen.serving.contains(&c.name) => InstanceState::Running,
+                    (_, Some(c)) => match c.health {
+                        Health::Unhealthy => InstanceState::Unhealthy,
+                        _ => InstanceState::Starting,
+                    },
+                };
+                let overrides = seen
+                    .gitlab_rb
+                    .get(&record.name)
+                    .map(|t| instance::pin_overrides(t))
+                    .unwrap_or_default();
+                out.push(status_of(record, state, overrides));
+            }
+            for c in &seen.containers {
+                let name = c
+                    .labels
+                    .get(instance::LABEL_INSTANCE)
+                    .cloned()
+                    .unwrap_or_else(|| c.name.clone());
+                if !fleet.instances.contains_key(&name) {
+                    out.push(InstanceStatus {
+                        name,
+                        host: host_name.to_string(),
+                        state: InstanceState::Unknown,
+                        container: c.name.clone(),
+                        image: c.image.clone(),
+                        url: None,
+                        record: None,
+                        pin_overrides: Vec::new(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.host.cmp(&b.host)));
+        Ok(out)
+    }
+
+    /// What one host's engine says of the fleet's instances on it: their containers
+    /// (and this root's own there), which of them GitLab serves from, and their gitlab.rb.
+    async fn seen_on(&self, host: Option<&str>, fleet: &Fleet) -> Result<SeenOnHost> {
+        let here = self.on_host(host, &self.config.instances.image).await?;
+        let host_name = here.site.host().to_string();
         // On one machine the root's containers are this root's; a fleet on etcd is shared
         // by roots on several machines, whose containers carry their own root: the
         // fleet's are Girofle's containers named as its records (names are the engine's
         // to keep unique), and this root's own (a container the book lacks is shown).
         let root = self.root.display().to_string();
         let mut labels = vec![(LABEL_MANAGED.to_string(), "true".to_string())];
-        if self.inventory.as_etcd().is_none() {
+        let shared = self.inventory.as_etcd().is_some() || !here.site.is_local();
+        if !shared {
             labels.push((LABEL_ROOT.to_string(), root.clone()));
         }
-        let mut containers = self.runtime.list(&labels).await?;
-        if self.inventory.as_etcd().is_some() {
-            let names: std::collections::HashSet<String> = fleet
-                .instances
-                .values()
-                .map(InstanceRecord::container_name)
-                .collect();
+        let mut containers = here.runtime.list(&labels).await?;
+        let mine: std::collections::HashSet<String> = fleet
+            .instances
+            .values()
+            .filter(|r| r.host_name() == host_name)
+            .map(InstanceRecord::container_name)
+            .collect();
+        if shared {
             containers
-                .retain(|c| names.contains(&c.name) || c.labels.get(LABEL_ROOT) == Some(&root));
+                .retain(|c| mine.contains(&c.name) || c.labels.get(LABEL_ROOT) == Some(&root));
         }
         // GitLab is asked, all at once, where the engine's word may be out of date.
-        let serving: std::collections::HashSet<String> =
-            futures::future::join_all(containers.iter().map(|c| async {
-                health::serves_now(&*self.runtime, c)
+        let runtime = &*here.runtime;
+        let serving = futures::future::join_all(
+            containers
+                .iter()
+                .map(|c| async { health::serves_now(runtime, c).await.then(|| c.name.clone()) }),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut gitlab_rb = BTreeMap::new();
+        for r in fleet
+            .instances
+            .values()
+            .filter(|r| r.host_name() == host_name)
+        {
+            let rb = here.instance_dirs(&r.name).config.join("gitlab.rb");
+            let text = if here.site.is_local() {
+                std::fs::read_to_string(&rb).ok()
+            } else if containers.iter().any(|c| c.name == r.container_name()) {
+                // Through the instance's own container (no helper container per
+                // instance: a list of a hundred stays fast).
+                runtime
+                    .read_file(
+                        &r.container_name(),
+                        "/etc/gitlab/gitlab.rb",
+                        MAX_CONFIG_FILE,
+                    )
                     .await
-                    .then(|| c.name.clone())
-            }))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let mut out = Vec::new();
-        for record in fleet.instances.values() {
-            let container = record.container_name();
-            let info = containers.iter().find(|c| c.name == container);
-            let state = match (record.stage, info) {
-                (Stage::Commissioning, _) => InstanceState::Commissioning,
-                (_, None) => InstanceState::Missing,
-                (_, Some(c)) if !c.running => InstanceState::Stopped,
-                (_, Some(c)) if serving.contains(&c.name) => InstanceState::Running,
-                (_, Some(c)) => match c.health {
-                    Health::Unhealthy => InstanceState::Unhealthy,
-                    _ => InstanceState::Starting,
-                },
+                    .ok()
+                    .flatten()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            } else {
+                None
             };
-            out.push(InstanceStatus {
-                name: record.name.clone(),
-                state,
-                container,
-                image: record.image.clone(),
-                url: Some(record.external_url.clone()),
-                record: Some(record.redacted()),
-                pin_overrides: std::fs::read_to_string(
-                    InstanceDirs::new(&self.root, &record.name)
-                        .config
-                        .join("gitlab.rb"),
-                )
-                .map(|t| instance::pin_overrides(&t))
-                .unwrap_or_default(),
-            });
-        }
-        for c in &containers {
-            let name = c
-                .labels
-                .get(instance::LABEL_INSTANCE)
-                .cloned()
-                .unwrap_or_else(|| c.name.clone());
-            if !fleet.instances.contains_key(&name) {
-                out.push(InstanceStatus {
-                    name,
-                    state: InstanceState::Unknown,
-                    container: c.name.clone(),
-                    image: c.image.clone(),
-                    url: None,
-                    record: None,
-                    pin_overrides: Vec::new(),
-                });
+            if let Some(t) = text {
+                gitlab_rb.insert(r.name.clone(), t);
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(SeenOnHost {
+            containers,
+            serving,
+            gitlab_rb,
+        })
     }
 
     /// One instance, reconciled with the engine.
@@ -604,22 +713,23 @@ impl Context {
             json!({ "name": name }),
             Self::versions_of(&record.image),
             async {
+                let here = self.at(&record).await?;
                 let container = record.container_name();
-                if self.runtime.inspect(&container).await?.is_none() {
-                    let dirs = InstanceDirs::new(&self.root, name);
-                    if !dirs.data.exists() {
+                if here.runtime.inspect(&container).await?.is_none() {
+                    let dirs = here.instance_dirs(name);
+                    if !here.files().exists(&dirs.data).await? {
                         return Err(Error::not_found(
-                            format!("data directory `{}`", dirs.data.display()),
+                            format!("data directory `{}` on host `{}`", dirs.data.display(), here.site.host()),
                             "the instance's data is gone; restore it from a backup (`girofle restore`)",
                         ));
                     }
-                    return self
+                    return here
                     .bring_up(&record, &dirs, None)
                     .await
                     .map(|_| record.redacted());
                 }
-                self.runtime.start(&container).await?;
-                self.wait_started(&container, self.boot_timeout()).await?;
+                here.runtime.start(&container).await?;
+                here.wait_started(&container, here.boot_timeout()).await?;
                 Ok(record.redacted())
             },
         )
@@ -641,7 +751,9 @@ impl Context {
             json!({ "name": name }),
             Self::versions_of(&record.image),
             async {
-                self.runtime
+                self.at(&record)
+                    .await?
+                    .runtime
                     .stop(&record.container_name(), self.stop_grace())
                     .await?;
                 Ok(record.redacted())
@@ -671,7 +783,8 @@ impl Context {
             json!({ "name": name, "set": self.fingerprint_key()?.settings_texts(set), "unset": unset }),
             Self::versions_of(&record.image),
             async {
-                let r = self.reconfigure_inner(record.clone(), set, unset).await;
+                let here = self.at(&record).await?;
+                let r = here.reconfigure_inner(record.clone(), set, unset).await;
                 r.map_err(|e| e.scrubbed(&given_values(set)))
             },
         )
@@ -760,18 +873,13 @@ impl Context {
     async fn read_gitlab_rb(&self, record: &InstanceRecord) -> Result<(PathBuf, String)> {
         let container = record.container_name();
         self.wait_started(&container, self.boot_timeout()).await?;
-        let dirs = InstanceDirs::new(&self.root, &record.name);
-        let rb = dirs.config.join("gitlab.rb");
-        let previous = std::fs::read_to_string(&rb).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Conflict(format!(
-                    "`{}` does not exist yet: GitLab writes it at its first boot; wait until `girofle instance show {}` says running",
-                    rb.display(),
-                    record.name
-                ))
-            } else {
-                Error::io("read", &rb, e)
-            }
+        let rb = self.instance_dirs(&record.name).config.join("gitlab.rb");
+        let previous = self.files().read_text(&rb).await?.ok_or_else(|| {
+            Error::Conflict(format!(
+                "`{}` does not exist yet: GitLab writes it at its first boot; wait until `girofle instance show {}` says running",
+                rb.display(),
+                record.name
+            ))
         })?;
         Ok((rb, previous))
     }
@@ -791,13 +899,13 @@ impl Context {
     ) -> Result<()> {
         let container = record.container_name();
         let puma_before = health::puma_pid(&*self.runtime, &container).await;
-        crate::fsutil::write_atomic(rb, next.as_bytes(), 0o600)?;
+        self.files().write_private(rb, next.as_bytes()).await?;
         let reconfigure = ExecSpec {
             cmd: vec!["gitlab-ctl".into(), "reconfigure".into()],
             ..Default::default()
         };
         if let Err(e) = self.runtime.exec_ok(&container, &reconfigure).await {
-            crate::fsutil::write_atomic(rb, previous.as_bytes(), 0o600)?;
+            self.files().write_private(rb, previous.as_bytes()).await?;
             let restored = self.runtime.exec_ok(&container, &reconfigure).await;
             if let (Ok(_), Some(intent)) = (restored, intent) {
                 intent.phase(ReconfigurePhase::Restored)?;
@@ -829,7 +937,7 @@ impl Context {
         };
         // GitLab accepted the file but does not come back with it (e.g. Puma cannot
         // boot): put the previous settings back, in the file and in GitLab.
-        crate::fsutil::write_atomic(rb, previous.as_bytes(), 0o600)?;
+        self.files().write_private(rb, previous.as_bytes()).await?;
         let puma_before = health::puma_pid(&*self.runtime, &container).await;
         let back = match self.runtime.exec_ok(&container, &reconfigure).await {
             Ok(_) => {
@@ -889,16 +997,13 @@ impl Context {
                 Error::NotFound { .. } => Ok(()),
                 e => Err(e),
             })?;
-        let dirs = InstanceDirs::new(&self.root, name);
+        let dirs = self.instance_dirs(name);
         match archive_to {
             Some(dest) => {
                 intent.phase(DecommissionPhase::Moving)?;
-                if dirs.base.exists() {
-                    let parent = self.root.join("decommissioned");
-                    std::fs::create_dir_all(&parent).ctx("create directory", &parent)?;
+                if self.files().exists(&dirs.base).await? {
                     // A rename keeps every numeric owner and mode as GitLab left them.
-                    std::fs::rename(&dirs.base, dest).ctx("move instance data to", dest)?;
-                    crate::fsutil::sync_dir(&parent)?;
+                    self.files().move_dir(&dirs.base, dest).await?;
                 }
                 intent.phase(DecommissionPhase::Removing)?;
                 self.runtime
@@ -918,9 +1023,7 @@ impl Context {
                         e => Err(e),
                     })?;
                 intent.phase(DecommissionPhase::Purging)?;
-                if dirs.base.exists() {
-                    std::fs::remove_dir_all(&dirs.base).ctx("delete", &dirs.base)?;
-                }
+                self.files().remove_dir(&dirs.base).await?;
             }
         }
         self.forget(name).await
@@ -939,7 +1042,10 @@ impl Context {
             "decommission",
             json!({ "name": name, "purge": options.purge, "no_backup": options.no_backup }),
             Self::versions_of(&record.image),
-            Box::pin(self.decommission_inner(record.clone(), options)),
+            Box::pin(async {
+                let here = self.at(&record).await?;
+                here.decommission_inner(record.clone(), options).await
+            }),
         )
         .await
     }
@@ -953,11 +1059,21 @@ impl Context {
         let final_backup = if options.no_backup {
             None
         } else {
+            self.local_only("back up").map_err(|_| {
+                Error::invalid(
+                    "--no-backup",
+                    format!(
+                        "a decommission takes a final backup, and this Girofle cannot yet back up an instance on host `{}` (its files are reached only through that engine); take one there, then decommission with --no-backup",
+                        self.site.host()
+                    ),
+                )
+            })?;
             Some(self.final_backup(&record).await?)
         };
         let _lock = self.lock_instance(&name, "decommission").await?;
         let archived_to = (!options.purge).then(|| {
-            self.root
+            self.site
+                .base()
                 .join("decommissioned")
                 .join(format!("{name}-{}", now().format("%Y%m%dT%H%M%SZ")))
         });
@@ -985,6 +1101,7 @@ impl Context {
         }
         Ok(Decommissioned {
             name,
+            host: self.site.host().to_string(),
             archived_to,
             final_backup,
         })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::adapters::runtime::{ContainerRuntimeExt, ExecSpec};
 use crate::error::Result;
 use crate::model::context::Context;
-use crate::model::instance::{self, InstanceDirs, InstanceRecord, Stage};
+use crate::model::instance::{self, InstanceRecord, Stage};
 use crate::model::intent::{ignore_missing, remove_tree, RecoveryOutcome};
 use crate::model::intent::{DecommissionPhase, ReconfigurePhase};
 
@@ -30,7 +30,7 @@ impl Context {
         name: &str,
         actions: &mut Vec<String>,
     ) -> Result<RecoveryOutcome> {
-        let dirs = InstanceDirs::new(&self.root, name);
+        let dirs = self.instance_dirs(name);
         let record = self.inventory.load().await?.instances.get(name).cloned();
         if let Some(r) = record.filter(|r| r.stage == Stage::Active) {
             // It was done but for removing the record.
@@ -38,7 +38,7 @@ impl Context {
             return Ok(RecoveryOutcome::Finished);
         }
         self.remove_container(name, actions).await?;
-        remove_tree(&dirs.base, actions)?;
+        self.remove_instance_dirs(&dirs.base, actions).await?;
         self.forget(name).await?;
         actions.push("freed the reserved name and addresses".into());
         Ok(RecoveryOutcome::RolledBack)
@@ -66,9 +66,11 @@ impl Context {
             return Ok(RecoveryOutcome::Finished);
         }
         if phase != ReconfigurePhase::Restored {
-            let rb = InstanceDirs::new(&self.root, name).config.join("gitlab.rb");
-            if std::fs::read_to_string(&rb).ok().as_deref() != Some(previous_rb) {
-                crate::fsutil::write_atomic(&rb, previous_rb.as_bytes(), 0o600)?;
+            let rb = self.instance_dirs(name).config.join("gitlab.rb");
+            if self.files().read_text(&rb).await.ok().flatten().as_deref() != Some(previous_rb) {
+                self.files()
+                    .write_private(&rb, previous_rb.as_bytes())
+                    .await?;
                 actions.push(format!("put the previous `{}` back", rb.display()));
             }
             // GitLab may run with the new settings already: apply the previous ones.
@@ -130,8 +132,9 @@ impl Context {
         actions: &mut Vec<String>,
     ) -> Result<RecoveryOutcome> {
         let name = record.name.as_str();
-        let dirs = InstanceDirs::new(&self.root, name);
-        let past_return = !dirs.base.exists() || (purge && phase == DecommissionPhase::Purging);
+        let dirs = self.instance_dirs(name);
+        let past_return = !self.files().exists(&dirs.base).await?
+            || (purge && phase == DecommissionPhase::Purging);
         if !past_return {
             // The data is still in place: the decommission is undone.
             let known = self.inventory.load().await?.instances.contains_key(name);
@@ -144,10 +147,14 @@ impl Context {
         }
         self.remove_container(name, actions).await?;
         if purge {
-            remove_tree(&dirs.base, actions)?;
+            self.remove_instance_dirs(&dirs.base, actions).await?;
         } else if let Some(dest) = archive_to {
-            if dest.exists() {
-                actions.push(format!("the data is kept in `{}`", dest.display()));
+            if self.files().exists(dest).await? {
+                actions.push(format!(
+                    "the data is kept in `{}` on host `{}`",
+                    dest.display(),
+                    self.site.host()
+                ));
             }
         }
         let known = self.inventory.load().await?.instances.contains_key(name);
@@ -170,7 +177,7 @@ impl Context {
         actions: &mut Vec<String>,
     ) -> Result<()> {
         let container = record.container_name();
-        let dirs = InstanceDirs::new(&self.root, &record.name);
+        let dirs = self.instance_dirs(&record.name);
         if stop_in_flight
             && self
                 .runtime
@@ -226,6 +233,27 @@ impl Context {
                 }
             }
         }
+    }
+
+    /// Deletes an instance's directories on its host (the root's own through
+    /// `remove_tree`, whose action names the path).
+    pub(crate) async fn remove_instance_dirs(
+        &self,
+        base: &Path,
+        actions: &mut Vec<String>,
+    ) -> Result<()> {
+        if self.site.is_local() {
+            return remove_tree(base, actions);
+        }
+        if self.files().exists(base).await? {
+            self.files().remove_dir(base).await?;
+            actions.push(format!(
+                "deleted `{}` on host `{}`",
+                base.display(),
+                self.site.host()
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) async fn remove_container(

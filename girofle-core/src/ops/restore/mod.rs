@@ -159,6 +159,9 @@ impl Context {
         check_manifest_fields(&manifest, &request.id, store.name())?;
         let target = request.as_name.clone().unwrap_or(id_name);
         let known = self.inventory.load().await?.instances.get(&target).cloned();
+        if let Some(r) = &known {
+            self.at(r).await?.local_only("restore over")?;
+        }
         if let (Some(as_name), Some(_), false) = (&request.as_name, &known, request.replace) {
             return Err(Error::already_exists(
                 format!("instance `{as_name}`"),
@@ -340,6 +343,9 @@ impl Context {
                         .get(&target)
                         .map(|r| r.stage)
                         .unwrap_or(Stage::Commissioning),
+                    // Restores land on this machine's host (one on another host's
+                    // instance is refused above).
+                    host: None,
                 };
                 if !fleet.instances.contains_key(&target) {
                     fleet.instances.insert(target.clone(), record.clone());
@@ -477,7 +483,7 @@ impl Context {
 
     /// Runs `gitlab:check` and `gitlab:doctor:secrets` and reads what they print: both
     /// exit 0 whatever they find.
-    async fn gitlab_checks(&self, container: &str) -> Result<GitLabChecks> {
+    pub(crate) async fn gitlab_checks(&self, container: &str) -> Result<GitLabChecks> {
         let check = self
             .runtime
             .exec(
