@@ -696,4 +696,42 @@ async fn two_machines_share_one_schedule_book_and_claim_a_slot_once() {
         listed.to_string().contains(&format!("\"id\":{}", next.id)),
         "the last backup is the one recorded on the other machine: {listed}"
     );
+
+    // A real scheduled backup: machine A's `run-due` runs the due slot; machine B's, right
+    // after, finds it done, and lists it.
+    let sleep_until = |t: DateTime<Utc>| {
+        if let Ok(d) = (t - Utc::now()).to_std() {
+            std::thread::sleep(d);
+        }
+    };
+    use chrono::Timelike;
+    if Utc::now().second() > 50 {
+        sleep_until(Utc::now().with_second(0).unwrap() + chrono::Duration::seconds(61));
+    }
+    let now = Utc::now().with_nanosecond(0).unwrap();
+    let (s0, s1) = (now.second() + 1, now.second() + 3);
+    let cron = format!("{s0}-{s1}/2 {} {} * * *", now.minute(), now.hour());
+    ok(a.cli(&[
+        "schedule", "set", &name, "--backup", &cron, "--copy", "off", "--tz", "UTC",
+    ]));
+    let last_slot = now + chrono::Duration::seconds(3);
+    sleep_until(last_slot + chrono::Duration::milliseconds(1500));
+    let ran = json_ok(&a.cli(&["--json", "schedule", "run-due"]), "run-due on A");
+    assert_eq!(ran["runs"][0]["outcome"], "ok", "{ran}");
+    let backup_id = ran["runs"][0]["backup_id"].clone();
+    let idle = json_ok(&b.cli(&["--json", "schedule", "run-due"]), "run-due on B");
+    assert_eq!(idle["runs"], serde_json::json!([]), "{idle}");
+    let listed = json_ok(&b.cli(&["--json", "schedule", "list"]), "schedule list");
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["instance"] == name.as_str())
+        .unwrap();
+    assert_eq!(mine["last_backup"]["backup_id"], backup_id, "{mine}");
+    assert_eq!(
+        mine["last_backup"]["slot"],
+        serde_json::json!(last_slot),
+        "{mine}"
+    );
 }

@@ -259,6 +259,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_running_scheduled_run_refuses_the_move_naming_it() {
+        use crate::service::schedule::{RunKind, RunRecord};
+        let now = chrono::Utc::now();
+        let run = |outcome| RunRecord {
+            id: 1,
+            instance: "web".into(),
+            kind: RunKind::Copy,
+            slot: now,
+            started_at: now,
+            ended_at: None,
+            outcome,
+            store: "offsite".into(),
+            backup_id: None,
+            copied: Vec::new(),
+            pruned: Vec::new(),
+            error: None,
+            pid: 42,
+            host: "box".into(),
+        };
+        let mut book = BookDump {
+            runs: vec![run(RunOutcome::Ok), run(RunOutcome::Interrupted)],
+            ..Default::default()
+        };
+        refuse_running(&book).unwrap();
+        book.runs.push(run(RunOutcome::Running));
+        let e = refuse_running(&book).unwrap_err();
+        assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("the scheduled copy of `web` (pid 42 on box)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_inventory_section_is_replaced_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
         Config::write_default(dir.path()).unwrap();

@@ -704,3 +704,39 @@ impl EtcdBook {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// The SQLite book keeps times to the millisecond: so does this one, or a book moved
+    /// from etcd to SQLite would not read back the same.
+    #[test]
+    fn runs_are_kept_to_the_millisecond_and_keyed_in_id_order() {
+        let t = Utc.with_ymd_and_hms(2026, 3, 1, 4, 0, 0).unwrap()
+            + chrono::Duration::nanoseconds(1_234_567_891);
+        let run = kept(RunRecord {
+            id: 9,
+            instance: "web".into(),
+            kind: RunKind::Backup,
+            slot: t,
+            started_at: t,
+            ended_at: Some(t),
+            outcome: RunOutcome::Ok,
+            store: "local".into(),
+            backup_id: None,
+            copied: Vec::new(),
+            pruned: Vec::new(),
+            error: None,
+            pid: 1,
+            host: "h".into(),
+        });
+        assert_eq!(run.started_at.timestamp_subsec_nanos(), 234_000_000);
+        assert_eq!(run.ended_at, Some(run.started_at));
+        assert_eq!(super::super::book::ts(run.slot), "2026-03-01T04:00:01.234Z");
+        // Key order is id order within an instance (newest first when read descending).
+        assert!(run_key("web", 9) < run_key("web", 10));
+        assert!(!run_key("web2", 1).starts_with("runs/web/"));
+    }
+}
