@@ -35,7 +35,7 @@ use crate::ops::restore::{DrillReport, RestoreReport, RestoreRequest};
 use crate::service::daemon::{DaemonOptions, DaemonReport};
 use crate::service::migrate::{MigrateTo, Migrated};
 use crate::service::schedule::{
-    InstallOptions, Installed, RunDueReport, RunHook, Schedule, ScheduleBook, ScheduleOverrides,
+    Book, InstallOptions, Installed, RunDueReport, RunHook, Schedule, ScheduleOverrides,
     ScheduleStatus,
 };
 use crate::service::state::StateReport;
@@ -490,11 +490,12 @@ impl Girofle {
 
     // Schedules: service/schedule/
 
-    /// The schedule book of this root.
+    /// The schedule book of this fleet: its schedules and runs, where its inventory is
+    /// (etcd, or the root's SQLite file).
     ///
     /// # Errors
     /// `Backend` when the inventory database cannot be opened.
-    pub fn schedule_book(&self) -> Result<ScheduleBook> {
+    pub fn schedule_book(&self) -> Result<Book> {
         self.ctx.schedule_book()
     }
 

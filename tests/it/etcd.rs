@@ -4,7 +4,8 @@
 //! instance is refused across them naming the holder; a killed holder's lock goes with its
 //! lease; a paused holder cannot write after another took over (fencing); a member lost
 //! mid-commissions changes nothing, all members lost fails cleanly and heals; the
-//! inventory moves SQLite → etcd → SQLite with nothing lost.
+//! inventory moves SQLite → etcd → SQLite with nothing lost (schedules and run history
+//! included); two machines see one schedule book and claim a due slot once.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -12,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, TimeZone, Utc};
 use girofle_core::inventory::{conformance, EtcdInventory, EtcdSettings, Inventory};
+use girofle_core::schedule::{Claim, RunKind, RunOutcome, RunRecord, ScheduleBook};
 use girofle_tests::etcd::{self, PrivateCluster};
 use girofle_tests::*;
 use serde_json::Value;
@@ -400,6 +403,38 @@ fn fleet_view(t: &TestRoot) -> (Value, Value) {
     (list, schedules)
 }
 
+/// A slot of 2026-03-01, `hour` o'clock.
+fn slot(hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, hour, 0, 0).unwrap()
+}
+
+/// Records a run in `book` as the runner does: claimed for `slot`, then ended.
+fn record_run(
+    book: &ScheduleBook,
+    name: &str,
+    kind: RunKind,
+    slot: DateTime<Utc>,
+    end: impl FnOnce(&mut RunRecord),
+) {
+    let Claim::Claimed(mut run) = book
+        .claim(name, kind, "local", |last| {
+            (last < Some(slot)).then_some(slot)
+        })
+        .unwrap()
+    else {
+        panic!("{kind} of {name} not claimed")
+    };
+    run.ended_at = Some(Utc::now());
+    end(&mut run);
+    book.finish(&run).unwrap();
+}
+
+/// The run history of the fleet `t` is on, newest first.
+async fn history(t: &TestRoot) -> Vec<RunRecord> {
+    let g = t.open().await;
+    g.schedule_book().unwrap().runs(None, 100).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inventory_moves_to_etcd_and_back_with_nothing_lost() {
     let t = TestRoot::new(&stand_in("17.5.1"));
@@ -416,6 +451,22 @@ async fn the_inventory_moves_to_etcd_and_back_with_nothing_lost() {
         "4",
     ]));
     json_ok(&t.cli(&["--json", "backup", "create", &two]), "backup");
+    // Run history: a scheduled backup that ran, a copy that failed, one interrupted.
+    let book = ScheduleBook::open(&t.root.join("inventory.db")).unwrap();
+    record_run(&book, &one, RunKind::Backup, slot(4), |r| {
+        r.outcome = RunOutcome::Ok;
+        r.backup_id = Some(format!("{one}-20260301T040000Z"));
+        r.pruned = vec![format!("{one}-20260228T040000Z")];
+    });
+    record_run(&book, &two, RunKind::Copy, slot(5), |r| {
+        r.outcome = RunOutcome::Failed;
+        r.error = Some("the store did not answer".into());
+    });
+    record_run(&book, &two, RunKind::Backup, slot(6), |r| {
+        r.outcome = RunOutcome::Interrupted;
+    });
+    let runs = history(&t).await;
+    assert_eq!(runs.len(), 3);
     let before = fleet_view(&t);
     let namespace = unique("migrate");
     let endpoints = etcd::endpoints();
@@ -459,6 +510,22 @@ async fn the_inventory_moves_to_etcd_and_back_with_nothing_lost() {
         fleet_view(&t).0,
         before.1, // the schedule list is what it was; the listing moved on by a backup
     );
+    // Refused while a scheduled run is running (this process's), naming it.
+    let Claim::Claimed(running) = book
+        .claim(&one, RunKind::Copy, "local", |_| Some(slot(7)))
+        .unwrap()
+    else {
+        panic!("the copy was not claimed")
+    };
+    let refused = t.cli(&to_etcd);
+    assert_eq!(refused.status.code(), Some(4), "{}", text(&refused));
+    assert!(
+        stderr(&refused).contains(&format!("scheduled copy of `{one}`")),
+        "{}",
+        text(&refused)
+    );
+    book.release(&running).unwrap();
+    assert_eq!(history(&t).await, runs);
 
     ok(t.cli(&to_etcd));
     let config = girofle_core::config::Config::load(&t.root).unwrap();
@@ -467,6 +534,7 @@ async fn the_inventory_moves_to_etcd_and_back_with_nothing_lost() {
     let in_etcd: BTreeSet<String> = inv.load().await.unwrap().instances.into_keys().collect();
     assert_eq!(in_etcd, [one.clone(), two.clone()].into_iter().collect());
     assert_eq!(fleet_view(&t), before, "the view changed on etcd");
+    assert_eq!(history(&t).await, runs, "the run history changed on etcd");
     // Running twice is refused: it is there already.
     assert_eq!(t.cli(&to_etcd).status.code(), Some(2));
     // The state export of a root on etcd carries etcd's book; another root importing it
@@ -515,4 +583,155 @@ async fn the_inventory_moves_to_etcd_and_back_with_nothing_lost() {
         .etcd
         .is_empty());
     assert_eq!(fleet_view(&t), before, "the view changed back on SQLite");
+    assert_eq!(
+        history(&t).await,
+        runs,
+        "the run history changed back on SQLite"
+    );
+}
+
+/// Two machines on one fleet see one schedule book: a schedule one sets is the other's,
+/// a due slot both find is claimed by one only, and a claimant that stops renewing its
+/// lease (its process gone) has its run marked interrupted by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_machines_share_one_schedule_book_and_claim_a_slot_once() {
+    let namespace = unique("book");
+    let a = etcd_root(etcd::endpoints(), &namespace, 2);
+    let b = etcd_root(etcd::endpoints(), &namespace, 2);
+    let (ga, gb) = (a.open().await, b.open().await);
+    let name = commission(&ga, "bk").await.name;
+    ok(b.cli(&[
+        "schedule",
+        "set",
+        &name,
+        "--backup",
+        "0 */6 * * *",
+        "--keep-last",
+        "3",
+    ]));
+    let listed = json_ok(&a.cli(&["--json", "schedule", "list"]), "schedule list");
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["instance"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} not listed: {listed}"));
+    assert_eq!(mine["own"], true, "{mine}");
+    assert_eq!(mine["schedule"]["backup"], "0 */6 * * *", "{mine}");
+    assert_eq!(mine["schedule"]["retention"]["keep_last"], 3, "{mine}");
+
+    // Both find slot 04:00 due at once: one claims it, the other finds it busy.
+    let due = |last: Option<DateTime<Utc>>| (last < Some(slot(4))).then_some(slot(4));
+    let (book_a, book_b) = (ga.schedule_book().unwrap(), gb.schedule_book().unwrap());
+    let (ca, cb) = tokio::join!(
+        book_a.claim(&name, RunKind::Backup, "local", due),
+        book_b.claim(&name, RunKind::Backup, "local", due)
+    );
+    let (won, other) = match (ca.unwrap(), cb.unwrap()) {
+        (Claim::Claimed(run), Claim::Busy(seen)) => {
+            drop(book_a);
+            assert_eq!(seen, run);
+            (run, book_b)
+        }
+        (Claim::Busy(seen), Claim::Claimed(run)) => {
+            drop(book_b);
+            assert_eq!(seen, run);
+            (run, book_a)
+        }
+        both => panic!("one claim and one busy expected, got {both:?}"),
+    };
+    // The winner's book is gone without finishing the run (its process died elsewhere):
+    // once its lease runs out, the other machine marks the run interrupted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recovered = loop {
+        let r = other.recover().await.unwrap();
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead claim was never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].id, won.id);
+    assert_eq!(recovered[0].outcome, RunOutcome::Interrupted);
+    // Its slot counts as run; the next one is claimed and recorded once.
+    assert_eq!(
+        other
+            .claim(&name, RunKind::Backup, "local", due)
+            .await
+            .unwrap(),
+        Claim::NotDue
+    );
+    let Claim::Claimed(mut next) = other
+        .claim(&name, RunKind::Backup, "local", |_| Some(slot(10)))
+        .await
+        .unwrap()
+    else {
+        panic!("the next slot was not claimed")
+    };
+    assert!(next.id > won.id);
+    next.outcome = RunOutcome::Ok;
+    next.ended_at = Some(Utc::now());
+    other.finish(&next).await.unwrap();
+    let seen_a = ga
+        .schedule_book()
+        .unwrap()
+        .runs(Some(&name), 10)
+        .await
+        .unwrap();
+    let seen_b = gb
+        .schedule_book()
+        .unwrap()
+        .runs(Some(&name), 10)
+        .await
+        .unwrap();
+    assert_eq!(seen_a, seen_b);
+    let outcomes: Vec<RunOutcome> = seen_a.iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, [RunOutcome::Ok, RunOutcome::Interrupted]);
+    let listed = json_ok(&a.cli(&["--json", "schedule", "list"]), "schedule list");
+    assert!(
+        listed.to_string().contains(&format!("\"id\":{}", next.id)),
+        "the last backup is the one recorded on the other machine: {listed}"
+    );
+
+    // A real scheduled backup: machine A's `run-due` runs the due slot; machine B's, right
+    // after, finds it done, and lists it.
+    let sleep_until = |t: DateTime<Utc>| {
+        if let Ok(d) = (t - Utc::now()).to_std() {
+            std::thread::sleep(d);
+        }
+    };
+    use chrono::Timelike;
+    if Utc::now().second() > 50 {
+        sleep_until(Utc::now().with_second(0).unwrap() + chrono::Duration::seconds(61));
+    }
+    let now = Utc::now().with_nanosecond(0).unwrap();
+    let (s0, s1) = (now.second() + 1, now.second() + 3);
+    let cron = format!("{s0}-{s1}/2 {} {} * * *", now.minute(), now.hour());
+    ok(a.cli(&[
+        "schedule", "set", &name, "--backup", &cron, "--copy", "off", "--tz", "UTC",
+    ]));
+    let last_slot = now + chrono::Duration::seconds(3);
+    sleep_until(last_slot + chrono::Duration::milliseconds(1500));
+    let ran = json_ok(&a.cli(&["--json", "schedule", "run-due"]), "run-due on A");
+    assert_eq!(ran["runs"][0]["outcome"], "ok", "{ran}");
+    let backup_id = ran["runs"][0]["backup_id"].clone();
+    let idle = json_ok(&b.cli(&["--json", "schedule", "run-due"]), "run-due on B");
+    assert_eq!(idle["runs"], serde_json::json!([]), "{idle}");
+    let listed = json_ok(&b.cli(&["--json", "schedule", "list"]), "schedule list");
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["instance"] == name.as_str())
+        .unwrap();
+    assert_eq!(mine["last_backup"]["backup_id"], backup_id, "{mine}");
+    assert_eq!(
+        mine["last_backup"]["slot"],
+        serde_json::json!(last_slot),
+        "{mine}"
+    );
 }

@@ -26,9 +26,7 @@ use tokio::task::JoinSet;
 use crate::error::{Error, Result};
 use crate::model::context::Context;
 use crate::model::instance::Stage;
-use crate::service::schedule::{
-    Claim, Ended, RunHook, RunKind, RunOutcome, RunRecord, ScheduleBook,
-};
+use crate::service::schedule::{Book, Claim, Ended, RunHook, RunKind, RunOutcome, RunRecord};
 
 /// Work that runs beside the daemon's loop (a metrics endpoint): it is cancelled when the
 /// daemon stops, and its failure stops the daemon.
@@ -198,7 +196,7 @@ async fn run_inner(g: Context, mut options: DaemonOptions) -> Result<DaemonRepor
 
     let book = g.schedule_book()?;
     let mut report = DaemonReport::default();
-    let recovered = book.recover()?;
+    let recovered = book.recover().await?;
     g.journal_interrupted(&recovered).await;
     for run in recovered {
         report.recovered += 1;
@@ -220,7 +218,7 @@ async fn run_inner(g: Context, mut options: DaemonOptions) -> Result<DaemonRepor
                 }
             }
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
-                reap(&book, done, &mut running, &hooks, &mut report);
+                reap(&book, done, &mut running, &hooks, &mut report).await;
             }
             Some(ended) = side.join_next(), if !side.is_empty() => {
                 // A side task ending (its port taken, ...) stops the daemon: running
@@ -239,7 +237,7 @@ async fn run_inner(g: Context, mut options: DaemonOptions) -> Result<DaemonRepor
     let deadline = tokio::time::Instant::now() + grace;
     while !jobs.is_empty() {
         match tokio::time::timeout_at(deadline, jobs.join_next_with_id()).await {
-            Ok(Some(done)) => reap(&book, done, &mut running, &hooks, &mut report),
+            Ok(Some(done)) => reap(&book, done, &mut running, &hooks, &mut report).await,
             Ok(None) => break,
             Err(_) => {
                 jobs.abort_all();
@@ -250,7 +248,7 @@ async fn run_inner(g: Context, mut options: DaemonOptions) -> Result<DaemonRepor
                     "the daemon was stopped and the run did not finish within the {} s grace",
                     grace.as_secs()
                 );
-                let interrupted = book.interrupt_own(&why)?;
+                let interrupted = book.interrupt_own(&why).await?;
                 g.journal_interrupted(&interrupted).await;
                 for run in interrupted {
                     hooks.ended(&mut report, &run);
@@ -267,8 +265,8 @@ async fn run_inner(g: Context, mut options: DaemonOptions) -> Result<DaemonRepor
     }
 }
 
-fn reap(
-    book: &ScheduleBook,
+async fn reap(
+    book: &Book,
     done: std::result::Result<(tokio::task::Id, Job), tokio::task::JoinError>,
     running: &mut HashMap<tokio::task::Id, RunRecord>,
     hooks: &Hooks,
@@ -290,7 +288,7 @@ fn reap(
             run.outcome = RunOutcome::Failed;
             run.ended_at = Some(Utc::now());
             run.error = Some(e.to_string());
-            if let Err(e) = book.finish(&run) {
+            if let Err(e) = book.finish(&run).await {
                 hooks.error(&e);
             }
             report.runs += 1;
@@ -303,7 +301,7 @@ fn reap(
                 run.outcome = RunOutcome::Failed;
                 run.ended_at = Some(Utc::now());
                 run.error = Some(format!("the job crashed: {join}"));
-                if let Err(e) = book.finish(&run) {
+                if let Err(e) = book.finish(&run).await {
                     hooks.error(&e);
                 }
                 report.runs += 1;
@@ -315,7 +313,7 @@ fn reap(
 
 async fn claim_due_work(
     g: &Context,
-    book: &ScheduleBook,
+    book: &Book,
     permits: &Arc<Semaphore>,
     jobs: &mut JoinSet<Job>,
     running: &mut HashMap<tokio::task::Id, RunRecord>,
@@ -323,7 +321,7 @@ async fn claim_due_work(
     report: &mut DaemonReport,
 ) -> Result<()> {
     // Another process (a `run-due`) may have died since the last tick.
-    let recovered = book.recover()?;
+    let recovered = book.recover().await?;
     g.journal_interrupted(&recovered).await;
     for run in recovered {
         report.recovered += 1;
@@ -333,7 +331,7 @@ async fn claim_due_work(
     // or half-restored: put it right before claiming new work (cheap when nothing did).
     g.recover_pending().await;
     let fleet = g.inventory().load().await?;
-    let own = book.all_overrides()?;
+    let own = book.all_overrides().await?;
     let default = g.default_schedule();
     let now = Utc::now();
     for record in fleet.instances.values() {
@@ -350,7 +348,7 @@ async fn claim_due_work(
                 // All slots taken: the rest waits for the next tick.
                 return Ok(());
             };
-            match g.claim_due(book, record, &schedule, kind, now) {
+            match g.claim_due(book, record, &schedule, kind, now).await {
                 Ok(Claim::Claimed(run)) => {
                     if let Some(h) = &hooks.start {
                         h(&run);

@@ -2,8 +2,13 @@
 //! the fleet is copied whole, checked, and only then does girofle.toml name the new place,
 //! so an interruption at any point leaves the fleet where the configuration says it is.
 //!
-//! Refused while an operation runs (its lock is held, or it left an intent record):
-//! every instance's lock is held for the whole move, so no operation starts meanwhile.
+//! The schedule book (each instance's own schedule, and the scheduled runs' history) moves
+//! with it, read back and compared the same way.
+//!
+//! Refused while an operation runs (its lock is held, or it left an intent record) or a
+//! scheduled run is running: every instance's lock is held for the whole move, so no
+//! operation starts meanwhile, and the book is compared again at the end, so a scheduled
+//! run that began meanwhile fails the move rather than being lost.
 
 use std::path::Path;
 
@@ -14,6 +19,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::model::config::{Config, InventoryConfig, CONFIG_FILE};
 use crate::model::context::Context;
 use crate::model::intent::{INTENT_SUFFIX, RUN_DIR};
+use crate::service::schedule::{Book, BookDump, EtcdBook, RunOutcome, ScheduleBook};
 
 /// Where to move the inventory.
 #[derive(Clone, Debug)]
@@ -97,13 +103,28 @@ impl Context {
             locks.push(self.take_lock(name, "inventory migrate").await?);
         }
         self.refuse_leftover_intents()?;
+        let book = self.schedule_book()?;
+        let recovered = book.recover().await?;
+        self.journal_interrupted(&recovered).await;
+        let runs = book.dump().await?;
+        refuse_running(&runs)?;
         self.copy_fleet(&fleet, target.as_ref(), matches!(to, MigrateTo::Etcd(_)))
             .await?;
+        let target_book = match target.as_etcd() {
+            Some(etcd) => Book::Etcd(EtcdBook::new(etcd.clone())),
+            None => Book::Sqlite(ScheduleBook::open(&self.root.join("inventory.db"))?),
+        };
+        target_book.replace(&runs).await?;
         let copied = target.load().await?;
-        if copied != fleet {
+        if copied != fleet || target_book.dump().await? != runs {
             return Err(Error::backend(
                 "inventory migrate",
-                "the copy read back differs from the fleet; girofle.toml was not changed: try again",
+                "the copy read back differs from the fleet or its schedule book; girofle.toml was not changed: try again",
+            ));
+        }
+        if book.dump().await? != runs {
+            return Err(Error::Conflict(
+                "a scheduled run began while the inventory moved; girofle.toml was not changed: migrate again once it is over (or stop the daemon for the move)".into(),
             ));
         }
         write_inventory_section(&self.root, &target_config)?;
@@ -166,6 +187,29 @@ impl Context {
     }
 }
 
+/// Refuses a move while a scheduled run runs: its process would finish it in the book
+/// it left.
+fn refuse_running(book: &BookDump) -> Result<()> {
+    let running: Vec<String> = book
+        .runs
+        .iter()
+        .filter(|r| r.outcome == RunOutcome::Running)
+        .map(|r| {
+            format!(
+                "the scheduled {} of `{}` (pid {} on {})",
+                r.kind, r.instance, r.pid, r.host
+            )
+        })
+        .collect();
+    if running.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "{} running; wait for it to finish (`girofle schedule list`), then migrate",
+        running.join(", ")
+    )))
+}
+
 /// Replaces the `[inventory]` table of girofle.toml with `config`, keeping every other
 /// line and comment, atomically (a crash leaves the old file or the new one).
 fn write_inventory_section(root: &Path, config: &InventoryConfig) -> Result<()> {
@@ -213,6 +257,41 @@ fn write_inventory_section(root: &Path, config: &InventoryConfig) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_scheduled_run_refuses_the_move_naming_it() {
+        use crate::service::schedule::{RunKind, RunRecord};
+        let now = chrono::Utc::now();
+        let run = |outcome| RunRecord {
+            id: 1,
+            instance: "web".into(),
+            kind: RunKind::Copy,
+            slot: now,
+            started_at: now,
+            ended_at: None,
+            outcome,
+            store: "offsite".into(),
+            backup_id: None,
+            copied: Vec::new(),
+            pruned: Vec::new(),
+            error: None,
+            pid: 42,
+            host: "box".into(),
+        };
+        let mut book = BookDump {
+            runs: vec![run(RunOutcome::Ok), run(RunOutcome::Interrupted)],
+            ..Default::default()
+        };
+        refuse_running(&book).unwrap();
+        book.runs.push(run(RunOutcome::Running));
+        let e = refuse_running(&book).unwrap_err();
+        assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("the scheduled copy of `web` (pid 42 on box)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_inventory_section_is_replaced_and_the_rest_kept() {

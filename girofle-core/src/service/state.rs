@@ -5,7 +5,8 @@
 //! The file is one zstd frame (with its checksum) holding a tar of: `state.json` (kind,
 //! format version, Girofle version, host, time, size and BLAKE3 of every other entry),
 //! `girofle.toml`, `inventory.db` (a consistent snapshot taken with `VACUUM INTO`, so a
-//! concurrent writer cannot tear it), `journal.jsonl`, and the fleet's signing key
+//! concurrent writer cannot tear it; with the inventory on etcd, etcd's fleet, schedules
+//! and runs are written into it, and an import puts them back there), `journal.jsonl`, and the fleet's signing key
 //! (`keys/signing.key`, with the `keys/trusted/*.pub` it trusts; see `signing`). It is written atomically, mode
 //! 0600: it holds the stores' credentials. Import checks everything before touching the
 //! root, refuses to replace an inventory that differs from the state's unless forced,
@@ -33,6 +34,7 @@ use crate::model::context::Context;
 use crate::model::fingerprint::FingerprintKey;
 use crate::model::instance::InstanceRecord;
 use crate::model::journal::{self, Journal, Record};
+use crate::service::schedule::{BookDump, EtcdBook, ScheduleBook};
 
 /// The state format this Girofle writes (and the newest it reads).
 pub const STATE_FORMAT_VERSION: u32 = 1;
@@ -181,6 +183,15 @@ async fn etcd_fleet(config: &Config) -> Result<Option<(EtcdInventory, Fleet)>> {
     Ok(Some((inv, fleet)))
 }
 
+/// The fleet and its schedule book on etcd, when girofle.toml puts the inventory there.
+async fn etcd_book(config: &Config) -> Result<Option<(Fleet, BookDump)>> {
+    let Some((inv, fleet)) = etcd_fleet(config).await? else {
+        return Ok(None);
+    };
+    let book = EtcdBook::new(inv).dump().await?;
+    Ok(Some((fleet, book)))
+}
+
 /// Makes the inventory database at `path` hold `fleet`'s instances.
 fn put_fleet(path: &Path, fleet: &Fleet) -> Result<()> {
     let inv = crate::adapters::inventory::SqliteInventory::open(path)?;
@@ -191,7 +202,11 @@ fn put_fleet(path: &Path, fleet: &Fleet) -> Result<()> {
     Ok(())
 }
 
-fn export_blocking(root: &Path, file: &Path, from_etcd: Option<Fleet>) -> Result<StateReport> {
+fn export_blocking(
+    root: &Path,
+    file: &Path,
+    from_etcd: Option<(Fleet, BookDump)>,
+) -> Result<StateReport> {
     let config_path = Config::path(root);
     let config = match std::fs::read(&config_path) {
         Ok(c) => c,
@@ -220,10 +235,11 @@ fn export_blocking(root: &Path, file: &Path, from_etcd: Option<Fleet>) -> Result
                 )
             })?;
     }
-    // With the inventory on etcd, the snapshot carries etcd's book (its schedules and runs
-    // are the file's).
-    if let Some(fleet) = &from_etcd {
+    // With the inventory on etcd, the snapshot carries etcd's book: the fleet, its
+    // schedules and its runs.
+    if let Some((fleet, book)) = &from_etcd {
         put_fleet(&scratch.0, fleet)?;
+        ScheduleBook::open(&scratch.0)?.replace(book)?;
     }
     let inventory = std::fs::read(&scratch.0).ctx("read", &scratch.0)?;
     let fleet = read_fleet(&scratch.0)?;
@@ -612,10 +628,8 @@ pub(crate) async fn export(root: &Path, file: &Path) -> Result<StateReport> {
     let started = Utc::now();
     let (r, f) = (root.clone(), file.clone());
     let result = match Config::load(&root) {
-        Ok(config) => match etcd_fleet(&config).await {
-            Ok(from_etcd) => {
-                blocking(move || export_blocking(&r, &f, from_etcd.map(|(_, fleet)| fleet))).await
-            }
+        Ok(config) => match etcd_book(&config).await {
+            Ok(from_etcd) => blocking(move || export_blocking(&r, &f, from_etcd)).await,
             Err(e) => Err(e),
         },
         Err(_) => blocking(move || export_blocking(&r, &f, None)).await,
@@ -651,13 +665,18 @@ pub(crate) async fn import(root: &Path, file: &Path, force: bool) -> Result<Stat
         Ok(target) => {
             let imported = blocking(move || import_blocking(&r, &f, force)).await;
             match (imported, target) {
-                (Ok(report), Some((inv, fleet))) => inv
-                    .transact(&mut |f: &mut Fleet| {
-                        f.clone_from(&fleet);
-                        Ok(())
-                    })
-                    .await
-                    .map(|_| report),
+                (Ok(report), Some((inv, fleet, book))) => {
+                    let written = inv
+                        .transact(&mut |f: &mut Fleet| {
+                            f.clone_from(&fleet);
+                            Ok(())
+                        })
+                        .await;
+                    match written {
+                        Ok(_) => EtcdBook::new(inv).replace(&book).await.map(|()| report),
+                        Err(e) => Err(e),
+                    }
+                }
                 (other, _) => other,
             }
         }
@@ -681,17 +700,18 @@ pub(crate) async fn import(root: &Path, file: &Path, force: bool) -> Result<Stat
 }
 
 /// When the state's girofle.toml puts the inventory on etcd: that inventory and the
-/// state's fleet, to write there once the root is imported. Refused, before anything is
-/// written, when etcd holds another fleet and `force` is not set.
-async fn etcd_target(file: &Path, force: bool) -> Result<Option<(EtcdInventory, Fleet)>> {
+/// state's fleet and schedule book, to write there once the root is imported. Refused,
+/// before anything is written, when etcd holds another fleet and `force` is not set.
+async fn etcd_target(file: &Path, force: bool) -> Result<Option<(EtcdInventory, Fleet, BookDump)>> {
     let f = file.to_path_buf();
-    let (config, fleet) = blocking(move || {
+    let (config, fleet, book) = blocking(move || {
         let loaded = load(&f)?;
         let text = String::from_utf8_lossy(&loaded.files[CONFIG_FILE]).into_owned();
         let config = Config::parse(&text, Path::new("girofle.toml (in the state file)"))?;
         let scratch = tempfile::NamedTempFile::new().ctx("create", Path::new("/tmp"))?;
         std::fs::write(scratch.path(), &loaded.files[INVENTORY]).ctx("write", scratch.path())?;
-        Ok((config, read_fleet(scratch.path())?))
+        let book = ScheduleBook::open(scratch.path())?.dump()?;
+        Ok((config, read_fleet(scratch.path())?, book))
     })
     .await?;
     let Some((inv, current)) = etcd_fleet(&config).await? else {
@@ -705,7 +725,7 @@ async fn etcd_target(file: &Path, force: bool) -> Result<Option<(EtcdInventory, 
             fleet.instances.keys().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
-    Ok(Some((inv, fleet)))
+    Ok(Some((inv, fleet, book)))
 }
 
 fn secrets_of(root: &Path) -> Vec<String> {

@@ -276,7 +276,8 @@ impl EtcdInventory {
         Err(self.err(what, &last.expect("at least one try")))
     }
 
-    fn key(&self, rest: &str) -> String {
+    /// The full key of `rest` in this fleet's namespace.
+    pub(crate) fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.shared.settings.prefix())
     }
 
@@ -618,6 +619,98 @@ impl EtcdInventory {
             })
             .await;
     }
+}
+
+/// Plain access to the fleet's namespace, for the schedule book (`service/schedule`),
+/// which keeps its own keys beside the fleet's and takes its claims on leases as the
+/// locks do.
+impl EtcdInventory {
+    /// Reads the key `rest` (or the range `options` says, from it).
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub(crate) async fn kv_get(
+        &self,
+        what: &str,
+        rest: &str,
+        options: Option<etcd_client::GetOptions>,
+    ) -> Result<etcd_client::GetResponse> {
+        let key = self.key(rest);
+        self.call(what, |mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.get(key, options).await }
+        })
+        .await
+    }
+
+    /// Runs a transaction (its keys already full, see [`EtcdInventory::key`]). Retried on
+    /// another member when one fails: callers compare revisions, so a transaction whose
+    /// answer was lost fails its compares when tried again and the caller reads anew.
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub(crate) async fn kv_txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.call(what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    /// A lease of the lock time to live, renewed until the returned task is aborted.
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub(crate) async fn kept_lease(&self) -> Result<(i64, tokio::task::JoinHandle<()>)> {
+        let ttl = self.shared.settings.lease_ttl.as_secs().max(2);
+        let lease = self
+            .call("take a lease", |mut c| async move {
+                c.lease_grant(i64::try_from(ttl).unwrap_or(15), None).await
+            })
+            .await?
+            .id();
+        let keeper = tokio::spawn(keep_alive(self.clone(), lease, Duration::from_secs(ttl)));
+        Ok((lease, keeper))
+    }
+
+    /// Whether `lease` still lives (its holder renews it).
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub(crate) async fn lease_alive(&self, lease: i64) -> Result<bool> {
+        let r = self
+            .call("read a lease", |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })
+            .await?;
+        Ok(r.ttl() > 0)
+    }
+
+    /// Gives `lease` back (what it holds goes with it); a failure only leaves it to run
+    /// out.
+    pub(crate) async fn revoke_lease(&self, lease: i64) {
+        let _ = self
+            .call("give a lease back", |mut c| async move {
+                c.lease_revoke(lease).await
+            })
+            .await;
+    }
+}
+
+/// Where this process's pid means something (see [`this_owner`]): written with a claim
+/// so that a claimant of this machine that died is known dead at once.
+pub(crate) fn process_owner() -> String {
+    this_owner()
+}
+
+/// Whether the process `pid` of `owner` (a [`process_owner`]) is known to be gone: it was
+/// of this machine and pid namespace, and runs no more.
+pub(crate) fn gone_here(owner: &str, pid: u32) -> bool {
+    dead_here(&Held {
+        holder: String::new(),
+        owner: owner.to_string(),
+        pid,
+    })
 }
 
 /// What a lock key holds: who took it (as a refusal names them), and what tells, on the

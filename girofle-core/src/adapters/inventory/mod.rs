@@ -26,6 +26,7 @@ mod sqlite;
 
 pub use etcd::{EtcdInventory, EtcdLock, EtcdSettings};
 
+pub(crate) use etcd::{gone_here, process_owner};
 #[cfg(any(test, feature = "conformance"))]
 pub use memory::MemoryInventory;
 pub use sqlite::SqliteInventory;

@@ -138,6 +138,14 @@ impl ProcessId {
     }
 }
 
+/// A whole book: every instance's own schedule and every run, newest first (what
+/// `inventory migrate` moves between the backends, and compares once moved).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BookDump {
+    pub overrides: BTreeMap<String, ScheduleOverrides>,
+    pub runs: Vec<RunRecord>,
+}
+
 /// The result of trying to claim a slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -646,6 +654,69 @@ impl ScheduleBook {
                 }
             }
             Ok(out)
+        })
+    }
+}
+
+impl ScheduleBook {
+    /// The whole book.
+    ///
+    /// # Errors
+    /// `Backend` when the database fails, `Corrupt` when a row does not parse.
+    pub fn dump(&self) -> Result<BookDump> {
+        Ok(BookDump {
+            overrides: self.all_overrides()?,
+            runs: self.runs(None, usize::MAX)?,
+        })
+    }
+
+    /// Makes the book hold `dump` and nothing else, in one transaction. Runs keep their
+    /// ids; a running one would lose its process (the caller refuses to move those).
+    ///
+    /// # Errors
+    /// `Backend` when the database fails.
+    pub fn replace(&self, dump: &BookDump) -> Result<()> {
+        let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+        self.write(|tx| {
+            let e = |e| db_err(&self.path, e);
+            tx.execute_batch("DELETE FROM schedules; DELETE FROM schedule_runs;")
+                .map_err(e)?;
+            let now = ts(Utc::now());
+            for (name, o) in &dump.overrides {
+                let text =
+                    serde_json::to_string(o).map_err(|e| Error::backend(BOOK, e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO schedules (instance, schedule, updated_at) VALUES (?1, ?2, ?3)",
+                    params![name, text, now],
+                )
+                .map_err(e)?;
+            }
+            for r in &dump.runs {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO schedule_runs ({RUN_COLUMNS})
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                    ),
+                    params![
+                        r.id,
+                        r.instance,
+                        r.kind.as_str(),
+                        ts(r.slot),
+                        ts(r.started_at),
+                        r.ended_at.map(ts),
+                        r.outcome.as_str(),
+                        r.store,
+                        r.backup_id,
+                        list(&r.copied),
+                        list(&r.pruned),
+                        r.error,
+                        r.pid,
+                        r.host
+                    ],
+                )
+                .map_err(e)?;
+            }
+            Ok(())
         })
     }
 }

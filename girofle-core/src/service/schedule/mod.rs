@@ -5,10 +5,11 @@
 //! IANA time zone, the backup strategy, the remote store copies go to, and a retention
 //! policy applied after every run. Instances without a schedule of their own follow the
 //! `[schedule]` section of girofle.toml, counted from their creation. Schedules and runs
-//! live in the inventory database (`ScheduleBook`), so several Girofle processes (a daemon,
-//! a systemd timer, an operator) agree on what ran: claiming a slot is one `BEGIN
-//! IMMEDIATE` transaction, and only the newest missed slot is ever claimed, so a downtime
-//! is caught up once. The long-lived loop is `daemon`'s job; this module does one pass.
+//! live where the inventory does (`Book`): in the root's database (`ScheduleBook`), or on
+//! etcd beside the fleet (`EtcdBook`), so several Girofle processes (a daemon, a systemd
+//! timer, an operator; on etcd, on several machines) agree on what ran: claiming a slot is
+//! one transaction, and only the newest missed slot is ever claimed, so a downtime is
+//! caught up once. The long-lived loop is `daemon`'s job; this module does one pass.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,11 +27,181 @@ use crate::model::instance::{InstanceRecord, Stage};
 use crate::ops::backup::BackupOptions;
 
 mod book;
+mod etcd_book;
 mod timer;
 
 pub use crate::model::policy::*;
 pub use book::*;
+pub use etcd_book::EtcdBook;
 pub use timer::*;
+
+/// The schedule book where the fleet is: the root's SQLite file, or etcd beside the fleet
+/// (see `etcd_book`). Cloning shares the connection (and, on etcd, the leases of this
+/// process's claims).
+#[derive(Clone, Debug)]
+pub enum Book {
+    Sqlite(ScheduleBook),
+    Etcd(EtcdBook),
+}
+
+impl Book {
+    /// The instance's own schedule, if it has one.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails, `Corrupt` when the schedule does not parse.
+    pub async fn overrides(&self, instance: &str) -> Result<Option<ScheduleOverrides>> {
+        match self {
+            Book::Sqlite(b) => b.overrides(instance),
+            Book::Etcd(b) => b.overrides(instance).await,
+        }
+    }
+
+    /// Every instance's own schedule.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails, `Corrupt` when a schedule does not parse.
+    pub async fn all_overrides(&self) -> Result<BTreeMap<String, ScheduleOverrides>> {
+        match self {
+            Book::Sqlite(b) => b.all_overrides(),
+            Book::Etcd(b) => b.all_overrides().await,
+        }
+    }
+
+    /// Applies `change` to the instance's own schedule after `check`ing the result, and
+    /// returns it.
+    ///
+    /// # Errors
+    /// Whatever `check` returns (nothing is written then), `Backend` when the backend
+    /// fails.
+    pub async fn update_overrides(
+        &self,
+        instance: &str,
+        change: &ScheduleOverrides,
+        check: impl Fn(&ScheduleOverrides) -> Result<()>,
+    ) -> Result<ScheduleOverrides> {
+        match self {
+            Book::Sqlite(b) => b.update_overrides(instance, change, check),
+            Book::Etcd(b) => b.update_overrides(instance, change, check).await,
+        }
+    }
+
+    /// Runs, newest first (of one instance, or all), at most `limit`.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn runs(&self, instance: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+        match self {
+            Book::Sqlite(b) => b.runs(instance, limit),
+            Book::Etcd(b) => b.runs(instance, limit).await,
+        }
+    }
+
+    /// The newest run of an instance and kind.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn last_run(&self, instance: &str, kind: RunKind) -> Result<Option<RunRecord>> {
+        match self {
+            Book::Sqlite(b) => b.last_run(instance, kind),
+            Book::Etcd(b) => b.last_run(instance, kind).await,
+        }
+    }
+
+    /// The newest slot recorded for an instance and kind.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn last_slot(&self, instance: &str, kind: RunKind) -> Result<Option<DateTime<Utc>>> {
+        match self {
+            Book::Sqlite(b) => b.last_slot(instance, kind),
+            Book::Etcd(b) => b.last_slot(instance, kind).await,
+        }
+    }
+
+    /// Marks runs whose process is gone `interrupted`, and returns them.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn recover(&self) -> Result<Vec<RunRecord>> {
+        match self {
+            Book::Sqlite(b) => b.recover(),
+            Book::Etcd(b) => b.recover().await,
+        }
+    }
+
+    /// Claims the due slot of an instance and kind, once across processes (and, on etcd,
+    /// machines); see [`ScheduleBook::claim`].
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn claim(
+        &self,
+        instance: &str,
+        kind: RunKind,
+        store: &str,
+        due: impl Fn(Option<DateTime<Utc>>) -> Option<DateTime<Utc>>,
+    ) -> Result<Claim> {
+        match self {
+            Book::Sqlite(b) => b.claim(instance, kind, store, due),
+            Book::Etcd(b) => b.claim(instance, kind, store, due).await,
+        }
+    }
+
+    /// Records how a claimed run ended.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn finish(&self, run: &RunRecord) -> Result<()> {
+        match self {
+            Book::Sqlite(b) => b.finish(run),
+            Book::Etcd(b) => b.finish(run).await,
+        }
+    }
+
+    /// Forgets a claim that was not run: its slot is due again.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn release(&self, run: &RunRecord) -> Result<()> {
+        match self {
+            Book::Sqlite(b) => b.release(run),
+            Book::Etcd(b) => b.release(run).await,
+        }
+    }
+
+    /// Marks this process's `running` runs `interrupted`, and returns them.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn interrupt_own(&self, why: &str) -> Result<Vec<RunRecord>> {
+        match self {
+            Book::Sqlite(b) => b.interrupt_own(why),
+            Book::Etcd(b) => b.interrupt_own(why).await,
+        }
+    }
+
+    /// The whole book: every own schedule and every run.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails, `Corrupt` when something does not parse.
+    pub async fn dump(&self) -> Result<BookDump> {
+        match self {
+            Book::Sqlite(b) => b.dump(),
+            Book::Etcd(b) => b.dump().await,
+        }
+    }
+
+    /// Makes the book hold `dump` and nothing else.
+    ///
+    /// # Errors
+    /// `Backend` when the backend fails.
+    pub async fn replace(&self, dump: &BookDump) -> Result<()> {
+        match self {
+            Book::Sqlite(b) => b.replace(dump),
+            Book::Etcd(b) => b.replace(dump).await,
+        }
+    }
+}
 
 /// One line of `schedule list`.
 #[derive(Clone, Debug, Serialize)]
@@ -86,9 +257,15 @@ fn is_busy(e: &Error) -> bool {
 }
 
 impl Context {
-    /// The schedule book of this root.
-    pub(crate) fn schedule_book(&self) -> Result<ScheduleBook> {
-        ScheduleBook::open(&self.root.join("inventory.db"))
+    /// The schedule book of this fleet: beside the inventory, on etcd or in the root's
+    /// SQLite file.
+    pub(crate) fn schedule_book(&self) -> Result<Book> {
+        match self.inventory.as_etcd() {
+            Some(etcd) => Ok(Book::Etcd(EtcdBook::new(etcd.clone()))),
+            None => Ok(Book::Sqlite(ScheduleBook::open(
+                &self.root.join("inventory.db"),
+            )?)),
+        }
     }
 
     /// The schedule instances follow unless they have their own (girofle.toml's
@@ -101,7 +278,7 @@ impl Context {
     pub(crate) async fn schedule_of(&self, name: &str) -> Result<Schedule> {
         use crate::adapters::inventory::InventoryExt;
         self.inventory.get(name).await?;
-        let own = self.schedule_book()?.overrides(name)?;
+        let own = self.schedule_book()?.overrides(name).await?;
         Ok(own.unwrap_or_default().apply(&self.default_schedule()))
     }
 
@@ -142,7 +319,8 @@ impl Context {
                 .schedule_book()?
                 .update_overrides(name, &change, |o| {
                     o.apply(&default).validate(&self.config.stores)
-                })?;
+                })
+                .await?;
             Ok(own.apply(&default))
         })
         .await
@@ -152,7 +330,7 @@ impl Context {
     pub(crate) async fn schedules(&self) -> Result<Vec<ScheduleStatus>> {
         let fleet = self.inventory.load().await?;
         let book = self.schedule_book()?;
-        let own = book.all_overrides()?;
+        let own = book.all_overrides().await?;
         let default = self.default_schedule();
         let now = Utc::now();
         let mut out = Vec::new();
@@ -165,7 +343,7 @@ impl Context {
             let mut next = BTreeMap::new();
             for kind in [RunKind::Backup, RunKind::Copy] {
                 let when = if schedule.enabled {
-                    self.next_run(&book, record, &schedule, kind, now)?
+                    self.next_run(&book, record, &schedule, kind, now).await?
                 } else {
                     None
                 };
@@ -174,8 +352,8 @@ impl Context {
             out.push(ScheduleStatus {
                 instance: record.name.clone(),
                 own: own.contains_key(&record.name),
-                last_backup: book.last_run(&record.name, RunKind::Backup)?,
-                last_copy: book.last_run(&record.name, RunKind::Copy)?,
+                last_backup: book.last_run(&record.name, RunKind::Backup).await?,
+                last_copy: book.last_run(&record.name, RunKind::Copy).await?,
                 next_backup: next[&RunKind::Backup],
                 next_copy: next[&RunKind::Copy],
                 schedule,
@@ -184,9 +362,9 @@ impl Context {
         Ok(out)
     }
 
-    fn next_run(
+    async fn next_run(
         &self,
-        book: &ScheduleBook,
+        book: &Book,
         record: &InstanceRecord,
         schedule: &Schedule,
         kind: RunKind,
@@ -196,14 +374,14 @@ impl Context {
             return Ok(None);
         };
         let tz = schedule.tz()?;
-        let anchor = anchor(book.last_slot(&record.name, kind)?, record);
+        let anchor = anchor(book.last_slot(&record.name, kind).await?, record);
         Ok(due_slot(&cron, tz, anchor, now).or_else(|| next_slot(&cron, tz, now.max(anchor))))
     }
 
     /// Claims the due slot of one instance and kind (see [`ScheduleBook::claim`]).
-    pub(crate) fn claim_due(
+    pub(crate) async fn claim_due(
         &self,
-        book: &ScheduleBook,
+        book: &Book,
         record: &InstanceRecord,
         schedule: &Schedule,
         kind: RunKind,
@@ -222,10 +400,10 @@ impl Context {
         };
         let due = |last: Option<DateTime<Utc>>| due_slot(&cron, tz, anchor(last, record), now);
         // Read first: most ticks find nothing due, and need no write transaction.
-        if due(book.last_slot(&record.name, kind)?).is_none() {
+        if due(book.last_slot(&record.name, kind).await?).is_none() {
             return Ok(Claim::NotDue);
         }
-        book.claim(&record.name, kind, &store, due)
+        book.claim(&record.name, kind, &store, due).await
     }
 
     /// Runs a claimed run to its end and records how it ended (journaled as
@@ -233,7 +411,7 @@ impl Context {
     /// operation holds the instance) is released, not failed: its slot is due again.
     pub(crate) async fn run_claimed(
         &self,
-        book: &ScheduleBook,
+        book: &Book,
         mut run: RunRecord,
         schedule: &Schedule,
     ) -> Result<Ended> {
@@ -241,7 +419,7 @@ impl Context {
         // failure: look before starting, so nothing is journaled or notified for it.
         if let Err(e) = self.take_lock(&run.instance, "scheduled run").await {
             if is_busy(&e) {
-                book.release(&run)?;
+                book.release(&run).await?;
                 return Ok(Ended::Skipped);
             }
         }
@@ -266,7 +444,7 @@ impl Context {
             .await;
         match result {
             Err(e) if is_busy(&e) => {
-                book.release(&run)?;
+                book.release(&run).await?;
                 Ok(Ended::Skipped)
             }
             other => {
@@ -281,7 +459,7 @@ impl Context {
                         ));
                     }
                 }
-                book.finish(&run)?;
+                book.finish(&run).await?;
                 Ok(Ended::Done(Box::new(run)))
             }
         }
@@ -387,10 +565,10 @@ impl Context {
     /// max_concurrent` instances at once. `on_run_end` is told of each run as it ends.
     pub(crate) async fn run_due(&self, on_run_end: Option<RunHook>) -> Result<RunDueReport> {
         let book = self.schedule_book()?;
-        let recovered = book.recover()?;
+        let recovered = book.recover().await?;
         self.journal_interrupted(&recovered).await;
         let fleet = self.inventory.load().await?;
-        let own = book.all_overrides()?;
+        let own = book.all_overrides().await?;
         let default = self.default_schedule();
         let jobs = fleet.instances.into_values().map(|record| {
             let schedule = own
@@ -406,7 +584,10 @@ impl Context {
                 let mut error = None;
                 for kind in [RunKind::Backup, RunKind::Copy] {
                     // One instance's trouble with the book must not cancel the others' runs.
-                    let claim = match self.claim_due(&book, &record, &schedule, kind, Utc::now()) {
+                    let claim = match self
+                        .claim_due(&book, &record, &schedule, kind, Utc::now())
+                        .await
+                    {
                         Ok(c) => c,
                         Err(e) => {
                             error = Some(e);
@@ -655,6 +836,54 @@ mod tests {
         assert_eq!(runs[1].outcome, RunOutcome::Ok);
     }
 
+    /// What `inventory migrate` relies on: a book written whole into another reads the
+    /// same (schedules, ids, times, outcomes, lists), replaces what was there, and ids
+    /// go on after the copied ones.
+    #[test]
+    fn a_book_replaced_by_another_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = ScheduleBook::open(&dir.path().join("from.db")).unwrap();
+        let hourly = ScheduleOverrides {
+            backup: Some("0 * * * *".into()),
+            keep_last: Some(3),
+            ..Default::default()
+        };
+        from.update_overrides("web", &hourly, |_| Ok(())).unwrap();
+        let at = |h| Utc.with_ymd_and_hms(2026, 3, 1, h, 0, 0).unwrap();
+        for (h, outcome) in [(4, RunOutcome::Ok), (5, RunOutcome::Failed)] {
+            let Claim::Claimed(mut run) = from
+                .claim("web", RunKind::Backup, "local", |_| Some(at(h)))
+                .unwrap()
+            else {
+                panic!("not claimed")
+            };
+            run.outcome = outcome;
+            run.ended_at = Some(at(h) + chrono::Duration::milliseconds(1500));
+            run.pruned = vec!["web-1".into()];
+            run.error = (outcome == RunOutcome::Failed).then(|| "boom".into());
+            from.finish(&run).unwrap();
+        }
+        let to = ScheduleBook::open(&dir.path().join("to.db")).unwrap();
+        to.update_overrides("gone", &hourly, |_| Ok(())).unwrap();
+        let dump = from.dump().unwrap();
+        assert_eq!(dump.runs.len(), 2);
+        to.replace(&dump).unwrap();
+        assert_eq!(to.dump().unwrap(), dump);
+        assert_eq!(to.overrides("gone").unwrap(), None, "replaced, not merged");
+        let Claim::Claimed(next) = to
+            .claim("web", RunKind::Backup, "local", |_| Some(at(6)))
+            .unwrap()
+        else {
+            panic!("not claimed")
+        };
+        assert!(
+            next.id > dump.runs[0].id,
+            "{} after {}",
+            next.id,
+            dump.runs[0].id
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn racing_processes_claim_a_missed_slot_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -711,21 +940,25 @@ mod tests {
         schedule.store = Some("offsite".into());
         schedule.enabled = true;
         let book = b.ctx.schedule_book().unwrap();
-        let other = ScheduleBook::open(&b.root.join("inventory.db")).unwrap();
-        let claim = |book: &ScheduleBook, record: &InstanceRecord, schedule: &Schedule| {
-            b.ctx
-                .claim_due(book, record, schedule, RunKind::Backup, now)
-                .unwrap()
+        let other = Book::Sqlite(ScheduleBook::open(&b.root.join("inventory.db")).unwrap());
+        let claim = |book: &Book, record: &InstanceRecord, schedule: &Schedule| {
+            let (book, record, schedule) = (book.clone(), record.clone(), schedule.clone());
+            let ctx = b.ctx.clone();
+            async move {
+                ctx.claim_due(&book, &record, &schedule, RunKind::Backup, now)
+                    .await
+                    .unwrap()
+            }
         };
 
         let mut disabled = schedule.clone();
         disabled.enabled = false;
-        assert_eq!(claim(&book, &record, &disabled), Claim::NotDue);
+        assert_eq!(claim(&book, &record, &disabled).await, Claim::NotDue);
         let mut reserved = record.clone();
         reserved.stage = Stage::Commissioning;
-        assert_eq!(claim(&book, &reserved, &schedule), Claim::NotDue);
+        assert_eq!(claim(&book, &reserved, &schedule).await, Claim::NotDue);
 
-        let Claim::Claimed(mut run) = claim(&book, &record, &schedule) else {
+        let Claim::Claimed(mut run) = claim(&book, &record, &schedule).await else {
             panic!("an hourly backup two hours after creation is due")
         };
         let newest_hour = now
@@ -735,7 +968,7 @@ mod tests {
             .unwrap();
         assert_eq!(run.slot, newest_hour, "only the newest missed slot");
         assert_eq!(
-            claim(&other, &record, &schedule),
+            claim(&other, &record, &schedule).await,
             Claim::NotDue,
             "another claimer finds the slot taken"
         );
@@ -743,6 +976,7 @@ mod tests {
             matches!(
                 b.ctx
                     .claim_due(&other, &record, &schedule, RunKind::Copy, now)
+                    .await
                     .unwrap(),
                 Claim::Busy(_)
             ),
@@ -750,9 +984,9 @@ mod tests {
         );
         run.outcome = RunOutcome::Ok;
         run.ended_at = Some(Utc::now());
-        book.finish(&run).unwrap();
+        book.finish(&run).await.unwrap();
         assert_eq!(
-            claim(&other, &record, &schedule),
+            claim(&other, &record, &schedule).await,
             Claim::NotDue,
             "the slot ran"
         );
@@ -773,9 +1007,10 @@ mod tests {
         for _ in 0..2 {
             let (ctx, record, schedule) = (b.ctx.clone(), record.clone(), schedule.clone());
             let db = b.root.join("inventory.db");
-            tasks.push(tokio::task::spawn_blocking(move || {
-                let book = ScheduleBook::open(&db).unwrap();
+            tasks.push(tokio::spawn(async move {
+                let book = Book::Sqlite(ScheduleBook::open(&db).unwrap());
                 ctx.claim_due(&book, &record, &schedule, RunKind::Backup, now)
+                    .await
                     .unwrap()
             }));
         }
