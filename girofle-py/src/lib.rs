@@ -559,6 +559,30 @@ impl PyGirofle {
         to_py(py, &done)
     }
 
+    /// Moves an instance to host `to`: its data streamed engine to engine, GitLab's
+    /// checks run there, the old data kept aside on the old host unless `purge`. Returns
+    /// what was done, with the downtime in seconds.
+    #[pyo3(signature = (name, to, purge=false, timeout=None, cancel=None))]
+    fn move_instance(
+        &self,
+        py: Python<'_>,
+        name: String,
+        to: String,
+        purge: bool,
+        timeout: Option<f64>,
+        cancel: Option<Bound<'_, Cancel>>,
+    ) -> PyResult<Py<PyAny>> {
+        let request = girofle_core::moving::MoveRequest {
+            name,
+            to,
+            purge,
+            timeout: timeout_arg(py, timeout)?,
+        };
+        let call = Call::new(cancel.as_ref());
+        let moved = self.call(py, &call, |g| async move { g.move_instance(request).await })?;
+        to_py(py, &moved)
+    }
+
     /// Takes a backup (`strategy` "online" or "cold") into a store (default "local").
     /// `progress(files, bytes)` is called as the archive grows.
     #[pyo3(signature = (

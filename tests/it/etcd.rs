@@ -191,8 +191,17 @@ async fn a_busy_instance_is_refused_across_machines_and_a_killed_holder_frees_it
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("lock released {:?} after the kill", killed_at.elapsed());
-    // Recovery finishes the dead backup's work: the instance runs again.
-    ok(a.cli(&["recover"]));
+    // Recovery on the other machine finishes the dead backup's work (its intent record
+    // is on etcd): the instance runs again.
+    let recovered = json_ok(&b.cli(&["--json", "recover"]), "recover on machine B");
+    assert!(
+        recovered
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["instance"] == name.as_str() && r["operation"] == "cold-backup"),
+        "machine B did not recover A's backup: {recovered}"
+    );
     let state = g.show(&name).await.unwrap().state;
     assert_eq!(state, girofle_core::InstanceState::Running);
     json_ok(

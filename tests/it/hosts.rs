@@ -94,6 +94,11 @@ async fn a_remote_engine_refuses_a_client_without_certificates() {
 }
 
 fn add_host(root: &TestRoot, e: &RemoteEngine) {
+    add_host_with(root, e, root.ports);
+}
+
+/// `host add` of `e` with the port range `ports` (two roots of one fleet share one).
+fn add_host_with(root: &TestRoot, e: &RemoteEngine, ports: (u16, u16)) {
     ok(root.cli(&[
         "host",
         "add",
@@ -105,7 +110,7 @@ fn add_host(root: &TestRoot, e: &RemoteEngine) {
         "--ip",
         &e.ip.to_string(),
         "--ports",
-        &format!("{}-{}", root.ports.0, root.ports.1),
+        &format!("{}-{}", ports.0, ports.1),
         "--data-dir",
         &e.data_dir,
         "--label",
@@ -472,8 +477,8 @@ fn serves(ip: std::net::IpAddr, port: u16) -> bool {
         |mut s| {
             use std::io::{Read, Write};
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let asked =
-                s.write_all(format!("GET /users/sign_in HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes());
+            let asked = s
+                .write_all(format!("GET /users/sign_in HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes());
             let mut answer = String::new();
             asked.is_ok() && s.read_to_string(&mut answer).is_ok() && answer.contains(" 200 ")
         },
@@ -675,6 +680,31 @@ fn an_instance_moves_between_remote_hosts_with_its_repositories() {
     assert_eq!(unknown.status.code(), Some(3), "{}", text(&unknown));
     assert!(text(&unknown).contains("host-b"), "{}", text(&unknown));
 
+    // A move that fails before the switch (the new container not serving within 1 s)
+    // leaves the old instance running with its data, and nothing on host-b.
+    let failed = root.cli(&["instance", "move", &app, "--to", "host-b", "--timeout", "1"]);
+    assert_eq!(failed.status.code(), Some(6), "{}", text(&failed));
+    let shown = json_ok(&root.cli(&["instance", "show", &app, "--json"]), "show");
+    assert_eq!(
+        (shown["host"].as_str(), shown["state"].as_str()),
+        (Some("host-a"), Some("running"))
+    );
+    assert_eq!(
+        girofle_tests::ls_remote(&url(&made["external_url"])),
+        before
+    );
+    let names = b
+        .docker()
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&names.stdout).contains(&app));
+    let left = on_machine(
+        &b,
+        &format!("ls {d}/instances {d}/staging 2>&1", d = b.data_dir),
+    );
+    assert!(!left.contains(&app), "{left}");
+
     let moved = json_ok(
         &root.cli(&["instance", "move", &app, "--to", "host-b", "--json"]),
         "instance move",
@@ -720,4 +750,110 @@ fn an_instance_moves_between_remote_hosts_with_its_repositories() {
     );
     let journal = ok(root.cli(&["journal", "--instance", &app]));
     assert!(journal.contains("move"), "{journal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_killed_midway_is_put_right_by_recover_on_another_machine() {
+    let _up = remote::using();
+    let [a, b] = remote::remote_engines();
+    let (namespace, ttl) = (unique("move"), 3);
+    let one = TestRoot::new(&stand_in("17.5.1"));
+    let two = TestRoot::new(&stand_in("17.5.1"));
+    for t in [&one, &two] {
+        t.edit_config(|c| {
+            c.inventory = girofle_tests::etcd::inventory_on(
+                girofle_tests::etcd::endpoints(),
+                &namespace,
+                ttl,
+            );
+        });
+        add_host_with(t, &a, one.ports);
+        add_host_with(t, &b, one.ports);
+    }
+    let app = unique("app");
+    let _leftovers = RemoteLeftovers {
+        root: &one,
+        engines: vec![a.clone(), b.clone()],
+        names: vec![app.clone()],
+    };
+    ok(one.cli(&["instance", "create", &app, "--host", "host-a"]));
+
+    // Machine one starts a move and dies in the middle of it.
+    let mut settings = girofle_core::inventory::EtcdSettings::new(girofle_tests::etcd::endpoints());
+    settings.namespace.clone_from(&namespace);
+    let fleet = girofle_core::inventory::EtcdInventory::new(settings);
+    let mut child = one
+        .girofle()
+        .args(["instance", "move", &app, "--to", "host-b"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while fleet.intent(&app).await.unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the move never wrote its intent record"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the move ended before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Machine two finishes or rolls it back once the dead one's lease ran out: its intent
+    // record is on etcd, where every machine finds it.
+    let killed = Instant::now();
+    let recovery = loop {
+        let out = json_ok(&two.cli(&["--json", "recover"]), "recover");
+        if let Some(r) = out
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["instance"] == app.as_str())
+        {
+            break r.clone();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(ttl + 30),
+            "recover on machine two never took up the move: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(recovery["operation"], "move", "{recovery}");
+    assert!(
+        fleet.intent(&app).await.unwrap().is_none(),
+        "the intent record stayed"
+    );
+    let (kept, gone) = match recovery["outcome"].as_str() {
+        Some("rolled-back") => ("host-a", &b),
+        Some("finished") => ("host-b", &a),
+        other => panic!("recovery ended {other:?}: {recovery}"),
+    };
+    // Exactly one instance: on the host the recovery left it, running; nothing of it on
+    // the other host (no container, no directory, no staging copy).
+    let shown = json_ok(&two.cli(&["--json", "instance", "show", &app]), "show");
+    assert_eq!(
+        (shown["host"].as_str(), shown["state"].as_str()),
+        (Some(kept), Some("running")),
+        "{shown}"
+    );
+    let names = gone
+        .docker()
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&names.stdout).contains(&app),
+        "a container is left on {}",
+        gone.name
+    );
+    let left = on_machine(
+        gone,
+        &format!("ls {d}/instances {d}/staging 2>&1", d = gone.data_dir),
+    );
+    assert!(!left.contains(&app), "{left}");
 }

@@ -1,7 +1,10 @@
 //! Intent records (R-OPS-3): before any step that leaves an instance not as it should be,
 //! an operation writes `<root>/run/<instance>.intent.json` (0600, whole or not at all)
 //! saying what it does, how far it got and what is needed to roll it back or forward;
-//! it moves the phase on as it goes and removes the record when it ends.
+//! it moves the phase on as it goes and removes the record when it ends. With the
+//! inventory on etcd the record is a key beside the fleet instead (`intents/<instance>`),
+//! so `girofle recover` on another machine finishes or rolls back the operation of a
+//! machine that died; its writes are fenced by the instance's lock like the fleet's.
 //!
 //! The operations write these records (`ops::fleet`, `ops::backup`, `ops::restore`) and
 //! `ops::recovery` reads the ones a dead process left. Each operation's phases are an enum
@@ -10,11 +13,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::inventory::Inventory;
 use crate::error::{Error, IoContext, Result};
+use crate::model::context::Context;
 use crate::record::InstanceRecord;
 
 /// Directory of the intent records, under the root.
@@ -232,13 +238,16 @@ pub(crate) struct Intent {
 
 /// A written intent record, held by the running operation. Dropping it leaves the
 /// record in place (the operation was cancelled: recovery will see it); [`finish`]
-/// removes it.
+/// removes it. With the inventory on etcd the record lives there (beside the fleet, where
+/// `girofle recover` on any machine finds it), otherwise in `<root>/run/`.
 ///
 /// [`finish`]: IntentFile::finish
 #[derive(Debug)]
 pub(crate) struct IntentFile {
     path: PathBuf,
     intent: Intent,
+    /// The inventory, when it keeps the intent records (etcd).
+    fleet: Option<Arc<dyn Inventory>>,
 }
 
 pub(crate) fn intent_path(root: &Path, name: &str) -> PathBuf {
@@ -247,9 +256,9 @@ pub(crate) fn intent_path(root: &Path, name: &str) -> PathBuf {
 
 impl IntentFile {
     /// Writes the record of `op` on `instance`, in `phase`. The caller holds the lock.
-    pub(crate) fn begin(root: &Path, instance: &str, op: Operation) -> Result<Self> {
+    pub(crate) async fn begin(ctx: &Context, instance: &str, op: Operation) -> Result<Self> {
         let file = IntentFile {
-            path: intent_path(root, instance),
+            path: intent_path(ctx.root(), instance),
             intent: Intent {
                 instance: instance.to_string(),
                 op,
@@ -257,20 +266,28 @@ impl IntentFile {
                 host: crate::model::journal::host_name(),
                 started_at: Utc::now(),
             },
+            fleet: ctx
+                .inventory()
+                .as_etcd()
+                .is_some()
+                .then(|| ctx.inventory().clone()),
         };
-        file.write()?;
+        file.write().await?;
         Ok(file)
     }
 
-    fn write(&self) -> Result<()> {
+    async fn write(&self) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.intent)
             .map_err(|e| Error::backend("intent record", e))?;
-        crate::fsutil::write_atomic(&self.path, &bytes, 0o600)
+        match self.fleet.as_ref().and_then(|f| f.as_etcd()) {
+            Some(etcd) => etcd.write_intent(&self.intent.instance, Some(&bytes)).await,
+            None => crate::fsutil::write_atomic(&self.path, &bytes, 0o600),
+        }
     }
 
     /// Records that the operation moved on to `phase` (of its own kind: a phase of
     /// another operation is refused).
-    pub(crate) fn phase<P: Phase>(&mut self, phase: P) -> Result<()> {
+    pub(crate) async fn phase<P: Phase>(&mut self, phase: P) -> Result<()> {
         if !phase.set_in(&mut self.intent.op) {
             return Err(Error::backend(
                 "intent record",
@@ -281,7 +298,7 @@ impl IntentFile {
                 ),
             ));
         }
-        self.write()
+        self.write().await
     }
 
     /// What the record says.
@@ -290,8 +307,70 @@ impl IntentFile {
     }
 
     /// The operation ended and the instance is as it should be: the record goes.
-    pub(crate) fn finish(self) -> Result<()> {
-        remove_intent(&self.path)
+    pub(crate) async fn finish(self) -> Result<()> {
+        match self.fleet.as_ref().and_then(|f| f.as_etcd()) {
+            Some(etcd) => etcd.write_intent(&self.intent.instance, None).await,
+            None => remove_intent(&self.path),
+        }
+    }
+}
+
+impl Context {
+    /// The names of the instances with an intent record, where this fleet keeps them.
+    ///
+    /// # Errors
+    /// `Io` when the root's directory cannot be read, `Backend` when etcd does not answer.
+    pub(crate) async fn intent_names(&self) -> Result<Vec<String>> {
+        if let Some(etcd) = self.inventory().as_etcd() {
+            return etcd.intent_names().await;
+        }
+        let dir = self.root().join(RUN_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read directory", &dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.ctx("read directory", &dir)?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_suffix(INTENT_SUFFIX) {
+                if crate::record::validate_name(name).is_ok() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The bytes of the intent record of `name` (`None`: there is none), and where it is
+    /// (for messages).
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub(crate) async fn read_intent(&self, name: &str) -> Result<(Option<Vec<u8>>, String)> {
+        match self.inventory().as_etcd() {
+            Some(etcd) => Ok((
+                etcd.intent(name).await?,
+                format!("the fleet's intent record of `{name}` on etcd"),
+            )),
+            None => {
+                let path = intent_path(self.root(), name);
+                Ok((std::fs::read(&path).ok(), format!("`{}`", path.display())))
+            }
+        }
+    }
+
+    /// Removes the intent record of `name` (recovered).
+    ///
+    /// # Errors
+    /// `Io` or `Backend` when it cannot be removed.
+    pub(crate) async fn remove_intent(&self, name: &str) -> Result<()> {
+        match self.inventory().as_etcd() {
+            Some(etcd) => etcd.write_intent(name, None).await,
+            None => remove_intent(&intent_path(self.root(), name)),
+        }
     }
 }
 

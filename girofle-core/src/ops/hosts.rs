@@ -152,7 +152,9 @@ impl Context {
     /// host with the fewest of the fleet's instances among those that carry `labels`,
     /// whose engine answers and whose pool has an instance's three addresses free (ties:
     /// `local` first, then by name). `None` is the local host. A root without `[hosts]`
-    /// asks nothing: its instances are local, as before hosts existed.
+    /// asks nothing: its instances are local, as before hosts existed. A fleet on etcd with
+    /// `[hosts]` places on those only: every machine of the fleet reaches them, while
+    /// `local` is a different engine on each machine (`--host local` still may).
     ///
     /// # Errors
     /// `NotFound` for an unknown host, `InvalidInput` when it lacks a label asked for,
@@ -188,10 +190,11 @@ impl Context {
             return Ok(None);
         }
         let fleet = self.inventory().load().await?;
+        let shared = self.inventory().as_etcd().is_some() && !self.config().hosts.is_empty();
         let mut candidates: Vec<(usize, usize, Host)> = hosts(self.config(), self.root())
             .into_iter()
             .enumerate()
-            .filter(|(_, h)| carries(h))
+            .filter(|(_, h)| carries(h) && !(shared && h.is_local()))
             .map(|(i, h)| {
                 let n = fleet
                     .instances

@@ -28,13 +28,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::model::context::Context;
 use crate::model::instance::{self};
 pub use crate::model::intent::RecoveryOutcome;
-use crate::model::intent::{
-    intent_path, remove_intent, remove_tree, Intent, IntentFile, Operation, Patience, INTENT_SUFFIX,
-};
+use crate::model::intent::{remove_tree, Intent, IntentFile, Operation, Patience};
 use crate::model::lock::InstanceLock;
 use crate::model::warning::{NextStep, Warning};
 use crate::ops::fleet::InstanceStatus;
@@ -69,6 +67,23 @@ pub struct Recovery {
 pub struct InstanceListing {
     pub instances: Vec<InstanceStatus>,
     pub recoveries: Vec<Recovery>,
+}
+
+impl Recovery {
+    /// A recovery of `instance` that could not start: `error` says why.
+    fn failed(instance: &str, error: String) -> Recovery {
+        Recovery {
+            instance: instance.to_string(),
+            operation: "unknown".into(),
+            phase: None,
+            pid: None,
+            host: None,
+            started_at: None,
+            actions: Vec::new(),
+            outcome: RecoveryOutcome::Failed,
+            error: Some(error),
+        }
+    }
 }
 
 impl InstanceListing {
@@ -121,8 +136,10 @@ impl Context {
     pub(crate) async fn list_with_recoveries(
         &self,
     ) -> Result<(Vec<InstanceStatus>, Vec<Recovery>)> {
-        let recoveries = self.recover_pending().await;
-        Ok((self.listing().await?, recoveries))
+        // Boxed, both: their futures are large, and a caller's whole chain of futures sits
+        // on one thread's stack.
+        let recoveries = Box::pin(self.recover_pending()).await;
+        Ok((Box::pin(self.listing()).await?, recoveries))
     }
 
     /// Finishes or rolls back every interrupted operation whose instance is not held by a
@@ -138,7 +155,7 @@ impl Context {
     /// The cheap form run by `list` and the daemon: only when intent records exist (one
     /// directory read otherwise), and only them.
     pub(crate) async fn recover_pending(&self) -> Vec<Recovery> {
-        match self.intent_names() {
+        match self.intent_names().await {
             Ok(names) if names.is_empty() => Vec::new(),
             _ => self
                 .recover_intents(Patience::Passing)
@@ -180,35 +197,13 @@ impl Context {
             .await
             .is_ok()
         {
-            let _ = file.finish();
+            let _ = file.finish().await;
         }
-    }
-
-    /// Names of the instances that have an intent record.
-    fn intent_names(&self) -> Result<Vec<String>> {
-        let dir = self.root.join(RUN_DIR);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("read directory", &dir, e)),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.ctx("read directory", &dir)?;
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if let Some(name) = file.strip_suffix(INTENT_SUFFIX) {
-                if instance::validate_name(name).is_ok() {
-                    names.push(name.to_string());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
     }
 
     async fn recover_intents(&self, patience: Patience) -> Result<Vec<Recovery>> {
         let mut out = Vec::new();
-        for name in self.intent_names()? {
+        for name in self.intent_names().await? {
             // A live operation holds the lock: its record is not ours to touch.
             let Ok(lock) = self.take_lock(&name, "recover").await else {
                 continue;
@@ -221,29 +216,25 @@ impl Context {
 
     /// Recovers the intent record of `name`, if any. The caller holds the lock.
     async fn recover_instance(&self, name: &str, patience: Patience) -> Vec<Recovery> {
-        let path = intent_path(&self.root, name);
         // Read after taking the lock: the operation may have ended meanwhile.
-        let intent: Intent = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(i) => i,
-                Err(e) => {
-                    return vec![Recovery {
-                        instance: name.to_string(),
-                        operation: "unknown".into(),
-                        phase: None,
-                        pid: None,
-                        host: None,
-                        started_at: None,
-                        actions: Vec::new(),
-                        outcome: RecoveryOutcome::Failed,
-                        error: Some(format!(
-                            "intent record `{}` is unreadable ({e}); inspect the instance and delete the record",
-                            path.display()
-                        )),
-                    }]
-                }
-            },
-            Err(_) => return Vec::new(),
+        let (bytes, what) = match self.read_intent(name).await {
+            Ok(read) => read,
+            Err(e) => {
+                return vec![Recovery::failed(
+                    name,
+                    format!("{e}; run `girofle recover` again when the inventory answers"),
+                )]
+            }
+        };
+        let intent: Intent = match bytes.map(|b| serde_json::from_slice(&b)) {
+            Some(Ok(i)) => i,
+            Some(Err(e)) => {
+                return vec![Recovery::failed(
+                    name,
+                    format!("intent record {what} is unreadable ({e}); inspect the instance and delete the record"),
+                )]
+            }
+            None => return Vec::new(),
         };
         let mut actions = Vec::new();
         let arguments = json!({
@@ -274,7 +265,7 @@ impl Context {
             })
             .await;
         let (outcome, error) = match result {
-            Ok(outcome) => match remove_intent(&path) {
+            Ok(outcome) => match self.remove_intent(name).await {
                 Ok(()) => (outcome, None),
                 Err(e) => (RecoveryOutcome::Failed, Some(e.to_string())),
             },
@@ -312,7 +303,7 @@ impl Context {
             Some(r) => self.at(r).await?,
             None => self.clone(),
         };
-        here.undo_on_host(intent, patience, actions).await
+        Box::pin(here.undo_on_host(intent, patience, actions)).await
     }
 
     /// [`Context::undo`] on the instance's host.
@@ -434,7 +425,11 @@ impl Context {
                     Err(_) => continue,
                 },
             };
-            if intent_path(&self.root, &name).exists() {
+            if self
+                .read_intent(&name)
+                .await
+                .map_or(true, |(b, _)| b.is_some())
+            {
                 continue;
             }
             let mut actions = Vec::new();

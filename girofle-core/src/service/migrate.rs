@@ -18,7 +18,6 @@ use crate::adapters::inventory::{EtcdInventory, Fleet, Inventory, SqliteInventor
 use crate::error::{Error, IoContext, Result};
 use crate::model::config::{Config, InventoryConfig, CONFIG_FILE};
 use crate::model::context::Context;
-use crate::model::intent::{INTENT_SUFFIX, RUN_DIR};
 use crate::service::schedule::{Book, BookDump, EtcdBook, RunOutcome, ScheduleBook};
 
 /// Where to move the inventory.
@@ -102,7 +101,7 @@ impl Context {
         for name in fleet.instances.keys() {
             locks.push(self.take_lock(name, "inventory migrate").await?);
         }
-        self.refuse_leftover_intents()?;
+        self.refuse_leftover_intents().await?;
         let book = self.schedule_book()?;
         let recovered = book.recover().await?;
         self.journal_interrupted(&recovered).await;
@@ -136,20 +135,8 @@ impl Context {
         })
     }
 
-    fn refuse_leftover_intents(&self) -> Result<()> {
-        let dir = self.root.join(RUN_DIR);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
-        };
-        let left: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_suffix(INTENT_SUFFIX)
-                    .map(str::to_string)
-            })
-            .collect();
+    async fn refuse_leftover_intents(&self) -> Result<()> {
+        let left = self.intent_names().await?;
         if left.is_empty() {
             return Ok(());
         }

@@ -557,6 +557,99 @@ impl EtcdInventory {
         Ok(resp.kvs().first().map(|kv| Held::of(kv.value()).holder))
     }
 
+    fn intent_key(&self, name: &str) -> String {
+        self.key(&format!("intents/{name}"))
+    }
+
+    /// Writes (`Some`) or deletes (`None`) the intent record of instance `name`, where
+    /// `girofle recover` on any machine finds it. When this process holds that instance's
+    /// lock, the write is fenced by it as a fleet write is.
+    ///
+    /// # Errors
+    /// `Conflict` when this process lost the lock, `Backend` when etcd does not answer.
+    pub async fn write_intent(&self, name: &str, record: Option<&[u8]>) -> Result<()> {
+        let key = self.intent_key(name);
+        let fence = self
+            .shared
+            .fences
+            .lock()
+            .expect("fence table")
+            .get(name)
+            .cloned();
+        let op = match record {
+            Some(bytes) => TxnOp::put(key, bytes.to_vec(), None),
+            None => TxnOp::delete(key, None),
+        };
+        let compares: Vec<Compare> = fence
+            .iter()
+            .map(|f| Compare::create_revision(f.key.clone(), CompareOp::Equal, f.token))
+            .collect();
+        let txn = Txn::new().when(compares).and_then(vec![op]);
+        // A put or a delete of one key lands the same when repeated after a lost answer.
+        let resp = self
+            .call("write an intent record", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if !resp.succeeded() {
+            return Err(Error::Conflict(format!(
+                "this process lost the lock of instance `{name}` (its etcd lease ran out: the process was paused or cut off from etcd for longer than {} s); its intent record was not written. Run `girofle recover` once the other operation is over",
+                self.shared.settings.lease_ttl.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The intent record of instance `name`, if any.
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub async fn intent(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.intent_key(name);
+        let resp = self
+            .call("read an intent record", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// The names of the instances that have an intent record, sorted.
+    ///
+    /// # Errors
+    /// `Backend` when etcd does not answer.
+    pub async fn intent_names(&self) -> Result<Vec<String>> {
+        let prefix = self.key("intents/");
+        let resp = self
+            .call("list the intent records", |mut c| {
+                let prefix = prefix.clone();
+                async move {
+                    c.get(
+                        prefix,
+                        Some(
+                            etcd_client::GetOptions::new()
+                                .with_prefix()
+                                .with_keys_only(),
+                        ),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        let mut names: Vec<String> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                key.strip_prefix(&prefix).map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Adds one line to the fleet's journal: `key` orders it (time first), `line` is the
     /// record as the journal writes it.
     ///

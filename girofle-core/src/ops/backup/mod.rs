@@ -656,7 +656,7 @@ impl Context {
                 );
                 // Until this record goes, a crash leaves GitLab stopped: recovery starts it.
                 let intent = IntentFile::begin(
-                    &self.root,
+                    self,
                     &record.name,
                     Operation::ColdBackup {
                         phase: ColdBackupPhase::Archiving,
@@ -664,7 +664,8 @@ impl Context {
                         store: store.name().to_string(),
                         id: id.clone(),
                     },
-                )?;
+                )
+                .await?;
                 let down = Instant::now();
                 let stopped = if running {
                     self.runtime.stop(&container, self.stop_grace()).await
@@ -738,7 +739,7 @@ impl Context {
                 // Until this record goes, a crash may leave GitLab's tar and staging parts
                 // in the data volume: recovery removes them.
                 let mut intent = IntentFile::begin(
-                    &self.root,
+                    self,
                     &record.name,
                     Operation::OnlineBackup {
                         phase: OnlineBackupPhase::GitlabBackup,
@@ -747,7 +748,8 @@ impl Context {
                         gitlab_tar: produced.clone(),
                         holder: holder.clone(),
                     },
-                )?;
+                )
+                .await?;
                 // Under CRON=1 GitLab prints nothing, errors included: its reasons are
                 // only what it appends to backup_json.log from now on.
                 let log_mark = crate::ops::gitlab_backup::LogMark::now(&dirs);
@@ -769,7 +771,7 @@ impl Context {
                     // GitLab refused to start: nothing of this backup was written, and the
                     // files in its backup path belong to the run that holds it.
                     Err(e @ Error::Conflict(_)) => {
-                        intent.finish()?;
+                        intent.finish().await?;
                         return Err(e);
                     }
                     Err(e) => {
@@ -777,7 +779,7 @@ impl Context {
                         return Err(e);
                     }
                 }
-                intent.phase(OnlineBackupPhase::Archiving)?;
+                intent.phase(OnlineBackupPhase::Archiving).await?;
                 let moved = holder.join(&tar_name);
                 let result = match std::fs::create_dir_all(&holder)
                     .ctx("create directory", &holder)
@@ -853,7 +855,7 @@ impl Context {
             return Err(e);
         }
         crate::model::notify::made_backup(&id);
-        intent.finish()?;
+        intent.finish().await?;
         Ok(BackupReport {
             id,
             store: store.name().to_string(),

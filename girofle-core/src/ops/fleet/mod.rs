@@ -246,7 +246,8 @@ impl Context {
             .await?;
         let here = self.on_host(host.as_deref(), &image).await?;
         here.ensure_image(&image).await?;
-        here.commission_on(request, image, settings, host).await
+        // Boxed: a commission's future is large, and callers join several.
+        Box::pin(here.commission_on(request, image, settings, host)).await
     }
 
     /// Commissions on this context's host (`host`: its name in the record).
@@ -318,12 +319,14 @@ impl Context {
         let record = record.expect("set by the transaction");
         // Until this record goes, a crash leaves a half-made instance: recovery removes it.
         let intent = match IntentFile::begin(
-            &self.root,
+            self,
             &name,
             Operation::Commission {
                 phase: CommissionPhase::Creating,
             },
-        ) {
+        )
+        .await
+        {
             Ok(i) => i,
             Err(e) => {
                 let _ = self.forget(&name).await;
@@ -341,7 +344,7 @@ impl Context {
                     self.settle(intent).await;
                     return Err(e);
                 }
-                intent.finish()?;
+                intent.finish().await?;
                 drop(lock);
                 Ok(active.redacted())
             }
@@ -539,7 +542,9 @@ impl Context {
             }
         }
         let asked = futures::future::join_all(hosts.iter().map(|h| async {
-            let seen = tokio::time::timeout(PROBE_WAIT, self.seen_on(h.as_deref(), &fleet)).await;
+            let seen =
+                tokio::time::timeout(PROBE_WAIT, Box::pin(self.seen_on(h.as_deref(), &fleet)))
+                    .await;
             (h.clone(), seen.ok().and_then(Result::ok))
         }))
         .await;
@@ -553,7 +558,7 @@ impl Context {
             let Some(seen) = seen else {
                 // The local engine's failure is the command's: nothing could be listed.
                 if host.is_none() {
-                    self.seen_on(None, &fleet).await?;
+                    Box::pin(self.seen_on(None, &fleet)).await?;
                 }
                 out.extend(records.map(|r| status_of(r, InstanceState::Unreachable, Vec::new())));
                 continue;
@@ -723,8 +728,7 @@ impl Context {
                             "the instance's data is gone; restore it from a backup (`girofle restore`)",
                         ));
                     }
-                    return here
-                    .bring_up(&record, &dirs, None)
+                    return Box::pin(here.bring_up(&record, &dirs, None))
                     .await
                     .map(|_| record.redacted());
                 }
@@ -784,7 +788,7 @@ impl Context {
             Self::versions_of(&record.image),
             async {
                 let here = self.at(&record).await?;
-                let r = here.reconfigure_inner(record.clone(), set, unset).await;
+                let r = Box::pin(here.reconfigure_inner(record.clone(), set, unset)).await;
                 r.map_err(|e| e.scrubbed(&given_values(set)))
             },
         )
@@ -835,14 +839,15 @@ impl Context {
         // Until this record goes, a crash is rolled back by recovery (the previous
         // gitlab.rb back and applied), unless the inventory already has the new settings.
         let mut intent = IntentFile::begin(
-            &self.root,
+            self,
             &record.name,
             Operation::Reconfigure {
                 phase: ReconfigurePhase::Applying,
                 previous_rb: previous.clone(),
                 settings: updated.settings.clone(),
             },
-        )?;
+        )
+        .await?;
         let next = render_gitlab_rb(
             &previous,
             &updated.settings,
@@ -856,7 +861,7 @@ impl Context {
             Err(e) => Err(e),
         };
         match applied {
-            Ok(()) => intent.finish()?,
+            Ok(()) => intent.finish().await?,
             Err(e) => {
                 // GitLab refused (the previous file is back and applied), did not turn
                 // healthy with the new settings, or the inventory could not be written:
@@ -908,7 +913,7 @@ impl Context {
             self.files().write_private(rb, previous.as_bytes()).await?;
             let restored = self.runtime.exec_ok(&container, &reconfigure).await;
             if let (Ok(_), Some(intent)) = (restored, intent) {
-                intent.phase(ReconfigurePhase::Restored)?;
+                intent.phase(ReconfigurePhase::Restored).await?;
             }
             return Err(match e {
                 Error::Command { output, exit_code, .. } => Error::invalid(
@@ -964,7 +969,7 @@ impl Context {
         let outcome = match back {
             Ok(()) => {
                 if let Some(intent) = intent {
-                    intent.phase(ReconfigurePhase::Restored)?;
+                    intent.phase(ReconfigurePhase::Restored).await?;
                 }
                 "the new settings were rolled back: the previous gitlab.rb is back in place and GitLab answers again".to_string()
             }
@@ -1000,12 +1005,12 @@ impl Context {
         let dirs = self.instance_dirs(name);
         match archive_to {
             Some(dest) => {
-                intent.phase(DecommissionPhase::Moving)?;
+                intent.phase(DecommissionPhase::Moving).await?;
                 if self.files().exists(&dirs.base).await? {
                     // A rename keeps every numeric owner and mode as GitLab left them.
                     self.files().move_dir(&dirs.base, dest).await?;
                 }
-                intent.phase(DecommissionPhase::Removing)?;
+                intent.phase(DecommissionPhase::Removing).await?;
                 self.runtime
                     .remove(&container, true)
                     .await
@@ -1022,7 +1027,7 @@ impl Context {
                         Error::NotFound { .. } => Ok(()),
                         e => Err(e),
                     })?;
-                intent.phase(DecommissionPhase::Purging)?;
+                intent.phase(DecommissionPhase::Purging).await?;
                 self.files().remove_dir(&dirs.base).await?;
             }
         }
@@ -1044,7 +1049,7 @@ impl Context {
             Self::versions_of(&record.image),
             Box::pin(async {
                 let here = self.at(&record).await?;
-                here.decommission_inner(record.clone(), options).await
+                Box::pin(here.decommission_inner(record.clone(), options)).await
             }),
         )
         .await
@@ -1080,7 +1085,7 @@ impl Context {
         // Until this record goes, a crash is finished (the data moved) or rolled back
         // (the data still in place) by recovery.
         let mut intent = IntentFile::begin(
-            &self.root,
+            self,
             &name,
             Operation::Decommission {
                 phase: DecommissionPhase::Stopping,
@@ -1088,12 +1093,13 @@ impl Context {
                 purge: options.purge,
                 archive_to: archived_to.clone(),
             },
-        )?;
+        )
+        .await?;
         let done = self
             .take_down(&record, archived_to.as_deref(), &mut intent)
             .await;
         match done {
-            Ok(()) => intent.finish()?,
+            Ok(()) => intent.finish().await?,
             Err(e) => {
                 self.settle(intent).await;
                 return Err(e);

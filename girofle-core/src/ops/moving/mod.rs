@@ -121,7 +121,7 @@ impl Context {
         // Until this record goes, a crash is rolled back (the old instance started again)
         // or, past the switch, finished (the old container removed, its data aside).
         let mut intent = IntentFile::begin(
-            &self.root,
+            self,
             &name,
             Operation::Move {
                 phase: MovePhase::Copying,
@@ -129,7 +129,8 @@ impl Context {
                 target: target.clone(),
                 aside: aside.clone(),
             },
-        )?;
+        )
+        .await?;
         let stopped = Instant::now();
         let switched = self
             .copy_and_start(&src, &dst, &record, &target, request.timeout, &mut intent)
@@ -144,7 +145,7 @@ impl Context {
         let downtime = stopped.elapsed();
         // Past the point of no return: the old container goes, its data aside (or gone).
         src.retire(&record, aside.as_deref()).await?;
-        intent.finish()?;
+        intent.finish().await?;
         Ok(Moved {
             name,
             from,
@@ -248,7 +249,7 @@ impl Context {
         dst.files()
             .move_dir(&dst.site.base().join(&staging), &dirs.base)
             .await?;
-        intent.phase(MovePhase::Starting)?;
+        intent.phase(MovePhase::Starting).await?;
         dst.bring_up(target, &dirs, timeout).await?;
         let checks = dst.gitlab_checks(&target.container_name()).await?;
         if !checks.secrets_ok || !checks.check_ok {
@@ -263,7 +264,7 @@ impl Context {
             });
         }
         self.put_record(target).await?;
-        intent.phase(MovePhase::Switched)?;
+        intent.phase(MovePhase::Switched).await?;
         Ok((bytes, checks))
     }
 }

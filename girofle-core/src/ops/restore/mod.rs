@@ -235,7 +235,7 @@ impl Context {
         // From here until the record goes, a crash is rolled back by recovery: the
         // previous directories come back from `aside` and the previous container again.
         let mut intent = IntentFile::begin(
-            &self.root,
+            self,
             &target,
             Operation::Restore {
                 phase: RestorePhase::Extracting,
@@ -243,7 +243,8 @@ impl Context {
                 staging: staging.clone(),
                 aside: aside.clone(),
             },
-        )?;
+        )
+        .await?;
         let extracted = self
             .extract_to(&store, &manifest, &staging, request.progress.clone())
             .await
@@ -354,14 +355,18 @@ impl Context {
                 Ok(())
             })
             .await;
-        if let Err(e) = reservation.and_then(|_| intent.phase(RestorePhase::Reserved)) {
+        let reserved = match reservation {
+            Ok(_) => intent.phase(RestorePhase::Reserved).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = reserved {
             self.settle(intent).await;
             return Err(e);
         }
         let record = new_record.expect("set by the transaction");
 
         // 5. Swap the directories, bring the restored instance up, check it.
-        if let Err(e) = intent.phase(RestorePhase::Swapping) {
+        if let Err(e) = intent.phase(RestorePhase::Swapping).await {
             self.settle(intent).await;
             return Err(e);
         }
@@ -392,10 +397,10 @@ impl Context {
                     return Err(e);
                 }
                 // The point of no return: the restored instance is the instance now.
-                intent.phase(RestorePhase::Committed)?;
+                intent.phase(RestorePhase::Committed).await?;
                 let _ = std::fs::remove_dir_all(&aside);
                 let _ = std::fs::remove_dir_all(&staging);
-                intent.finish()?;
+                intent.finish().await?;
                 Ok(RestoreReport {
                     id: request.id.clone(),
                     name: target,

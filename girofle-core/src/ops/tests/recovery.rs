@@ -18,7 +18,11 @@ use crate::ops::backup::archive_key;
 
 /// Leaves the intent record of `op` on `name`, as a process killed mid-way does.
 fn interrupted(b: &Bench, name: &str, op: Operation) {
-    drop(IntentFile::begin(&b.root, name, op).expect("intent record"));
+    drop(
+        IntentFile::begin(&b.ctx, name, op)
+            .await
+            .expect("intent record"),
+    );
 }
 
 /// Runs `recover` and returns the outcome of the recovery of `name`'s intent record.
