@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use crate::tar_stream::*;
-use crate::testing::{append_pax, dir, file, pax_record, plain_tar, raw, set_raw, Raw};
+use crate::testing::{append_pax, dir, file, pax_record, plain_tar, raw, set_raw, sources_of, Raw};
 use crate::tests::*;
 use crate::*;
 
@@ -348,15 +348,7 @@ fn extraction_into_tar_streams_unpacks_to_the_tree() {
     assert_restored(&sources, out.path());
 
     // And the streams give back the very archive they came from, but its index entry.
-    let streams = outs
-        .into_iter()
-        .map(|t| TarSource {
-            prefix: t.prefix,
-            tar: Cursor::new(t.out),
-            reopen: None,
-        })
-        .collect();
-    let (again, again_summary) = from_tars(streams).unwrap();
+    let (again, again_summary) = from_tars(sources_of(outs)).unwrap();
     assert_eq!(trees_of(&again), trees_of(&bytes));
     let first = ArchiveIndex::from_jsonl(&index_bytes(&summary)).unwrap();
     let again_index = ArchiveIndex::from_jsonl(&index_bytes(&again_summary)).unwrap();

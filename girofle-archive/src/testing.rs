@@ -237,6 +237,22 @@ pub fn plain_tar(entries: &[Raw]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// The tar streams an extraction wrote (`extract_archive_to_tars`) as the sources of a new
+/// archive, as an engine would export them again once imported (no hard links in them,
+/// so no `reopen`).
+pub fn sources_of(
+    targets: Vec<crate::TarTarget<Vec<u8>>>,
+) -> Vec<crate::TarSource<std::io::Cursor<Vec<u8>>>> {
+    targets
+        .into_iter()
+        .map(|t| crate::TarSource {
+            prefix: t.prefix,
+            tar: std::io::Cursor::new(t.out),
+            reopen: None,
+        })
+        .collect()
+}
+
 /// zstd with the frame parameters Girofle writes (checksum, the pinned window).
 ///
 /// # Panics
