@@ -1,5 +1,7 @@
 //! Fuzzes the reading side of the archive format: `verify_archive` and `extract_archive`,
-//! checked in lockstep against an index, as a restore does with a backup from a store.
+//! checked in lockstep against an index, as a restore does with a backup from a store;
+//! `extract_archive_to_tars` beside each extraction; and `write_archive_from_tars` on a
+//! tar stream as a hostile engine could send it.
 //!
 //! Input layout: one flag byte, a little-endian `u32` length, that many bytes of index (the
 //! JSON lines kept beside an archive), then the archive.
@@ -9,6 +11,15 @@
 //! - flag bit 1 set: the index's size and BLAKE3 are checked too (computed here, so they
 //!   match: a manifest that agrees with a damaged index).
 //! - flag bit 2 set: verify only; clear: extract.
+//! - flag bit 3 set: the archive part is instead the tar stream of a source `data` from
+//!   an engine (the index part is unused), archived by `write_archive_from_tars`; what it
+//!   accepts must then read back with `verify_archive` against its own index without a
+//!   panic.
+//!
+//! Every extraction into a directory is done into tar streams too, with the same checks:
+//! if the directory extraction is accepted, so must be the tar one, and the tar streams
+//! must archive again to the same entries (less the privilege bits extraction strips); if
+//! it is refused as corrupt, the tar one must be refused too.
 //!
 //! Whatever the input, nothing may panic, and nothing may be written outside the target
 //! directory: a sentinel directory beside it must be unchanged, the temporary directory
@@ -18,11 +29,14 @@
 #![no_main]
 
 use std::fs;
-use std::io::{Cursor, Write};
+use std::io::{Cursor, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use girofle_archive::{extract_archive, verify_archive, ExpectedIndex};
+use girofle_archive::{
+    extract_archive, extract_archive_to_tars, verify_archive, write_archive_from_tars,
+    ArchiveIndex, CompressionOptions, EntryKind, Error, ExpectedIndex, TarSource, TarTarget,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// The zstd window Girofle's writer pins (`girofle_archive`'s `WINDOW_LOG`).
@@ -33,6 +47,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let flags = data[0];
+    if flags & 8 != 0 {
+        archive_engine_stream(&data[1..]);
+        return;
+    }
     let len = u32::from_le_bytes([data[1], data[2], data[3], data[4]]) as usize;
     let rest = &data[5..];
     let (index, archive) = rest.split_at(len.min(rest.len()));
@@ -58,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
     let target = base.path().join("target");
 
     let result = extract_archive(&archive[..], &target, expected, None, &mut |_| {});
+    extract_to_tars_agrees(&archive, index, check, &target, &result);
 
     assert_eq!(
         snapshot(&sentinel),
@@ -78,6 +97,118 @@ fuzz_target!(|data: &[u8]| {
     }
     make_removable(base.path());
 });
+
+fn no_progress(_: girofle_archive::Progress) {}
+
+/// The same extraction into tar streams, one per top-level directory the directory
+/// extraction made, must agree with it (see the module's doc).
+fn extract_to_tars_agrees(
+    archive: &[u8],
+    index: &[u8],
+    check: Option<(u64, &str)>,
+    target: &Path,
+    by_dir: &Result<(serde_json::Value, girofle_archive::IndexSummary), Error>,
+) {
+    let mut prefixes: Vec<String> = fs::read_dir(target)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    prefixes.sort();
+    let mut targets: Vec<TarTarget<Vec<u8>>> = prefixes
+        .iter()
+        .map(|p| TarTarget {
+            prefix: p.clone(),
+            out: Vec::new(),
+        })
+        .collect();
+    let expected = ExpectedIndex::new(Cursor::new(index), check);
+    let by_tar = extract_archive_to_tars(archive, &mut targets, expected, None, &mut no_progress);
+    match by_dir {
+        Ok(_) => {
+            if let Err(e) = &by_tar {
+                panic!("extracted into a directory, refused into tar streams: {e}");
+            }
+        }
+        Err(Error::Corrupt { .. }) => {
+            assert!(
+                by_tar.is_err(),
+                "refused into a directory, accepted into tar streams"
+            );
+            return;
+        }
+        Err(_) => return,
+    }
+    let sources = girofle_archive::testing::sources_of(targets);
+    let opts = CompressionOptions {
+        level: 1,
+        threads: 0,
+    };
+    let again = write_archive_from_tars(
+        &serde_json::json!({}),
+        sources,
+        opts,
+        Vec::new(),
+        &mut no_progress,
+    )
+    .expect("the tar streams of an accepted extraction archive again");
+    let mut lines = Vec::new();
+    let mut file = again.index_file;
+    file.read_to_end(&mut lines).unwrap();
+    let stripped = |mut e: girofle_archive::FileEntry| {
+        e.mode &= match e.kind {
+            EntryKind::File => !0o7000,
+            EntryKind::Dir => !0o4000,
+            EntryKind::Symlink => !0,
+        };
+        e
+    };
+    let want: Vec<_> = ArchiveIndex::from_jsonl(index)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(stripped)
+        .collect();
+    let got = ArchiveIndex::from_jsonl(&lines).unwrap().entries;
+    assert_eq!(got, want, "the tar streams archive again to other entries");
+}
+
+/// A tar stream from a hostile engine: archived or refused, never a panic; what is
+/// archived reads back.
+fn archive_engine_stream(tar: &[u8]) {
+    let source = TarSource {
+        prefix: "data".to_string(),
+        tar: Cursor::new(tar),
+        reopen: Some(Box::new(|_: &str| {
+            let content: Box<dyn Read> = Box::new(Cursor::new(b"linked".to_vec()));
+            Ok(content)
+        })),
+    };
+    let opts = CompressionOptions {
+        level: 1,
+        threads: 0,
+    };
+    let mut out = Vec::new();
+    let Ok(summary) = write_archive_from_tars(
+        &serde_json::json!({}),
+        vec![source],
+        opts,
+        &mut out,
+        &mut no_progress,
+    ) else {
+        return;
+    };
+    let mut lines = Vec::new();
+    let mut file = summary.index_file;
+    file.read_to_end(&mut lines).unwrap();
+    let expected = ExpectedIndex::new(Cursor::new(&lines[..]), None);
+    let _ = verify_archive(
+        &out[..],
+        Some(expected),
+        Some((summary.archive_size, &summary.archive_hash)),
+    );
+}
 
 fn compress(tar: &[u8]) -> Vec<u8> {
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();

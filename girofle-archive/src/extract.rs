@@ -4,7 +4,7 @@
 //! may be extracted are the read pass's (`read`).
 
 use std::fs::{self, File, FileTimes, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -41,19 +41,73 @@ pub fn extract_archive<R: Read + Send>(
     let mut sink = Extractor {
         root: target.to_path_buf(),
         chown: true,
-        stripped: Vec::new(),
-        stripped_count: 0,
+        stripped: Stripped::default(),
+        open: None,
     };
+    extract_into(input, &mut sink, expected, expected_archive, progress)
+}
+
+/// The read pass into `sink`, checked against `expected`; the summary lists the modes the
+/// sink stripped.
+pub(crate) fn extract_into<R: Read + Send>(
+    input: R,
+    sink: &mut dyn Sink,
+    expected: ExpectedIndex<'_>,
+    expected_archive: Option<(u64, &str)>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(serde_json::Value, IndexSummary)> {
     let (header, mut summary) = read_archive(
         input,
         Some(expected),
         expected_archive,
-        Some(&mut sink),
+        Some(&mut *sink),
         progress,
     )?;
-    summary.modes_stripped = sink.stripped;
-    summary.modes_stripped_count = sink.stripped_count;
+    sink.take_stripped().report(&mut summary);
     Ok((header, summary))
+}
+
+/// Where the read pass puts the entries it accepted, in archive order: a directory
+/// ([`Extractor`]) or tar streams (`tar_stream`). Each call comes once the entry passed
+/// every check that can be made before its content; a file's content is hashed as it
+/// passes, and `end_file` comes only once its hash matched.
+pub(crate) trait Sink {
+    fn dir(&mut self, e: &FileEntry) -> Result<()>;
+    fn symlink(&mut self, e: &FileEntry, link: &str) -> Result<()>;
+    fn begin_file(&mut self, e: &FileEntry) -> Result<()>;
+    fn file_data(&mut self, data: &[u8]) -> Result<()>;
+    fn end_file(&mut self, e: &FileEntry) -> Result<()>;
+    /// Nothing more goes into the directory.
+    fn close_dir(&mut self, d: &OpenDir) -> Result<()>;
+    /// The modes stripped so far.
+    fn take_stripped(&mut self) -> Stripped;
+}
+
+/// The paths given without their setuid, setgid or sticky bits (the first ones), and how
+/// many: the same rule for every sink.
+#[derive(Default)]
+pub(crate) struct Stripped {
+    paths: Vec<String>,
+    count: u64,
+}
+
+impl Stripped {
+    /// `mode` without `bits` (and without anything above the permission bits), recorded
+    /// for `path` if any was set.
+    pub(crate) fn strip(&mut self, path: &str, mode: u32, bits: u32) -> u32 {
+        if mode & bits != 0 {
+            self.count += 1;
+            if self.paths.len() < MAX_LISTED_STRIPPED {
+                self.paths.push(path.to_string());
+            }
+        }
+        mode & !bits & 0o7777
+    }
+
+    pub(crate) fn report(self, summary: &mut IndexSummary) {
+        summary.modes_stripped = self.paths;
+        summary.modes_stripped_count = self.count;
+    }
 }
 
 /// Where extracted entries go.
@@ -61,21 +115,9 @@ pub(crate) struct Extractor {
     pub(crate) root: PathBuf,
     /// Cleared after the first `EPERM`: owners cannot be restored unless root.
     chown: bool,
-    /// Paths given without their setuid/setgid/sticky bits (the first ones), and a count.
-    stripped: Vec<String>,
-    stripped_count: u64,
-}
-
-impl Extractor {
-    fn strip(&mut self, path: &str, mode: u32, bits: u32) -> u32 {
-        if mode & bits != 0 {
-            self.stripped_count += 1;
-            if self.stripped.len() < MAX_LISTED_STRIPPED {
-                self.stripped.push(path.to_string());
-            }
-        }
-        mode & !bits & 0o7777
-    }
+    stripped: Stripped,
+    /// The file being written, and its path.
+    open: Option<(File, PathBuf)>,
 }
 
 fn prepare_target(target: &Path) -> Result<()> {
@@ -120,8 +162,10 @@ impl Extractor {
             Err(e) => Err(Error::io("set the owner of", path, e)),
         }
     }
+}
 
-    pub(crate) fn dir(&mut self, e: &FileEntry) -> Result<()> {
+impl Sink for Extractor {
+    fn dir(&mut self, e: &FileEntry) -> Result<()> {
         let path = self.root.join(&e.path);
         fs::DirBuilder::new()
             .mode(0o700)
@@ -134,7 +178,7 @@ impl Extractor {
         Ok(())
     }
 
-    pub(crate) fn symlink(&mut self, e: &FileEntry, link: &str) -> Result<()> {
+    fn symlink(&mut self, e: &FileEntry, link: &str) -> Result<()> {
         let path = self.root.join(&e.path);
         std::os::unix::fs::symlink(link, &path).ctx("create the symlink", &path)?;
         if self.chown {
@@ -144,31 +188,42 @@ impl Extractor {
         Ok(())
     }
 
-    pub(crate) fn create_file(&self, e: &FileEntry) -> Result<File> {
+    fn begin_file(&mut self, e: &FileEntry) -> Result<()> {
         let path = self.root.join(&e.path);
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .ctx("create", &path)
+            .ctx("create", &path)?;
+        self.open = Some((file, path));
+        Ok(())
+    }
+
+    fn file_data(&mut self, data: &[u8]) -> Result<()> {
+        let (file, path) = self.open.as_mut().expect("begin_file came first");
+        file.write_all(data).ctx("write", path)
     }
 
     /// Owner, then mode (a chown clears setuid bits), then mtime, all through the open fd.
-    pub(crate) fn finish_file(&mut self, file: File, e: &FileEntry) -> Result<()> {
-        let path = self.root.join(&e.path);
+    fn end_file(&mut self, e: &FileEntry) -> Result<()> {
+        let (file, path) = self.open.take().expect("begin_file came first");
         if self.chown {
             let r = std::os::unix::fs::fchown(&file, Some(e.uid), Some(e.gid));
             self.set_owner(r, &path)?;
         }
-        let mode = self.strip(&e.path, e.mode, FILE_PRIVILEGE_BITS);
+        let mode = self.stripped.strip(&e.path, e.mode, FILE_PRIVILEGE_BITS);
         file.set_permissions(fs::Permissions::from_mode(mode))
             .ctx("set the mode of", &path)?;
         let t = mtime_of(e.mtime);
         file.set_times(FileTimes::new().set_modified(t).set_accessed(t))
             .ctx("set the mtime of", &path)?;
         Ok(())
+    }
+
+    fn take_stripped(&mut self) -> Stripped {
+        std::mem::take(&mut self.stripped)
     }
 
     /// A directory's mode and mtime, once nothing more is written into it.
@@ -179,7 +234,7 @@ impl Extractor {
             .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
             .open(&path)
             .ctx("open the directory", &path)?;
-        let mode = self.strip(&d.path, d.mode, DIR_PRIVILEGE_BITS);
+        let mode = self.stripped.strip(&d.path, d.mode, DIR_PRIVILEGE_BITS);
         dir.set_permissions(fs::Permissions::from_mode(mode))
             .ctx("set the mode of", &path)?;
         let t = mtime_of(d.mtime);
@@ -191,13 +246,13 @@ impl Extractor {
 
 /// A directory of the archive that may still receive entries (an ancestor of the last
 /// entry read): the walk is depth first, so these form a stack.
-struct OpenDir {
+pub(crate) struct OpenDir {
     /// `""` for the extraction root.
-    path: String,
+    pub(crate) path: String,
     /// Name and kind of its last child so far: the next must sort after it.
     last: Option<(String, EntryKind)>,
-    mode: u32,
-    mtime: i64,
+    pub(crate) mode: u32,
+    pub(crate) mtime: i64,
 }
 
 /// The open directories, and the order and parent rules that use them.
@@ -225,7 +280,7 @@ impl DirStack {
         &mut self,
         path: &str,
         kind: EntryKind,
-        mut sink: Option<&mut Extractor>,
+        mut sink: Option<&mut (dyn Sink + '_)>,
     ) -> Result<()> {
         let (parent, name) = match path.rsplit_once('/') {
             None if kind != EntryKind::Dir => {
@@ -302,7 +357,7 @@ impl DirStack {
     }
 
     /// Closes every directory left, deepest first.
-    pub(crate) fn close_all(&mut self, mut sink: Option<&mut Extractor>) -> Result<()> {
+    pub(crate) fn close_all(&mut self, mut sink: Option<&mut (dyn Sink + '_)>) -> Result<()> {
         while self.open.len() > 1 {
             let d = self.open.pop().expect("more than the root");
             if let Some(s) = sink.as_deref_mut() {

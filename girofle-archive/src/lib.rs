@@ -15,7 +15,9 @@
 //! directories (and the symlinks, to resolve their chains).
 //!
 //! This module owns the walk of the source trees, the archive layout, integrity checks and
-//! the safe extraction of a possibly hostile archive into an empty directory. It does not
+//! the safe extraction of a possibly hostile archive into an empty directory, and the same
+//! writing and extraction from and to the tar streams of a container engine
+//! ([`tar_stream`]), for hosts reached only through their engine. It does not
 //! know where the archive is stored (the store does, through [`ChannelWriter`] and
 //! [`ChannelReader`]), what the header means (the backup module does), nor how GitLab is
 //! stopped or restarted around a backup.
@@ -27,6 +29,9 @@ pub mod manifest;
 pub mod pipe;
 pub mod read;
 pub mod signature;
+pub mod tar_stream;
+#[cfg(test)]
+mod tar_stream_tests;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 #[cfg(test)]
@@ -38,6 +43,9 @@ pub use extract::extract_archive;
 pub use index::*;
 pub use pipe::{ChannelReader, ChannelWriter, HashingReader, HashingWriter};
 pub use read::{read_header, verify_archive};
+pub use tar_stream::{
+    extract_archive_to_tars, write_archive_from_tars, Reopen, TarSource, TarTarget,
+};
 pub use write::{write_archive, ArchiveSummary, CompressionOptions, Source};
 
 /// Path of the first entry: the caller's header document.

@@ -4,7 +4,7 @@
 //! (`extract`) is this pass with a sink that writes the entries out.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as sync_mpsc, Arc};
 
@@ -381,7 +381,7 @@ pub(crate) fn read_archive<R: Read + Send>(
     input: R,
     expected: Option<ExpectedIndex<'_>>,
     expected_archive: Option<(u64, &str)>,
-    sink: Option<&mut Extractor>,
+    sink: Option<&mut (dyn Sink + '_)>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(serde_json::Value, IndexSummary)> {
     let failed = Arc::new(AtomicBool::new(false));
@@ -451,7 +451,7 @@ fn read_entries(
     chunks: ChunkReader,
     failed: &AtomicBool,
     mut expected: Option<ExpectedIndex<'_>>,
-    mut sink: Option<&mut Extractor>,
+    mut sink: Option<&mut (dyn Sink + '_)>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(serde_json::Value, IndexSummary)> {
     let mut archive = tar::Archive::new(chunks);
@@ -540,17 +540,7 @@ fn read_entries(
             } else {
                 None
             };
-            let h = entry.header();
-            let num = |r: io::Result<u64>| -> Result<u64> {
-                r.map_err(|e| entry_err(&path, format!("bad header field: {e}")))
-            };
-            let uid =
-                u32::try_from(num(h.uid())?).map_err(|_| entry_err(&path, "uid out of range"))?;
-            let gid =
-                u32::try_from(num(h.gid())?).map_err(|_| entry_err(&path, "gid out of range"))?;
-            let mode = num(h.mode().map(u64::from))? as u32 & 0o7777;
-            let mtime = i64::try_from(num(h.mtime())?)
-                .map_err(|_| entry_err(&path, "mtime out of range"))?;
+            let meta = Meta::from_header(entry.header(), &path)?;
             let size = entry.size();
             if kind != EntryKind::File && size != 0 {
                 return Err(entry_err(
@@ -558,17 +548,8 @@ fn read_entries(
                     format!("a {kind:?} with {size} bytes of data"),
                 ));
             }
-            let mut observed = FileEntry {
-                path,
-                kind,
-                size,
-                mode,
-                uid,
-                gid,
-                mtime,
-                hash: None,
-                link,
-            };
+            let mut observed = meta.entry(path, kind, size);
+            observed.link = link;
 
             // Everything but the hash is checked against the manifest before anything is
             // written; the hash as soon as the content has passed.
@@ -621,10 +602,9 @@ fn read_entries(
                     ticker.add(1, 0);
                 }
                 EntryKind::File => {
-                    let mut file = match sink.as_deref_mut() {
-                        Some(s) => Some(s.create_file(&observed)?),
-                        None => None,
-                    };
+                    if let Some(s) = sink.as_deref_mut() {
+                        s.begin_file(&observed)?;
+                    }
                     let mut hasher = blake3::Hasher::new();
                     let mut total = 0u64;
                     loop {
@@ -636,12 +616,8 @@ fn read_entries(
                         };
                         hasher.update(&buf[..n]);
                         total += n as u64;
-                        if let Some(f) = file.as_mut() {
-                            if let Err(e) = f.write_all(&buf[..n]) {
-                                let root = sink.as_deref().map(|s| s.root.clone());
-                                let p = root.unwrap_or_default().join(&observed.path);
-                                return Err(Error::io("write", p, e));
-                            }
+                        if let Some(s) = sink.as_deref_mut() {
+                            s.file_data(&buf[..n])?;
                         }
                         ticker.add(0, n as u64);
                     }
@@ -664,8 +640,8 @@ fn read_entries(
                         }
                     }
                     observed.hash = Some(hash);
-                    if let (Some(f), Some(s)) = (file, sink.as_deref_mut()) {
-                        s.finish_file(f, &observed)?;
+                    if let Some(s) = sink.as_deref_mut() {
+                        s.end_file(&observed)?;
                     }
                     ticker.add(1, 0);
                 }

@@ -111,7 +111,8 @@ pub fn index_of(entries: Vec<FileEntry>) -> ArchiveIndex {
     }
 }
 
-fn set_raw(slot: &mut [u8], value: &[u8]) {
+/// Writes `value` into a header field, cut to fit, the rest zeros.
+pub fn set_raw(slot: &mut [u8], value: &[u8]) {
     slot.fill(0);
     let n = value.len().min(slot.len());
     slot[..n].copy_from_slice(&value[..n]);
@@ -130,7 +131,11 @@ pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     rec
 }
 
-fn append_pax(b: &mut tar::Builder<Vec<u8>>, records: &[u8]) {
+/// Appends a PAX extension entry of `records` (see [`pax_record`]).
+///
+/// # Panics
+/// If writing into memory fails.
+pub fn append_pax(b: &mut tar::Builder<Vec<u8>>, records: &[u8]) {
     let mut x = tar::Header::new_ustar();
     set_raw(&mut x.as_ustar_mut().unwrap().name, b"PaxHeader");
     x.set_entry_type(tar::EntryType::XHeader);
@@ -157,51 +162,7 @@ pub fn tar_of(
     h.set_mode(0o644);
     b.append_data(&mut h, HEADER_PATH, &hj[..]).unwrap();
     for r in entries {
-        let mut pax = Vec::new();
-        for (k, v) in &r.pax_extra {
-            pax.extend(pax_record(k, v));
-        }
-        if r.name == Name::Pax {
-            pax.extend(pax_record("path", r.path.as_bytes()));
-        }
-        if !pax.is_empty() {
-            append_pax(&mut b, &pax);
-        }
-        if r.name == Name::GnuLong {
-            let mut l = tar::Header::new_gnu();
-            set_raw(&mut l.as_gnu_mut().unwrap().name, b"././@LongLink");
-            l.set_entry_type(tar::EntryType::GNULongName);
-            let mut name = r.path.clone().into_bytes();
-            name.push(0);
-            l.set_size(name.len() as u64);
-            l.set_cksum();
-            b.append(&l, &name[..]).unwrap();
-        }
-        let mut h = if r.name == Name::Pax {
-            tar::Header::new_ustar()
-        } else {
-            tar::Header::new_gnu()
-        };
-        let short = if r.name == Name::Plain {
-            r.path.as_bytes()
-        } else {
-            b"placeholder"
-        };
-        set_raw(&mut h.as_old_mut().name, short);
-        if let Some(l) = &r.link {
-            set_raw(&mut h.as_old_mut().linkname, l.as_bytes());
-        }
-        let size = r.header_size.unwrap_or(r.data.len() as u64);
-        h.set_entry_type(r.kind);
-        h.set_size(size);
-        h.set_mode(mode_of(r.kind));
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(T0 as u64);
-        h.set_cksum();
-        let mut data = r.data.clone();
-        data.resize(size as usize, b'z');
-        b.append(&h, &data[..]).unwrap();
+        append_raw(&mut b, r);
     }
     let ij = archive_index.to_jsonl();
     let mut h = tar::Header::new_gnu();
@@ -209,6 +170,87 @@ pub fn tar_of(
     h.set_mode(0o644);
     b.append_data(&mut h, INDEX_PATH, &ij[..]).unwrap();
     b.into_inner().unwrap()
+}
+
+/// Appends one hand-made entry (and the long name or PAX entries before it) to `b`.
+///
+/// # Panics
+/// If writing into memory fails.
+pub fn append_raw(b: &mut tar::Builder<Vec<u8>>, r: &Raw) {
+    let mut pax = Vec::new();
+    for (k, v) in &r.pax_extra {
+        pax.extend(pax_record(k, v));
+    }
+    if r.name == Name::Pax {
+        pax.extend(pax_record("path", r.path.as_bytes()));
+    }
+    if !pax.is_empty() {
+        append_pax(b, &pax);
+    }
+    if r.name == Name::GnuLong {
+        let mut l = tar::Header::new_gnu();
+        set_raw(&mut l.as_gnu_mut().unwrap().name, b"././@LongLink");
+        l.set_entry_type(tar::EntryType::GNULongName);
+        let mut name = r.path.clone().into_bytes();
+        name.push(0);
+        l.set_size(name.len() as u64);
+        l.set_cksum();
+        b.append(&l, &name[..]).unwrap();
+    }
+    let mut h = if r.name == Name::Pax {
+        tar::Header::new_ustar()
+    } else {
+        tar::Header::new_gnu()
+    };
+    let short = if r.name == Name::Plain {
+        r.path.as_bytes()
+    } else {
+        b"placeholder"
+    };
+    set_raw(&mut h.as_old_mut().name, short);
+    if let Some(l) = &r.link {
+        set_raw(&mut h.as_old_mut().linkname, l.as_bytes());
+    }
+    let size = r.header_size.unwrap_or(r.data.len() as u64);
+    h.set_entry_type(r.kind);
+    h.set_size(size);
+    h.set_mode(mode_of(r.kind));
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(T0 as u64);
+    h.set_cksum();
+    let mut data = r.data.clone();
+    data.resize(size as usize, b'z');
+    b.append(&h, &data[..]).unwrap();
+}
+
+/// A plain tar of `entries` alone, as an engine's export of a directory would be (see
+/// `tar_stream`), for hostile streams.
+///
+/// # Panics
+/// If writing into memory fails.
+pub fn plain_tar(entries: &[Raw]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for r in entries {
+        append_raw(&mut b, r);
+    }
+    b.into_inner().unwrap()
+}
+
+/// The tar streams an extraction wrote (`extract_archive_to_tars`) as the sources of a new
+/// archive, as an engine would export them again once imported (no hard links in them,
+/// so no `reopen`).
+pub fn sources_of(
+    targets: Vec<crate::TarTarget<Vec<u8>>>,
+) -> Vec<crate::TarSource<std::io::Cursor<Vec<u8>>>> {
+    targets
+        .into_iter()
+        .map(|t| crate::TarSource {
+            prefix: t.prefix,
+            tar: std::io::Cursor::new(t.out),
+            reopen: None,
+        })
+        .collect()
 }
 
 /// zstd with the frame parameters Girofle writes (checksum, the pinned window).

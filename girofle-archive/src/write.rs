@@ -1,6 +1,7 @@
 //! Writing an archive: validating the sources, the walk of their trees on a reading
 //! thread (metadata, content, BLAKE3) feeding the tar thread (headers, the index, zstd's
-//! input), and zstd's workers. It does not read archives back.
+//! input), and zstd's workers. The tar-stream writer (`tar_stream`) feeds the same tar
+//! thread from its own walk. It does not read archives back.
 
 use std::collections::HashSet;
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -12,6 +13,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::*;
+use crate::read::entry_err;
 use crate::*;
 
 /// One tree to archive: everything under `dir` is stored as `<prefix>/<relative path>`.
@@ -86,7 +88,7 @@ pub fn write_archive<W: Write>(
     out: W,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ArchiveSummary> {
-    validate_sources(sources)?;
+    validate_prefixes(sources.iter().map(|s| s.prefix.as_str()))?;
     // Sorted, so that readers can rely on byte order at the top level too.
     let mut sources: Vec<Source> = sources.to_vec();
     sources.sort_by(|a, b| a.prefix.cmp(&b.prefix));
@@ -103,6 +105,25 @@ pub fn write_archive<W: Write>(
             ));
         }
     }
+    write_walked(header, opts, out, progress, |w| {
+        for s in &sources {
+            let meta = fs::metadata(&s.dir).ctx("read the source directory", &s.dir)?;
+            w.add_dir(&s.dir, s.prefix.clone(), &meta)?;
+        }
+        Ok(())
+    })
+}
+
+/// The archive around what `walk` finds: the header entry, the walk on a reading thread
+/// feeding the tar thread, then the index entry and zstd's end. Shared by the writers of
+/// directories and of tar streams, so both give the same archive for the same tree.
+pub(crate) fn write_walked<W: Write>(
+    header: &serde_json::Value,
+    opts: CompressionOptions,
+    out: W,
+    progress: &mut dyn FnMut(Progress),
+    walk: impl FnOnce(&mut Walker) -> Result<()> + Send,
+) -> Result<ArchiveSummary> {
     let header_json = serde_json::to_vec_pretty(header)
         .map_err(|e| Error::invalid("archive header", e.to_string()))?;
 
@@ -120,9 +141,11 @@ pub fn write_archive<W: Write>(
             .set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
             .map_err(out_err)?;
     }
-    let mut tar = TarOut {
-        out: BufWriter::with_capacity(TAR_BUF_SIZE, encoder),
-    };
+    let mut tar = TarOut::new(
+        BufWriter::with_capacity(TAR_BUF_SIZE, encoder),
+        "write the archive to",
+        "<archive output>",
+    );
     tar.append_bytes(HEADER_PATH, &header_json)?;
 
     let spool = tempfile::tempfile()
@@ -132,17 +155,13 @@ pub fn write_archive<W: Write>(
 
     let (tx, rx) = sync_mpsc::sync_channel::<Vec<Item>>(BATCHES_IN_FLIGHT);
     let (walked, built) = std::thread::scope(|scope| {
-        let sources = &sources;
         let walker = scope.spawn(move || {
             let mut w = Walker {
                 tx,
                 batch: Vec::with_capacity(BATCH_ITEMS),
                 batch_bytes: 0,
             };
-            for s in sources {
-                let meta = fs::metadata(&s.dir).ctx("read the source directory", &s.dir)?;
-                w.add_dir(&s.dir, s.prefix.clone(), &meta)?;
-            }
+            walk(&mut w)?;
             w.flush()
         });
         // `rx` is dropped when `build` returns, which stops the walker if `build` failed.
@@ -196,10 +215,9 @@ fn spool_err(e: io::Error) -> Error {
     Error::io("write the temporary file of", "<the archive index>", e)
 }
 
-fn validate_sources(sources: &[Source]) -> Result<()> {
+pub(crate) fn validate_prefixes<'a>(prefixes: impl Iterator<Item = &'a str>) -> Result<()> {
     let mut seen = HashSet::new();
-    for s in sources {
-        let p = s.prefix.as_str();
+    for p in prefixes {
         if p.is_empty() || p == "." || p == ".." || p.contains('/') || p.contains('\0') {
             return Err(Error::invalid(
                 "source prefix",
@@ -236,12 +254,31 @@ fn plain_header(size: u64) -> tar::Header {
 }
 
 /// The tar layer, written by hand rather than with `tar::Builder` so that content goes
-/// into zstd's input in large chunks without intermediate copies.
-struct TarOut<W: Write> {
-    out: BufWriter<zstd::stream::write::Encoder<'static, HashingWriter<W>>>,
+/// into zstd's input (or a tar stream's consumer) in large chunks without intermediate
+/// copies. Write errors name `dest`.
+pub(crate) struct TarOut<O: Write> {
+    pub(crate) out: O,
+    action: &'static str,
+    dest: String,
 }
 
-impl<W: Write> TarOut<W> {
+impl<O: Write> TarOut<O> {
+    pub(crate) fn new(out: O, action: &'static str, dest: impl Into<String>) -> Self {
+        TarOut {
+            out,
+            action,
+            dest: dest.into(),
+        }
+    }
+
+    pub(crate) fn err(&self, e: io::Error) -> Error {
+        Error::io(self.action, &self.dest, e)
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.out.write_all(data).map_err(|e| self.err(e))
+    }
+
     /// A GNU long name (`L`) or long link (`K`) entry, as GNU tar and the tar crate write
     /// them, for values that do not fit the 100 bytes of a header field.
     fn long(&mut self, kind: u8, value: &[u8]) -> Result<()> {
@@ -255,14 +292,19 @@ impl<W: Write> TarOut<W> {
         h.set_size(value.len() as u64 + 1);
         h.set_entry_type(tar::EntryType::new(kind));
         h.set_cksum();
-        self.out.write_all(h.as_bytes()).map_err(out_err)?;
-        self.out.write_all(value).map_err(out_err)?;
-        self.out.write_all(&[0]).map_err(out_err)?;
+        self.write(h.as_bytes())?;
+        self.write(value)?;
+        self.write(&[0])?;
         self.pad(value.len() as u64 + 1)
     }
 
     /// Writes the header of `path` (and `link`), with GNU long entries when needed.
-    fn append(&mut self, path: &str, link: Option<&str>, h: &mut tar::Header) -> Result<()> {
+    pub(crate) fn append(
+        &mut self,
+        path: &str,
+        link: Option<&str>,
+        h: &mut tar::Header,
+    ) -> Result<()> {
         if path.len() > 100 {
             self.long(b'L', path.as_bytes())?;
             let mut cut = 100;
@@ -287,13 +329,13 @@ impl<W: Write> TarOut<W> {
             }
         }
         h.set_cksum();
-        self.out.write_all(h.as_bytes()).map_err(out_err)
+        self.write(h.as_bytes())
     }
 
-    fn pad(&mut self, size: u64) -> Result<()> {
+    pub(crate) fn pad(&mut self, size: u64) -> Result<()> {
         let rem = (size % 512) as usize;
         if rem != 0 {
-            self.out.write_all(&[0; 512][rem..]).map_err(out_err)?;
+            self.write(&[0; 512][rem..])?;
         }
         Ok(())
     }
@@ -301,7 +343,7 @@ impl<W: Write> TarOut<W> {
     fn append_bytes(&mut self, path: &str, data: &[u8]) -> Result<()> {
         let mut h = plain_header(data.len() as u64);
         self.append(path, None, &mut h)?;
-        self.out.write_all(data).map_err(out_err)?;
+        self.write(data)?;
         self.pad(data.len() as u64)
     }
 }
@@ -340,7 +382,7 @@ impl<'a> ProgressTicker<'a> {
 }
 
 /// What the reading thread hands to the tar thread, in walk order.
-enum Item {
+pub(crate) enum Item {
     Dir {
         path: String,
         meta: Meta,
@@ -365,9 +407,9 @@ enum Item {
 }
 
 /// The tar thread: writes what the walker found, in its order, and the index lines.
-fn build<W: Write>(
+fn build<O: Write>(
     rx: sync_mpsc::Receiver<Vec<Item>>,
-    tar: &mut TarOut<W>,
+    tar: &mut TarOut<O>,
     index: &mut IndexWriter<BufWriter<File>>,
     ticker: &mut ProgressTicker<'_>,
 ) -> Result<()> {
@@ -400,7 +442,7 @@ fn build<W: Write>(
                     file = Some((path, meta, size));
                 }
                 Item::Data(data) => {
-                    tar.out.write_all(&data).map_err(out_err)?;
+                    tar.write(&data)?;
                     ticker.add(0, data.len() as u64);
                 }
                 Item::FileEnd { hash, changed } => {
@@ -432,7 +474,7 @@ fn build<W: Write>(
 
 /// The reading thread: walks the sources, reads and hashes every file, a few MiB ahead of
 /// the tar thread.
-struct Walker {
+pub(crate) struct Walker {
     tx: sync_mpsc::SyncSender<Vec<Item>>,
     batch: Vec<Item>,
     batch_bytes: usize,
@@ -440,11 +482,11 @@ struct Walker {
 
 /// Metadata as stored in a tar header and the index.
 #[derive(Clone, Copy)]
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
+pub(crate) struct Meta {
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: i64,
 }
 
 impl Meta {
@@ -458,7 +500,29 @@ impl Meta {
         }
     }
 
-    fn header(&self, kind: tar::EntryType, size: u64) -> tar::Header {
+    /// The metadata a tar header gives `path` (an untrusted one: fields out of range are
+    /// refused, not cut).
+    ///
+    /// # Errors
+    /// `Corrupt` naming the entry and the field.
+    pub(crate) fn from_header(h: &tar::Header, path: &str) -> Result<Self> {
+        let num = |r: io::Result<u64>| -> Result<u64> {
+            r.map_err(|e| entry_err(path, format!("bad header field: {e}")))
+        };
+        let uid = u32::try_from(num(h.uid())?).map_err(|_| entry_err(path, "uid out of range"))?;
+        let gid = u32::try_from(num(h.gid())?).map_err(|_| entry_err(path, "gid out of range"))?;
+        let mode = num(h.mode().map(u64::from))? as u32 & 0o7777;
+        let mtime =
+            i64::try_from(num(h.mtime())?).map_err(|_| entry_err(path, "mtime out of range"))?;
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            mtime,
+        })
+    }
+
+    pub(crate) fn header(&self, kind: tar::EntryType, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_size(size);
@@ -469,7 +533,7 @@ impl Meta {
         h
     }
 
-    fn entry(&self, path: String, kind: EntryKind, size: u64) -> FileEntry {
+    pub(crate) fn entry(&self, path: String, kind: EntryKind, size: u64) -> FileEntry {
         FileEntry {
             path,
             kind,
@@ -484,12 +548,21 @@ impl Meta {
     }
 }
 
+/// Why an entry was skipped, in the index: the same words whether the walk met it in a
+/// directory or in a tar stream.
+pub(crate) const SKIP_FIFO: &str = "fifo";
+pub(crate) const SKIP_CHAR_DEVICE: &str = "character device";
+pub(crate) const SKIP_BLOCK_DEVICE: &str = "block device";
+pub(crate) const SKIP_UNSUPPORTED: &str = "unsupported file type";
+pub(crate) const SKIP_NOT_UTF8: &str = "name is not valid UTF-8";
+pub(crate) const SKIP_LINK_NOT_UTF8: &str = "symlink target is not valid UTF-8";
+
 fn is_vanished(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
 impl Walker {
-    fn push(&mut self, item: Item, bytes: usize) -> Result<()> {
+    pub(crate) fn push(&mut self, item: Item, bytes: usize) -> Result<()> {
         self.batch.push(item);
         self.batch_bytes += bytes;
         if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_ITEMS {
@@ -509,7 +582,7 @@ impl Walker {
             .map_err(|_| Error::backend(STOPPED, "the archive writer stopped"))
     }
 
-    fn skip(&mut self, path: String, reason: impl Into<String>) -> Result<()> {
+    pub(crate) fn skip(&mut self, path: String, reason: impl Into<String>) -> Result<()> {
         let reason = reason.into();
         self.push(Item::Skipped(Skipped { path, reason }), 0)
     }
@@ -543,7 +616,7 @@ impl Walker {
             let child = fs_path.join(&name);
             let Some(name) = name.to_str() else {
                 let shown = format!("{path}/{}", name.to_string_lossy());
-                self.skip(shown, "name is not valid UTF-8")?;
+                self.skip(shown, SKIP_NOT_UTF8)?;
                 continue;
             };
             let child_path = format!("{path}/{name}");
@@ -570,13 +643,13 @@ impl Walker {
                 let reason = if ft.is_socket() {
                     "unix socket"
                 } else if ft.is_fifo() {
-                    "fifo"
+                    SKIP_FIFO
                 } else if ft.is_char_device() {
-                    "character device"
+                    SKIP_CHAR_DEVICE
                 } else if ft.is_block_device() {
-                    "block device"
+                    SKIP_BLOCK_DEVICE
                 } else {
-                    "unsupported file type"
+                    SKIP_UNSUPPORTED
                 };
                 self.skip(child_path, reason)?;
             }
@@ -591,7 +664,7 @@ impl Walker {
             Err(e) => return Err(Error::io("read the symlink", fs_path, e)),
         };
         let Some(target) = target.to_str().map(str::to_owned) else {
-            return self.skip(path, "symlink target is not valid UTF-8");
+            return self.skip(path, SKIP_LINK_NOT_UTF8);
         };
         let meta = Meta::of(meta);
         self.push(Item::Symlink { path, meta, target }, 0)
@@ -616,40 +689,48 @@ impl Walker {
         if !meta.is_file() {
             return self.skip(path, "changed type while archiving");
         }
-        let size = meta.len();
-        self.push(
-            Item::FileStart {
-                path,
-                meta: Meta::of(&meta),
-                size,
-            },
-            0,
-        )?;
-        let mut reader = SizedFileReader::new(file, size);
+        let mut reader = SizedFileReader::new(file, meta.len());
+        self.push_content(path, Meta::of(&meta), &mut reader, fs_path)?;
+        let changed = reader.shrunk || reader.grew().ctx("read", fs_path)?;
+        let hash = reader.hasher.finalize();
+        self.push(Item::FileEnd { hash, changed }, 0)
+    }
+
+    /// A file's header and content, read and hashed through `reader`; the caller pushes
+    /// its end, once it knows whether the content changed while read. `source` names
+    /// where the content comes from, in errors.
+    pub(crate) fn push_content<R: Read>(
+        &mut self,
+        path: String,
+        meta: Meta,
+        reader: &mut SizedFileReader<R>,
+        source: &Path,
+    ) -> Result<()> {
+        let size = reader.remaining;
+        self.push(Item::FileStart { path, meta, size }, 0)?;
         while reader.remaining > 0 {
             let want = usize::try_from(reader.remaining)
                 .unwrap_or(usize::MAX)
                 .min(CHUNK_SIZE);
-            let chunk = reader.next_chunk(want).ctx("read", fs_path)?;
+            let chunk = reader.next_chunk(want).ctx("read", source)?;
             self.push(Item::Data(chunk), want)?;
         }
-        let changed = reader.shrunk || reader.grew().ctx("read", fs_path)?;
-        let hash = reader.hasher.finalize();
-        self.push(Item::FileEnd { hash, changed }, 0)
+        Ok(())
     }
 }
 
 /// Reads exactly `remaining` bytes of a file, hashing them as they pass: zero padding if
 /// the file shrank, cut if it grew, so the tar header stays true.
-pub(crate) struct SizedFileReader {
-    file: File,
+pub(crate) struct SizedFileReader<R> {
+    file: R,
     remaining: u64,
-    hasher: blake3::Hasher,
-    shrunk: bool,
+    pub(crate) hasher: blake3::Hasher,
+    /// The content ended before `remaining` bytes: the rest is zeros.
+    pub(crate) shrunk: bool,
 }
 
-impl SizedFileReader {
-    fn new(file: File, size: u64) -> Self {
+impl<R: Read> SizedFileReader<R> {
+    pub(crate) fn new(file: R, size: u64) -> Self {
         SizedFileReader {
             file,
             remaining: size,
