@@ -10,7 +10,7 @@ use girofle_core::ops::hosts::HostStatus;
 use girofle_core::text::human_bytes;
 use girofle_core::{Error, Result};
 
-use crate::output::print;
+use crate::output::{print, with_spinner};
 use crate::Ctx;
 
 #[derive(Debug, Subcommand)]
@@ -23,6 +23,16 @@ pub enum HostCommand {
     Show { name: String },
     /// Add [hosts.NAME] to girofle.toml (its comments and layout are kept).
     Add(Box<AddArgs>),
+    /// Drain a host: no new instance goes there (drain = true in girofle.toml), and each
+    /// of its instances is moved to another host (placed as `instance create` places).
+    Drain {
+        name: String,
+        /// Only mark it drained; move nothing.
+        #[arg(long)]
+        no_move: bool,
+    },
+    /// Take a host back: new instances may go there again.
+    Undrain { name: String },
     /// Remove [hosts.NAME] from girofle.toml; refused while instances are on it.
     Rm {
         name: String,
@@ -81,7 +91,11 @@ fn text(h: &HostStatus) -> String {
     format!(
         "{:<12} {:<11} {:<15} {:>9} {:>10} {:>10}  {}",
         h.name,
-        h.state.to_string(),
+        if h.drain {
+            format!("{} drain", h.state)
+        } else {
+            h.state.to_string()
+        },
         or_q(h.version.clone()),
         or_q(h.instances.as_ref().map(|i| i.len().to_string())),
         or_q(h.free_addresses.map(|f| f.to_string())),
@@ -151,6 +165,7 @@ pub async fn run(ctx: &Ctx, command: HostCommand) -> Result<()> {
                 ports: a.ports,
                 data_dir: a.data_dir,
                 labels: labels(&a.labels)?,
+                drain: false,
             };
             let added = g.add_host(&a.name, host)?;
             print(ctx, &added, || {
@@ -161,6 +176,50 @@ pub async fn run(ctx: &Ctx, command: HostCommand) -> Result<()> {
                     added.name
                 )
             });
+        }
+        HostCommand::Drain { name, no_move } => {
+            let drained = with_spinner(
+                &format!("draining host {name}"),
+                g.drain_host(&name, !no_move),
+            )
+            .await?;
+            print(ctx, &drained, || {
+                let mut t = format!("host `{name}` is drained: no new instance goes there");
+                for m in &drained.moved {
+                    t.push_str(&format!(
+                        "\nmoved {} to host {} (downtime {:.1} s){}",
+                        m.name,
+                        m.to,
+                        m.downtime_secs,
+                        if m.addresses_kept {
+                            String::new()
+                        } else {
+                            format!("; NEW URL {}", m.record.external_url)
+                        }
+                    ));
+                }
+                for (instance, error) in &drained.failed {
+                    t.push_str(&format!("\nNOT moved: {instance}: {error}"));
+                }
+                for instance in &drained.left {
+                    t.push_str(&format!("\nstill there: {instance}"));
+                }
+                t
+            });
+            if !drained.failed.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "{} instance(s) could not be moved off host `{name}`; each still runs there",
+                    drained.failed.len()
+                )));
+            }
+        }
+        HostCommand::Undrain { name } => {
+            g.undrain_host(&name)?;
+            print(
+                ctx,
+                &serde_json::json!({ "name": name, "drain": false }),
+                || format!("host `{name}` takes new instances again"),
+            );
         }
         HostCommand::Rm { name, force } => {
             let removed = g.remove_host(&name, force).await?;

@@ -28,7 +28,7 @@ use crate::ops::backup::{
     Verified,
 };
 use crate::ops::fleet::{CommissionRequest, DecommissionOptions, Decommissioned, InstanceStatus};
-use crate::ops::hosts::{HostAdded, HostRemoved, HostStatus};
+use crate::ops::hosts::{Drained, HostAdded, HostRemoved, HostStatus};
 use crate::ops::moving::{MoveRequest, Moved};
 use crate::ops::recovery::{InstanceListing, Recovery};
 use crate::ops::restore::{DrillReport, RestoreReport, RestoreRequest};
@@ -581,6 +581,24 @@ impl Girofle {
     /// `InvalidInput` for a bad table, `AlreadyExists` when the host is there.
     pub fn add_host(&self, name: &str, host: HostConfig) -> Result<HostAdded> {
         self.ctx.host_add(name, host)
+    }
+
+    /// Drains a host: no new instance goes there; with `move_all`, each of its
+    /// instances is moved to another host (one that cannot be stays, running).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown host, `InvalidInput` for `local`, `Io` when girofle.toml
+    /// cannot be written.
+    pub async fn drain_host(&self, name: &str, move_all: bool) -> Result<Drained> {
+        self.ctx.host_drain(name, move_all).await
+    }
+
+    /// Takes a drained host back: new instances may be placed there again.
+    ///
+    /// # Errors
+    /// As [`Girofle::drain_host`].
+    pub fn undrain_host(&self, name: &str) -> Result<()> {
+        self.ctx.set_drain(name, false)
     }
 
     /// Removes `[hosts.NAME]` from girofle.toml; refused while this root has instances

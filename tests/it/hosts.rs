@@ -626,16 +626,32 @@ fn instances_live_on_remote_hosts_reached_through_their_engines_alone() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&containers.stdout).contains(&web));
 
-    // Purged: nothing left on host-b's machine.
-    ok(root.cli(&["instance", "rm", &api, "--no-backup", "--purge"]));
+    // host-b drained: nothing new goes there, and its instance moves to the host with the
+    // fewest instances (local, here: this machine's engine).
+    let drained = json_ok(
+        &root.cli(&["host", "drain", "host-b", "--json"]),
+        "host drain",
+    );
+    assert_eq!(drained["moved"][0]["name"], api.as_str(), "{drained}");
+    assert_eq!(drained["moved"][0]["to"], "local", "{drained}");
+    assert_eq!(host_list(&root)["host-b"]["drain"], true);
+    let refused = root.cli(&["instance", "create", &unique("x"), "--host", "host-b"]);
+    assert_eq!(refused.status.code(), Some(4), "{}", text(&refused));
+    assert!(text(&refused).contains("undrain"), "{}", text(&refused));
+    let shown = json_ok(&root.cli(&["instance", "show", &api, "--json"]), "show");
+    assert_eq!(
+        (shown["host"].as_str(), shown["state"].as_str()),
+        (Some("local"), Some("running"))
+    );
     let left = on_machine(
         &b,
-        &format!(
-            "ls {}/instances {}/decommissioned 2>&1",
-            b.data_dir, b.data_dir
-        ),
+        &format!("ls {d}/instances {d}/decommissioned 2>&1", d = b.data_dir),
     );
-    assert!(!left.contains(&api), "{left}");
+    assert!(left.contains(&format!("{api}-moved-")), "{left}");
+    ok(root.cli(&["host", "undrain", "host-b"]));
+    assert_eq!(host_list(&root)["host-b"]["drain"], false);
+    ok(root.cli(&["instance", "rm", &api, "--no-backup", "--purge"]));
+    assert!(!root.root.join("instances").join(&api).exists());
 }
 
 #[test]

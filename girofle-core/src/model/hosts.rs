@@ -90,6 +90,9 @@ pub struct HostConfig {
     /// Free-form labels, e.g. `zone = "b"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Being drained (`girofle host drain`): no new instance is placed on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 /// `tls = { dir = "..." }` (holding ca.pem, cert.pem, key.pem) or

@@ -75,6 +75,8 @@ pub struct HostStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_note: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Being drained: no new instance is placed there.
+    pub drain: bool,
 }
 
 /// The result of `host add`.
@@ -84,6 +86,18 @@ pub struct HostAdded {
     pub host: HostConfig,
     /// The configuration file changed.
     pub config: std::path::PathBuf,
+}
+
+/// The result of `host drain`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Drained {
+    pub name: String,
+    /// The instances moved off it.
+    pub moved: Vec<crate::ops::moving::Moved>,
+    /// The instances that could not be moved (they still run there), with why.
+    pub failed: Vec<(String, String)>,
+    /// The instances left there without trying (`--no-move`).
+    pub left: Vec<String>,
 }
 
 /// The result of `host rm`.
@@ -165,6 +179,7 @@ impl Context {
         labels: &BTreeMap<String, String>,
     ) -> Result<Option<String>> {
         let carries = |h: &Host| labels.iter().all(|(k, v)| h.labels.get(k) == Some(v));
+        let drained = |h: &Host| h.config.as_ref().is_some_and(|c| c.drain);
         let wanted = |labels: &BTreeMap<String, String>| {
             labels
                 .iter()
@@ -174,6 +189,11 @@ impl Context {
         };
         if let Some(name) = host {
             let h = self::host(self.config(), self.root(), name)?;
+            if drained(&h) {
+                return Err(Error::Conflict(format!(
+                    "host `{name}` is being drained: no new instance goes there; `girofle host undrain {name}` takes it back"
+                )));
+            }
             if !carries(&h) {
                 return Err(Error::invalid(
                     "--host-label",
@@ -194,7 +214,7 @@ impl Context {
         let mut candidates: Vec<(usize, usize, Host)> = hosts(self.config(), self.root())
             .into_iter()
             .enumerate()
-            .filter(|(_, h)| carries(h) && !(shared && h.is_local()))
+            .filter(|(_, h)| carries(h) && !drained(h) && !(shared && h.is_local()))
             .map(|(i, h)| {
                 let n = fleet
                     .instances
@@ -241,6 +261,103 @@ impl Context {
             "no host can take a new instance: {}; free addresses, bring an engine back or add a host (`girofle host add`)",
             why.join("; ")
         )))
+    }
+
+    /// Drains host `name`: marks it `drain = true` in girofle.toml (no new instance is
+    /// placed there), then, with `move_all`, moves each of its instances to the host
+    /// placement picks, one after the other; one that cannot be moved stays where it is,
+    /// running, and the others are still tried.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown host, `InvalidInput` for `local`, `Io` when girofle.toml
+    /// cannot be written.
+    pub async fn host_drain(&self, name: &str, move_all: bool) -> Result<Drained> {
+        self.set_drain(name, true)?;
+        // The moves place with the configuration as it is now (this host drained).
+        let config = Config::load(self.root())?;
+        let here = Context::with_backends(
+            self.root(),
+            config,
+            self.runtime().clone(),
+            self.inventory().clone(),
+        )?;
+        let on_it: Vec<String> = self
+            .inventory()
+            .load()
+            .await?
+            .instances
+            .values()
+            .filter(|r| r.host_name() == name)
+            .map(|r| r.name.clone())
+            .collect();
+        let mut drained = Drained {
+            name: name.to_string(),
+            moved: Vec::new(),
+            failed: Vec::new(),
+            left: Vec::new(),
+        };
+        if !move_all {
+            drained.left = on_it;
+            return Ok(drained);
+        }
+        for instance in on_it {
+            let moved = match here.place(None, &BTreeMap::new()).await {
+                Ok(to) => {
+                    let to = to.unwrap_or_else(|| LOCAL_HOST.to_string());
+                    Box::pin(here.move_instance(crate::ops::moving::MoveRequest {
+                        name: instance.clone(),
+                        to,
+                        ..Default::default()
+                    }))
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match moved {
+                Ok(m) => drained.moved.push(m),
+                Err(e) => drained.failed.push((instance, e.to_string())),
+            }
+        }
+        Ok(drained)
+    }
+
+    /// Sets or clears `drain` of `[hosts.NAME]` in girofle.toml (the rest kept as it is).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown host, `InvalidInput` for `local` or a file that is not
+    /// TOML, `Io` when it cannot be written.
+    pub fn set_drain(&self, name: &str, drain: bool) -> Result<()> {
+        let host = host(self.config(), self.root(), name)?;
+        if host.is_local() {
+            return Err(Error::invalid(
+                "host",
+                "`local` is this machine's engine; move its instances with `girofle instance move NAME --to HOST`",
+            ));
+        }
+        let path = Config::path(self.root());
+        let text = read_config(&path)?;
+        let mut doc = parse_doc(&text, &path)?;
+        let table = doc
+            .get_mut("hosts")
+            .and_then(|h| h.as_table_like_mut())
+            .and_then(|h| h.get_mut(name))
+            .and_then(|t| t.as_table_like_mut())
+            .ok_or_else(|| {
+                Error::invalid(
+                    path.display().to_string(),
+                    format!(
+                        "cannot find [hosts.{name}] to edit; set drain = {drain} in it by hand"
+                    ),
+                )
+            })?;
+        if drain {
+            table.insert("drain", toml_edit::value(true));
+        } else {
+            table.remove("drain");
+        }
+        let out = doc.to_string();
+        Config::parse(&out, &path)?;
+        crate::fsutil::write_atomic(&path, out.as_bytes(), 0o600)
     }
 
     /// The runtime of a host and its engine's version: the root's own runtime for
@@ -312,6 +429,7 @@ impl Context {
             disk_free_bytes: None,
             disk_note: None,
             labels: host.labels.clone(),
+            drain: host.config.as_ref().is_some_and(|c| c.drain),
         };
         let asked = tokio::time::timeout(PROBE_WAIT, async {
             let (runtime, version, remote) = self.host_runtime(&host, local_engine).await?;

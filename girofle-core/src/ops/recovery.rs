@@ -236,6 +236,9 @@ impl Context {
             }
             None => return Vec::new(),
         };
+        if !self.reaches(&intent).await {
+            return Vec::new();
+        }
         let mut actions = Vec::new();
         let arguments = json!({
             "instance": name,
@@ -282,6 +285,28 @@ impl Context {
             outcome,
             error,
         }]
+    }
+
+    /// Whether this machine can put `intent` right: an instance on a named host, every
+    /// machine of the fleet reaches; one on the local host of the machine that wrote the
+    /// record (on etcd, another may read it), only that machine does: the record waits
+    /// for it.
+    async fn reaches(&self, intent: &Intent) -> bool {
+        if intent.host == crate::model::journal::host_name() {
+            return true;
+        }
+        let record = match &intent.op {
+            Operation::Decommission { record, .. } | Operation::Move { record, .. } => {
+                Some(record.clone())
+            }
+            _ => self
+                .inventory
+                .load()
+                .await
+                .ok()
+                .and_then(|f| f.instances.get(&intent.instance).cloned()),
+        };
+        record.is_some_and(|r| r.host.is_some())
     }
 
     /// Rolls the interrupted operation back, or forward when it went past the point of
