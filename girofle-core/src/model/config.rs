@@ -226,6 +226,24 @@ gitlab_backup_timeout_secs = 21600   # a gitlab-backup an interrupted online bac
 "#;
 
 impl Config {
+    /// The `[hosts.NAME]` table of host `name`.
+    ///
+    /// # Errors
+    /// `NotFound` naming the hosts there are.
+    pub fn host(&self, name: &str) -> Result<&crate::model::hosts::HostConfig> {
+        self.hosts.get(name).ok_or_else(|| {
+            let mut names = vec![crate::model::hosts::LOCAL_HOST.to_string()];
+            names.extend(self.hosts.keys().cloned());
+            Error::not_found(
+                format!("host `{name}`"),
+                format!(
+                    "the hosts are {}; add one with `girofle host add {name} --engine URL ...`",
+                    names.join(", ")
+                ),
+            )
+        })
+    }
+
     /// The path of the configuration file under `root`.
     pub fn path(root: &Path) -> PathBuf {
         root.join(CONFIG_FILE)

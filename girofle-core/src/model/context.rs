@@ -182,7 +182,7 @@ impl Context {
         if let Some(engine) = known {
             return Ok(engine);
         }
-        let config = crate::model::hosts::host_config(&self.config, name)?;
+        let config = self.config.host(name)?;
         let engine: Arc<dyn ContainerRuntime> =
             Arc::new(crate::model::hosts::connect(name, config).await?);
         self.set_host_engine(name, engine.clone());
@@ -206,7 +206,7 @@ impl Context {
             }
             Some(name) => {
                 here.runtime = self.host_engine(name).await?;
-                let config = crate::model::hosts::host_config(&self.config, name)?;
+                let config = self.config.host(name)?;
                 here.site = Site::Engine {
                     host: name.to_string(),
                     root: crate::adapters::runtime::HostRoot::new(
@@ -235,7 +235,7 @@ impl Context {
         match &self.site {
             Site::Local { .. } => Ok(self.config.network.clone()),
             Site::Engine { host, .. } => {
-                let h = crate::model::hosts::host_config(&self.config, host)?;
+                let h = self.config.host(host)?;
                 Ok(crate::model::config::NetworkConfig {
                     ips: h.ips.clone(),
                     ports: h.ports.clone(),
@@ -299,7 +299,7 @@ impl Context {
             Site::Engine { host, .. } => Err(Error::invalid(
                 "host",
                 format!(
-                    "`{operation}` reaches an instance's files through this machine's paths, and this instance runs on host `{host}`, reached only through its engine; this Girofle cannot {operation} it yet: run it where the directories are local, or move the instance to this machine's host"
+                    "this instance runs on host `{host}`, whose files Girofle reaches only through its engine, and Girofle cannot yet {operation} an instance there (it does so through this machine's paths); move it to this machine first (`girofle instance move NAME --to local`)"
                 ),
             )),
         }

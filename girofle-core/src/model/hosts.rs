@@ -25,27 +25,6 @@ pub const LOCAL_HOST: &str = crate::record::LOCAL_HOST_NAME;
 /// How long an engine has to answer a connection (and `host list` each engine).
 pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// The `[hosts.NAME]` table of host `name`.
-///
-/// # Errors
-/// `NotFound` naming the hosts there are.
-pub fn host_config<'a>(
-    config: &'a crate::model::config::Config,
-    name: &str,
-) -> Result<&'a HostConfig> {
-    config.hosts.get(name).ok_or_else(|| {
-        let mut names = vec![LOCAL_HOST.to_string()];
-        names.extend(config.hosts.keys().cloned());
-        Error::not_found(
-            format!("host `{name}`"),
-            format!(
-                "the hosts are {}; add one with `girofle host add {name} --engine URL ...`",
-                names.join(", ")
-            ),
-        )
-    })
-}
-
 /// Connects to a named host's engine within [`PROBE_WAIT`].
 ///
 /// # Errors

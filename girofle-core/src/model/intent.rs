@@ -432,11 +432,22 @@ pub(crate) fn remove_tree(path: &Path, actions: &mut Vec<String>) -> Result<()> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn intent_records_round_trip_with_their_phases() {
+    /// A root opened on the in-memory doubles, whose intent records are files.
+    fn context(dir: &Path) -> Context {
+        Context::with_backends(
+            dir,
+            crate::model::config::Config::default(),
+            Arc::new(crate::adapters::runtime::MemoryRuntime::new()),
+            Arc::new(crate::adapters::inventory::MemoryInventory::default()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn intent_records_round_trip_with_their_phases() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = IntentFile::begin(
-            dir.path(),
+            &context(dir.path()),
             "web",
             Operation::Restore {
                 phase: RestorePhase::Extracting,
@@ -445,8 +456,9 @@ mod tests {
                 aside: "/r/staging/y".into(),
             },
         )
+        .await
         .unwrap();
-        f.phase(RestorePhase::Swapping).unwrap();
+        f.phase(RestorePhase::Swapping).await.unwrap();
         let path = intent_path(dir.path(), "web");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).unwrap().permissions(),
@@ -466,15 +478,15 @@ mod tests {
             }
         ));
         assert_eq!(read.op.phase_name(), "swapping");
-        f.finish().unwrap();
+        f.finish().await.unwrap();
         assert!(!path.exists());
     }
 
-    #[test]
-    fn a_phase_of_another_operation_is_refused_and_not_written() {
+    #[tokio::test]
+    async fn a_phase_of_another_operation_is_refused_and_not_written() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = IntentFile::begin(
-            dir.path(),
+            &context(dir.path()),
             "web",
             Operation::ColdBackup {
                 phase: ColdBackupPhase::Archiving,
@@ -483,8 +495,9 @@ mod tests {
                 id: "web/20261125T220000Z".into(),
             },
         )
+        .await
         .unwrap();
-        let e = f.phase(RestorePhase::Committed).unwrap_err();
+        let e = f.phase(RestorePhase::Committed).await.unwrap_err();
         assert!(
             e.to_string()
                 .contains("`committed` is not one of cold-backup"),

@@ -21,7 +21,6 @@ use crate::model::context::Context;
 use crate::model::files::MAX_CONFIG_FILE;
 use crate::model::fingerprint::FingerprintKey;
 use crate::model::health;
-use crate::model::hosts::PROBE_WAIT;
 use crate::model::instance::{
     self, container_spec, render_gitlab_rb, InstanceDirs, InstanceRecord, Stage, LABEL_MANAGED,
     LABEL_ROOT, LOCAL_HOST_NAME,
@@ -117,6 +116,10 @@ pub struct Decommissioned {
     /// The id of the final backup, when one was taken.
     pub final_backup: Option<String>,
 }
+
+/// How long `instance list` waits for another host's engine: one that is down refuses
+/// the connection at once; this bounds one that hangs.
+const REMOTE_LIST_WAIT: Duration = Duration::from_secs(8);
 
 /// What `listing` learnt from one host's engine.
 struct SeenOnHost {
@@ -529,9 +532,9 @@ impl Context {
     }
 
     /// The instances of this root as the inventory and the engines have them now (no
-    /// recovery first: that is `list`). Every host in use is asked at once, each within
-    /// [`PROBE_WAIT`]: the instances of a host whose engine does not answer are
-    /// `unreachable`, and the others are not held up by it.
+    /// recovery first: that is `list`). Every host in use is asked at once, another
+    /// machine's within [`REMOTE_LIST_WAIT`]: the instances of a host whose engine does
+    /// not answer are `unreachable`, and the others are not held up by it.
     pub(crate) async fn listing(&self) -> Result<Vec<InstanceStatus>> {
         let fleet = self.inventory.load().await?;
         let mut hosts: Vec<Option<String>> = vec![None];
@@ -542,10 +545,14 @@ impl Context {
             }
         }
         let asked = futures::future::join_all(hosts.iter().map(|h| async {
-            let seen =
-                tokio::time::timeout(PROBE_WAIT, Box::pin(self.seen_on(h.as_deref(), &fleet)))
-                    .await;
-            (h.clone(), seen.ok().and_then(Result::ok))
+            let seen = Box::pin(self.seen_on(h.as_deref(), &fleet));
+            let seen = match h {
+                // This machine's engine is waited for, as before hosts existed: a slow
+                // answer (a busy machine) is not an unreachable engine.
+                None => Some(seen.await),
+                Some(_) => tokio::time::timeout(REMOTE_LIST_WAIT, seen).await.ok(),
+            };
+            (h.clone(), seen.and_then(Result::ok))
         }))
         .await;
         let mut out = Vec::new();

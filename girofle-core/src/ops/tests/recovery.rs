@@ -17,7 +17,7 @@ use crate::model::intent::{
 use crate::ops::backup::archive_key;
 
 /// Leaves the intent record of `op` on `name`, as a process killed mid-way does.
-fn interrupted(b: &Bench, name: &str, op: Operation) {
+async fn interrupted(b: &Bench, name: &str, op: Operation) {
     drop(
         IntentFile::begin(&b.ctx, name, op)
             .await
@@ -79,7 +79,8 @@ async fn a_commission_killed_while_creating_is_rolled_back_to_nothing() {
         Operation::Commission {
             phase: CommissionPhase::Creating,
         },
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert!(!b.has_container("web").await);
     assert!(!b.dirs("web").base.exists());
@@ -97,7 +98,8 @@ async fn a_commission_killed_after_its_record_went_active_is_finished() {
         Operation::Commission {
             phase: CommissionPhase::Creating,
         },
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert!(b.running("web").await);
     assert_eq!(b.record("web").await, Some(r));
@@ -125,7 +127,8 @@ async fn a_cold_backup_killed_while_archiving_starts_gitlab_again_and_drops_its_
             store: "local".into(),
             id: id.into(),
         },
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert!(b.running("web").await);
     assert!(
@@ -156,7 +159,8 @@ async fn online_backup_killed(phase: OnlineBackupPhase) {
             gitlab_tar: gitlab_tar.clone(),
             holder: holder.clone(),
         },
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert!(!gitlab_tar.exists(), "GitLab's tar removed");
     assert!(!holder.exists(), "the holder removed");
@@ -195,7 +199,7 @@ async fn restore_in_place_killed_before_the_swap(phase: RestorePhase) {
     let data = b.dirs("web").data.join("marker");
     write(&data, "previous");
     write(&staging(&b, "restore-web").join("data/marker"), "restored");
-    interrupted(&b, "web", restore_op(&b, phase, Some(r.clone())));
+    interrupted(&b, "web", restore_op(&b, phase, Some(r.clone()))).await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(read(&data), "previous");
     assert!(!staging(&b, "restore-web").exists());
@@ -228,7 +232,8 @@ async fn a_restore_in_place_killed_while_swapping_puts_the_previous_data_back() 
         &b,
         "web",
         restore_op(&b, RestorePhase::Swapping, Some(r.clone())),
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(read(&dirs.data.join("marker")), "previous");
     assert!(!staging(&b, "aside-web").exists());
@@ -245,7 +250,7 @@ async fn a_restore_as_new_killed_once_reserved_frees_the_name() {
     reserved.stage = Stage::Commissioning;
     b.ctx.put_record(&reserved).await.unwrap();
     write(&staging(&b, "restore-web").join("data/marker"), "restored");
-    interrupted(&b, "web", restore_op(&b, RestorePhase::Reserved, None));
+    interrupted(&b, "web", restore_op(&b, RestorePhase::Reserved, None)).await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(b.record("web").await, None);
     assert!(!staging(&b, "restore-web").exists());
@@ -257,7 +262,7 @@ async fn a_restore_as_new_killed_while_swapping_removes_what_it_made() {
     let mut reserved = b.commissioned("web").await;
     reserved.stage = Stage::Commissioning;
     b.ctx.put_record(&reserved).await.unwrap();
-    interrupted(&b, "web", restore_op(&b, RestorePhase::Swapping, None));
+    interrupted(&b, "web", restore_op(&b, RestorePhase::Swapping, None)).await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(b.record("web").await, None);
     assert!(!b.has_container("web").await);
@@ -275,7 +280,8 @@ async fn a_restore_killed_after_it_committed_is_finished() {
         &b,
         "web",
         restore_op(&b, RestorePhase::Committed, Some(r.clone())),
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert_eq!(read(&b.dirs("web").data.join("marker")), "restored");
     assert!(!staging(&b, "aside-web").exists() && !staging(&b, "restore-web").exists());
@@ -307,7 +313,8 @@ async fn a_decommission_killed_while_stopping_is_undone() {
         &b,
         "web",
         decommission_op(&b, DecommissionPhase::Stopping, &r, false),
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert!(b.running("web").await);
     assert_eq!(b.record("web").await, Some(r));
@@ -325,7 +332,7 @@ async fn decommission_killed_after_the_move(phase: DecommissionPhase) {
     if phase == DecommissionPhase::Removing {
         remove_container(&b, "web").await;
     }
-    interrupted(&b, "web", decommission_op(&b, phase, &r, false));
+    interrupted(&b, "web", decommission_op(&b, phase, &r, false)).await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert!(!b.has_container("web").await);
     assert_eq!(b.record("web").await, None, "name and addresses free");
@@ -352,7 +359,8 @@ async fn a_purge_killed_while_deleting_is_finished() {
         &b,
         "web",
         decommission_op(&b, DecommissionPhase::Purging, &r, true),
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert!(!b.dirs("web").base.exists());
     assert!(!b.has_container("web").await);
@@ -386,7 +394,8 @@ async fn a_reconfigure_killed_while_applying_puts_the_previous_settings_back() {
         &b,
         "web",
         reconfigure_op(&previous, ReconfigurePhase::Applying),
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(read(&b.gitlab_rb("web")), previous);
     assert_eq!(
@@ -409,7 +418,8 @@ async fn a_reconfigure_killed_after_the_inventory_took_the_new_settings_is_finis
         &b,
         "web",
         reconfigure_op(&previous, ReconfigurePhase::Applying),
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::Finished);
     assert_eq!(read(&b.gitlab_rb("web")), NEW_RB, "the new file stays");
     assert_eq!(b.record("web").await, Some(r));
@@ -425,7 +435,8 @@ async fn a_reconfigure_killed_after_it_restored_the_previous_file_is_not_applied
         &b,
         "web",
         reconfigure_op(&previous, ReconfigurePhase::Restored),
-    );
+    )
+    .await;
     assert_eq!(recover(&b, "web").await, RecoveryOutcome::RolledBack);
     assert_eq!(read(&b.gitlab_rb("web")), previous);
     assert_eq!(b.reconfigures(), before, "no second reconfigure");
