@@ -702,7 +702,10 @@ fn read_entries(
             ));
         }
     }
-    for path in links.keys() {
+    // In name order: the refusal names the same entry every time.
+    let mut paths: Vec<&String> = links.keys().collect();
+    paths.sort();
+    for path in paths {
         check_link_chain(&links, path)?;
     }
     dirs.close_all(sink)?;

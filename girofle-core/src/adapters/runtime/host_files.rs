@@ -381,7 +381,10 @@ pub fn filter_import<R: Read, W: Write>(
             .append_data(&mut root, prefix, std::io::empty())
             .map_err(write_err)?;
     }
-    for path in links.keys() {
+    // In name order: the refusal names the same entry every time.
+    let mut paths: Vec<&String> = links.keys().collect();
+    paths.sort();
+    for path in paths {
         girofle_archive::read::check_link_chain(&links, path).map_err(Error::from)?;
     }
     let output = builder.into_inner().map_err(write_err)?;
