@@ -600,18 +600,22 @@ fn instances_live_on_remote_hosts_reached_through_their_engines_alone() {
     assert_eq!(state(&list, &web)["state"], "running", "{list}");
     drop(restart);
 
-    // No final backup of a remote instance yet: refused, with nothing changed.
-    let refused = root.cli(&["instance", "rm", &web]);
-    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
-    assert!(text(&refused).contains("--no-backup"), "{}", text(&refused));
-    assert!(serves(a.ip, port));
-
-    // Decommissioned: the container gone, the data kept aside on host-a's machine.
+    // Decommissioned with a final backup, cold (host-a's files are reached through its
+    // engine alone): the container gone, the data kept aside on host-a's machine.
     let gone = json_ok(
-        &root.cli(&["instance", "rm", &web, "--no-backup", "--json"]),
+        &root.cli(&["instance", "rm", &web, "--json"]),
         "instance rm",
     );
     assert_eq!(gone["host"], "host-a", "{gone}");
+    let last = gone["final_backup"]
+        .as_str()
+        .expect("a final backup")
+        .to_string();
+    let listed = ok(root.cli(&["backup", "list", &web]));
+    assert!(
+        listed.contains(&last) && listed.contains("cold"),
+        "{listed}"
+    );
     let kept = gone["archived_to"].as_str().unwrap().to_string();
     assert!(
         kept.starts_with(&format!("{}/decommissioned/{web}-", a.data_dir)),
@@ -872,4 +876,89 @@ async fn a_move_killed_midway_is_put_right_by_recover_on_another_machine() {
         &format!("ls {d}/instances {d}/staging 2>&1", d = gone.data_dir),
     );
     assert!(!left.contains(&app), "{left}");
+}
+
+#[test]
+fn a_remote_instance_is_backed_up_cold_through_its_engine_and_restored_here() {
+    let _up = remote::using();
+    let [a, _] = remote::remote_engines();
+    let root = TestRoot::new(&stand_in("17.5.1"));
+    add_host(&root, &a);
+    let app = unique("cold");
+    let _leftovers = RemoteLeftovers {
+        root: &root,
+        engines: vec![a.clone()],
+        names: vec![app.clone()],
+    };
+    let made = json_ok(
+        &root.cli(&["instance", "create", &app, "--host", "host-a", "--json"]),
+        "create",
+    );
+    let password = on_machine(
+        &a,
+        &format!(
+            "cat {}/instances/{app}/config/initial_root_password",
+            a.data_dir
+        ),
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix("Password: "))
+    .expect("initial_root_password on host-a")
+    .trim()
+    .to_string();
+    let url = girofle_tests::project_url(
+        made["external_url"].as_str().unwrap(),
+        &password,
+        "team/app.git",
+    );
+    let pushed = girofle_tests::push_project(&root.dir.path().join("work"), &url, 3);
+
+    // Online reads GitLab's tar through local paths: refused, saying what works.
+    let online = root.cli(&["backup", "create", &app, "--strategy", "online"]);
+    assert_eq!(online.status.code(), Some(2), "{}", text(&online));
+    assert!(
+        text(&online).contains("--strategy cold"),
+        "{}",
+        text(&online)
+    );
+
+    // Cold: the directories stream out of host-a's engine into the local store.
+    let backup = json_ok(
+        &root.cli(&["backup", "create", &app, "--strategy", "cold", "--json"]),
+        "backup create",
+    );
+    let id = backup["id"].as_str().unwrap().to_string();
+    assert_eq!(backup["strategy"], "cold", "{backup}");
+    assert!(backup["downtime_ms"].as_u64().is_some(), "{backup}");
+    // GitLab runs again on host-a, with its commits.
+    let shown = json_ok(&root.cli(&["instance", "show", &app, "--json"]), "show");
+    assert_eq!(
+        (shown["host"].as_str(), shown["state"].as_str()),
+        (Some("host-a"), Some("running"))
+    );
+    assert_eq!(girofle_tests::ls_remote(&url), pushed);
+
+    let verified = json_ok(&root.cli(&["backup", "verify", &id, "--json"]), "verify");
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["files"], backup["files"], "{verified}");
+
+    // Restored here, as a new local instance: the same refs, and fsck is clean.
+    let copy = unique("cold-copy");
+    let restored = json_ok(
+        &root.cli(&["--json", "restore", &id, "--as", &copy]),
+        "restore --as",
+    );
+    assert!(
+        root.root
+            .join("instances")
+            .join(&copy)
+            .join("config/gitlab.rb")
+            .is_file(),
+        "{restored}"
+    );
+    let copy_url =
+        girofle_tests::project_url(restored["url"].as_str().unwrap(), &password, "team/app.git");
+    assert_eq!(girofle_tests::ls_remote(&copy_url), pushed);
+    let fsck = girofle_tests::clone_and_fsck(&copy_url, &root.dir.path().join("mirror"));
+    assert!(!fsck.contains("error"), "{fsck}");
 }
