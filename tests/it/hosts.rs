@@ -600,22 +600,14 @@ fn instances_live_on_remote_hosts_reached_through_their_engines_alone() {
     assert_eq!(state(&list, &web)["state"], "running", "{list}");
     drop(restart);
 
-    // Decommissioned with a final backup, cold (host-a's files are reached through its
-    // engine alone): the container gone, the data kept aside on host-a's machine.
+    // Decommissioned (a remote instance's final backup: see
+    // a_remote_instance_is_backed_up_cold_through_its_engine_and_restored_here): the
+    // container gone, the data kept aside on host-a's machine.
     let gone = json_ok(
-        &root.cli(&["instance", "rm", &web, "--json"]),
+        &root.cli(&["instance", "rm", &web, "--no-backup", "--json"]),
         "instance rm",
     );
     assert_eq!(gone["host"], "host-a", "{gone}");
-    let last = gone["final_backup"]
-        .as_str()
-        .expect("a final backup")
-        .to_string();
-    let listed = ok(root.cli(&["backup", "list", &web]));
-    assert!(
-        listed.contains(&last) && listed.contains("cold"),
-        "{listed}"
-    );
     let kept = gone["archived_to"].as_str().unwrap().to_string();
     assert!(
         kept.starts_with(&format!("{}/decommissioned/{web}-", a.data_dir)),
@@ -961,4 +953,25 @@ fn a_remote_instance_is_backed_up_cold_through_its_engine_and_restored_here() {
     assert_eq!(girofle_tests::ls_remote(&copy_url), pushed);
     let fsck = girofle_tests::clone_and_fsck(&copy_url, &root.dir.path().join("mirror"));
     assert!(!fsck.contains("error"), "{fsck}");
+
+    // A decommission takes its final backup cold (online needs local paths), then sets
+    // the data aside on host-a.
+    let gone = json_ok(
+        &root.cli(&["instance", "rm", &app, "--json"]),
+        "instance rm",
+    );
+    let last = gone["final_backup"].as_str().expect("a final backup");
+    let listed = json_ok(
+        &root.cli(&["backup", "list", &app, "--json"]),
+        "backup list",
+    );
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == last)
+        .unwrap_or_else(|| panic!("{last} not listed: {listed}"));
+    assert_eq!(entry["strategy"], "cold", "{entry}");
+    let kept = gone["archived_to"].as_str().unwrap();
+    assert!(on_machine(&a, &format!("ls {kept}/config")).contains("gitlab.rb"));
 }
