@@ -914,6 +914,15 @@ fn a_remote_instance_is_backed_up_cold_through_its_engine_and_restored_here() {
         text(&online)
     );
 
+    // A file with two names on host-a: the export gives the second as a hard link, which
+    // the backup stores as a file (read again through the engine).
+    let data = format!("{}/instances/{app}/data", a.data_dir);
+    on_machine(
+        &a,
+        &format!("echo linked > {data}/twice-a && ln {data}/twice-a {data}/twice-b"),
+    );
+    assert!(on_machine(&a, &format!("stat -c %h {data}/twice-b")).starts_with('2'));
+
     // Cold: the directories stream out of host-a's engine into the local store.
     let backup = json_ok(
         &root.cli(&["backup", "create", &app, "--strategy", "cold", "--json"]),
@@ -948,6 +957,11 @@ fn a_remote_instance_is_backed_up_cold_through_its_engine_and_restored_here() {
             .is_file(),
         "{restored}"
     );
+    let copy_data = root.root.join("instances").join(&copy).join("data");
+    for name in ["twice-a", "twice-b"] {
+        let content = std::fs::read_to_string(copy_data.join(name)).unwrap_or_default();
+        assert_eq!(content, "linked\n", "{name} restored");
+    }
     let copy_url =
         girofle_tests::project_url(restored["url"].as_str().unwrap(), &password, "team/app.git");
     assert_eq!(girofle_tests::ls_remote(&copy_url), pushed);
