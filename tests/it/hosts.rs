@@ -989,3 +989,96 @@ fn a_remote_instance_is_backed_up_cold_through_its_engine_and_restored_here() {
     let kept = gone["archived_to"].as_str().unwrap();
     assert!(on_machine(&a, &format!("ls {kept}/config")).contains("gitlab.rb"));
 }
+
+#[test]
+fn a_remote_cold_backup_killed_while_gitlab_is_down_is_rolled_back_by_recover() {
+    let _up = remote::using();
+    let [a, _] = remote::remote_engines();
+    let root = TestRoot::new(&stand_in("17.5.1"));
+    add_host(&root, &a);
+    let app = unique("kcold");
+    let _leftovers = RemoteLeftovers {
+        root: &root,
+        engines: vec![a.clone()],
+        names: vec![app.clone()],
+    };
+    ok(root.cli(&["instance", "create", &app, "--host", "host-a"]));
+    // Incompressible data, so that the directories take a while to stream out.
+    on_machine(
+        &a,
+        &format!(
+            "head -c 100000000 /dev/urandom > {}/instances/{app}/data/noise",
+            a.data_dir
+        ),
+    );
+
+    // Killed once GitLab is stopped on host-a, while its directories stream out.
+    let mut child = root
+        .girofle()
+        .args(["backup", "create", &app, "--strategy", "cold"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        let out = a
+            .docker()
+            .args([
+                "inspect",
+                "-f",
+                "{{.State.Running}}",
+                &format!("girofle-{app}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let t0 = Instant::now();
+    while running() != "false" {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before GitLab was seen stopped"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "GitLab never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(running(), "false", "GitLab runs again without recovery");
+
+    // `recover` starts GitLab again on host-a and deletes the unlisted backup's objects.
+    let recovered = json_ok(&root.cli(&["--json", "recover"]), "recover");
+    let record = recovered
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["instance"] == app.as_str())
+        .unwrap_or_else(|| panic!("nothing recovered for {app}: {recovered}"))
+        .clone();
+    assert_eq!(
+        (record["operation"].as_str(), record["outcome"].as_str()),
+        (Some("cold-backup"), Some("rolled-back")),
+        "{record}"
+    );
+    let shown = json_ok(&root.cli(&["instance", "show", &app, "--json"]), "show");
+    assert_eq!(
+        (shown["host"].as_str(), shown["state"].as_str()),
+        (Some("host-a"), Some("running"))
+    );
+    let listed = json_ok(&root.cli(&["backup", "list", &app, "--json"]), "list");
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    // (A staging file of the killed upload, `NAME#digits`, goes once it is stale: an
+    // upload may still be writing it.)
+    let objects: Vec<String> = std::fs::read_dir(root.root.join("backups").join(&app))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|f| !f.contains('#'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(objects.is_empty(), "left in the store: {objects:?}");
+}
