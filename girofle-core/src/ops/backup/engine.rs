@@ -14,9 +14,9 @@
 //! larger hard-linked file fails the backup, saying how to get past it.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::{forward, stream_to_store, BackupHeader, Manifest, ProgressFn};
