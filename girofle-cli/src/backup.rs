@@ -12,8 +12,9 @@ pub enum BackupCommand {
     /// Back up an instance (config with secrets, data, logs) into a store.
     Create {
         name: String,
-        /// online (gitlab-backup inside the running container, no downtime) or cold
-        /// (stop, archive the directories, start).
+        /// online (gitlab-backup inside the running container, no downtime; local
+        /// instances only) or cold (stop, archive the directories, start; an instance on
+        /// another host too, its directories streamed out of that host's engine).
         #[arg(long, default_value = "online")]
         strategy: Strategy,
         /// Store name from girofle.toml (default: local).

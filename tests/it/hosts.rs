@@ -600,13 +600,9 @@ fn instances_live_on_remote_hosts_reached_through_their_engines_alone() {
     assert_eq!(state(&list, &web)["state"], "running", "{list}");
     drop(restart);
 
-    // No final backup of a remote instance yet: refused, with nothing changed.
-    let refused = root.cli(&["instance", "rm", &web]);
-    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
-    assert!(text(&refused).contains("--no-backup"), "{}", text(&refused));
-    assert!(serves(a.ip, port));
-
-    // Decommissioned: the container gone, the data kept aside on host-a's machine.
+    // Decommissioned (a remote instance's final backup: see
+    // a_remote_instance_is_backed_up_cold_through_its_engine_and_restored_here): the
+    // container gone, the data kept aside on host-a's machine.
     let gone = json_ok(
         &root.cli(&["instance", "rm", &web, "--no-backup", "--json"]),
         "instance rm",
@@ -872,4 +868,217 @@ async fn a_move_killed_midway_is_put_right_by_recover_on_another_machine() {
         &format!("ls {d}/instances {d}/staging 2>&1", d = gone.data_dir),
     );
     assert!(!left.contains(&app), "{left}");
+}
+
+#[test]
+fn a_remote_instance_is_backed_up_cold_through_its_engine_and_restored_here() {
+    let _up = remote::using();
+    let [a, _] = remote::remote_engines();
+    let root = TestRoot::new(&stand_in("17.5.1"));
+    add_host(&root, &a);
+    let app = unique("cold");
+    let _leftovers = RemoteLeftovers {
+        root: &root,
+        engines: vec![a.clone()],
+        names: vec![app.clone()],
+    };
+    let made = json_ok(
+        &root.cli(&["instance", "create", &app, "--host", "host-a", "--json"]),
+        "create",
+    );
+    let password = on_machine(
+        &a,
+        &format!(
+            "cat {}/instances/{app}/config/initial_root_password",
+            a.data_dir
+        ),
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix("Password: "))
+    .expect("initial_root_password on host-a")
+    .trim()
+    .to_string();
+    let url = girofle_tests::project_url(
+        made["external_url"].as_str().unwrap(),
+        &password,
+        "team/app.git",
+    );
+    let pushed = girofle_tests::push_project(&root.dir.path().join("work"), &url, 3);
+
+    // Online reads GitLab's tar through local paths: refused, saying what works.
+    let online = root.cli(&["backup", "create", &app, "--strategy", "online"]);
+    assert_eq!(online.status.code(), Some(2), "{}", text(&online));
+    assert!(
+        text(&online).contains("--strategy cold"),
+        "{}",
+        text(&online)
+    );
+
+    // A file with two names on host-a: the export gives the second as a hard link, which
+    // the backup stores as a file (read again through the engine).
+    let data = format!("{}/instances/{app}/data", a.data_dir);
+    on_machine(
+        &a,
+        &format!("echo linked > {data}/twice-a && ln {data}/twice-a {data}/twice-b"),
+    );
+    assert!(on_machine(&a, &format!("stat -c %h {data}/twice-b")).starts_with('2'));
+
+    // Cold: the directories stream out of host-a's engine into the local store.
+    let backup = json_ok(
+        &root.cli(&["backup", "create", &app, "--strategy", "cold", "--json"]),
+        "backup create",
+    );
+    let id = backup["id"].as_str().unwrap().to_string();
+    assert_eq!(backup["strategy"], "cold", "{backup}");
+    assert!(backup["downtime_ms"].as_u64().is_some(), "{backup}");
+    // GitLab runs again on host-a, with its commits.
+    let shown = json_ok(&root.cli(&["instance", "show", &app, "--json"]), "show");
+    assert_eq!(
+        (shown["host"].as_str(), shown["state"].as_str()),
+        (Some("host-a"), Some("running"))
+    );
+    assert_eq!(girofle_tests::ls_remote(&url), pushed);
+
+    let verified = json_ok(&root.cli(&["backup", "verify", &id, "--json"]), "verify");
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["files"], backup["files"], "{verified}");
+
+    // Restored here, as a new local instance: the same refs, and fsck is clean.
+    let copy = unique("cold-copy");
+    let restored = json_ok(
+        &root.cli(&["--json", "restore", &id, "--as", &copy]),
+        "restore --as",
+    );
+    assert!(
+        root.root
+            .join("instances")
+            .join(&copy)
+            .join("config/gitlab.rb")
+            .is_file(),
+        "{restored}"
+    );
+    let copy_data = root.root.join("instances").join(&copy).join("data");
+    for name in ["twice-a", "twice-b"] {
+        let content = std::fs::read_to_string(copy_data.join(name)).unwrap_or_default();
+        assert_eq!(content, "linked\n", "{name} restored");
+    }
+    let copy_url =
+        girofle_tests::project_url(restored["url"].as_str().unwrap(), &password, "team/app.git");
+    assert_eq!(girofle_tests::ls_remote(&copy_url), pushed);
+    let fsck = girofle_tests::clone_and_fsck(&copy_url, &root.dir.path().join("mirror"));
+    assert!(!fsck.contains("error"), "{fsck}");
+
+    // A decommission takes its final backup cold (online needs local paths), then sets
+    // the data aside on host-a.
+    let gone = json_ok(
+        &root.cli(&["instance", "rm", &app, "--json"]),
+        "instance rm",
+    );
+    let last = gone["final_backup"].as_str().expect("a final backup");
+    let listed = json_ok(
+        &root.cli(&["backup", "list", &app, "--json"]),
+        "backup list",
+    );
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == last)
+        .unwrap_or_else(|| panic!("{last} not listed: {listed}"));
+    assert_eq!(entry["strategy"], "cold", "{entry}");
+    let kept = gone["archived_to"].as_str().unwrap();
+    assert!(on_machine(&a, &format!("ls {kept}/config")).contains("gitlab.rb"));
+}
+
+#[test]
+fn a_remote_cold_backup_killed_while_gitlab_is_down_is_rolled_back_by_recover() {
+    let _up = remote::using();
+    let [a, _] = remote::remote_engines();
+    let root = TestRoot::new(&stand_in("17.5.1"));
+    add_host(&root, &a);
+    let app = unique("kcold");
+    let _leftovers = RemoteLeftovers {
+        root: &root,
+        engines: vec![a.clone()],
+        names: vec![app.clone()],
+    };
+    ok(root.cli(&["instance", "create", &app, "--host", "host-a"]));
+    // Incompressible data, so that the directories take a while to stream out.
+    on_machine(
+        &a,
+        &format!(
+            "head -c 100000000 /dev/urandom > {}/instances/{app}/data/noise",
+            a.data_dir
+        ),
+    );
+
+    // Killed once GitLab is stopped on host-a, while its directories stream out.
+    let mut child = root
+        .girofle()
+        .args(["backup", "create", &app, "--strategy", "cold"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        let out = a
+            .docker()
+            .args([
+                "inspect",
+                "-f",
+                "{{.State.Running}}",
+                &format!("girofle-{app}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let t0 = Instant::now();
+    while running() != "false" {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before GitLab was seen stopped"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "GitLab never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(running(), "false", "GitLab runs again without recovery");
+
+    // `recover` starts GitLab again on host-a and deletes the unlisted backup's objects.
+    let recovered = json_ok(&root.cli(&["--json", "recover"]), "recover");
+    let record = recovered
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["instance"] == app.as_str())
+        .unwrap_or_else(|| panic!("nothing recovered for {app}: {recovered}"))
+        .clone();
+    assert_eq!(
+        (record["operation"].as_str(), record["outcome"].as_str()),
+        (Some("cold-backup"), Some("rolled-back")),
+        "{record}"
+    );
+    let shown = json_ok(&root.cli(&["instance", "show", &app, "--json"]), "show");
+    assert_eq!(
+        (shown["host"].as_str(), shown["state"].as_str()),
+        (Some("host-a"), Some("running"))
+    );
+    let listed = json_ok(&root.cli(&["backup", "list", &app, "--json"]), "list");
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    // (A staging file of the killed upload, `NAME#digits`, goes once it is stale: an
+    // upload may still be writing it.)
+    let objects: Vec<String> = std::fs::read_dir(root.root.join("backups").join(&app))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|f| !f.contains('#'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(objects.is_empty(), "left in the store: {objects:?}");
 }

@@ -37,10 +37,11 @@ pub use crate::model::policy::{retained, Retention, Strategy};
 use crate::model::signing::{SignatureCheck, Signed, TrustedKeys};
 use crate::model::warning::{NextStep, Warning};
 use girofle_archive::{
-    self as archive, ChannelReader, ChannelWriter, CompressionOptions, ExpectedIndex, IndexSummary,
-    Progress, Source,
+    self as archive, ArchiveSummary, ChannelReader, ChannelWriter, CompressionOptions,
+    ExpectedIndex, IndexSummary, Progress, Source,
 };
 
+mod engine;
 mod undo;
 
 // The format's parts as data live in `girofle_archive` (the fuzz targets build on it
@@ -322,9 +323,29 @@ pub async fn archive_to_store(
     compression: CompressionOptions,
     progress: Option<ProgressFn>,
 ) -> Result<(ArchiveRef, IndexRef)> {
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-    let sources_owned = sources.to_vec();
+    let sources = sources.to_vec();
     let header = header.clone();
+    stream_to_store(store, id, progress, move |out, report| {
+        archive::write_archive(&header, &sources, compression, out, report)
+    })
+    .await
+}
+
+/// Streams the archive that `write` produces (on the blocking pool, into a bounded
+/// channel) into `store` as `<id>.tar.zst`, then the index it made as `<id>.index`;
+/// returns where they are. Whatever fails, nothing is left under the archive's key.
+pub(crate) async fn stream_to_store<F>(
+    store: &Arc<dyn BackupStore>,
+    id: &str,
+    progress: Option<ProgressFn>,
+    write: F,
+) -> Result<(ArchiveRef, IndexRef)>
+where
+    F: FnOnce(&mut ChannelWriter, &mut dyn FnMut(Progress)) -> archive::Result<ArchiveSummary>
+        + Send
+        + 'static,
+{
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
     let producer = tokio::task::spawn_blocking(move || {
         let mut writer = ChannelWriter::new(tx);
         let mut report = |p: Progress| {
@@ -332,13 +353,7 @@ pub async fn archive_to_store(
                 f(p);
             }
         };
-        match archive::write_archive(
-            &header,
-            &sources_owned,
-            compression,
-            &mut writer,
-            &mut report,
-        ) {
+        match write(&mut writer, &mut report) {
             Ok(summary) => match writer.finish() {
                 Ok(()) => Ok(summary),
                 Err(e) => Err(Error::io("stream the archive", PathBuf::from("(store)"), e)),
@@ -512,29 +527,40 @@ impl Context {
             json!({ "name": name, "strategy": options.strategy, "store": options.store, "no_logs": options.no_logs }),
             json!({ "image": record.image }),
             Box::pin(async {
-                self.at(&record).await?.local_only("back up")?;
-                self.backup_inner(record.clone(), options).await
+                let here = self.at(&record).await?;
+                if options.strategy == Strategy::Online && !here.site.is_local() {
+                    return Err(Error::invalid(
+                        "--strategy",
+                        format!(
+                            "an online backup reads GitLab's own backup file through this machine's paths, and instance `{name}` runs on host `{}`, reached only through its engine; take a cold backup with --strategy cold (GitLab stops while its directories stream out of that engine)",
+                            here.site.host()
+                        ),
+                    ));
+                }
+                here.backup_inner(record.clone(), options).await
             }),
         )
         .await
     }
 
-    /// The final backup of a decommission: online when the instance is healthy, cold
-    /// otherwise, into the local store.
+    /// The final backup of a decommission, into the local store: online when the
+    /// instance is healthy and its directories are local, cold otherwise (an instance on
+    /// another host is backed up cold, its directories streamed out of its engine).
+    /// `self` is on the instance's host.
     pub(crate) async fn final_backup(&self, record: &InstanceRecord) -> Result<String> {
         let info = self.runtime.inspect(&record.container_name()).await?;
         let healthy = match &info {
             Some(i) => crate::model::health::serves_now(&*self.runtime, i).await,
             None => false,
         };
-        let dirs = InstanceDirs::new(&self.root, &record.name);
-        if !dirs.data.exists() {
+        let dirs = self.instance_dirs(&record.name);
+        if !self.files().exists(&dirs.data).await? {
             return Err(Error::not_found(
                 format!("data of `{}`", record.name),
                 "nothing to back up; pass --no-backup to decommission anyway",
             ));
         }
-        let strategy = if healthy {
+        let strategy = if healthy && self.site.is_local() {
             Strategy::Online
         } else {
             Strategy::Cold
@@ -620,7 +646,7 @@ impl Context {
         let (gitlab_version, edition) = self.gitlab_version(&record, running).await;
         let id = self.new_backup_id(&record.name, &store).await?;
         let started = Instant::now();
-        let dirs = InstanceDirs::new(&self.root, &record.name);
+        let dirs = self.instance_dirs(&record.name);
         let mut header = BackupHeader {
             format_version: FORMAT_VERSION,
             id: id.clone(),
@@ -676,9 +702,14 @@ impl Context {
                     self.settle(intent).await;
                     return Err(e);
                 }
-                let result = self
-                    .archive_to_store(&header, &sources, &store, &id, options.progress.clone())
-                    .await;
+                let progress = options.progress.clone();
+                let result = if self.site.is_local() {
+                    self.archive_to_store(&header, &sources, &store, &id, progress)
+                        .await
+                } else {
+                    self.archive_from_engine(&header, &sources, &store, &id, progress)
+                        .await
+                };
                 // GitLab comes back whatever happened to the archive.
                 let restarted = if running {
                     match self.runtime.start(&container).await {

@@ -1071,15 +1071,7 @@ impl Context {
         let final_backup = if options.no_backup {
             None
         } else {
-            self.local_only("back up").map_err(|_| {
-                Error::invalid(
-                    "--no-backup",
-                    format!(
-                        "a decommission takes a final backup, and this Girofle cannot yet back up an instance on host `{}` (its files are reached only through that engine); take one there, then decommission with --no-backup",
-                        self.site.host()
-                    ),
-                )
-            })?;
+            // On another host too: cold, its directories streamed out of that engine.
             Some(self.final_backup(&record).await?)
         };
         let _lock = self.lock_instance(&name, "decommission").await?;
