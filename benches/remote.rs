@@ -44,6 +44,7 @@ impl RemoteEngine {
             ports: vec![format!("{}-{}", ports.0, ports.1)],
             data_dir: self.data_dir.clone(),
             labels: [("zone".to_string(), self.name.to_string())].into(),
+            drain: false,
         }
     }
 

@@ -379,7 +379,10 @@ impl Context {
         let mut refused: Vec<(String, PublishedPort)> = Vec::new();
         let mut attempt = 0;
         loop {
-            let e = match self.bring_up(&record, dirs, request.timeout).await {
+            let e = match self
+                .bring_up_with(&record, dirs, request.timeout, true)
+                .await
+            {
                 Err(e) if chosen_by_us && attempt < PORT_RETRIES && is_port_refused(&e) => e,
                 other => return (record, other),
             };
@@ -478,14 +481,30 @@ impl Context {
         dirs: &InstanceDirs,
         timeout: Option<Duration>,
     ) -> Result<()> {
+        self.bring_up_with(record, dirs, timeout, false).await
+    }
+
+    /// [`Context::bring_up`]; `empty`: the directories were just made and hold nothing
+    /// yet (a commission), so nothing is there to make private or read: on another host
+    /// each of those is a helper container less.
+    async fn bring_up_with(
+        &self,
+        record: &InstanceRecord,
+        dirs: &InstanceDirs,
+        timeout: Option<Duration>,
+        empty: bool,
+    ) -> Result<()> {
         let volumes: Vec<&Path> = dirs.volumes().iter().map(|(_, dir, _)| *dir).collect();
         self.files().make_dirs(&volumes).await?;
-        // Restored files keep the archive's modes; GitLab writes its own at first boot.
-        self.files().make_private(&secret_files(dirs)).await?;
+        if !empty {
+            // Restored files keep the archive's modes; GitLab writes its own at first boot.
+            self.files().make_private(&secret_files(dirs)).await?;
+        }
         let health = self.health(timeout);
         let spec = container_spec(&self.root, record, dirs, health);
         self.runtime.create(&spec).await?;
-        self.prepare_gitlab_rb(record, dirs, &spec.name).await?;
+        self.prepare_gitlab_rb(record, dirs, &spec.name, empty)
+            .await?;
         self.runtime.start(&spec.name).await?;
         health::wait_booted(&*self.runtime, &spec.name, health.boot_timeout).await?;
         self.files().make_private(&secret_files(dirs)).await
@@ -501,9 +520,15 @@ impl Context {
         record: &InstanceRecord,
         dirs: &InstanceDirs,
         container: &str,
+        empty: bool,
     ) -> Result<()> {
         let rb = dirs.config.join("gitlab.rb");
-        let current = match self.files().read_text(&rb).await? {
+        let existing = if empty {
+            None
+        } else {
+            self.files().read_text(&rb).await?
+        };
+        let current = match existing {
             Some(text) => text,
             None => {
                 match self
@@ -536,6 +561,13 @@ impl Context {
     /// machine's within [`REMOTE_LIST_WAIT`]: the instances of a host whose engine does
     /// not answer are `unreachable`, and the others are not held up by it.
     pub(crate) async fn listing(&self) -> Result<Vec<InstanceStatus>> {
+        self.listing_for(None).await
+    }
+
+    /// [`Context::listing`]; the gitlab.rb of an instance on another host (read through
+    /// its engine, one request each) is read for `detail` only: a list of a hundred
+    /// instances asks each engine a few questions, not a hundred.
+    pub(crate) async fn listing_for(&self, detail: Option<&str>) -> Result<Vec<InstanceStatus>> {
         let fleet = self.inventory.load().await?;
         let mut hosts: Vec<Option<String>> = vec![None];
         for r in fleet.instances.values() {
@@ -545,7 +577,7 @@ impl Context {
             }
         }
         let asked = futures::future::join_all(hosts.iter().map(|h| async {
-            let seen = Box::pin(self.seen_on(h.as_deref(), &fleet));
+            let seen = Box::pin(self.seen_on(h.as_deref(), &fleet, detail));
             let seen = match h {
                 // This machine's engine is waited for, as before hosts existed: a slow
                 // answer (a busy machine) is not an unreachable engine.
@@ -565,7 +597,7 @@ impl Context {
             let Some(seen) = seen else {
                 // The local engine's failure is the command's: nothing could be listed.
                 if host.is_none() {
-                    Box::pin(self.seen_on(None, &fleet)).await?;
+                    Box::pin(self.seen_on(None, &fleet, detail)).await?;
                 }
                 out.extend(records.map(|r| status_of(r, InstanceState::Unreachable, Vec::new())));
                 continue;
@@ -616,7 +648,12 @@ impl Context {
 
     /// What one host's engine says of the fleet's instances on it: their containers
     /// (and this root's own there), which of them GitLab serves from, and their gitlab.rb.
-    async fn seen_on(&self, host: Option<&str>, fleet: &Fleet) -> Result<SeenOnHost> {
+    async fn seen_on(
+        &self,
+        host: Option<&str>,
+        fleet: &Fleet,
+        detail: Option<&str>,
+    ) -> Result<SeenOnHost> {
         let here = self.on_host(host, &self.config.instances.image).await?;
         let host_name = here.site.host().to_string();
         // On one machine the root's containers are this root's; a fleet on etcd is shared
@@ -660,7 +697,9 @@ impl Context {
             let rb = here.instance_dirs(&r.name).config.join("gitlab.rb");
             let text = if here.site.is_local() {
                 std::fs::read_to_string(&rb).ok()
-            } else if containers.iter().any(|c| c.name == r.container_name()) {
+            } else if Some(r.name.as_str()) == detail
+                && containers.iter().any(|c| c.name == r.container_name())
+            {
                 // Through the instance's own container (no helper container per
                 // instance: a list of a hundred stays fast).
                 runtime
@@ -690,7 +729,8 @@ impl Context {
     /// One instance, reconciled with the engine.
     pub(crate) async fn show(&self, name: &str) -> Result<InstanceStatus> {
         instance::validate_name(name)?;
-        self.list()
+        Box::pin(self.recover_pending()).await;
+        Box::pin(self.listing_for(Some(name)))
             .await?
             .into_iter()
             .find(|s| s.name == name && s.record.is_some())
