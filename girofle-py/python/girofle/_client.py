@@ -32,6 +32,7 @@ from ._results import (
     Instance,
     InstanceStatus,
     KeyInfo,
+    Moved,
     PruneResult,
     Recovery,
     RestoreResult,
@@ -64,6 +65,7 @@ LONG_OPERATIONS = (
     "restart",
     "reconfigure",
     "remove",
+    "move_instance",
     "backup",
     "verify",
     "copy_backup",
@@ -142,12 +144,15 @@ class Girofle:
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
         cancel: Cancel | None = None,
+        host: str | None = None,
+        host_labels: Mapping[str, str] | None = None,
     ) -> Instance:
-        """Commissions a new instance and waits until it is healthy."""
+        """Commissions a new instance and waits until it is healthy: on ``host``, or on
+        the host placement picks (among those carrying ``host_labels``)."""
         return Instance.from_dict(
             self._native.create(
                 name, image, ip, http_port, https_port, ssh_port, hostname, settings,
-                labels, timeout, cancel,
+                labels, timeout, cancel, host, host_labels,
             )
         )
 
@@ -195,6 +200,18 @@ class Girofle:
         container removed, the data moved to ``decommissioned/`` (deleted with
         ``purge``)."""
         return Decommissioned.from_dict(self._native.remove(name, purge, final_backup, cancel))
+
+    def move_instance(
+        self,
+        name: str,
+        to: str,
+        purge: bool = False,
+        timeout: float | None = None,
+        cancel: Cancel | None = None,
+    ) -> Moved:
+        """Moves an instance to host ``to`` (its data streamed engine to engine, GitLab's
+        checks run there); the old data is kept aside on the old host unless ``purge``."""
+        return Moved.from_dict(self._native.move_instance(name, to, purge, timeout, cancel))
 
     # --- backups ----------------------------------------------------------------------
 
@@ -352,11 +369,13 @@ class Girofle:
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
         cancel: Cancel | None = None,
+        host: str | None = None,
+        host_labels: Mapping[str, str] | None = None,
     ) -> Instance:
         """:meth:`create` for asyncio."""
         return await _in_executor(
             self.create, name, image, ip, http_port, https_port, ssh_port, hostname,
-            settings, labels, timeout, cancel=cancel,
+            settings, labels, timeout, cancel=cancel, host=host, host_labels=host_labels,
         )
 
     async def start_async(self, name: str, cancel: Cancel | None = None) -> Instance:
@@ -390,6 +409,17 @@ class Girofle:
     ) -> Decommissioned:
         """:meth:`remove` for asyncio."""
         return await _in_executor(self.remove, name, purge, final_backup, cancel=cancel)
+
+    async def move_instance_async(
+        self,
+        name: str,
+        to: str,
+        purge: bool = False,
+        timeout: float | None = None,
+        cancel: Cancel | None = None,
+    ) -> Moved:
+        """:meth:`move_instance` for asyncio."""
+        return await _in_executor(self.move_instance, name, to, purge, timeout, cancel=cancel)
 
     async def backup_async(
         self,

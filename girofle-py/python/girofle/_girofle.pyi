@@ -7,7 +7,7 @@ turns into the typed objects of ``girofle._results``.
 
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 __version__: str
 REDACTED: str
@@ -32,13 +32,17 @@ class InstanceRecord(TypedDict):
     labels: dict[str, str]
     created_at: str
     stage: Literal["commissioning", "active"]
+    host: NotRequired[str]
+    """The ``[hosts.NAME]`` it runs on; absent for this machine's engine (``local``)."""
 
 InstanceState = Literal[
-    "running", "starting", "unhealthy", "stopped", "missing", "unknown", "commissioning"
+    "running", "starting", "unhealthy", "stopped", "missing", "unreachable", "unknown",
+    "commissioning",
 ]
 
 class InstanceStatus(TypedDict):
     name: str
+    host: str
     state: InstanceState
     container: str
     image: str
@@ -48,8 +52,20 @@ class InstanceStatus(TypedDict):
 
 class Decommissioned(TypedDict):
     name: str
+    host: str
     archived_to: str | None
     final_backup: str | None
+
+class Moved(TypedDict):
+    name: str
+    to: str
+    record: InstanceRecord
+    addresses_kept: bool
+    previous_url: str
+    downtime_secs: float
+    took_secs: float
+    bytes_copied: int
+    kept_aside: str | None
 
 class BackupReport(TypedDict):
     id: str
@@ -276,6 +292,8 @@ class Girofle:
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
         cancel: Cancel | None = None,
+        host: str | None = None,
+        host_labels: Mapping[str, str] | None = None,
     ) -> InstanceRecord: ...
     def list(self) -> list[InstanceStatus]: ...
     def show(self, name: str, reveal: bool = False) -> InstanceStatus: ...
@@ -296,6 +314,15 @@ class Girofle:
         final_backup: bool = True,
         cancel: Cancel | None = None,
     ) -> Decommissioned: ...
+
+    def move_instance(
+        self,
+        name: str,
+        to: str,
+        purge: bool = False,
+        timeout: float | None = None,
+        cancel: Cancel | None = None,
+    ) -> Moved: ...
 
     # backups
     def backup(

@@ -25,6 +25,7 @@ __all__ = [
     "Bindings",
     "CopyResult",
     "Decommissioned",
+    "Moved",
     "DrillResult",
     "FrozenDict",
     "InitResult",
@@ -55,7 +56,8 @@ R = TypeVar("R", bound="Result")
 Strategy = Literal["online", "cold"]
 Signed = Literal["trusted", "unsigned", "untrusted", "bad"]
 InstanceState = Literal[
-    "running", "starting", "unhealthy", "stopped", "missing", "unknown", "commissioning"
+    "running", "starting", "unhealthy", "stopped", "missing", "unreachable", "unknown",
+    "commissioning",
 ]
 
 
@@ -202,6 +204,8 @@ class Instance(Result):
     labels: FrozenDict[str, str]
     created_at: datetime
     stage: Literal["commissioning", "active"]
+    host: str | None = None
+    """The ``[hosts.NAME]`` it runs on; ``None`` for this machine's engine (``local``)."""
 
     def __repr__(self) -> str:
         return (
@@ -223,6 +227,8 @@ class InstanceStatus(Result):
     """``None`` for ``unknown`` containers (labelled for this root, not in the inventory)."""
     pin_overrides: tuple[str, ...] = ()
     """Lines of gitlab.rb that override the addresses Girofle gave the instance."""
+    host: str = "local"
+    """The host it runs on (``local``: this machine's engine)."""
 
     @property
     def running(self) -> bool:
@@ -242,6 +248,27 @@ class Decommissioned(Result):
     """Where the data was moved (``None`` when purged)."""
     final_backup: str | None
     """The id of the final backup, when one was taken."""
+    host: str = "local"
+    """The host whose directory holds ``archived_to``."""
+
+
+@_frozen
+class Moved(Result):
+    """What :meth:`Girofle.move_instance` did (GitLab's checks passed on the new host)."""
+
+    name: str
+    to: str
+    record: Instance
+    """The instance as the inventory now has it (its host, its addresses)."""
+    addresses_kept: bool
+    """``False``: the target's pool lacked the old addresses; ``record.external_url`` is new."""
+    previous_url: str
+    downtime_secs: float
+    """From the old container's stop to the new one serving with its checks passed."""
+    took_secs: float
+    bytes_copied: int
+    kept_aside: str | None
+    """Where the old data is kept on the old host (``None`` with ``purge``)."""
 
 
 @_frozen
